@@ -1,1 +1,20 @@
-//! strata library.
+//! strata composes bootable Linux images — a kernel, a squashfs root, an
+//! initramfs and system extensions — into UEFI disk images, without root,
+//! loop devices or external tools, and boot-tests them in QEMU.
+//!
+//! The path of one build is in `docs/architecture.md`; [`build::build`] is
+//! the entry point, and the `strata` binary only parses arguments.
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod disk;
+pub mod error;
+pub mod guid;
+pub mod io;
+pub mod platform;
+pub mod profile;
+pub mod units;
+pub mod yamlpos;
+
+pub use arch::Arch;
+pub use error::{Error, ErrorKind, InputError, Result};

@@ -1,0 +1,5 @@
+//! Stream adapters, one per file.
+
+pub mod window;
+
+pub use window::Window;
