@@ -1,0 +1,56 @@
+# strata — everything a fresh Debian 12 machine needs, from two commands:
+#   make demo   set up, build profiles/default.yaml, boot-test it, print the verdict
+#   make test   the whole test suite (lint, unit, writer judges, build + boot end to end)
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+ARCH ?= amd64
+ARCHES := amd64 arm64
+CARGO ?= cargo
+DEBS := .cache/debian
+STRATA := target/release/strata
+PROFILE ?= profiles/default.yaml
+export SOURCE_DATE_EPOCH ?= 1700000000
+
+musl_amd64 := x86_64-unknown-linux-musl
+musl_arm64 := aarch64-unknown-linux-musl
+
+.PHONY: demo test deps debs kernel rootfs init strata lint unit e2e bench clean
+
+## Install apt packages and Rust targets that are missing (as root).
+deps:
+	@scripts/deps.sh
+
+## Kernel and busybox .debs for ARCH, cached in .cache/debian.
+debs kernel: deps
+	@scripts/fetch-debs.sh $(ARCH) $(DEBS)
+
+## The demo root filesystem (busybox) for ARCH.
+rootfs: build/rootfs-$(ARCH)
+build/rootfs-%: examples/rootfs/mkrootfs.sh | deps
+	@scripts/fetch-debs.sh $* $(DEBS) >/dev/null
+	@mkdir -p build
+	examples/rootfs/mkrootfs.sh $(DEBS)/busybox-static-$*.deb $@
+
+## The guest init, a static musl binary for ARCH.
+init: deps
+	$(CARGO) build -q -p strata-boot --release --target $(musl_$(ARCH))
+
+## The strata CLI.
+strata:
+	$(CARGO) build -q -p strata-composer --release
+
+demo: deps kernel rootfs init strata
+	$(STRATA) build $(PROFILE)
+	$(STRATA) boot out/default/metal-$(ARCH).raw
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
+
+## Unit tests and writer judges, then the end-to-end tests (build + boot).
+test: deps kernel rootfs init strata lint
+	STRATA_E2E=1 $(CARGO) test --release --workspace
+
+clean:
+	rm -rf out build target

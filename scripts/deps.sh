@@ -1,0 +1,44 @@
+#!/bin/bash
+# Installs what building and testing strata needs on Debian 12, as root.
+# Idempotent and quick when everything is there: it only calls apt when a
+# package is missing.
+set -euo pipefail
+
+# Build: musl toolchains for the guest init. Boot tests: QEMU, UEFI firmware,
+# systemd-boot. Judges used by tests: sgdisk, fsck.vfat, unsquashfs, mtools,
+# cpio, xz, zstd, modinfo (kmod).
+packages=(
+  qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
+  systemd-boot-efi systemd-boot-efi:arm64
+  musl-tools gcc-aarch64-linux-gnu
+  gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
+)
+
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  need_update=1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ $status == "install ok installed" ]] || missing+=("$p")
+done
+
+if (( ${#missing[@]} )) || [[ -n ${need_update:-} ]]; then
+  echo "deps: installing ${missing[*]:-(package lists only)}"
+  apt-get update -q
+  extra=()
+  # A newer qemu-utils (from backports) breaks Debian 12's qemu-system; take bookworm's.
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+    extra+=(qemu-utils/bookworm)
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "${extra[@]}" "${missing[@]}"
+fi
+
+if command -v rustup >/dev/null; then
+  installed=$(rustup target list --installed)
+  for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    grep -qx "$t" <<<"$installed" || rustup target add "$t"
+  done
+fi
