@@ -14,7 +14,15 @@ fn built() -> Option<&'static PathBuf> {
         }
         let out = repo().join("target/e2e/default-a");
         let _ = std::fs::remove_dir_all(&out);
-        let o = strata(&["build", "profiles/default.yaml", "--out", out.to_str().unwrap()], &shared_cache());
+        let o = strata(
+            &[
+                "build",
+                "profiles/default.yaml",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &shared_cache(),
+        );
         assert!(o.status.success(), "build failed: {}", text(&o));
         Some(out)
     })
@@ -32,7 +40,10 @@ fn the_disk_is_judged_sound_by_independent_tools() {
     let v = judge("sgdisk", &["-v", raw.to_str().unwrap()]);
     assert!(v.contains("No problems found"), "{v}");
     let p = judge("sgdisk", &["-p", raw.to_str().unwrap()]);
-    assert!(p.contains("EF00") && p.contains("EFI"), "ESP type or name missing:\n{p}");
+    assert!(
+        p.contains("EF00") && p.contains("EFI"),
+        "ESP type or name missing:\n{p}"
+    );
 
     let work = tempfile::tempdir().unwrap();
     let esp = work.path().join("esp.img");
@@ -40,15 +51,42 @@ fn the_disk_is_judged_sound_by_independent_tools() {
     extract(&raw, off, len, &esp);
     judge("fsck.vfat", &["-n", esp.to_str().unwrap()]);
     let listing = judge("mdir", &["-i", esp.to_str().unwrap(), "-/", "::/"]);
-    for name in ["BOOTX64.EFI", "loader.conf", "strata-default.conf", "vmlinuz", "initrd.img"] {
-        assert!(listing.contains(name), "{name} missing from the ESP:\n{listing}");
+    for name in [
+        "BOOTX64.EFI",
+        "loader.conf",
+        "strata-default.conf",
+        "vmlinuz",
+        "initrd.img",
+    ] {
+        assert!(
+            listing.contains(name),
+            "{name} missing from the ESP:\n{listing}"
+        );
     }
-    let entry = judge("mtype", &["-i", esp.to_str().unwrap(), "::/loader/entries/strata-default.conf"]);
-    assert!(entry.contains("linux /strata/vmlinuz") && entry.contains("console=ttyS0"), "{entry}");
+    let entry = judge(
+        "mtype",
+        &[
+            "-i",
+            esp.to_str().unwrap(),
+            "::/loader/entries/strata-default.conf",
+        ],
+    );
+    assert!(
+        entry.contains("linux /strata/vmlinuz") && entry.contains("console=ttyS0"),
+        "{entry}"
+    );
 
     // The initramfs: a stored cpio of squashfs images, then an xz (CRC32) cpio with the init.
     let initrd = work.path().join("initrd.img");
-    judge("mcopy", &["-i", esp.to_str().unwrap(), "::/strata/initrd.img", initrd.to_str().unwrap()]);
+    judge(
+        "mcopy",
+        &[
+            "-i",
+            esp.to_str().unwrap(),
+            "::/strata/initrd.img",
+            initrd.to_str().unwrap(),
+        ],
+    );
     let data = std::fs::read(&initrd).unwrap();
     let split = first_cpio_end(&data);
     let stored = work.path().join("stored");
@@ -62,7 +100,13 @@ fn the_disk_is_judged_sound_by_independent_tools() {
     assert!(status.success());
     let m = manifest(out);
     let mut images = vec!["rootfs.sqsh".to_string()];
-    images.extend(m["extensions"].as_array().unwrap().iter().map(|e| e["image"].as_str().unwrap().to_string()));
+    images.extend(
+        m["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["image"].as_str().unwrap().to_string()),
+    );
     for img in &images {
         let path = stored.join(img);
         let s = judge("unsquashfs", &["-s", path.to_str().unwrap()]);
@@ -70,15 +114,30 @@ fn the_disk_is_judged_sound_by_independent_tools() {
         let l = judge("unsquashfs", &["-l", path.to_str().unwrap()]);
         assert!(l.lines().count() > 2, "{img} is empty:\n{l}");
     }
-    let root = judge("unsquashfs", &["-l", stored.join("rootfs.sqsh").to_str().unwrap()]);
-    assert!(root.contains("squashfs-root/etc/extensions.yaml") && root.contains("squashfs-root/sbin/init"), "{root}");
+    let root = judge(
+        "unsquashfs",
+        &["-l", stored.join("rootfs.sqsh").to_str().unwrap()],
+    );
+    assert!(
+        root.contains("squashfs-root/etc/extensions.yaml")
+            && root.contains("squashfs-root/sbin/init"),
+        "{root}"
+    );
     let yaml = std::fs::read_to_string(stored.join("extensions.yaml")).unwrap();
-    assert!(yaml.starts_with("layers:") && yaml.contains("image: 00-hello.sqsh") && yaml.contains("name: hello"), "{yaml}");
+    assert!(
+        yaml.starts_with("layers:")
+            && yaml.contains("image: 00-hello.sqsh")
+            && yaml.contains("name: hello"),
+        "{yaml}"
+    );
 
     let boot_part = work.path().join("boot.cpio.xz");
     std::fs::write(&boot_part, &data[split..]).unwrap();
     let info = judge("xz", &["-lvv", boot_part.to_str().unwrap()]);
-    assert!(info.contains("CRC32"), "the kernel needs a CRC32 xz check:\n{info}");
+    assert!(
+        info.contains("CRC32"),
+        "the kernel needs a CRC32 xz check:\n{info}"
+    );
     let list = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("xz -dc {} | cpio -it --quiet", boot_part.display()))
@@ -86,9 +145,15 @@ fn the_disk_is_judged_sound_by_independent_tools() {
         .unwrap();
     let names = String::from_utf8_lossy(&list.stdout);
     for want in ["init", "dev/console", "etc/strata/modules.load"] {
-        assert!(names.lines().any(|l| l == want), "{want} missing from the boot segment:\n{names}");
+        assert!(
+            names.lines().any(|l| l == want),
+            "{want} missing from the boot segment:\n{names}"
+        );
     }
-    assert!(names.contains("squashfs.ko") && names.contains("overlay.ko") && names.contains("loop.ko"), "{names}");
+    assert!(
+        names.contains("squashfs.ko") && names.contains("overlay.ko") && names.contains("loop.ko"),
+        "{names}"
+    );
 }
 
 #[test]
@@ -96,12 +161,23 @@ fn two_builds_are_byte_identical() {
     let Some(a) = built() else { return };
     let b = repo().join("target/e2e/default-b");
     let _ = std::fs::remove_dir_all(&b);
-    let o = strata(&["build", "profiles/default.yaml", "--out", b.to_str().unwrap()], &shared_cache());
+    let o = strata(
+        &[
+            "build",
+            "profiles/default.yaml",
+            "--out",
+            b.to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let ra = std::fs::read(a.join("metal-amd64.raw")).unwrap();
     let rb = std::fs::read(b.join("metal-amd64.raw")).unwrap();
     assert!(ra == rb, "the two raw images differ");
-    assert_eq!(std::fs::read(a.join("manifest.json")).unwrap(), std::fs::read(b.join("manifest.json")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("manifest.json")).unwrap(),
+        std::fs::read(b.join("manifest.json")).unwrap()
+    );
 }
 
 #[test]
@@ -109,12 +185,22 @@ fn the_image_boots_and_the_guest_reports_every_extension() {
     let Some(out) = built() else { return };
     let raw = out.join("metal-amd64.raw");
     let o = strata(&["boot", "--json", raw.to_str().unwrap()], &shared_cache());
-    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("no JSON result: {}", text(&o)));
-    assert!(o.status.success() && result["pass"] == true, "boot failed: {}", text(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("no JSON result: {}", text(&o)));
+    assert!(
+        o.status.success() && result["pass"] == true,
+        "boot failed: {}",
+        text(&o)
+    );
     let layers = result["layers"].as_array().unwrap();
     let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["hello", "motd"]);
-    assert!(layers.iter().all(|l| l["mounted"] == true && l["visible"] == true), "{result}");
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["mounted"] == true && l["visible"] == true),
+        "{result}"
+    );
     // The verdict rests on the guest's own lines, kept beside the result.
     let log = std::fs::read_to_string(out.join("metal-amd64.raw.boot/serial.log")).unwrap();
     assert!(log.contains(r#"STRATA {"event":"done","ok":true"#), "{log}");

@@ -21,24 +21,44 @@ fn refused(profile: &str, code: i32, wants: &[&str]) {
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, profile).unwrap();
     let out = dir.path().join("out");
-    let o = strata(&["build", path.to_str().unwrap(), "--out", out.to_str().unwrap()], &shared_cache());
+    let o = strata(
+        &[
+            "build",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(code), "{}", text(&o));
     for w in wants {
         assert!(err.contains(w), "stderr lacks {w:?}:\n{err}");
     }
     assert!(err.contains("fix:"), "no fix given:\n{err}");
-    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "files left in {}", out.display());
+    assert!(
+        !out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(),
+        "files left in {}",
+        out.display()
+    );
 }
 
 #[test]
 fn unknown_key() {
-    refused(&base_profile().replace("platform: metal", "platform: metal\ncolour: blue"), 2, &["p.yaml:4:1", "unknown field `colour`"]);
+    refused(
+        &base_profile().replace("platform: metal", "platform: metal\ncolour: blue"),
+        2,
+        &["p.yaml:4:1", "unknown field `colour`"],
+    );
 }
 
 #[test]
 fn missing_kernel_file() {
-    refused(&base_profile().replace("linux-image-${arch}.deb", "nope.deb"), 2, &["p.yaml:8:3: kernel.deb: file not found", "nope.deb"]);
+    refused(
+        &base_profile().replace("linux-image-${arch}.deb", "nope.deb"),
+        2,
+        &["p.yaml:8:3: kernel.deb: file not found", "nope.deb"],
+    );
 }
 
 #[test]
@@ -46,7 +66,10 @@ fn extension_without_manifest() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("rootfs/usr/local/bin")).unwrap();
     std::fs::write(dir.path().join("rootfs/usr/local/bin/x"), "x").unwrap();
-    let p = base_profile().replace(&format!("{}/motd", repo().join("examples/extensions").display()), &dir.path().display().to_string());
+    let p = base_profile().replace(
+        &format!("{}/motd", repo().join("examples/extensions").display()),
+        &dir.path().display().to_string(),
+    );
     refused(&p, 2, &["has no manifest.yaml"]);
 }
 
@@ -61,7 +84,9 @@ fn esp_too_small() {
 
 #[test]
 fn wrong_arch_kernel() {
-    if !have_inputs("amd64") || !Path::new(&repo().join(".cache/debian/linux-image-arm64.deb")).exists() {
+    if !have_inputs("amd64")
+        || !Path::new(&repo().join(".cache/debian/linux-image-arm64.deb")).exists()
+    {
         eprintln!("skipping: the arm64 kernel .deb is not cached");
         return;
     }

@@ -1,4 +1,24 @@
 //! What runs inside the guest: the strata init (PID 1 of the initramfs) and
 //! the report protocol it shares with the boot runner.
+//!
+//! The init's job, in order: mount the API file systems, load the listed
+//! kernel modules, stack the root squashfs and the extension squashfs images
+//! into one read-only overlay, check each layer, report over the console,
+//! then power off (`strata.smoke=1`) or switch into the merged root.
+//! [`init::run`] is the whole sequence; the other modules each do one job
+//! and are unit-tested on the host.
 
+pub mod checks;
+pub mod cmdline;
+pub mod console;
+pub mod extensions;
+pub mod init;
+pub mod loopdev;
+pub mod modules;
+pub mod mountinfo;
+pub mod mounts;
+pub mod overlay;
+pub mod power;
 pub mod report;
+pub mod switch;
+pub mod sys;

@@ -139,12 +139,22 @@ mod tests {
 
     #[test]
     fn a_damaged_report_is_an_error() {
-        assert!(Event::parse_line("STRATA {\"event\":\"done\",\"ok\":tr").unwrap().is_err());
+        assert!(Event::parse_line("STRATA {\"event\":\"done\",\"ok\":tr")
+            .unwrap()
+            .is_err());
     }
 
     #[test]
     fn done_has_a_stable_wire_form() {
-        let line = Event::Done { ok: true, layers: 2, smoke: false }.to_line();
-        assert_eq!(line, r#"STRATA {"event":"done","ok":true,"layers":2,"smoke":false}"#);
+        let line = Event::Done {
+            ok: true,
+            layers: 2,
+            smoke: false,
+        }
+        .to_line();
+        assert_eq!(
+            line,
+            r#"STRATA {"event":"done","ok":true,"layers":2,"smoke":false}"#
+        );
     }
 }

@@ -7,12 +7,28 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod binaries;
+pub mod bootcmd;
+pub mod build;
+pub mod compress;
+pub mod cpio;
+pub mod deb;
+pub mod digest;
 pub mod disk;
 pub mod error;
+pub mod esp;
+pub mod extension;
+pub mod fat;
 pub mod guid;
+pub mod initramfs;
 pub mod io;
+pub mod kernel;
+pub mod kmod;
+pub mod manifest;
 pub mod platform;
 pub mod profile;
+pub mod squashfs;
+pub mod tree;
 pub mod units;
 pub mod yamlpos;
 

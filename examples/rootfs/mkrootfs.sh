@@ -6,6 +6,7 @@
 set -eu
 deb=$1
 dest=$2
+mkdir -p "$(dirname "$dest")"
 tmp=$(mktemp -d "${dest}.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 dpkg-deb -x "$deb" "$tmp/pkg"

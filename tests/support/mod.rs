@@ -28,11 +28,18 @@ pub fn have_inputs(arch: &str) -> bool {
         repo().join(format!("build/rootfs-{arch}")),
         repo().join(format!("target/{}/release/strata-init", musl_target(arch))),
     ];
-    let missing: Vec<String> = needs.iter().filter(|p| !p.exists()).map(|p| p.display().to_string()).collect();
+    let missing: Vec<String> = needs
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("end-to-end inputs missing: {} (run `make test`, which prepares them)", missing.join(", "));
+    let msg = format!(
+        "end-to-end inputs missing: {} (run `make test`, which prepares them)",
+        missing.join(", ")
+    );
     assert!(!e2e_required(), "{msg}");
     eprintln!("skipping: {msg}");
     false
@@ -48,7 +55,9 @@ pub fn musl_target(arch: &str) -> &'static str {
 
 /// The `strata` binary under test (release build, as the Makefile makes it).
 pub fn strata_bin() -> PathBuf {
-    std::env::var_os("STRATA_BIN").map(PathBuf::from).unwrap_or_else(|| repo().join("target/release/strata"))
+    std::env::var_os("STRATA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/release/strata"))
 }
 
 /// Runs `strata` with `args` in the repository root, with a private cache.
@@ -71,15 +80,27 @@ pub fn shared_cache() -> PathBuf {
 
 /// Runs an external judge; panics with its output if it is missing or fails.
 pub fn judge(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program} could not run ({e}); `make deps` installs it"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run ({e}); `make deps` installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
     text
 }
 
 /// Text of a command's output, for assertion messages.
 pub fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Byte offset and length of GPT partition `n` (1-based), read from the primary header.
@@ -110,7 +131,13 @@ pub fn first_cpio_end(data: &[u8]) -> usize {
     let mut at = 0usize;
     loop {
         assert_eq!(&data[at..at + 6], b"070701", "not a newc header at {at}");
-        let field = |i: usize| usize::from_str_radix(std::str::from_utf8(&data[at + 6 + i * 8..at + 14 + i * 8]).unwrap(), 16).unwrap();
+        let field = |i: usize| {
+            usize::from_str_radix(
+                std::str::from_utf8(&data[at + 6 + i * 8..at + 14 + i * 8]).unwrap(),
+                16,
+            )
+            .unwrap()
+        };
         let size = field(6);
         let namesize = field(11);
         let name = &data[at + 110..at + 110 + namesize - 1];

@@ -1,0 +1,81 @@
+//! Small helpers shared by the modules that make raw system calls.
+//!
+//! Supported: turning paths into C strings, turning `-1` returns into
+//! `io::Error`, and rendering an error with its whole `source()` chain (the
+//! init has no logger; the chain is what ends up on the console).
+
+use std::error::Error as StdError;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Converts a path for a system call. A path with an interior NUL byte
+/// cannot name a file, so it is reported as invalid input.
+pub(crate) fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Converts a string argument (file system type, mount options) for a system call.
+pub(crate) fn cstr(text: &str) -> io::Result<CString> {
+    CString::new(text)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
+}
+
+/// Maps the C convention (negative return, reason in `errno`) to `io::Result`.
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Renders an error followed by its causes, `outer: inner: innermost`.
+///
+/// Error types here keep the cause out of their own message (it is in
+/// `source()`), so this is how a report gets the full story on one line.
+pub fn error_chain(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /x")]
+    struct Outer {
+        #[source]
+        source: io::Error,
+    }
+
+    #[test]
+    fn error_chain_joins_every_cause() {
+        let err = Outer {
+            source: io::Error::new(io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(error_chain(&err), "cannot read /x: gone");
+    }
+
+    #[test]
+    fn nul_bytes_are_rejected() {
+        assert!(cpath(Path::new("a\0b")).is_err());
+        assert!(cstr("ro\0").is_err());
+        assert_eq!(cpath(Path::new("/dev")).unwrap().as_bytes(), b"/dev");
+    }
+
+    #[test]
+    fn negative_returns_become_errors() {
+        assert_eq!(check(3).unwrap(), 3);
+        assert!(check(-1).is_err());
+    }
+}

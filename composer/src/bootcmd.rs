@@ -1,0 +1,181 @@
+//! `strata boot`: boot an artefact in QEMU and judge it by the guest's own report.
+//!
+//! What to expect of the guest (architecture, device model, the extensions
+//! it must report) comes from the `manifest.json` the build wrote beside the
+//! artefact. The serial log and the result (`result.json`) are kept in
+//! `<artefact>.boot/`.
+
+use crate::arch::Arch;
+use crate::error::{Error, InputError, Result};
+use crate::manifest::Manifest;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use strata_qemu::{Accel, BootResult, BootSpec, Expected, ImageFormat, Media};
+
+/// Options of `strata boot`.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// The artefact to boot.
+    pub artefact: PathBuf,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Acceleration choice.
+    pub accel: Accel,
+    /// Overrides the platform's memory size.
+    pub memory_mib: Option<u32>,
+    /// Overrides the platform's device model.
+    pub media: Option<String>,
+}
+
+/// Boots the artefact; `Ok` carries the verdict (pass or fail), `Err` means QEMU could not run.
+pub fn boot(opts: &BootOptions) -> Result<BootResult> {
+    let art = &opts.artefact;
+    if !art.is_file() {
+        return Err(InputError::new(
+            art,
+            "",
+            "artefact not found",
+            "give a file written by `strata build` (e.g. out/default/metal-amd64.raw)",
+        )
+        .into());
+    }
+    let dir = art
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let manifest = Manifest::read(&dir).map_err(|e| -> Error {
+        InputError::new(
+            dir.join(crate::manifest::FILE_NAME),
+            "",
+            format!("cannot read the build manifest: {e}"),
+            "boot an artefact in the output directory of `strata build`, beside its manifest.json",
+        )
+        .into()
+    })?;
+    let file_name = art
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let output = manifest
+        .outputs
+        .iter()
+        .find(|o| o.file == file_name)
+        .ok_or_else(|| -> Error {
+            InputError::new(
+                art,
+                "",
+                format!(
+                    "{file_name} is not listed in {}",
+                    dir.join(crate::manifest::FILE_NAME).display()
+                ),
+                "boot an artefact of that build, or rebuild",
+            )
+            .into()
+        })?;
+    let arch = Arch::parse(&manifest.arch).ok_or_else(|| {
+        Error::step(
+            "boot",
+            format!("unknown arch `{}` in the manifest", manifest.arch),
+        )
+    })?;
+    let media_name = opts
+        .media
+        .clone()
+        .unwrap_or_else(|| manifest.boot_test.media.clone());
+    let spec = BootSpec {
+        image: art.clone(),
+        format: image_format(&output.format)?,
+        arch: match arch {
+            Arch::Amd64 => strata_qemu::Arch::Amd64,
+            Arch::Arm64 => strata_qemu::Arch::Arm64,
+        },
+        media: media(&media_name)?,
+        expected: manifest
+            .extensions
+            .iter()
+            .map(|e| Expected {
+                name: e.name.clone(),
+                version: e.version.clone(),
+            })
+            .collect(),
+        timeout: opts.timeout,
+        memory_mib: opts.memory_mib.unwrap_or(manifest.boot_test.memory_mib),
+        cpus: 1,
+        accel: opts.accel,
+        work_dir: work_dir(art),
+    };
+    std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
+    strata_qemu::boot(&spec).map_err(|e| Error::Environment {
+        message: e.to_string(),
+        hint: "see the message; `make deps` installs QEMU and the firmware".into(),
+    })
+}
+
+/// Where the serial log and the result of booting `art` are kept.
+pub fn work_dir(art: &Path) -> PathBuf {
+    let mut name = art.file_name().unwrap_or_default().to_os_string();
+    name.push(".boot");
+    art.with_file_name(name)
+}
+
+fn image_format(f: &str) -> Result<ImageFormat> {
+    match f {
+        "raw" => Ok(ImageFormat::Raw),
+        "qcow2" => Ok(ImageFormat::Qcow2),
+        other => Err(Error::step(
+            "boot",
+            format!("artefact format `{other}` cannot be booted yet"),
+        )),
+    }
+}
+
+/// Maps a platform's device-model name to the runner's.
+pub fn media(name: &str) -> Result<Media> {
+    Ok(match name {
+        "virtio-blk" | "virtio" => Media::VirtioBlk,
+        "nvme" => Media::Nvme,
+        "ahci" | "sata" => Media::Ahci,
+        "pvscsi" => Media::Pvscsi,
+        "virtio-scsi" => Media::VirtioScsi,
+        "cdrom" => Media::Cdrom,
+        other => {
+            return Err(InputError::new(
+                "--media",
+                "",
+                format!("unknown device model `{other}`"),
+                "use virtio-blk, nvme, ahci, pvscsi, virtio-scsi or cdrom",
+            )
+            .into())
+        }
+    })
+}
+
+/// One line for people: the verdict and what it rests on.
+pub fn summary(art: &Path, r: &BootResult) -> String {
+    let layers: Vec<String> = r
+        .layers
+        .iter()
+        .map(|l| {
+            let ok = l.reported && l.mounted && l.visible;
+            format!(
+                "{} {}{}",
+                l.name,
+                l.version.as_deref().unwrap_or("?"),
+                if ok { "" } else { " (NOT OK)" }
+            )
+        })
+        .collect();
+    format!(
+        "{} {}: {} — {} extension(s) reported by the guest: [{}]; {:.1} s under {}; ended by {}; serial log {}",
+        if r.pass { "PASS" } else { "FAIL" },
+        art.display(),
+        r.reason,
+        r.layers.iter().filter(|l| l.reported && l.mounted && l.visible).count(),
+        layers.join(", "),
+        r.duration_secs,
+        r.accel,
+        r.ended_by,
+        r.serial_log.display()
+    )
+}

@@ -1,0 +1,745 @@
+//! One build, from profile to artefacts, in numbered steps:
+//!
+//! 1. read the profile and its platform; check every input exists and is
+//!    for the right architecture (nothing is written before this passes);
+//! 2. kernel: unpack the .deb into the cache (once), resolve the module closure;
+//! 3. squashfs images of the root and of each extension (in parallel);
+//! 4. the initramfs (stored segment + compressed segment);
+//! 5. the ESP contents and the disk layout (a fixed ESP size that is too
+//!    small fails here, before the output directory is touched);
+//! 6. the disk image, written to a temporary file in the output directory
+//!    and renamed into place only when complete;
+//! 7. `manifest.json`.
+//!
+//! Intermediate files live in a temporary directory under the cache and
+//! vanish with it, whatever happens.
+
+use crate::arch::Arch;
+use crate::binaries;
+use crate::disk;
+use crate::error::{Error, Result};
+use crate::esp;
+use crate::extension::{self, TalosExtension};
+use crate::initramfs;
+use crate::kernel::{self, Kernel, KernelMachine};
+use crate::kmod::ModuleRef;
+use crate::manifest::{self, Manifest};
+use crate::platform::{self, PartitionKind, Platform};
+use crate::profile::{self, LoadedProfile, SquashCompressor};
+use crate::squashfs::{self, SquashCompression, SquashOptions};
+use crate::tree::{Entry, EntryKind, FileData, Tree};
+use crate::units::Size;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Modules every initramfs carries: disk and CD controllers of the platforms
+/// strata targets, and the filesystems the init mounts.
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "nvme",
+    "ahci",
+    "sd_mod",
+    "sr_mod",
+    "cdrom",
+    "isofs",
+    "loop",
+    "squashfs",
+    "overlay",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+];
+
+/// What `strata build` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The profile file.
+    pub profile: PathBuf,
+    /// Output directory; `out/<name>` when absent.
+    pub out_dir: Option<PathBuf>,
+    /// Cache root; `$XDG_CACHE_HOME/strata` when absent.
+    pub cache_dir: Option<PathBuf>,
+    /// Overrides the profile's `arch`.
+    pub arch: Option<Arch>,
+    /// Overrides where the guest init comes from.
+    pub init: Option<PathBuf>,
+    /// SOURCE_DATE_EPOCH, when set: wins over the profile's `epoch`.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// The output directory.
+    pub out_dir: PathBuf,
+    /// The manifest written there.
+    pub manifest: Manifest,
+    /// Wall time of each step.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+/// The default cache root: `$XDG_CACHE_HOME/strata`, else `~/.cache/strata`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("strata");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("strata")
+}
+
+/// Everything a build reads, resolved and checked.
+struct Inputs {
+    lp: LoadedProfile,
+    platform: Platform,
+    kernel_deb: Option<PathBuf>,
+    kernel_parts: Option<(PathBuf, PathBuf)>,
+    rootfs: RootSource,
+    extensions: Vec<TalosExtension>,
+    bootloader: PathBuf,
+    init: PathBuf,
+    epoch: u64,
+    seed: Vec<u8>,
+}
+
+enum RootSource {
+    Dir(PathBuf),
+    Tar(PathBuf),
+    Squashfs(PathBuf),
+}
+
+/// Runs a whole build. `progress` receives one line per step.
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport> {
+    let mut steps = Vec::new();
+    let timed = |name: &'static str, t: Instant, steps: &mut Vec<(&'static str, Duration)>| {
+        steps.push((name, t.elapsed()))
+    };
+
+    let t = Instant::now();
+    let inputs = resolve_inputs(opts)?;
+    let arch = inputs.lp.profile.arch;
+    let name = inputs.lp.profile.name.clone();
+    progress(&format!(
+        "[1/7] profile {} ({arch}, platform {})",
+        inputs.lp.path.display(),
+        inputs.platform.name
+    ));
+    timed("inputs", t, &mut steps);
+
+    let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let t = Instant::now();
+    let kernel = load_kernel(&inputs, &cache)?;
+    let modules = module_closure(&inputs.lp, &kernel)?;
+    progress(&format!(
+        "[2/7] kernel {} ({} modules in the initramfs)",
+        kernel.release,
+        modules.len()
+    ));
+    timed("kernel", t, &mut steps);
+
+    std::fs::create_dir_all(cache.join("tmp")).map_err(Error::io("creating", cache.join("tmp")))?;
+    let work = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(cache.join("tmp"))
+        .map_err(Error::io("creating a work directory in", &cache))?;
+
+    let t = Instant::now();
+    let (rootfs_sqsh, layers) = squash_all(&inputs, work.path())?;
+    progress(&format!(
+        "[3/7] squashfs: root + {} extension layer(s)",
+        layers.len()
+    ));
+    timed("squashfs", t, &mut steps);
+
+    let t = Instant::now();
+    let initrd = work.path().join("initrd.img");
+    let ext_yaml = extensions_yaml(&inputs.extensions, &layers)?;
+    let contents = initramfs::Contents {
+        init: &inputs.init,
+        release: &kernel.release,
+        modules_dir: &kernel.modules_dir,
+        modules: &modules,
+        rootfs: &rootfs_sqsh,
+        layers: &layers,
+        extensions_yaml: &ext_yaml,
+        mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
+        compression: inputs.lp.profile.initramfs.compression,
+    };
+    let stats = initramfs::write(&initrd, &contents)
+        .map_err(Error::io("writing the initramfs", &initrd))?;
+    progress(&format!(
+        "[4/7] initramfs: {} stored + {} compressed",
+        crate::units::human(stats.stored),
+        crate::units::human(stats.compressed)
+    ));
+    timed("initramfs", t, &mut steps);
+
+    let t = Instant::now();
+    let cmdline = kernel_cmdline(&inputs.lp, &inputs.platform);
+    let entry = esp::BootEntry {
+        id: format!("strata-{name}"),
+        title: format!(
+            "{} {} ({name})",
+            inputs.lp.profile.os.id, inputs.lp.profile.os.version
+        ),
+        version: kernel.release.clone(),
+        cmdline: cmdline.clone(),
+    };
+    let esp_files = esp::files(arch, &inputs.bootloader, &kernel.vmlinuz, &initrd, &entry);
+    let requested_esp = inputs
+        .lp
+        .profile
+        .disk
+        .map(|d| d.esp_size)
+        .unwrap_or_default();
+    let esp_size = esp::size(&esp_files, requested_esp).map_err(|e| match e {
+        esp::EspError::TooSmall { .. } => inputs
+            .lp
+            .error(
+                "disk.esp_size",
+                e.to_string(),
+                "remove `esp_size` (auto) or raise it to at least the size named",
+            )
+            .into(),
+        other => Error::step("ESP", other),
+    })?;
+    let layout = plan_disk(&inputs, esp_size)?;
+    progress(&format!(
+        "[5/7] disk layout: {} (ESP {})",
+        crate::units::human(layout.size),
+        crate::units::human(esp_size)
+    ));
+    timed("layout", t, &mut steps);
+
+    let t = Instant::now();
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(&name));
+    let mut out = OutDir::open(&out_dir)?;
+    let file_name = format!("{}-{arch}.raw", inputs.platform.name);
+    let raw_tmp = out.temp_file()?;
+    write_disk(
+        raw_tmp.path(),
+        &layout,
+        &esp_files,
+        &esp::fat_options(&inputs.seed, inputs.epoch),
+    )?;
+    let raw_path = out_dir.join(&file_name);
+    raw_tmp
+        .persist(&raw_path)
+        .map_err(|e| Error::io("renaming into place", &raw_path)(e.error))?;
+    progress(&format!("[6/7] wrote {}", raw_path.display()));
+    timed("disk", t, &mut steps);
+
+    let t = Instant::now();
+    let manifest = make_manifest(
+        &inputs, &kernel, &modules, &layers, &cmdline, &raw_path, &file_name,
+    )?;
+    let mtmp = out.temp_file()?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::step("manifest", e))?;
+    std::fs::write(mtmp.path(), [json.as_slice(), b"\n"].concat())
+        .map_err(Error::io("writing", mtmp.path()))?;
+    let mpath = out_dir.join(manifest::FILE_NAME);
+    mtmp.persist(&mpath)
+        .map_err(|e| Error::io("renaming into place", &mpath)(e.error))?;
+    progress(&format!("[7/7] wrote {}", mpath.display()));
+    timed("manifest", t, &mut steps);
+    out.keep();
+    Ok(BuildReport {
+        out_dir,
+        manifest,
+        steps,
+    })
+}
+
+/// Step 1: everything is read and checked here, before any write.
+fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
+    let lp = profile::load(&opts.profile, opts.arch)?;
+    let platform = platform::for_profile(&lp)?;
+    let p = &lp.profile;
+    let deb_hint = "download it with `make kernel` (apt-get download linux-image-<arch>'s linux-image-* dependency)";
+    let kernel_deb = p
+        .kernel
+        .deb
+        .as_deref()
+        .map(|d| lp.existing("kernel.deb", d, false, deb_hint))
+        .transpose()?;
+    let kernel_parts = match (&p.kernel.vmlinuz, &p.kernel.modules_dir) {
+        (Some(v), Some(m)) => Some((
+            lp.existing(
+                "kernel.vmlinuz",
+                v,
+                false,
+                "give the path of a kernel image",
+            )?,
+            lp.existing(
+                "kernel.modules_dir",
+                m,
+                true,
+                "give the kernel's lib/modules/<release> directory",
+            )?,
+        )),
+        _ => None,
+    };
+    let r = &p.rootfs;
+    let root_hint = "build it with `make rootfs`, or fix the path";
+    let rootfs = match (&r.dir, &r.tar, &r.squashfs) {
+        (Some(d), _, _) => RootSource::Dir(lp.existing("rootfs.dir", d, true, root_hint)?),
+        (_, Some(t), _) => RootSource::Tar(lp.existing("rootfs.tar", t, false, root_hint)?),
+        (_, _, Some(s)) => {
+            RootSource::Squashfs(lp.existing("rootfs.squashfs", s, false, root_hint)?)
+        }
+        _ => {
+            return Err(lp
+                .error(
+                    "rootfs",
+                    "no root filesystem given",
+                    "add `dir`, `tar` or `squashfs`",
+                )
+                .into())
+        }
+    };
+    let extensions = read_extensions(&lp)?;
+    check_outputs(&lp, &platform)?;
+    let bootloader =
+        binaries::find_bootloader(p.arch, p.bootloader.as_deref().map(|b| lp.resolve(b)))?;
+    let init = binaries::find_init(
+        p.arch,
+        opts.init
+            .clone()
+            .or_else(|| p.init.as_deref().map(|i| lp.resolve(i))),
+    )?;
+    binaries::check_init(&init, p.arch)?;
+    let epoch = opts.source_date_epoch.or(p.epoch).unwrap_or(0);
+    let seed = Sha256::new()
+        .chain_update(lp.source.as_bytes())
+        .chain_update(p.arch.debian())
+        .finalize()
+        .to_vec();
+    Ok(Inputs {
+        lp,
+        platform,
+        kernel_deb,
+        kernel_parts,
+        rootfs,
+        extensions,
+        bootloader,
+        init,
+        epoch,
+        seed,
+    })
+}
+
+fn read_extensions(lp: &LoadedProfile) -> Result<Vec<TalosExtension>> {
+    let mut out: Vec<TalosExtension> = Vec::new();
+    for (i, spec) in lp.profile.extensions.iter().enumerate() {
+        let field = format!("extensions[{i}].dir");
+        let dir = lp.existing(
+            &field,
+            &spec.dir,
+            true,
+            "fix the path, or remove the extension",
+        )?;
+        let ext = TalosExtension::read_dir(&dir)?;
+        if let Some(prev) = out.iter().position(|e| e.name == ext.name) {
+            return Err(lp
+                .error(
+                    &field,
+                    format!(
+                        "extension `{}` is listed twice (also extensions[{prev}])",
+                        ext.name
+                    ),
+                    "keep one of them",
+                )
+                .into());
+        }
+        out.push(ext);
+    }
+    Ok(out)
+}
+
+/// Only raw disks are written so far; anything else is refused up front.
+fn check_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<()> {
+    let outputs = lp
+        .profile
+        .outputs
+        .clone()
+        .unwrap_or_else(|| platform.outputs.clone());
+    for (i, o) in outputs.iter().enumerate() {
+        if o != "raw" {
+            return Err(lp
+                .error(
+                    &format!("outputs[{i}]"),
+                    format!("output format `{o}` is not supported"),
+                    "supported formats: raw",
+                )
+                .into());
+        }
+    }
+    Ok(())
+}
+
+/// Step 2a: the kernel, from the cache when this .deb was unpacked before.
+fn load_kernel(inputs: &Inputs, cache: &Path) -> Result<Kernel> {
+    let k = match (&inputs.kernel_deb, &inputs.kernel_parts) {
+        (Some(deb), _) => kernel::from_deb(deb, cache),
+        (None, Some((v, m))) => kernel::from_parts(v, m),
+        (None, None) => {
+            return Err(inputs
+                .lp
+                .error(
+                    "kernel",
+                    "no kernel given",
+                    "add `deb`, or `vmlinuz` with `modules_dir`",
+                )
+                .into())
+        }
+    }
+    .map_err(|e| -> Error {
+        let field = if inputs.kernel_deb.is_some() {
+            "kernel.deb"
+        } else {
+            "kernel.vmlinuz"
+        };
+        inputs
+            .lp
+            .error(
+                field,
+                e.to_string(),
+                "give a Debian linux-image-* package or a matching vmlinuz and modules directory",
+            )
+            .into()
+    })?;
+    let want = match inputs.lp.profile.arch {
+        Arch::Amd64 => KernelMachine::X86_64,
+        Arch::Arm64 => KernelMachine::Aarch64,
+    };
+    if k.machine != want {
+        let field = if inputs.kernel_deb.is_some() {
+            "kernel.deb"
+        } else {
+            "kernel.vmlinuz"
+        };
+        return Err(inputs
+            .lp
+            .error(
+                field,
+                format!(
+                    "the kernel {} is built for {:?}, but the profile's arch is {}",
+                    k.vmlinuz.display(),
+                    k.machine,
+                    inputs.lp.profile.arch
+                ),
+                "use the linux-image package of the profile's arch",
+            )
+            .into());
+    }
+    Ok(k)
+}
+
+/// Step 2b: default modules plus the profile's, with their dependencies.
+fn module_closure(lp: &LoadedProfile, kernel: &Kernel) -> Result<Vec<ModuleRef>> {
+    let mut wanted: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
+    wanted.extend(lp.profile.kernel.modules.iter().cloned());
+    kernel.index.closure(&wanted).map_err(|e| {
+        lp.error(
+            "kernel.modules",
+            e.to_string(),
+            "check the module name (`ls lib/modules/<release>/kernel`), or remove it",
+        )
+        .into()
+    })
+}
+
+fn squash_options(lp: &LoadedProfile, epoch: u64) -> SquashOptions {
+    SquashOptions {
+        compression: match lp.profile.rootfs.compression {
+            SquashCompressor::Zstd => SquashCompression::Zstd { level: 15 },
+            SquashCompressor::Xz => SquashCompression::Xz,
+        },
+        block_size: 128 * 1024,
+        mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
+    }
+}
+
+/// Step 3: the root and the extension layers, on two threads.
+fn squash_all(inputs: &Inputs, work: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+    let opts = squash_options(&inputs.lp, inputs.epoch);
+    let root_out = work.join("rootfs.sqsh");
+    std::thread::scope(|s| {
+        let root = s.spawn(|| squash_root(inputs, &root_out, &opts));
+        let mut layers = Vec::new();
+        for (i, ext) in inputs.extensions.iter().enumerate() {
+            let image = extension::layer_image_name(i, &ext.name);
+            let path = work.join(&image);
+            let mut tree = Tree::from_dir(&ext.rootfs).map_err(|e| {
+                Error::step("extension squashfs", format!("{}: {e}", ext.dir.display()))
+            })?;
+            tree.all_root();
+            write_squashfs(&tree, &path, &opts)?;
+            layers.push((image, path));
+        }
+        let root_path = root
+            .join()
+            .map_err(|_| Error::step("root squashfs", "the worker thread panicked"))??;
+        Ok((root_path, layers))
+    })
+}
+
+fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<PathBuf> {
+    let mut tree = match &inputs.rootfs {
+        RootSource::Dir(d) => Tree::from_dir(d)
+            .map_err(|e| Error::step("root squashfs", format!("{}: {e}", d.display())))?,
+        RootSource::Tar(t) => Tree::from_tar(t)
+            .map_err(|e| Error::step("root squashfs", format!("{}: {e}", t.display())))?,
+        RootSource::Squashfs(s) => {
+            squashfs::inspect(s).map_err(|e| -> Error {
+                inputs
+                    .lp
+                    .error("rootfs.squashfs", e.to_string(), "give a squashfs v4 image")
+                    .into()
+            })?;
+            return Ok(s.clone());
+        }
+    };
+    // The init bind-mounts /extensions.yaml here, so the file must exist in the root.
+    if tree.get("/etc/extensions.yaml").is_none() {
+        tree.insert(
+            "/etc/extensions.yaml",
+            Entry {
+                kind: EntryKind::File(FileData::Bytes(Vec::new())),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .map_err(|e| Error::step("root squashfs", format!("adding /etc/extensions.yaml: {e}")))?;
+    }
+    write_squashfs(&tree, out, opts)?;
+    Ok(out.to_path_buf())
+}
+
+fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions) -> Result<()> {
+    squashfs::write_file(tree, out, opts)
+        .map_err(|e| Error::step("squashfs", format!("{}: {e}", out.display())))?;
+    Ok(())
+}
+
+/// `extensions.yaml` in Talos' format: `layers: [{image, metadata}]`, lowest first.
+fn extensions_yaml(exts: &[TalosExtension], layers: &[(String, PathBuf)]) -> Result<String> {
+    #[derive(serde::Serialize)]
+    struct Layer<'a> {
+        image: &'a str,
+        metadata: &'a serde_norway::Value,
+    }
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        layers: Vec<Layer<'a>>,
+    }
+    let doc = Doc {
+        layers: exts
+            .iter()
+            .zip(layers)
+            .map(|(e, (image, _))| Layer {
+                image,
+                metadata: &e.metadata,
+            })
+            .collect(),
+    };
+    serde_norway::to_string(&doc).map_err(|e| Error::step("extensions.yaml", e))
+}
+
+/// The platform's arguments, then strata's, then the profile's (so the profile wins).
+pub fn kernel_cmdline(lp: &LoadedProfile, platform: &Platform) -> String {
+    let mut args: Vec<String> = platform.args(lp.profile.arch).to_vec();
+    args.push(format!("strata.platform={}", platform.name));
+    args.extend(lp.profile.kernel.args.iter().cloned());
+    args.join(" ")
+}
+
+/// Step 5: the partition plan, with GUIDs from the profile.
+fn plan_disk(inputs: &Inputs, esp_size: u64) -> Result<disk::Layout> {
+    let parts = &inputs.platform.disk.partitions;
+    let sizes: Vec<Option<u64>> = parts
+        .iter()
+        .map(|p| (p.kind == PartitionKind::Esp).then_some(esp_size))
+        .collect();
+    let disk_size = inputs
+        .lp
+        .profile
+        .disk
+        .map(|d| d.size)
+        .filter(|s| *s != Size::Auto)
+        .unwrap_or(inputs.platform.disk.size);
+    disk::plan(parts, &sizes, disk_size, &inputs.seed).map_err(|e| {
+        inputs
+            .lp
+            .error(
+                "disk.size",
+                e.to_string(),
+                "raise `disk.size` or leave it `auto`",
+            )
+            .into()
+    })
+}
+
+/// Step 6: GPT, then the ESP written in place through a window on the file.
+fn write_disk(
+    path: &Path,
+    layout: &disk::Layout,
+    esp_files: &[crate::fat::FatFile],
+    fat: &crate::fat::FatOptions,
+) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(Error::io("opening", path))?;
+    disk::write_gpt(&mut file, layout)
+        .map_err(Error::io("writing the partition table to", path))?;
+    for p in &layout.partitions {
+        if p.kind == PartitionKind::Esp {
+            let mut win = crate::io::Window::new(&mut file, p.offset, p.size);
+            crate::fat::write(&mut win, p.size, esp_files, fat)
+                .map_err(|e| Error::step("ESP", e))?;
+        }
+    }
+    file.sync_all().map_err(Error::io("syncing", path))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_manifest(
+    inputs: &Inputs,
+    kernel: &Kernel,
+    modules: &[ModuleRef],
+    layers: &[(String, PathBuf)],
+    cmdline: &str,
+    raw: &Path,
+    file_name: &str,
+) -> Result<Manifest> {
+    let p = &inputs.lp.profile;
+    let sha = |path: &Path| crate::digest::file_sha256(path).map_err(Error::io("hashing", path));
+    let mut ins = vec![manifest::Input {
+        role: "kernel".into(),
+        source: inputs
+            .kernel_deb
+            .clone()
+            .unwrap_or_else(|| kernel.vmlinuz.clone())
+            .display()
+            .to_string(),
+        sha256: kernel.source_digest.clone(),
+    }];
+    let root_src = match &inputs.rootfs {
+        RootSource::Dir(d) | RootSource::Tar(d) | RootSource::Squashfs(d) => {
+            d.display().to_string()
+        }
+    };
+    ins.push(manifest::Input {
+        role: "rootfs".into(),
+        source: root_src,
+        sha256: String::new(),
+    });
+    for (e, (_, path)) in inputs.extensions.iter().zip(layers) {
+        ins.push(manifest::Input {
+            role: "extension".into(),
+            source: e.dir.display().to_string(),
+            sha256: sha(path)?,
+        });
+    }
+    ins.push(manifest::Input {
+        role: "bootloader".into(),
+        source: inputs.bootloader.display().to_string(),
+        sha256: sha(&inputs.bootloader)?,
+    });
+    ins.push(manifest::Input {
+        role: "init".into(),
+        source: inputs.init.display().to_string(),
+        sha256: sha(&inputs.init)?,
+    });
+    let size = std::fs::metadata(raw)
+        .map_err(Error::io("reading", raw))?
+        .len();
+    Ok(Manifest {
+        strata: env!("CARGO_PKG_VERSION").into(),
+        name: p.name.clone(),
+        arch: p.arch.to_string(),
+        platform: inputs.platform.name.clone(),
+        os: manifest::Os {
+            id: p.os.id.clone(),
+            version: p.os.version.clone(),
+        },
+        cmdline: cmdline.into(),
+        kernel_release: kernel.release.clone(),
+        inputs: ins,
+        extensions: inputs
+            .extensions
+            .iter()
+            .zip(layers)
+            .map(|(e, (image, _))| manifest::Extension {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                image: image.clone(),
+                kind: "talos".into(),
+            })
+            .collect(),
+        modules: modules.iter().map(|m| m.name.clone()).collect(),
+        boot_test: manifest::BootTest {
+            media: inputs.platform.boot_test.media.clone(),
+            memory_mib: inputs.platform.boot_test.memory_mib,
+        },
+        epoch: inputs.epoch,
+        outputs: vec![manifest::Output {
+            file: file_name.into(),
+            format: "raw".into(),
+            size,
+            sha256: sha(raw)?,
+        }],
+    })
+}
+
+/// The output directory: created on demand, removed again if the build fails
+/// and the directory was ours; temporary files in it vanish on drop.
+struct OutDir {
+    path: PathBuf,
+    created: bool,
+    keep: bool,
+}
+
+impl OutDir {
+    fn open(path: &Path) -> Result<OutDir> {
+        let created = !path.exists();
+        std::fs::create_dir_all(path).map_err(Error::io("creating", path))?;
+        Ok(OutDir {
+            path: path.to_path_buf(),
+            created,
+            keep: false,
+        })
+    }
+
+    fn temp_file(&mut self) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix(".strata-")
+            .suffix(".tmp")
+            .tempfile_in(&self.path)
+            .map_err(Error::io("creating a file in", &self.path))
+    }
+
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        if !self.keep && self.created {
+            // Only an empty directory is removed: nothing of the user's is ever deleted.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}

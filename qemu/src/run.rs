@@ -1,0 +1,108 @@
+//! Watching a running VM until it ends, then making sure QEMU is gone.
+//!
+//! The loop polls three sources every [`POLL`]: the serial log (the report),
+//! the process (did QEMU exit?) and QMP (did the guest stop?). It ends on the
+//! first of: the guest stops itself (QMP `SHUTDOWN` with `guest: true`);
+//! QEMU exits; the report's `done` event is [`DONE_GRACE`] old without a
+//! power-off (a non-smoke boot goes on into the real system); the time limit.
+//! Then QEMU is asked to `quit`, and killed if it has not exited after
+//! [`QUIT_GRACE`]. If QMP breaks down mid-run the process status and the
+//! serial log still carry the run to an end.
+
+use std::time::{Duration, Instant};
+
+use crate::process::{self, Vm};
+use crate::qmp::Monitor;
+use crate::serial::{self, Console, Tail};
+use crate::verdict::Ending;
+
+/// How often the sources are polled.
+pub const POLL: Duration = Duration::from_millis(100);
+/// How long a complete report may wait for the guest's own power-off.
+pub const DONE_GRACE: Duration = Duration::from_secs(5);
+/// How long QEMU gets to exit after `quit` before it is killed.
+pub const QUIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Why watching failed (the VM is killed in every case).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The process could not be waited for or killed.
+    #[error(transparent)]
+    Process(#[from] process::Error),
+    /// The serial log could not be read.
+    #[error(transparent)]
+    Serial(#[from] serial::Error),
+}
+
+/// How a run ended, and what the console showed.
+#[derive(Debug)]
+pub struct Watched {
+    /// What ended the run.
+    pub ending: Ending,
+    /// Report events and console lines.
+    pub console: Console,
+}
+
+/// Watches `vm` (started at `started`) until it ends or `timeout` passes
+/// since `started`, then stops QEMU.
+pub fn watch(
+    vm: &mut Vm,
+    monitor: Option<Monitor>,
+    tail: &mut Tail,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Watched, Error> {
+    let mut monitor = monitor;
+    let mut console = Console::default();
+    let mut done_at: Option<Instant> = None;
+    let ending = loop {
+        console.feed(tail.poll()?);
+        if done_at.is_none() && console.done() {
+            done_at = Some(Instant::now());
+        }
+        if let Some(status) = vm.try_wait()? {
+            break Ending::QemuExit {
+                status: process::describe(status),
+            };
+        }
+        if let Some(reason) = guest_stop(&mut monitor) {
+            break Ending::GuestStopped { reason };
+        }
+        if done_at.is_some_and(|t| t.elapsed() >= DONE_GRACE) {
+            break Ending::RunnerQuit;
+        }
+        if started.elapsed() >= timeout {
+            break match done_at {
+                Some(_) => Ending::RunnerQuit,
+                None => Ending::Timeout {
+                    secs: timeout.as_secs(),
+                },
+            };
+        }
+        std::thread::sleep(POLL);
+    };
+    stop(vm, monitor)?;
+    console.feed(tail.finish()?);
+    Ok(Watched { ending, console })
+}
+
+/// The cause, when the guest stopped itself. A monitor that fails is dropped:
+/// from then on the process status decides.
+fn guest_stop(monitor: &mut Option<Monitor>) -> Option<String> {
+    let m = monitor.as_mut()?;
+    match m.poll() {
+        Ok(stops) => stops.into_iter().find(|s| s.guest).map(|s| s.reason),
+        Err(_) => {
+            *monitor = None;
+            None
+        }
+    }
+}
+
+/// Asks QEMU to quit, waits, kills it if need be.
+fn stop(vm: &mut Vm, monitor: Option<Monitor>) -> Result<(), Error> {
+    let asked = monitor.is_some_and(|mut m| m.quit().is_ok());
+    let grace = if asked { QUIT_GRACE } else { Duration::ZERO };
+    vm.wait_or_kill(grace)?;
+    Ok(())
+}

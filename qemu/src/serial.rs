@@ -1,0 +1,204 @@
+//! Following the serial console log while QEMU writes it, and picking the
+//! guest's report out of it.
+//!
+//! Supported: a plain file that only grows (QEMU's `file` chardev), lines
+//! ending in `\n` or `\r\n`, any bytes (invalid UTF-8 is replaced). The file
+//! may not exist yet when tailing starts. Not supported: a log that is
+//! truncated or rotated while it is followed.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use strata_boot::report::Event;
+
+/// Reads complete lines appended to a file since the last call.
+#[derive(Debug)]
+pub struct Tail {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes after the last newline, waiting for the rest of their line.
+    partial: Vec<u8>,
+}
+
+/// Why the console log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the log failed.
+    #[error("cannot read serial log {path}")]
+    Read {
+        /// The log file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Tail {
+    /// Follows `path`, which need not exist yet.
+    pub fn new(path: &Path) -> Self {
+        Tail {
+            path: path.to_owned(),
+            file: None,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The complete lines appended since the last call, without line ends.
+    pub fn poll(&mut self) -> Result<Vec<String>, Error> {
+        let fail = |source| Error::Read {
+            path: self.path.clone(),
+            source,
+        };
+        if self.file.is_none() {
+            match File::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.read_to_end(&mut self.partial).map_err(fail)?;
+        }
+        Ok(self.take_lines())
+    }
+
+    /// Like [`Tail::poll`], then also returns an unterminated last line: for
+    /// when the writer has exited and no newline will come.
+    pub fn finish(&mut self) -> Result<Vec<String>, Error> {
+        let mut lines = self.poll()?;
+        if !self.partial.is_empty() {
+            lines.push(decode(&std::mem::take(&mut self.partial)));
+        }
+        Ok(lines)
+    }
+
+    fn take_lines(&mut self) -> Vec<String> {
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(end + 1);
+        let done = std::mem::replace(&mut self.partial, rest);
+        done[..end].split(|&b| b == b'\n').map(decode).collect()
+    }
+}
+
+fn decode(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8_lossy(line).into_owned()
+}
+
+/// What the console has shown so far: the report events, the report lines
+/// that could not be read, and the last line for error messages.
+#[derive(Debug, Default, Clone)]
+pub struct Console {
+    /// Report events in the order the guest printed them.
+    pub events: Vec<Event>,
+    /// Lines that carried the report prefix and a `{` but no readable event.
+    pub unreadable: Vec<String>,
+    /// The last non-blank console line, report or not.
+    pub last_line: Option<String>,
+}
+
+impl Console {
+    /// Takes in console lines.
+    pub fn feed(&mut self, lines: impl IntoIterator<Item = String>) {
+        for line in lines {
+            match Event::parse_line(&line) {
+                Some(Ok(event)) => self.events.push(event),
+                Some(Err(_)) => self.unreadable.push(line.clone()),
+                None => {}
+            }
+            if !line.trim().is_empty() {
+                self.last_line = Some(line);
+            }
+        }
+    }
+
+    /// True once the guest said its report is complete.
+    pub fn done(&self) -> bool {
+        self.events.iter().any(|e| matches!(e, Event::Done { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn follows_a_growing_file_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let mut tail = Tail::new(&path);
+        assert!(tail.poll().unwrap().is_empty(), "file does not exist yet");
+        append(&path, b"BdsDxe: loading\r\nEFI stub: ");
+        assert_eq!(tail.poll().unwrap(), ["BdsDxe: loading"]);
+        assert!(tail.poll().unwrap().is_empty(), "nothing new");
+        append(&path, b"decompressing\n\nSTRATA {\"event\":");
+        assert_eq!(tail.poll().unwrap(), ["EFI stub: decompressing", ""]);
+        append(
+            &path,
+            b"\"done\",\"ok\":true,\"layers\":0,\"smoke\":true}\r\n",
+        );
+        let lines = tail.poll().unwrap();
+        assert_eq!(
+            lines,
+            [r#"STRATA {"event":"done","ok":true,"layers":0,"smoke":true}"#]
+        );
+    }
+
+    #[test]
+    fn finish_returns_the_unterminated_tail_and_invalid_utf8_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        append(&path, b"a\xffb\npowering o");
+        let mut tail = Tail::new(&path);
+        assert_eq!(tail.poll().unwrap(), ["a\u{fffd}b"]);
+        assert_eq!(tail.finish().unwrap(), ["powering o"]);
+        assert!(tail.finish().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unreadable_log_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory opens but cannot be read.
+        let mut tail = Tail::new(dir.path());
+        let err = tail.poll().unwrap_err();
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn console_collects_events_damage_and_last_line() {
+        let mut c = Console::default();
+        let done = Event::Done {
+            ok: true,
+            layers: 0,
+            smoke: true,
+        };
+        c.feed([
+            "[    1.0] Run /init as init process".to_owned(),
+            format!("[    1.2] {}", done.to_line()),
+            "STRATA {\"event\":\"layer\",\"index\":".to_owned(),
+            "   ".to_owned(),
+        ]);
+        assert_eq!(c.events, [done]);
+        assert!(c.done());
+        assert_eq!(c.unreadable.len(), 1);
+        assert_eq!(
+            c.last_line.as_deref(),
+            Some("STRATA {\"event\":\"layer\",\"index\":")
+        );
+    }
+}
