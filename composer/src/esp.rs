@@ -162,6 +162,6 @@ mod tests {
             "{e}"
         );
         let auto = size(&f, Size::Auto).unwrap();
-        assert!(auto >= (40 << 20) + 8 * MIB && auto % MIB == 0);
+        assert!(auto >= (40 << 20) + 8 * MIB && auto.is_multiple_of(MIB));
     }
 }

@@ -133,7 +133,7 @@ fn write_boot_part<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<W> {
     }
     for m in c.modules {
         let target = format!("{base}/{}", m.rel_path.display());
-        cpio.file_from_path(&target, &c.modules_dir.join(&m.rel_path), 0o644)?;
+        cpio.file_from_path(&target, c.modules_dir.join(&m.rel_path), 0o644)?;
     }
     cpio.file(
         "etc/strata/modules.load",

@@ -148,6 +148,8 @@ pub struct BootResult {
     pub shutdown_reason: Option<String>,
     /// Report lines that could not be parsed.
     pub unreadable_lines: Vec<String>,
+    /// True when QEMU did not exit on `quit` and had to be killed.
+    pub qemu_killed: bool,
     /// The serial console log.
     pub serial_log: PathBuf,
     /// QEMU's own stdout/stderr.
@@ -277,6 +279,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootResult, Error> {
             _ => None,
         },
         unreadable_lines: watched.console.unreadable,
+        qemu_killed: watched.killed,
         serial_log,
         qemu_log,
         qemu_command: argv,

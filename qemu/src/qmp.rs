@@ -134,7 +134,10 @@ impl Monitor {
     }
 
     /// Asks QEMU to exit. The answer is not awaited: QEMU may close the
-    /// socket first, and the caller waits for the process anyway.
+    /// socket first, and the caller waits for the process anyway. Keep the
+    /// monitor open until QEMU has exited: closing a unix socket that still
+    /// holds unread input (a late event) resets the connection, and QEMU may
+    /// then never read the `quit`.
     pub fn quit(&mut self) -> Result<(), Error> {
         self.qmp.write_command(&quit {}).map_err(|e| Error::Lost {
             message: e.to_string(),
@@ -225,8 +228,10 @@ mod tests {
             }]
         );
         m.quit().unwrap();
-        drop(m);
+        // The monitor stays open until the server has read `quit`: closing a
+        // unix socket with unread input resets the peer's side.
         let seen = server.join().unwrap();
+        drop(m);
         assert!(seen[0].contains("qmp_capabilities"), "{seen:?}");
         assert!(seen[1].contains("query-version"), "{seen:?}");
         assert!(seen.last().unwrap().contains("\"quit\""), "{seen:?}");

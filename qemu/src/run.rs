@@ -9,6 +9,7 @@
 //! [`QUIT_GRACE`]. If QMP breaks down mid-run the process status and the
 //! serial log still carry the run to an end.
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use crate::process::{self, Vm};
@@ -41,6 +42,8 @@ pub struct Watched {
     pub ending: Ending,
     /// Report events and console lines.
     pub console: Console,
+    /// True when QEMU had to be killed (it ignored or never got `quit`).
+    pub killed: bool,
 }
 
 /// Watches `vm` (started at `started`) until it ends or `timeout` passes
@@ -81,9 +84,13 @@ pub fn watch(
         }
         std::thread::sleep(POLL);
     };
-    stop(vm, monitor)?;
+    let killed = stop(vm, monitor)?;
     console.feed(tail.finish()?);
-    Ok(Watched { ending, console })
+    Ok(Watched {
+        ending,
+        console,
+        killed,
+    })
 }
 
 /// The cause, when the guest stopped itself. A monitor that fails is dropped:
@@ -99,10 +106,15 @@ fn guest_stop(monitor: &mut Option<Monitor>) -> Option<String> {
     }
 }
 
-/// Asks QEMU to quit, waits, kills it if need be.
-fn stop(vm: &mut Vm, monitor: Option<Monitor>) -> Result<(), Error> {
-    let asked = monitor.is_some_and(|mut m| m.quit().is_ok());
+/// Asks QEMU to quit, waits, kills it if need be; true when it was killed.
+/// The monitor is closed only afterwards (see [`Monitor::quit`]).
+fn stop(vm: &mut Vm, mut monitor: Option<Monitor>) -> Result<bool, Error> {
+    if vm.try_wait()?.is_some() {
+        return Ok(false);
+    }
+    let asked = monitor.as_mut().is_some_and(|m| m.quit().is_ok());
     let grace = if asked { QUIT_GRACE } else { Duration::ZERO };
-    vm.wait_or_kill(grace)?;
-    Ok(())
+    let status = vm.wait_or_kill(grace)?;
+    drop(monitor);
+    Ok(status.signal() == Some(libc::SIGKILL))
 }

@@ -356,7 +356,15 @@ mod tests {
     #[test]
     fn table_of_event_sequences() {
         let two = want(&[("hello", "1.0"), ("tools", "2.1")]);
-        let table: Vec<(&str, Vec<Event>, Vec<Expected>, Ending, Result<&str, &str>)> = vec![
+        /// Name, events, expected extensions, ending, pass or fail reason.
+        type Row = (
+            &'static str,
+            Vec<Event>,
+            Vec<Expected>,
+            Ending,
+            Result<&'static str, &'static str>,
+        );
+        let table: Vec<Row> = vec![
             (
                 "all good",
                 vec![

@@ -156,6 +156,7 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     );
     assert_eq!(r.ended_by, "guest-poweroff");
     assert_eq!(r.shutdown_reason.as_deref(), Some("guest-shutdown"));
+    assert!(!r.qemu_killed, "qemu ignored quit");
     assert_started(&r.events, support::Arch::Amd64);
     assert_eq!(r.events.len(), 4);
     assert!(r
@@ -191,29 +192,32 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     assert_eq!(r.reason, r#"extension "absent" not reported"#);
     assert_eq!(r.ended_by, "runner-quit-after-report");
     assert_eq!(r.shutdown_reason, None);
+    assert!(!r.qemu_killed, "qemu ignored quit");
     assert_eq!(r.layers.len(), 3);
     assert!(!r.layers[2].reported);
 }
 
-/// QEMU, firmware and a work dir, or `None` (after printing why).
-fn vm_or_skip() -> Option<()> {
+/// True when QEMU and firmware are present; prints why not otherwise.
+fn qemu_or_skip() -> bool {
     let strict = std::env::var("STRATA_E2E").is_ok_and(|v| v == "1");
     let found = find_firmware(Arch::Amd64)
         .map_err(|e| e.to_string())
         .and_then(|_| strata_qemu::host::find_qemu(Arch::Amd64).map_err(|e| e.to_string()));
     match found {
-        Ok(_) => Some(()),
+        Ok(_) => true,
         Err(why) if strict => panic!("STRATA_E2E=1 but the runner test cannot run: {why}"),
         Err(why) => {
             println!("skipping: {why}");
-            None
+            false
         }
     }
 }
 
 #[test]
 fn a_disk_with_nothing_to_boot_times_out() {
-    let Some(()) = vm_or_skip() else { return };
+    if !qemu_or_skip() {
+        return;
+    }
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch();
     let disk = dir.path().join("blank.img");
@@ -252,7 +256,9 @@ fn a_disk_with_nothing_to_boot_times_out() {
 
 #[test]
 fn qemu_refusing_the_image_is_an_error_with_its_message() {
-    let Some(()) = vm_or_skip() else { return };
+    if !qemu_or_skip() {
+        return;
+    }
     let dir = scratch();
     let disk = dir.path().join("not-qcow2.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
@@ -312,4 +318,27 @@ fn arm64_passes_with_its_layers() {
     );
     assert_eq!(r.ended_by, "guest-poweroff");
     assert_started(&r.events, support::Arch::Arm64);
+}
+
+#[test]
+#[ignore = "slow: one TCG boot per disk media; run with --ignored"]
+fn amd64_boots_from_every_disk_media() {
+    let Some(inputs) = inputs_or_skip(support::Arch::Amd64) else {
+        return;
+    };
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch();
+    let disk = support::build_disk(&inputs, &report(), After::PowerOff, dir.path()).unwrap();
+    for media in [Media::Nvme, Media::Ahci, Media::Pvscsi, Media::VirtioScsi] {
+        let mut s = spec(
+            Arch::Amd64,
+            &disk,
+            &dir.path().join(format!("{media:?}")),
+            vec![],
+        );
+        s.media = media;
+        let r = boot(&s).unwrap();
+        println!("amd64 {media:?}: {} in {:.1} s", r.reason, r.duration_secs);
+        assert!(r.pass, "{media:?}: {}", r.reason);
+    }
 }
