@@ -101,7 +101,7 @@ fn the_disk_is_judged_sound_by_independent_tools() {
     let m = manifest(out);
     let mut images = vec!["rootfs.sqsh".to_string()];
     images.extend(
-        m["extensions"]
+        m["builds"][0]["extensions"]
             .as_array()
             .unwrap()
             .iter()

@@ -57,32 +57,28 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let output = manifest
-        .outputs
-        .iter()
-        .find(|o| o.file == file_name)
-        .ok_or_else(|| -> Error {
-            InputError::new(
-                art,
-                "",
-                format!(
-                    "{file_name} is not listed in {}",
-                    dir.join(crate::manifest::FILE_NAME).display()
-                ),
-                "boot an artefact of that build, or rebuild",
-            )
-            .into()
-        })?;
-    let arch = Arch::parse(&manifest.arch).ok_or_else(|| {
+    let (build, output) = manifest.find_output(&file_name).ok_or_else(|| -> Error {
+        InputError::new(
+            art,
+            "",
+            format!(
+                "{file_name} is not listed in {}",
+                dir.join(crate::manifest::FILE_NAME).display()
+            ),
+            "boot an artefact of that build, or rebuild",
+        )
+        .into()
+    })?;
+    let arch = Arch::parse(&build.arch).ok_or_else(|| {
         Error::step(
             "boot",
-            format!("unknown arch `{}` in the manifest", manifest.arch),
+            format!("unknown arch `{}` in the manifest", build.arch),
         )
     })?;
     let media_name = opts
         .media
         .clone()
-        .unwrap_or_else(|| manifest.boot_test.media.clone());
+        .unwrap_or_else(|| build.boot_test.media.clone());
     let spec = BootSpec {
         image: art.clone(),
         format: image_format(&output.format)?,
@@ -91,7 +87,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             Arch::Arm64 => strata_qemu::Arch::Arm64,
         },
         media: media(&media_name)?,
-        expected: manifest
+        expected: build
             .extensions
             .iter()
             .map(|e| Expected {
@@ -100,7 +96,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             })
             .collect(),
         timeout: opts.timeout,
-        memory_mib: opts.memory_mib.unwrap_or(manifest.boot_test.memory_mib),
+        memory_mib: opts.memory_mib.unwrap_or(build.boot_test.memory_mib),
         cpus: 1,
         accel: opts.accel,
         work_dir: work_dir(art),

@@ -237,9 +237,16 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     timed("disk", t, &mut steps);
 
     let t = Instant::now();
-    let manifest = make_manifest(
-        &inputs, &kernel, &modules, &layers, &cmdline, &raw_path, &file_name,
+    let this_build = make_build(
+        &inputs,
+        &kernel,
+        &modules,
+        (&rootfs_sqsh, &layers),
+        &cmdline,
+        &raw_path,
+        &file_name,
     )?;
+    let manifest = Manifest::merge(Manifest::read(&out_dir).ok(), &name, this_build);
     let mtmp = out.temp_file()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::step("manifest", e))?;
     std::fs::write(mtmp.path(), [json.as_slice(), b"\n"].concat())
@@ -614,15 +621,15 @@ fn write_disk(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn make_manifest(
+fn make_build(
     inputs: &Inputs,
     kernel: &Kernel,
     modules: &[ModuleRef],
-    layers: &[(String, PathBuf)],
+    (rootfs_sqsh, layers): (&Path, &[(String, PathBuf)]),
     cmdline: &str,
     raw: &Path,
     file_name: &str,
-) -> Result<Manifest> {
+) -> Result<manifest::Build> {
     let p = &inputs.lp.profile;
     let sha = |path: &Path| crate::digest::file_sha256(path).map_err(Error::io("hashing", path));
     let mut ins = vec![manifest::Input {
@@ -643,7 +650,7 @@ fn make_manifest(
     ins.push(manifest::Input {
         role: "rootfs".into(),
         source: root_src,
-        sha256: String::new(),
+        sha256: sha(rootfs_sqsh)?,
     });
     for (e, (_, path)) in inputs.extensions.iter().zip(layers) {
         ins.push(manifest::Input {
@@ -665,9 +672,7 @@ fn make_manifest(
     let size = std::fs::metadata(raw)
         .map_err(Error::io("reading", raw))?
         .len();
-    Ok(Manifest {
-        strata: env!("CARGO_PKG_VERSION").into(),
-        name: p.name.clone(),
+    Ok(manifest::Build {
         arch: p.arch.to_string(),
         platform: inputs.platform.name.clone(),
         os: manifest::Os {

@@ -61,7 +61,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             };
             let report = build::build(&opts, &mut |line| eprintln!("{line}"))?;
             let total: Duration = report.steps.iter().map(|(_, d)| *d).sum();
-            for o in &report.manifest.outputs {
+            for o in report.manifest.builds.iter().flat_map(|b| &b.outputs) {
                 println!("{}", report.out_dir.join(&o.file).display());
             }
             eprintln!("built in {:.1} s", total.as_secs_f64());

@@ -10,13 +10,21 @@ use serde::{Deserialize, Serialize};
 /// The file name of the manifest in an output directory.
 pub const FILE_NAME: &str = "manifest.json";
 
-/// The whole manifest.
+/// The whole manifest: one section per (arch, platform) built into this
+/// directory, so amd64 and arm64 builds of one profile can share `out/<name>/`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     /// strata's version.
     pub strata: String,
     /// Profile name.
     pub name: String,
+    /// The builds, sorted by arch then platform.
+    pub builds: Vec<Build>,
+}
+
+/// What one build of the profile produced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Build {
     /// Target architecture (`amd64`, `arm64`).
     pub arch: String,
     /// Platform name.
@@ -40,7 +48,6 @@ pub struct Manifest {
     /// The artefacts.
     pub outputs: Vec<Output>,
 }
-
 /// OS identity.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Os {
@@ -101,5 +108,80 @@ impl Manifest {
     pub fn read(dir: &std::path::Path) -> std::io::Result<Manifest> {
         let text = std::fs::read(dir.join(FILE_NAME))?;
         serde_json::from_slice(&text).map_err(std::io::Error::other)
+    }
+
+    /// The manifest after `build`: `previous` (the manifest already in the
+    /// directory, if it is for the same profile name) keeps its other builds,
+    /// and `build` replaces any earlier build of the same arch and platform.
+    pub fn merge(previous: Option<Manifest>, name: &str, build: Build) -> Manifest {
+        let mut builds: Vec<Build> = previous
+            .filter(|m| m.name == name)
+            .map(|m| m.builds)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| {
+                (b.arch.as_str(), b.platform.as_str())
+                    != (build.arch.as_str(), build.platform.as_str())
+            })
+            .collect();
+        builds.push(build);
+        builds.sort_by(|a, b| (&a.arch, &a.platform).cmp(&(&b.arch, &b.platform)));
+        Manifest {
+            strata: env!("CARGO_PKG_VERSION").into(),
+            name: name.into(),
+            builds,
+        }
+    }
+
+    /// The build and output entry of an artefact file name.
+    pub fn find_output(&self, file: &str) -> Option<(&Build, &Output)> {
+        self.builds
+            .iter()
+            .find_map(|b| b.outputs.iter().find(|o| o.file == file).map(|o| (b, o)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(arch: &str, file: &str) -> Build {
+        Build {
+            arch: arch.into(),
+            platform: "metal".into(),
+            os: Os {
+                id: "x".into(),
+                version: "1".into(),
+            },
+            cmdline: String::new(),
+            kernel_release: String::new(),
+            inputs: vec![],
+            extensions: vec![],
+            modules: vec![],
+            boot_test: BootTest {
+                media: "virtio-blk".into(),
+                memory_mib: 1024,
+            },
+            epoch: 0,
+            outputs: vec![Output {
+                file: file.into(),
+                format: "raw".into(),
+                size: 1,
+                sha256: String::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn builds_of_other_arches_are_kept_and_sorted() {
+        let m = Manifest::merge(None, "p", build("arm64", "metal-arm64.raw"));
+        let m = Manifest::merge(Some(m), "p", build("amd64", "metal-amd64.raw"));
+        let m = Manifest::merge(Some(m), "p", build("amd64", "metal-amd64.raw"));
+        let arches: Vec<&str> = m.builds.iter().map(|b| b.arch.as_str()).collect();
+        assert_eq!(arches, ["amd64", "arm64"]);
+        assert_eq!(m.find_output("metal-arm64.raw").unwrap().0.arch, "arm64");
+        // A manifest of another profile is not merged into.
+        let other = Manifest::merge(Some(m), "q", build("amd64", "metal-amd64.raw"));
+        assert_eq!(other.builds.len(), 1);
     }
 }
