@@ -15,7 +15,7 @@ export SOURCE_DATE_EPOCH ?= 1700000000
 musl_amd64 := x86_64-unknown-linux-musl
 musl_arm64 := aarch64-unknown-linux-musl
 
-.PHONY: demo test deps debs kernel rootfs init strata lint unit e2e bench clean
+.PHONY: demo test test-inputs deps debs kernel rootfs init strata lint clean
 
 ## Install apt packages and Rust targets that are missing (as root).
 deps:
@@ -48,8 +48,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
 
-## Unit tests and writer judges, then the end-to-end tests (build + boot).
-test: deps kernel rootfs init strata lint
+## Both architectures' inputs: the tests build and boot amd64 and arm64.
+test-inputs: deps
+	@for a in $(ARCHES); do scripts/fetch-debs.sh $$a $(DEBS) >/dev/null || exit 1; done
+	@$(MAKE) -s build/rootfs-amd64 build/rootfs-arm64
+	$(CARGO) build -q -p strata-boot --release --target $(musl_amd64) --target $(musl_arm64)
+
+## Lint, unit tests and writer judges, then the end-to-end tests (build + boot).
+test: test-inputs strata lint
 	STRATA_E2E=1 $(CARGO) test --release --workspace
 
 clean:

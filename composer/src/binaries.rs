@@ -191,3 +191,87 @@ mod tests {
         check_efi(x64, Arch::Amd64, "bootloader").unwrap();
     }
 }
+
+/// The ELF machine of a file's header, if it is an ELF file (64-bit or 32-bit, either endianness).
+pub fn elf_machine_of(head: &[u8]) -> Option<u16> {
+    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let bytes = [head[18], head[19]];
+    Some(if head[5] == 2 {
+        u16::from_be_bytes(bytes)
+    } else {
+        u16::from_le_bytes(bytes)
+    })
+}
+
+/// Refuses a tree (root filesystem or extension) holding ELF files built for
+/// another architecture, naming the first such file and both architectures.
+/// Only the first 20 bytes of each regular file are read.
+pub fn check_tree_arch(
+    tree: &crate::tree::Tree,
+    arch: Arch,
+    what: &str,
+    origin: &Path,
+) -> Result<()> {
+    use crate::tree::{EntryKind, FileData};
+    use std::io::Read;
+    for (path, entry) in tree.iter() {
+        let head: Vec<u8> = match &entry.kind {
+            EntryKind::File(FileData::Bytes(b)) => b.iter().take(20).copied().collect(),
+            EntryKind::File(FileData::Host(host)) => {
+                let mut buf = Vec::with_capacity(20);
+                let file = std::fs::File::open(host).map_err(Error::io("reading", host))?;
+                file.take(20)
+                    .read_to_end(&mut buf)
+                    .map_err(Error::io("reading", host))?;
+                buf
+            }
+            _ => continue,
+        };
+        if let Some(machine) = elf_machine_of(&head) {
+            if machine != arch.elf_machine() {
+                return Err(InputError::new(
+                    origin,
+                    "",
+                    format!(
+                        "{what} holds {} built for {}, but the profile's arch is {arch}",
+                        path.display(),
+                        Arch::name_elf_machine(machine)
+                    ),
+                    format!("use the {arch} build of the {what}"),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+    use crate::tree::{Entry, Tree};
+
+    #[test]
+    fn a_tree_with_a_foreign_elf_is_refused() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        let mut tree = Tree::new();
+        tree.insert("/usr/bin/tool", Entry::bytes_file(elf, 0o755))
+            .unwrap();
+        tree.insert(
+            "/usr/share/doc.txt",
+            Entry::bytes_file(b"\x7fELF".to_vec(), 0o644),
+        )
+        .unwrap();
+        let e = check_tree_arch(&tree, Arch::Amd64, "extension `x`", Path::new("ext/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extension `x` holds /usr/bin/tool built for arm64, but the profile's arch is amd64"), "{e}");
+        check_tree_arch(&tree, Arch::Arm64, "extension `x`", Path::new("ext/x")).unwrap();
+    }
+}

@@ -393,6 +393,34 @@ fn check_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<()> {
 
 /// Step 2a: the kernel, from the cache when this .deb was unpacked before.
 fn load_kernel(inputs: &Inputs, cache: &Path) -> Result<Kernel> {
+    if let Some(deb) = &inputs.kernel_deb {
+        let info = crate::deb::read_control(deb).map_err(|e| -> Error {
+            inputs
+                .lp
+                .error(
+                    "kernel.deb",
+                    e.to_string(),
+                    "give a Debian linux-image-* package",
+                )
+                .into()
+        })?;
+        let want = inputs.lp.profile.arch.debian();
+        if info.architecture != want {
+            return Err(inputs
+                .lp
+                .error(
+                    "kernel.deb",
+                    format!(
+                        "{} is package {} for {}, but the profile's arch is {want}",
+                        deb.display(),
+                        info.package,
+                        info.architecture
+                    ),
+                    format!("use linux-image-{want} (`make kernel ARCH={want}`)"),
+                )
+                .into());
+        }
+    }
     let k = match (&inputs.kernel_deb, &inputs.kernel_parts) {
         (Some(deb), _) => kernel::from_deb(deb, cache),
         (None, Some((v, m))) => kernel::from_parts(v, m),
@@ -488,6 +516,12 @@ fn squash_all(inputs: &Inputs, work: &Path) -> Result<(PathBuf, Vec<(String, Pat
                 Error::step("extension squashfs", format!("{}: {e}", ext.dir.display()))
             })?;
             tree.all_root();
+            binaries::check_tree_arch(
+                &tree,
+                inputs.lp.profile.arch,
+                &format!("extension `{}`", ext.name),
+                &ext.dir,
+            )?;
             write_squashfs(&tree, &path, &opts)?;
             layers.push((image, path));
         }
@@ -514,6 +548,12 @@ fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<Path
             return Ok(s.clone());
         }
     };
+    binaries::check_tree_arch(
+        &tree,
+        inputs.lp.profile.arch,
+        "root filesystem",
+        root_origin(inputs),
+    )?;
     // The init bind-mounts /extensions.yaml here, so the file must exist in the root.
     if tree.get("/etc/extensions.yaml").is_none() {
         tree.insert(
@@ -529,6 +569,12 @@ fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<Path
     }
     write_squashfs(&tree, out, opts)?;
     Ok(out.to_path_buf())
+}
+
+fn root_origin(inputs: &Inputs) -> &Path {
+    match &inputs.rootfs {
+        RootSource::Dir(p) | RootSource::Tar(p) | RootSource::Squashfs(p) => p,
+    }
 }
 
 fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions) -> Result<()> {
