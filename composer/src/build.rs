@@ -133,7 +133,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let t = Instant::now();
     let kernel = load_kernel(&inputs, &cache)?;
-    let modules = module_closure(&inputs.lp, &kernel)?;
+    let modules = module_closure(&inputs.lp, &inputs.platform, &kernel)?;
     progress(&format!(
         "[2/7] kernel {} ({} modules in the initramfs)",
         kernel.release,
@@ -478,8 +478,13 @@ fn load_kernel(inputs: &Inputs, cache: &Path) -> Result<Kernel> {
 }
 
 /// Step 2b: default modules plus the profile's, with their dependencies.
-fn module_closure(lp: &LoadedProfile, kernel: &Kernel) -> Result<Vec<ModuleRef>> {
+fn module_closure(
+    lp: &LoadedProfile,
+    platform: &Platform,
+    kernel: &Kernel,
+) -> Result<Vec<ModuleRef>> {
     let mut wanted: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
+    wanted.extend(platform.modules.get(lp.profile.arch));
     wanted.extend(lp.profile.kernel.modules.iter().cloned());
     kernel.index.closure(&wanted).map_err(|e| {
         lp.error(
@@ -741,7 +746,7 @@ fn make_build(
             .collect(),
         modules: modules.iter().map(|m| m.name.clone()).collect(),
         boot_test: manifest::BootTest {
-            media: inputs.platform.boot_test.media.clone(),
+            media: inputs.platform.boot_test.media.get(p.arch),
             memory_mib: inputs.platform.boot_test.memory_mib,
         },
         epoch: inputs.epoch,

@@ -12,7 +12,14 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The platform files shipped with strata, by name.
-const BUILTIN: &[(&str, &str)] = &[("metal", include_str!("../../platforms/metal.yaml"))];
+const BUILTIN: &[(&str, &str)] = &[
+    ("aws", include_str!("../../platforms/aws.yaml")),
+    ("azure", include_str!("../../platforms/azure.yaml")),
+    ("gcp", include_str!("../../platforms/gcp.yaml")),
+    ("metal", include_str!("../../platforms/metal.yaml")),
+    ("nocloud", include_str!("../../platforms/nocloud.yaml")),
+    ("vmware", include_str!("../../platforms/vmware.yaml")),
+];
 
 /// A platform definition.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +31,9 @@ pub struct Platform {
     pub description: String,
     /// Kernel arguments per architecture; the last `console=` receives the guest's report.
     pub kernel_args: BTreeMap<Arch, Vec<String>>,
+    /// Extra initramfs modules the platform's hardware needs, per architecture.
+    #[serde(default)]
+    pub modules: PerArch<Vec<String>>,
     /// Output formats built when the profile names none.
     pub outputs: Vec<String>,
     /// Disk size and partitions.
@@ -71,10 +81,37 @@ pub enum PartitionKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootTest {
-    /// Device model: virtio-blk, nvme, ahci, pvscsi, virtio-scsi or cdrom.
-    pub media: String,
+    /// Device model: virtio-blk, nvme, ahci, pvscsi, virtio-scsi or cdrom;
+    /// one for all architectures or one per architecture.
+    pub media: PerArch<String>,
     /// Guest memory.
     pub memory_mib: u32,
+}
+
+/// A value for every architecture, or one per architecture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PerArch<T> {
+    /// The same for every architecture.
+    All(T),
+    /// Per architecture; a missing architecture gets the default.
+    Each(BTreeMap<Arch, T>),
+}
+
+impl<T: Default> Default for PerArch<T> {
+    fn default() -> Self {
+        PerArch::Each(BTreeMap::new())
+    }
+}
+
+impl<T: Clone + Default> PerArch<T> {
+    /// The value for `arch`.
+    pub fn get(&self, arch: Arch) -> T {
+        match self {
+            PerArch::All(v) => v.clone(),
+            PerArch::Each(m) => m.get(&arch).cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// Names of the built-in platforms.
@@ -149,6 +186,8 @@ mod tests {
 
     #[test]
     fn unknown_platforms_list_the_known_ones() {
-        assert!(load("mars").unwrap_err().contains("available: metal"));
+        assert!(load("mars")
+            .unwrap_err()
+            .contains("available: aws, azure, gcp, metal, nocloud, vmware"));
     }
 }
