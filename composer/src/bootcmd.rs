@@ -10,7 +10,8 @@ use crate::error::{Error, InputError, Result};
 use crate::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use strata_qemu::{Accel, BootResult, BootSpec, Expected, ImageFormat, Media};
+use crate::format::OutputKind;
+use strata_qemu::{Accel, BootResult, BootSpec, Expected, Media};
 
 /// Options of `strata boot`.
 #[derive(Debug, Clone)]
@@ -78,10 +79,19 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
     let media_name = opts
         .media
         .clone()
+        .or_else(|| output.media.clone())
         .unwrap_or_else(|| build.boot_test.media.clone());
+    let kind = OutputKind::parse(&output.format).map_err(|m| Error::step("boot", m))?;
+    let work = work_dir(art);
+    std::fs::create_dir_all(&work).map_err(Error::io("creating", &work))?;
+    let unpack_dir = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(&work)
+        .map_err(Error::io("creating a directory in", &work))?;
+    let (image, format) = crate::unpack::prepare(art, kind, unpack_dir.path())?;
     let spec = BootSpec {
-        image: art.clone(),
-        format: image_format(&output.format)?,
+        image,
+        format,
         arch: match arch {
             Arch::Amd64 => strata_qemu::Arch::Amd64,
             Arch::Arm64 => strata_qemu::Arch::Arm64,
@@ -115,16 +125,6 @@ pub fn work_dir(art: &Path) -> PathBuf {
     art.with_file_name(name)
 }
 
-fn image_format(f: &str) -> Result<ImageFormat> {
-    match f {
-        "raw" => Ok(ImageFormat::Raw),
-        "qcow2" => Ok(ImageFormat::Qcow2),
-        other => Err(Error::step(
-            "boot",
-            format!("artefact format `{other}` cannot be booted yet"),
-        )),
-    }
-}
 
 /// Maps a platform's device-model name to the runner's.
 pub fn media(name: &str) -> Result<Media> {

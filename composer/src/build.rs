@@ -19,6 +19,8 @@ use crate::binaries;
 use crate::disk;
 use crate::error::{Error, Result};
 use crate::esp;
+use crate::format::{self, Format, OutputKind};
+use crate::output;
 use crate::extension::{self, TalosExtension};
 use crate::initramfs;
 use crate::kernel::{self, Kernel, KernelMachine};
@@ -95,7 +97,8 @@ pub fn default_cache_dir() -> PathBuf {
 /// Everything a build reads, resolved and checked.
 struct Inputs {
     lp: LoadedProfile,
-    platform: Platform,
+    /// Each platform with the outputs it gets.
+    platforms: Vec<(Platform, Vec<OutputKind>)>,
     kernel_deb: Option<PathBuf>,
     kernel_parts: Option<(PathBuf, PathBuf)>,
     rootfs: RootSource,
@@ -112,6 +115,16 @@ enum RootSource {
     Squashfs(PathBuf),
 }
 
+/// One platform's share of a build, planned before anything is written.
+struct PlatformPlan {
+    platform: Platform,
+    outputs: Vec<OutputKind>,
+    modules: Vec<ModuleRef>,
+    cmdline: String,
+    esp_files: Vec<crate::fat::FatFile>,
+    layout: disk::Layout,
+}
+
 /// Runs a whole build. `progress` receives one line per step.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport> {
     let mut steps = Vec::new();
@@ -123,22 +136,18 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let inputs = resolve_inputs(opts)?;
     let arch = inputs.lp.profile.arch;
     let name = inputs.lp.profile.name.clone();
+    let platform_names: Vec<&str> = inputs.platforms.iter().map(|(p, _)| p.name.as_str()).collect();
     progress(&format!(
         "[1/7] profile {} ({arch}, platform {})",
         inputs.lp.path.display(),
-        inputs.platform.name
+        platform_names.join(", ")
     ));
     timed("inputs", t, &mut steps);
 
     let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let t = Instant::now();
     let kernel = load_kernel(&inputs, &cache)?;
-    let modules = module_closure(&inputs.lp, &inputs.platform, &kernel)?;
-    progress(&format!(
-        "[2/7] kernel {} ({} modules in the initramfs)",
-        kernel.release,
-        modules.len()
-    ));
+    progress(&format!("[2/7] kernel {}", kernel.release));
     timed("kernel", t, &mut steps);
 
     std::fs::create_dir_all(cache.join("tmp")).map_err(Error::io("creating", cache.join("tmp")))?;
@@ -155,98 +164,92 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     ));
     timed("squashfs", t, &mut steps);
 
+    // Steps 4-5 for every platform before anything is written: a platform
+    // whose ESP does not fit must fail before another platform's outputs land.
     let t = Instant::now();
-    let initrd = work.path().join("initrd.img");
     let ext_yaml = extensions_yaml(&inputs.extensions, &layers)?;
-    let contents = initramfs::Contents {
-        init: &inputs.init,
-        release: &kernel.release,
-        modules_dir: &kernel.modules_dir,
-        modules: &modules,
-        rootfs: &rootfs_sqsh,
-        layers: &layers,
-        extensions_yaml: &ext_yaml,
-        mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
-        compression: inputs.lp.profile.initramfs.compression,
-    };
-    let stats = initramfs::write(&initrd, &contents)
-        .map_err(Error::io("writing the initramfs", &initrd))?;
-    progress(&format!(
-        "[4/7] initramfs: {} stored + {} compressed",
-        crate::units::human(stats.stored),
-        crate::units::human(stats.compressed)
-    ));
-    timed("initramfs", t, &mut steps);
+    let mut initrds: Vec<(Vec<String>, PathBuf)> = Vec::new();
+    let mut plans = Vec::new();
+    for (platform, outputs) in &inputs.platforms {
+        let modules = module_closure(&inputs.lp, platform, &kernel)?;
+        let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
+        // Platforms that need the same modules share one initramfs.
+        let initrd = match initrds.iter().find(|(n, _)| *n == names) {
+            Some((_, path)) => path.clone(),
+            None => {
+                let path = work.path().join(format!("initrd-{}.img", initrds.len()));
+                let contents = initramfs::Contents {
+                    init: &inputs.init,
+                    release: &kernel.release,
+                    modules_dir: &kernel.modules_dir,
+                    modules: &modules,
+                    rootfs: &rootfs_sqsh,
+                    layers: &layers,
+                    extensions_yaml: &ext_yaml,
+                    mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
+                    compression: inputs.lp.profile.initramfs.compression,
+                };
+                let stats = initramfs::write(&path, &contents)
+                    .map_err(Error::io("writing the initramfs", &path))?;
+                progress(&format!(
+                    "[4/7] initramfs for {}: {} modules, {} stored + {} compressed",
+                    platform.name,
+                    modules.len(),
+                    crate::units::human(stats.stored),
+                    crate::units::human(stats.compressed)
+                ));
+                initrds.push((names, path.clone()));
+                path
+            }
+        };
+        plans.push(plan_platform(&inputs, &kernel, platform, outputs, modules, &initrd)?);
+    }
+    for plan in &plans {
+        progress(&format!(
+            "[5/7] {}: disk {} (ESP {}), outputs {}",
+            plan.platform.name,
+            crate::units::human(plan.layout.size),
+            crate::units::human(plan.layout.partitions.iter().find(|p| p.kind == PartitionKind::Esp).map(|p| p.size).unwrap_or(0)),
+            plan.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    timed("initramfs+layout", t, &mut steps);
 
-    let t = Instant::now();
-    let cmdline = kernel_cmdline(&inputs.lp, &inputs.platform);
-    let entry = esp::BootEntry {
-        id: format!("strata-{name}"),
-        title: format!(
-            "{} {} ({name})",
-            inputs.lp.profile.os.id, inputs.lp.profile.os.version
-        ),
-        version: kernel.release.clone(),
-        cmdline: cmdline.clone(),
-    };
-    let esp_files = esp::files(arch, &inputs.bootloader, &kernel.vmlinuz, &initrd, &entry);
-    let requested_esp = inputs
-        .lp
-        .profile
-        .disk
-        .map(|d| d.esp_size)
-        .unwrap_or_default();
-    let esp_size = esp::size(&esp_files, requested_esp).map_err(|e| match e {
-        esp::EspError::TooSmall { .. } => inputs
-            .lp
-            .error(
-                "disk.esp_size",
-                e.to_string(),
-                "remove `esp_size` (auto) or raise it to at least the size named",
-            )
-            .into(),
-        other => Error::step("ESP", other),
-    })?;
-    let layout = plan_disk(&inputs, esp_size)?;
-    progress(&format!(
-        "[5/7] disk layout: {} (ESP {})",
-        crate::units::human(layout.size),
-        crate::units::human(esp_size)
-    ));
-    timed("layout", t, &mut steps);
-
+    // Step 6: disks and their conversions, all into temporary files.
     let t = Instant::now();
     let out_dir = opts
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&name));
     let mut out = OutDir::open(&out_dir)?;
-    let file_name = format!("{}-{arch}.raw", inputs.platform.name);
-    let raw_tmp = out.temp_file()?;
-    write_disk(
-        raw_tmp.path(),
-        &layout,
-        &esp_files,
-        &esp::fat_options(&inputs.seed, inputs.epoch),
-    )?;
-    let raw_path = out_dir.join(&file_name);
-    raw_tmp
-        .persist(&raw_path)
-        .map_err(|e| Error::io("renaming into place", &raw_path)(e.error))?;
-    progress(&format!("[6/7] wrote {}", raw_path.display()));
-    timed("disk", t, &mut steps);
+    let mut pending = Vec::new();
+    for plan in &plans {
+        pending.push(write_platform(&inputs, plan, &mut out, work.path())?);
+    }
+    // Every output exists: rename them all into place.
+    let mut manifest = Manifest::read(&out_dir).ok();
+    for (plan, files) in plans.iter().zip(pending) {
+        let mut finals: Vec<(OutputKind, PathBuf)> = Vec::new();
+        for (kind, file_name, tmp) in files {
+            let path = out_dir.join(&file_name);
+            tmp.persist(&path)
+                .map_err(|e| Error::io("renaming into place", &path)(e.error))?;
+            progress(&format!("[6/7] wrote {}", path.display()));
+            finals.push((kind, path));
+        }
+        let this_build = make_build(
+            &inputs,
+            plan,
+            &kernel,
+            (&rootfs_sqsh, &layers),
+            &finals,
+        )?;
+        manifest = Some(Manifest::merge(manifest, &name, this_build));
+    }
+    timed("outputs", t, &mut steps);
 
     let t = Instant::now();
-    let this_build = make_build(
-        &inputs,
-        &kernel,
-        &modules,
-        (&rootfs_sqsh, &layers),
-        &cmdline,
-        &raw_path,
-        &file_name,
-    )?;
-    let manifest = Manifest::merge(Manifest::read(&out_dir).ok(), &name, this_build);
+    let manifest = manifest.ok_or_else(|| Error::step("manifest", "no platform was built"))?;
     let mtmp = out.temp_file()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::step("manifest", e))?;
     std::fs::write(mtmp.path(), [json.as_slice(), b"\n"].concat())
@@ -264,10 +267,82 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     })
 }
 
+/// Steps 4-5 for one platform: command line, ESP contents and size, layout.
+fn plan_platform(
+    inputs: &Inputs,
+    kernel: &Kernel,
+    platform: &Platform,
+    outputs: &[OutputKind],
+    modules: Vec<ModuleRef>,
+    initrd: &Path,
+) -> Result<PlatformPlan> {
+    let arch = inputs.lp.profile.arch;
+    let name = &inputs.lp.profile.name;
+    let cmdline = kernel_cmdline(&inputs.lp, platform);
+    let entry = esp::BootEntry {
+        id: format!("strata-{name}"),
+        title: format!("{} {} ({name})", inputs.lp.profile.os.id, inputs.lp.profile.os.version),
+        version: kernel.release.clone(),
+        cmdline: cmdline.clone(),
+    };
+    let esp_files = esp::files(arch, &inputs.bootloader, &kernel.vmlinuz, initrd, &entry);
+    let requested_esp = inputs.lp.profile.disk.map(|d| d.esp_size).unwrap_or_default();
+    let esp_size = esp::size(&esp_files, requested_esp).map_err(|e| match e {
+        esp::EspError::TooSmall { .. } => inputs
+            .lp
+            .error("disk.esp_size", e.to_string(), "remove `esp_size` (auto) or raise it to at least the size named")
+            .into(),
+        other => Error::step("ESP", other),
+    })?;
+    let layout = plan_disk(inputs, platform, esp_size)?;
+    Ok(PlatformPlan { platform: platform.clone(), outputs: outputs.to_vec(), modules, cmdline, esp_files, layout })
+}
+
+/// Step 6 for one platform: the raw disk, then every conversion of it, each
+/// in a temporary file of the output directory.
+fn write_platform(
+    inputs: &Inputs,
+    plan: &PlatformPlan,
+    out: &mut OutDir,
+    work: &Path,
+) -> Result<Vec<(OutputKind, String, tempfile::NamedTempFile)>> {
+    let arch = inputs.lp.profile.arch;
+    let raw_tmp = out.temp_file()?;
+    write_disk(raw_tmp.path(), &plan.layout, &plan.esp_files, &esp::fat_options(&inputs.seed, inputs.epoch))?;
+    let esp_part = plan
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.kind == PartitionKind::Esp)
+        .ok_or_else(|| Error::step("disk", "the layout has no EFI system partition"))?;
+    let converted: Vec<OutputKind> = plan.outputs.iter().copied().filter(|k| !is_plain_raw(k)).collect();
+    let ctx = output::Context {
+        raw: raw_tmp.path(),
+        esp: (esp_part.offset, esp_part.size),
+        guids: (plan.layout.guid, esp_part.guid),
+        arch,
+        name: &inputs.lp.profile.name,
+        platform: &plan.platform.name,
+        epoch: inputs.epoch,
+        seed: &inputs.seed,
+        work,
+        out_dir: &out.path,
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut files: Vec<(OutputKind, String, tempfile::NamedTempFile)> = output::write_all(&ctx, &converted, workers)?
+        .into_iter()
+        .map(|w| (w.kind, w.file_name, w.tmp))
+        .collect();
+    if let Some(raw_kind) = plan.outputs.iter().find(|k| is_plain_raw(k)) {
+        files.insert(0, (*raw_kind, raw_kind.file_name(&plan.platform.name, arch.debian()), raw_tmp));
+    }
+    Ok(files)
+}
+
 /// Step 1: everything is read and checked here, before any write.
 fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
     let lp = profile::load(&opts.profile, opts.arch)?;
-    let platform = platform::for_profile(&lp)?;
+    let platforms = platform::for_profile(&lp)?;
     let p = &lp.profile;
     let deb_hint = "download it with `make kernel` (apt-get download linux-image-<arch>'s linux-image-* dependency)";
     let kernel_deb = p
@@ -312,7 +387,10 @@ fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
         }
     };
     let extensions = read_extensions(&lp)?;
-    check_outputs(&lp, &platform)?;
+    let platforms = platforms
+        .into_iter()
+        .map(|pf| parse_outputs(&lp, &pf).map(|o| (pf, o)))
+        .collect::<Result<Vec<_>>>()?;
     let bootloader =
         binaries::find_bootloader(p.arch, p.bootloader.as_deref().map(|b| lp.resolve(b)))?;
     let init = binaries::find_init(
@@ -330,7 +408,7 @@ fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
         .to_vec();
     Ok(Inputs {
         lp,
-        platform,
+        platforms,
         kernel_deb,
         kernel_parts,
         rootfs,
@@ -370,25 +448,37 @@ fn read_extensions(lp: &LoadedProfile) -> Result<Vec<TalosExtension>> {
     Ok(out)
 }
 
-/// Only raw disks are written so far; anything else is refused up front.
-fn check_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<()> {
-    let outputs = lp
-        .profile
-        .outputs
-        .clone()
-        .unwrap_or_else(|| platform.outputs.clone());
-    for (i, o) in outputs.iter().enumerate() {
-        if o != "raw" {
+/// Parses the requested outputs (the profile's, else the platform's) up front.
+fn parse_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<Vec<OutputKind>> {
+    let (names, from_profile) = match &lp.profile.outputs {
+        Some(list) => (list.clone(), true),
+        None => (platform.outputs.clone(), false),
+    };
+    let mut kinds = output::requested(&names).map_err(|(i, m)| -> Error {
+        if from_profile {
+            lp.error(&format!("outputs[{i}]"), m, format!("use one of: {}", format::NAMES)).into()
+        } else {
+            platform::platform_error(&platform.name, "outputs", m).into()
+        }
+    })?;
+    if let Some(bytes) = lp.profile.qcow2_cluster_size {
+        if !(512..=(2 << 20)).contains(&bytes) || !bytes.is_power_of_two() {
             return Err(lp
-                .error(
-                    &format!("outputs[{i}]"),
-                    format!("output format `{o}` is not supported"),
-                    "supported formats: raw",
-                )
+                .error("qcow2_cluster_size", format!("{bytes} is not a power of two between 512 B and 2 MiB"), "use e.g. 64 KiB (the default) or 8 KiB")
                 .into());
         }
+        for k in kinds.iter_mut().filter(|k| k.format == Format::Qcow2) {
+            k.qcow2_cluster_bits = bytes.trailing_zeros();
+        }
     }
-    Ok(())
+    if kinds.is_empty() {
+        return Err(lp.error("outputs", "no outputs requested", "name at least one format, e.g. `outputs: [raw]`").into());
+    }
+    Ok(kinds)
+}
+
+fn is_plain_raw(k: &OutputKind) -> bool {
+    k.format == Format::Raw && k.wrap.is_none()
 }
 
 /// Step 2a: the kernel, from the cache when this .deb was unpacked before.
@@ -621,8 +711,8 @@ pub fn kernel_cmdline(lp: &LoadedProfile, platform: &Platform) -> String {
 }
 
 /// Step 5: the partition plan, with GUIDs from the profile.
-fn plan_disk(inputs: &Inputs, esp_size: u64) -> Result<disk::Layout> {
-    let parts = &inputs.platform.disk.partitions;
+fn plan_disk(inputs: &Inputs, platform: &Platform, esp_size: u64) -> Result<disk::Layout> {
+    let parts = &platform.disk.partitions;
     let sizes: Vec<Option<u64>> = parts
         .iter()
         .map(|p| (p.kind == PartitionKind::Esp).then_some(esp_size))
@@ -633,7 +723,7 @@ fn plan_disk(inputs: &Inputs, esp_size: u64) -> Result<disk::Layout> {
         .disk
         .map(|d| d.size)
         .filter(|s| *s != Size::Auto)
-        .unwrap_or(inputs.platform.disk.size);
+        .unwrap_or(platform.disk.size);
     disk::plan(parts, &sizes, disk_size, &inputs.seed).map_err(|e| {
         inputs
             .lp
@@ -671,16 +761,12 @@ fn write_disk(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn make_build(
     inputs: &Inputs,
+    plan: &PlatformPlan,
     kernel: &Kernel,
-    modules: &[ModuleRef],
     (rootfs_sqsh, layers): (&Path, &[(String, PathBuf)]),
-    cmdline: &str,
-    raw: &Path,
-    file_name: &str,
-) -> Result<manifest::Build> {
+    finals: &[(OutputKind, PathBuf)]) -> Result<manifest::Build> {
     let p = &inputs.lp.profile;
     let sha = |path: &Path| crate::digest::file_sha256(path).map_err(Error::io("hashing", path));
     let mut ins = vec![manifest::Input {
@@ -720,17 +806,15 @@ fn make_build(
         source: inputs.init.display().to_string(),
         sha256: sha(&inputs.init)?,
     });
-    let size = std::fs::metadata(raw)
-        .map_err(Error::io("reading", raw))?
-        .len();
+
     Ok(manifest::Build {
         arch: p.arch.to_string(),
-        platform: inputs.platform.name.clone(),
+        platform: plan.platform.name.clone(),
         os: manifest::Os {
             id: p.os.id.clone(),
             version: p.os.version.clone(),
         },
-        cmdline: cmdline.into(),
+        cmdline: plan.cmdline.clone(),
         kernel_release: kernel.release.clone(),
         inputs: ins,
         extensions: inputs
@@ -744,18 +828,24 @@ fn make_build(
                 kind: "talos".into(),
             })
             .collect(),
-        modules: modules.iter().map(|m| m.name.clone()).collect(),
+        modules: plan.modules.iter().map(|m| m.name.clone()).collect(),
         boot_test: manifest::BootTest {
-            media: inputs.platform.boot_test.media.get(p.arch),
-            memory_mib: inputs.platform.boot_test.memory_mib,
+            media: plan.platform.boot_test.media.get(p.arch),
+            memory_mib: plan.platform.boot_test.memory_mib,
         },
         epoch: inputs.epoch,
-        outputs: vec![manifest::Output {
-            file: file_name.into(),
-            format: "raw".into(),
-            size,
-            sha256: sha(raw)?,
-        }],
+        outputs: finals
+            .iter()
+            .map(|(kind, path)| -> Result<manifest::Output> {
+                Ok(manifest::Output {
+                    file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    format: kind.to_string(),
+                    size: std::fs::metadata(path).map_err(Error::io("reading", path))?.len(),
+                    sha256: sha(path)?,
+                    media: (kind.format == Format::Iso).then(|| "cdrom".to_string()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
     })
 }
 

@@ -64,7 +64,12 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             for o in report.manifest.builds.iter().flat_map(|b| &b.outputs) {
                 println!("{}", report.out_dir.join(&o.file).display());
             }
-            eprintln!("built in {:.1} s", total.as_secs_f64());
+            let parts: Vec<String> = report
+                .steps
+                .iter()
+                .map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64()))
+                .collect();
+            eprintln!("built in {:.1} s ({})", total.as_secs_f64(), parts.join(", "));
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot {

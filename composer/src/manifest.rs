@@ -101,6 +101,9 @@ pub struct Output {
     pub size: u64,
     /// sha256 of the file.
     pub sha256: String,
+    /// Device model for boot tests when it differs from the build's (`cdrom` for an ISO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
 }
 
 impl Manifest {
@@ -168,6 +171,7 @@ mod tests {
                 format: "raw".into(),
                 size: 1,
                 sha256: String::new(),
+                media: None,
             }],
         }
     }

@@ -130,12 +130,24 @@ pub fn load(name: &str) -> std::result::Result<Platform, String> {
     serde_norway::from_str(text).map_err(|e| format!("built-in platform `{name}` is invalid: {e}"))
 }
 
-/// Loads the platform a profile names, as an error positioned in the profile.
-pub fn for_profile(p: &crate::profile::LoadedProfile) -> Result<Platform> {
-    load(&p.profile.platform).map_err(|m| -> crate::error::Error {
-        p.error("platform", m, "pick a platform from `strata platforms`")
-            .into()
-    })
+/// Loads the platforms a profile names, as errors positioned in the profile.
+pub fn for_profile(p: &crate::profile::LoadedProfile) -> Result<Vec<Platform>> {
+    let names = p.profile.platform.names();
+    let mut out: Vec<Platform> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = if p.profile.platform.is_list() { format!("platform[{i}]") } else { "platform".to_string() };
+        let platform = load(name).map_err(|m| -> crate::error::Error {
+            p.error(&field, m, "pick a platform from `strata platforms`").into()
+        })?;
+        if out.iter().any(|o| o.name == platform.name) {
+            return Err(p.error(&field, format!("platform `{name}` is listed twice"), "keep one").into());
+        }
+        out.push(platform);
+    }
+    if out.is_empty() {
+        return Err(p.error("platform", "no platform given", "e.g. `platform: metal`").into());
+    }
+    Ok(out)
 }
 
 impl Platform {

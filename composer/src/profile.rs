@@ -22,8 +22,8 @@ pub struct Profile {
     pub name: String,
     /// Target architecture.
     pub arch: Arch,
-    /// Platform file name under `platforms/` (e.g. `metal`).
-    pub platform: String,
+    /// Platform name (`metal`), or a list of them: one disk per platform.
+    pub platform: Platforms,
     /// The OS identity extensions are checked against.
     pub os: OsIdentity,
     /// The kernel and what goes with it.
@@ -36,6 +36,9 @@ pub struct Profile {
     /// Output formats; the platform's defaults when absent.
     #[serde(default)]
     pub outputs: Option<Vec<String>>,
+    /// qcow2 cluster size (default 64 KiB; some clouds want 8 KiB).
+    #[serde(default, deserialize_with = "bytes_opt")]
+    pub qcow2_cluster_size: Option<u64>,
     /// Disk sizes; the platform's defaults when absent.
     #[serde(default)]
     pub disk: Option<DiskSpec>,
@@ -51,6 +54,39 @@ pub struct Profile {
     /// How the initramfs' small part is compressed.
     #[serde(default)]
     pub initramfs: InitramfsSpec,
+}
+
+/// Reads an optional size (`8 KiB`, `65536`) as bytes; `auto` is refused.
+fn bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    match Size::deserialize(d)? {
+        Size::Bytes(b) => Ok(Some(b)),
+        Size::Auto => Err(serde::de::Error::custom("give a size such as `8 KiB`; `auto` is not allowed here")),
+    }
+}
+
+/// `platform:` — one name or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Platforms {
+    /// One platform.
+    One(String),
+    /// Several: the build writes each one's outputs.
+    Many(Vec<String>),
+}
+
+impl Platforms {
+    /// The names, in order.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Platforms::One(n) => vec![n.clone()],
+            Platforms::Many(v) => v.clone(),
+        }
+    }
+
+    /// True when written as a list.
+    pub fn is_list(&self) -> bool {
+        matches!(self, Platforms::Many(_))
+    }
 }
 
 /// `os:` — the identity of the composed system.

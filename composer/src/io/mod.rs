@@ -1,5 +1,6 @@
 //! Stream adapters, one per file.
 
+pub mod sparse;
 pub mod window;
 
 pub use window::Window;

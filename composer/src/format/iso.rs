@@ -1,0 +1,1419 @@
+//! Hybrid ISO 9660 image that boots with UEFI from an embedded ESP, both as
+//! a CD/DVD (El Torito) and when written raw to a USB stick or disk (GPT).
+//!
+//! The FAT ESP image is stored once. The same bytes are at the same time
+//! the file `ESP.IMG` of the ISO 9660 tree, the image of the only El Torito
+//! boot entry (no emulation, platform 0xEF = UEFI), and partition 1 (type
+//! EFI System) of a GPT in the ISO system area. Layout, in 2048-byte ISO
+//! blocks (the GPT counts 512-byte sectors):
+//!
+//! | block            | content                                                           |
+//! |------------------|-------------------------------------------------------------------|
+//! | 0–15             | system area: protective MBR, GPT header (sector 1), 128 entries (sectors 2–33) |
+//! | 16, 17, 18       | primary volume descriptor, El Torito boot record, set terminator   |
+//! | 19, 20           | path tables (little-endian, big-endian)                            |
+//! | 21               | root directory: `BOOT.CAT`, `ESP.IMG`, `README.TXT`                |
+//! | 22, 23           | boot catalog, README                                               |
+//! | 512 (1 MiB)      | the ESP, up to the end of the volume but for the backup GPT        |
+//! | last 33 sectors  | backup GPT entries and header (inside the volume space)            |
+//!
+//! The ESP's first sector is also the GPT's first usable sector, so that
+//! partitioning tools do not offer the ISO 9660 metadata as free space.
+//!
+//! Why both tables coexist: firmware reading a CD sees 2048-byte sectors,
+//! so the GPT header at byte 512 is not at its LBA 1 and the GPT is ignored;
+//! it then finds the El Torito catalog. Firmware reading a disk with
+//! 512-byte sectors finds the GPT first and boots `\EFI\BOOT\BOOT*.EFI` from
+//! its EFI System partition. Both read the same FAT volume.
+//!
+//! Supported: one UEFI boot image (x86-64 or AArch64; El Torito has a single
+//! platform id for all UEFI machines), 8.3 ISO 9660 names without Rock Ridge
+//! or Joliet (the tree only exists for people and tools looking at the
+//! disc; nothing reads it to boot), deterministic output (all dates and
+//! GUIDs come from [`IsoOptions`]), and an ESP streamed in, never held in
+//! memory. Not supported: BIOS (legacy) boot, ESPs of 4 GiB or more (one
+//! ISO 9660 extent), 4096-byte-sector disks, multisession.
+//!
+//! Specs: ECMA-119 (ISO 9660), "El Torito" Bootable CD-ROM Format
+//! Specification 1.0, UEFI 2.10 §5.3 (GPT).
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// The ISO 9660 logical block size.
+const BLOCK: u64 = 2048;
+/// The GPT sector size: the sector size of USB sticks and virtual disks.
+const SECTOR: u64 = 512;
+/// Blocks of the system area, before the volume descriptors.
+const SYSTEM_AREA_BLOCKS: u64 = 16;
+const PVD_BLOCK: u64 = 16;
+const BOOT_RECORD_BLOCK: u64 = 17;
+const L_PATH_TABLE_BLOCK: u64 = 19;
+const M_PATH_TABLE_BLOCK: u64 = 20;
+const ROOT_DIR_BLOCK: u64 = 21;
+const CATALOG_BLOCK: u64 = 22;
+const README_BLOCK: u64 = 23;
+/// First block after the ISO metadata.
+const METADATA_END_BLOCK: u64 = 24;
+/// The ESP starts at 1 MiB, so the partition is aligned for USB flash
+/// erase blocks and for the partitioning tools' default alignment.
+const ESP_BLOCK: u64 = 512;
+/// GPT entries: 128 of 128 bytes, the minimum array the UEFI spec allows.
+const GPT_ENTRIES: u64 = 128;
+const GPT_ENTRY_SIZE: u64 = 128;
+/// Sectors of one GPT entry array.
+const GPT_ARRAY_SECTORS: u64 = GPT_ENTRIES * GPT_ENTRY_SIZE / SECTOR;
+/// The largest ESP: one ISO 9660 extent records at most 4 GiB - 1 bytes.
+const MAX_ESP_BYTES: u64 = (1 << 32) - BLOCK;
+/// Bytes read from the ESP per write.
+const COPY_CHUNK: usize = 1 << 20;
+/// Partition type GUID of an EFI System partition, in GPT byte order
+/// (C12A7328-F81F-11D2-BA4B-00A0C93EC93B).
+const ESP_TYPE_GUID: [u8; 16] = [
+    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+];
+/// El Torito platform id of UEFI (El Torito spec addendum, UEFI 2.10 §13.3.2.1).
+const PLATFORM_UEFI: u8 = 0xef;
+const ESP_NAME: &[u8] = b"ESP.IMG;1";
+const CATALOG_NAME: &[u8] = b"BOOT.CAT;1";
+const README_NAME: &[u8] = b"README.TXT;1";
+/// What the volume descriptor says wrote the image.
+const APPLICATION_ID: &[u8] = b"STRATA";
+
+/// The machine the image is for. It only changes the README: El Torito has
+/// one platform id (0xEF) for every UEFI machine, and firmware picks its
+/// own loader (`BOOTX64.EFI`, `BOOTAA64.EFI`) from the ESP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsoArch {
+    /// x86-64 UEFI.
+    X64,
+    /// AArch64 UEFI.
+    Aa64,
+}
+
+impl IsoArch {
+    fn describe(self) -> &'static str {
+        match self {
+            IsoArch::X64 => "x86-64",
+            IsoArch::Aa64 => "AArch64 (arm64)",
+        }
+    }
+}
+
+/// What the image records besides the ESP; everything that would otherwise
+/// come from a clock or a random generator, so output is reproducible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoOptions {
+    /// ISO 9660 volume identifier (1 to 32 of `A-Z 0-9 _`), e.g. `STRATA`;
+    /// Linux shows it as the filesystem label.
+    pub volume_id: String,
+    /// Unix time used for every date in the image (volume and directory
+    /// records); 1900 to 2155, the range of ISO 9660 directory dates.
+    pub timestamp: i64,
+    /// GPT disk GUID, in on-disk GPT byte order.
+    pub disk_guid: [u8; 16],
+    /// Unique GUID of the ESP partition, in on-disk GPT byte order.
+    pub esp_guid: [u8; 16],
+    /// The machine the image is for.
+    pub arch: IsoArch,
+}
+
+/// What [`write`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsoStats {
+    /// Size of the image in bytes (a multiple of 2048).
+    pub bytes: u64,
+    /// Byte offset of the ESP inside the image (GPT partition 1, El Torito
+    /// boot image and `ESP.IMG`).
+    pub esp_offset: u64,
+}
+
+/// Why an ISO could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum IsoError {
+    /// The ESP image does not look like a FAT volume.
+    #[error(
+        "esp image {path} is not a FAT volume: {reason} (pass the FAT file system image itself, \
+         not a partitioned disk image)"
+    )]
+    EspNotFat {
+        /// The ESP image.
+        path: PathBuf,
+        /// What is wrong with its boot sector.
+        reason: String,
+    },
+    /// The ESP image could not be read.
+    #[error("cannot read esp image {path}")]
+    EspRead {
+        /// The ESP image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The ESP image size cannot be stored.
+    #[error(
+        "esp image {path} is {bytes} bytes: it must be a non-zero multiple of 2048 bytes below \
+         4 GiB (FAT images made by strata are a multiple of 1 MiB)"
+    )]
+    EspSize {
+        /// The ESP image.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// The ESP image ended before the size it had when the write started.
+    #[error(
+        "esp image {path} ended after {got} of {expected} bytes: it changed while the iso was \
+         written; rebuild it and write the iso again"
+    )]
+    EspTruncated {
+        /// The ESP image.
+        path: PathBuf,
+        /// Its size when the write started.
+        expected: u64,
+        /// Bytes read before it ended.
+        got: u64,
+    },
+    /// Writing the image failed.
+    #[error("cannot write the iso at byte {offset}")]
+    Output {
+        /// Offset in the image of the failed write.
+        offset: u64,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The output moved by another amount than was written to it.
+    #[error(
+        "the iso output advanced {got} bytes while {expected} were written: the writer must not \
+         append elsewhere or skip data (do not open it in append mode)"
+    )]
+    OutputLength {
+        /// Bytes written.
+        expected: u64,
+        /// How far the output position moved.
+        got: u64,
+    },
+    /// The timestamp has no ISO 9660 representation.
+    #[error(
+        "iso timestamp {timestamp} is outside 1900-01-01..2155-12-31, the range of iso 9660 \
+         directory dates; set SOURCE_DATE_EPOCH or the profile time within it"
+    )]
+    Timestamp {
+        /// The Unix time given.
+        timestamp: i64,
+    },
+    /// The volume identifier is not ISO 9660 d-characters.
+    #[error(
+        "iso volume id {id:?} is invalid: use 1 to 32 characters from A-Z, 0-9 and _ \
+         (e.g. STRATA)"
+    )]
+    VolumeId {
+        /// The identifier given.
+        id: String,
+    },
+}
+
+/// Writes an ISO whose El Torito UEFI boot image is the FAT ESP image at
+/// `esp_image` (a standalone FAT volume file whose size is a multiple of
+/// 2048 bytes, normally of 1 MiB), made hybrid with a GPT whose partition 1
+/// (type EFI System) covers the same ESP bytes inside the ISO.
+///
+/// The image is written sequentially from the current position of `out`;
+/// the ESP is streamed in 1 MiB pieces. `Seek` is used to check that `out`
+/// advanced by exactly what was written. Output depends only on the ESP
+/// bytes and `opts`.
+pub fn write(
+    esp_image: &Path,
+    out: &mut (impl Write + Seek),
+    opts: &IsoOptions,
+) -> Result<IsoStats, IsoError> {
+    check_volume_id(&opts.volume_id)?;
+    let date = Civil::from_unix(opts.timestamp)?;
+    let (mut esp, esp_bytes) = open_esp(esp_image)?;
+    let layout = Layout::new(esp_bytes);
+    let start = out
+        .stream_position()
+        .map_err(|source| IsoError::Output { offset: 0, source })?;
+    let mut sink = Sink { out, pos: 0 };
+    sink.put(&system_area(&layout, opts))?;
+    sink.put(&metadata(&layout, opts, &date))?;
+    sink.zeros(layout.esp_offset() - sink.pos)?;
+    copy_esp(&mut esp, esp_image, esp_bytes, &mut sink)?;
+    sink.put(&tail(&layout, opts))?;
+    let written = sink.pos;
+    let end = sink.finish()?;
+    let moved = end.saturating_sub(start);
+    if moved != written || written != layout.bytes() {
+        return Err(IsoError::OutputLength {
+            expected: written,
+            got: moved,
+        });
+    }
+    Ok(IsoStats {
+        bytes: written,
+        esp_offset: layout.esp_offset(),
+    })
+}
+
+/// Where everything goes, from the ESP size alone.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    esp_bytes: u64,
+    /// Size of the image in 512-byte sectors, a multiple of 4.
+    total_sectors: u64,
+}
+
+impl Layout {
+    fn new(esp_bytes: u64) -> Self {
+        let esp_end = ESP_BLOCK * (BLOCK / SECTOR) + esp_bytes / SECTOR;
+        // The backup GPT (array + header) follows the ESP; the image is
+        // padded to whole 2048-byte blocks because CD sectors are that big.
+        let total_sectors = (esp_end + GPT_ARRAY_SECTORS + 1).next_multiple_of(BLOCK / SECTOR);
+        Layout {
+            esp_bytes,
+            total_sectors,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.total_sectors * SECTOR
+    }
+
+    fn blocks(&self) -> u64 {
+        self.bytes() / BLOCK
+    }
+
+    fn esp_offset(&self) -> u64 {
+        ESP_BLOCK * BLOCK
+    }
+
+    fn esp_first_sector(&self) -> u64 {
+        self.esp_offset() / SECTOR
+    }
+
+    fn esp_last_sector(&self) -> u64 {
+        self.esp_first_sector() + self.esp_bytes / SECTOR - 1
+    }
+
+    fn backup_header_sector(&self) -> u64 {
+        self.total_sectors - 1
+    }
+
+    fn backup_array_sector(&self) -> u64 {
+        self.backup_header_sector() - GPT_ARRAY_SECTORS
+    }
+
+    fn last_usable_sector(&self) -> u64 {
+        self.backup_array_sector() - 1
+    }
+
+    /// The El Torito sector count (512-byte units). Like xorriso, 0 when
+    /// the image does not fit in 16 bits: EDK2 and the firmware built on it
+    /// then take the boot image to run to the end of the volume, which is
+    /// right here because the ESP is the last thing in it.
+    fn catalog_sector_count(&self) -> u16 {
+        u16::try_from(self.esp_bytes / SECTOR).unwrap_or(0)
+    }
+}
+
+/// Counts bytes written so errors can name the offset.
+struct Sink<'a, W: Write + Seek> {
+    out: &'a mut W,
+    pos: u64,
+}
+
+impl<W: Write + Seek> Sink<'_, W> {
+    fn put(&mut self, data: &[u8]) -> Result<(), IsoError> {
+        self.out
+            .write_all(data)
+            .map_err(|source| IsoError::Output {
+                offset: self.pos,
+                source,
+            })?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, mut len: u64) -> Result<(), IsoError> {
+        let zero = [0u8; BLOCK as usize * 8];
+        while len > 0 {
+            let n = len.min(zero.len() as u64);
+            self.put(&zero[..n as usize])?;
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// Flushes and returns the final stream position.
+    fn finish(self) -> Result<u64, IsoError> {
+        let offset = self.pos;
+        let err = |source| IsoError::Output { offset, source };
+        self.out.flush().map_err(err)?;
+        self.out.stream_position().map_err(err)
+    }
+}
+
+/// Opens the ESP image and checks that it is a FAT volume of a size the
+/// ISO can hold.
+fn open_esp(path: &Path) -> Result<(File, u64), IsoError> {
+    let read_err = |source| IsoError::EspRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let bytes = file.metadata().map_err(read_err)?.len();
+    if bytes == 0 || bytes % BLOCK != 0 || bytes > MAX_ESP_BYTES {
+        return Err(IsoError::EspSize {
+            path: path.to_path_buf(),
+            bytes,
+        });
+    }
+    let mut boot = [0u8; SECTOR as usize];
+    file.read_exact(&mut boot).map_err(read_err)?;
+    check_fat_boot_sector(&boot, bytes).map_err(|reason| IsoError::EspNotFat {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    file.rewind().map_err(read_err)?;
+    Ok((file, bytes))
+}
+
+/// Checks the parts of a FAT boot sector that firmware relies on to mount
+/// it, and that the volume fits in the file.
+fn check_fat_boot_sector(boot: &[u8; SECTOR as usize], file_bytes: u64) -> Result<(), String> {
+    if boot[510..512] != [0x55, 0xaa] {
+        return Err("no 0x55aa signature at byte 510".into());
+    }
+    if boot[0] != 0xeb && boot[0] != 0xe9 {
+        return Err(format!(
+            "byte 0 is {:#04x}, not a jump (0xeb or 0xe9)",
+            boot[0]
+        ));
+    }
+    let sector = u64::from(u16::from_le_bytes([boot[11], boot[12]]));
+    if !sector.is_power_of_two() || !(512..=4096).contains(&sector) {
+        return Err(format!("bytes per sector is {sector}"));
+    }
+    let small = u64::from(u16::from_le_bytes([boot[19], boot[20]]));
+    let large = u64::from(u32::from_le_bytes([boot[32], boot[33], boot[34], boot[35]]));
+    let volume = (if small != 0 { small } else { large }) * sector;
+    if volume == 0 || volume > file_bytes {
+        return Err(format!(
+            "the boot sector describes {volume} bytes but the file has {file_bytes}"
+        ));
+    }
+    Ok(())
+}
+
+/// Streams the ESP into the image.
+fn copy_esp<W: Write + Seek>(
+    esp: &mut File,
+    path: &Path,
+    len: u64,
+    sink: &mut Sink<'_, W>,
+) -> Result<(), IsoError> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(COPY_CHUNK as u64) as usize;
+        let got = read_full(esp, &mut buf[..want]).map_err(|source| IsoError::EspRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if got < want {
+            return Err(IsoError::EspTruncated {
+                path: path.to_path_buf(),
+                expected: len,
+                got: done + got as u64,
+            });
+        }
+        sink.put(&buf[..want])?;
+        done += want as u64;
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+fn check_volume_id(id: &str) -> Result<(), IsoError> {
+    let d_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if id.is_empty() || id.len() > 32 || !d_chars {
+        return Err(IsoError::VolumeId { id: id.to_string() });
+    }
+    Ok(())
+}
+
+/// A UTC calendar time, what ISO 9660 dates are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Civil {
+    year: i64,
+    month: u8,
+    day: u8,
+    hour: u8,
+    minute: u8,
+    second: u8,
+}
+
+impl Civil {
+    /// Converts Unix time, refusing years a directory record cannot hold.
+    fn from_unix(timestamp: i64) -> Result<Self, IsoError> {
+        let days = timestamp.div_euclid(86_400);
+        let secs = timestamp.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        if !(1900..=2155).contains(&year) {
+            return Err(IsoError::Timestamp { timestamp });
+        }
+        // Each part is below 60 (or 24) by construction.
+        Ok(Civil {
+            year,
+            month,
+            day,
+            hour: (secs / 3600) as u8,
+            minute: (secs / 60 % 60) as u8,
+            second: (secs % 60) as u8,
+        })
+    }
+
+    /// The 7-byte directory record date (ECMA-119 9.1.5), UTC.
+    fn dir_record(&self) -> [u8; 7] {
+        // The year range was checked in `from_unix`.
+        let year = (self.year - 1900) as u8;
+        [
+            year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            0,
+        ]
+    }
+
+    /// The 17-byte volume descriptor date (ECMA-119 8.4.26.1), UTC.
+    fn descriptor(&self) -> [u8; 17] {
+        let text = format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}00",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        );
+        let mut out = [0u8; 17];
+        out[..16].copy_from_slice(text.as_bytes());
+        out
+    }
+}
+
+/// The "not specified" volume descriptor date.
+const NO_DATE: [u8; 17] = *b"0000000000000000\0";
+
+/// (year, month, day) of a day count since 1970-01-01, proleptic Gregorian
+/// (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn put_u16_both(buf: &mut [u8], at: usize, v: u16) {
+    buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    buf[at + 2..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+fn put_u32_both(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    buf[at + 4..at + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Copies `text` into a field, padding with spaces (a- and d-character
+/// fields are space padded).
+fn put_padded(buf: &mut [u8], at: usize, len: usize, text: &[u8]) {
+    buf[at..at + len].fill(b' ');
+    buf[at..at + text.len()].copy_from_slice(text);
+}
+
+/// Block numbers and sizes fit 32 bits: the ESP is below 4 GiB, so the
+/// image is below 8 TiB of 2048-byte blocks.
+fn u32_of(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// One directory record (ECMA-119 9.1).
+fn dir_record(name: &[u8], extent: u64, len: u64, dir: bool, date: &Civil) -> Vec<u8> {
+    let size = 33 + name.len() + (name.len() + 1) % 2;
+    let mut rec = vec![0u8; size];
+    rec[0] = size as u8;
+    put_u32_both(&mut rec, 2, u32_of(extent));
+    put_u32_both(&mut rec, 10, u32_of(len));
+    rec[18..25].copy_from_slice(&date.dir_record());
+    rec[25] = if dir { 2 } else { 0 };
+    put_u16_both(&mut rec, 28, 1);
+    rec[32] = name.len() as u8;
+    rec[33..33 + name.len()].copy_from_slice(name);
+    rec
+}
+
+/// The README shown on the disc.
+fn readme(arch: IsoArch) -> String {
+    format!(
+        "This is a strata UEFI boot image for {}.\n\n\
+         It boots with UEFI from a CD/DVD (El Torito) and, written raw to a USB\n\
+         stick or disk, from partition 1 of its GPT. Both are ESP.IMG, a FAT\n\
+         file system holding the boot loader, the kernel and the initramfs.\n\
+         BIOS (legacy) boot is not supported.\n",
+        arch.describe()
+    )
+}
+
+/// Blocks 16 to 23: descriptors, path tables, root directory, boot catalog
+/// and README.
+fn metadata(layout: &Layout, opts: &IsoOptions, date: &Civil) -> Vec<u8> {
+    let readme = readme(opts.arch);
+    let mut buf = vec![0u8; ((METADATA_END_BLOCK - PVD_BLOCK) * BLOCK) as usize];
+    primary_volume_descriptor(block(&mut buf, PVD_BLOCK), layout, opts, date);
+    boot_record(block(&mut buf, BOOT_RECORD_BLOCK));
+    terminator(block(&mut buf, BOOT_RECORD_BLOCK + 1));
+    path_table(block(&mut buf, L_PATH_TABLE_BLOCK), false);
+    path_table(block(&mut buf, M_PATH_TABLE_BLOCK), true);
+    let readme_len = readme.len() as u64;
+    root_directory(block(&mut buf, ROOT_DIR_BLOCK), layout, readme_len, date);
+    boot_catalog(block(&mut buf, CATALOG_BLOCK), layout);
+    block(&mut buf, README_BLOCK)[..readme.len()].copy_from_slice(readme.as_bytes());
+    buf
+}
+
+/// Block `n` of the metadata buffer, which starts at block 16.
+fn block(buf: &mut [u8], n: u64) -> &mut [u8] {
+    let at = ((n - PVD_BLOCK) * BLOCK) as usize;
+    &mut buf[at..at + BLOCK as usize]
+}
+
+fn descriptor_header(b: &mut [u8], kind: u8) {
+    b[0] = kind;
+    b[1..6].copy_from_slice(b"CD001");
+    b[6] = 1;
+}
+
+/// The primary volume descriptor (ECMA-119 8.4).
+fn primary_volume_descriptor(b: &mut [u8], layout: &Layout, opts: &IsoOptions, date: &Civil) {
+    descriptor_header(b, 1);
+    put_padded(b, 8, 32, b"");
+    put_padded(b, 40, 32, opts.volume_id.as_bytes());
+    put_u32_both(b, 80, u32_of(layout.blocks()));
+    put_u16_both(b, 120, 1);
+    put_u16_both(b, 124, 1);
+    put_u16_both(b, 128, BLOCK as u16);
+    put_u32_both(b, 132, PATH_TABLE_LEN as u32);
+    b[140..144].copy_from_slice(&(L_PATH_TABLE_BLOCK as u32).to_le_bytes());
+    b[148..152].copy_from_slice(&(M_PATH_TABLE_BLOCK as u32).to_be_bytes());
+    let root = dir_record(&[0], ROOT_DIR_BLOCK, BLOCK, true, date);
+    b[156..156 + root.len()].copy_from_slice(&root);
+    put_padded(b, 190, 128, b"");
+    put_padded(b, 318, 128, b"");
+    put_padded(b, 446, 128, b"");
+    put_padded(b, 574, 128, APPLICATION_ID);
+    put_padded(b, 702, 37 * 3, b"");
+    let stamp = date.descriptor();
+    b[813..830].copy_from_slice(&stamp);
+    b[830..847].copy_from_slice(&stamp);
+    b[847..864].copy_from_slice(&NO_DATE);
+    b[864..881].copy_from_slice(&NO_DATE);
+    b[881] = 1;
+}
+
+/// The El Torito boot record volume descriptor, pointing at the catalog.
+fn boot_record(b: &mut [u8]) {
+    descriptor_header(b, 0);
+    let id = b"EL TORITO SPECIFICATION";
+    b[7..7 + id.len()].copy_from_slice(id);
+    b[71..75].copy_from_slice(&(CATALOG_BLOCK as u32).to_le_bytes());
+}
+
+fn terminator(b: &mut [u8]) {
+    descriptor_header(b, 255);
+}
+
+/// Bytes of a path table with only the root directory.
+const PATH_TABLE_LEN: usize = 10;
+
+/// A path table holding the root directory (ECMA-119 9.4).
+fn path_table(b: &mut [u8], big_endian: bool) {
+    let (extent, parent) = if big_endian {
+        ((ROOT_DIR_BLOCK as u32).to_be_bytes(), 1u16.to_be_bytes())
+    } else {
+        ((ROOT_DIR_BLOCK as u32).to_le_bytes(), 1u16.to_le_bytes())
+    };
+    b[0] = 1;
+    b[2..6].copy_from_slice(&extent);
+    b[6..8].copy_from_slice(&parent);
+}
+
+/// The root directory: itself, its parent (itself) and the three files,
+/// sorted by name as ECMA-119 9.3 requires.
+fn root_directory(b: &mut [u8], layout: &Layout, readme_len: u64, date: &Civil) {
+    let records = [
+        dir_record(&[0], ROOT_DIR_BLOCK, BLOCK, true, date),
+        dir_record(&[1], ROOT_DIR_BLOCK, BLOCK, true, date),
+        dir_record(CATALOG_NAME, CATALOG_BLOCK, BLOCK, false, date),
+        dir_record(ESP_NAME, ESP_BLOCK, layout.esp_bytes, false, date),
+        dir_record(README_NAME, README_BLOCK, readme_len, false, date),
+    ];
+    let mut at = 0;
+    for rec in records {
+        b[at..at + rec.len()].copy_from_slice(&rec);
+        at += rec.len();
+    }
+}
+
+/// The El Torito boot catalog: a validation entry for platform UEFI and
+/// the default entry, booting the ESP without emulation.
+fn boot_catalog(b: &mut [u8], layout: &Layout) {
+    b[0] = 1;
+    b[1] = PLATFORM_UEFI;
+    b[30] = 0x55;
+    b[31] = 0xaa;
+    // The 16-bit words of the validation entry must sum to 0.
+    let sum = b[..32].chunks_exact(2).fold(0u16, |acc, w| {
+        acc.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
+    b[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+    let entry = &mut b[32..64];
+    entry[0] = 0x88; // bootable
+    entry[1] = 0; // no emulation
+    entry[6..8].copy_from_slice(&layout.catalog_sector_count().to_le_bytes());
+    entry[8..12].copy_from_slice(&(ESP_BLOCK as u32).to_le_bytes());
+}
+
+/// Blocks 0 to 15: protective MBR, primary GPT header and entry array.
+fn system_area(layout: &Layout, opts: &IsoOptions) -> Vec<u8> {
+    let mut buf = vec![0u8; (SYSTEM_AREA_BLOCKS * BLOCK) as usize];
+    protective_mbr(&mut buf[..SECTOR as usize], layout);
+    let entries = gpt_entries(layout, opts);
+    let header = gpt_header(layout, opts, &entries, true);
+    buf[SECTOR as usize..2 * SECTOR as usize].copy_from_slice(&header);
+    buf[2 * SECTOR as usize..][..entries.len()].copy_from_slice(&entries);
+    buf
+}
+
+/// The end of the image after the ESP: zeros, then the backup GPT entry
+/// array and header in the last sectors.
+fn tail(layout: &Layout, opts: &IsoOptions) -> Vec<u8> {
+    let first = layout.esp_last_sector() + 1;
+    let mut buf = vec![0u8; ((layout.total_sectors - first) * SECTOR) as usize];
+    let entries = gpt_entries(layout, opts);
+    let header = gpt_header(layout, opts, &entries, false);
+    let array_at = ((layout.backup_array_sector() - first) * SECTOR) as usize;
+    buf[array_at..array_at + entries.len()].copy_from_slice(&entries);
+    buf[array_at + entries.len()..].copy_from_slice(&header);
+    buf
+}
+
+/// An MBR with one 0xEE partition over the disk, as UEFI requires in front
+/// of a GPT.
+fn protective_mbr(b: &mut [u8], layout: &Layout) {
+    let p = &mut b[446..462];
+    p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of sector 1
+    p[4] = 0xee;
+    p[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    p[8..12].copy_from_slice(&1u32.to_le_bytes());
+    p[12..16].copy_from_slice(&u32_of(layout.total_sectors - 1).to_le_bytes());
+    b[510] = 0x55;
+    b[511] = 0xaa;
+}
+
+/// The GPT entry array: partition 1 is the ESP.
+fn gpt_entries(layout: &Layout, opts: &IsoOptions) -> Vec<u8> {
+    let mut buf = vec![0u8; (GPT_ENTRIES * GPT_ENTRY_SIZE) as usize];
+    let e = &mut buf[..GPT_ENTRY_SIZE as usize];
+    e[0..16].copy_from_slice(&ESP_TYPE_GUID);
+    e[16..32].copy_from_slice(&opts.esp_guid);
+    e[32..40].copy_from_slice(&layout.esp_first_sector().to_le_bytes());
+    e[40..48].copy_from_slice(&layout.esp_last_sector().to_le_bytes());
+    for (i, unit) in "EFI System Partition".encode_utf16().enumerate() {
+        e[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
+    }
+    buf
+}
+
+/// The primary (at sector 1) or backup (last sector) GPT header.
+fn gpt_header(layout: &Layout, opts: &IsoOptions, entries: &[u8], primary: bool) -> [u8; 512] {
+    let (mine, other, array) = if primary {
+        (1, layout.backup_header_sector(), 2)
+    } else {
+        (
+            layout.backup_header_sector(),
+            1,
+            layout.backup_array_sector(),
+        )
+    };
+    let mut h = [0u8; SECTOR as usize];
+    h[0..8].copy_from_slice(b"EFI PART");
+    h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+    h[12..16].copy_from_slice(&92u32.to_le_bytes());
+    h[24..32].copy_from_slice(&mine.to_le_bytes());
+    h[32..40].copy_from_slice(&other.to_le_bytes());
+    // The first usable sector is the ESP's, not the usual 34: the ISO 9660
+    // metadata lies between, and partitioning tools must not offer it as
+    // free space.
+    h[40..48].copy_from_slice(&layout.esp_first_sector().to_le_bytes());
+    h[48..56].copy_from_slice(&layout.last_usable_sector().to_le_bytes());
+    h[56..72].copy_from_slice(&opts.disk_guid);
+    h[72..80].copy_from_slice(&array.to_le_bytes());
+    h[80..84].copy_from_slice(&(GPT_ENTRIES as u32).to_le_bytes());
+    h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
+    h[88..92].copy_from_slice(&crc32(entries).to_le_bytes());
+    let crc = crc32(&h[..92]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// CRC-32 (IEEE 802.3, reflected), as GPT uses.
+fn crc32(data: &[u8]) -> u32 {
+    !data.iter().fold(!0u32, |crc, &byte| {
+        CRC_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8)
+    })
+}
+
+static CRC_TABLE: [u32; 256] = crc_table();
+
+const fn crc_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Cursor;
+    use std::process::{Command, Output};
+    use std::time::Instant;
+
+    const MIB: u64 = 1 << 20;
+    const HELLO: &[u8] = b"hello from the esp\n";
+
+    fn opts() -> IsoOptions {
+        IsoOptions {
+            volume_id: "STRATA_TEST".into(),
+            timestamp: 1_700_000_000,
+            disk_guid: *b"disk-guid-012345",
+            esp_guid: *b"esp-guid-0123456",
+            arch: IsoArch::X64,
+        }
+    }
+
+    /// A file that passes the boot sector check without being a usable
+    /// FAT volume, filled with a pattern so misplaced bytes show.
+    fn fake_esp(path: &Path, bytes: u64) {
+        let mut data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+        data[0] = 0xeb;
+        data[11..13].copy_from_slice(&512u16.to_le_bytes());
+        data[19..21].copy_from_slice(&0u16.to_le_bytes());
+        data[32..36].copy_from_slice(&((bytes / 512) as u32).to_le_bytes());
+        data[510] = 0x55;
+        data[511] = 0xaa;
+        fs::write(path, data).unwrap();
+    }
+
+    fn iso_bytes(esp: &Path, opts: &IsoOptions) -> (Vec<u8>, IsoStats) {
+        let mut out = Cursor::new(Vec::new());
+        let stats = write(esp, &mut out, opts).unwrap();
+        (out.into_inner(), stats)
+    }
+
+    /// Runs a tool; `None` (after saying why) when it is not installed.
+    fn run(cmd: &mut Command) -> Option<Output> {
+        match cmd.output() {
+            Ok(out) => Some(out),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                eprintln!("skipping a judge: {:?} is not installed", cmd.get_program());
+                None
+            }
+            Err(err) => panic!("running {:?}: {err}", cmd.get_program()),
+        }
+    }
+
+    fn text(out: &Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// A FAT32 ESP made by mkfs.vfat holding HELLO.TXT; `None` without
+    /// dosfstools or mtools.
+    fn real_esp(dir: &Path, mib: u64) -> Option<PathBuf> {
+        let esp = dir.join("esp.img");
+        let kib = (mib * 1024).to_string();
+        let mut mkfs = Command::new("mkfs.vfat");
+        mkfs.args(["-C", "-F", "32", "-n", "STRATA_ESP", "-i", "12345678"]);
+        let out = run(mkfs.arg(&esp).arg(&kib))?;
+        assert!(out.status.success(), "{}", text(&out));
+        let hello = dir.join("hello.txt");
+        fs::write(&hello, HELLO).unwrap();
+        let mut mcopy = Command::new("mcopy");
+        mcopy.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&esp);
+        let out = run(mcopy.arg(&hello).arg("::/HELLO.TXT"))?;
+        assert!(out.status.success(), "{}", text(&out));
+        Some(esp)
+    }
+
+    fn le32(b: &[u8], at: usize) -> u64 {
+        u64::from(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()))
+    }
+
+    fn le64(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// (name, extent, size) of each record of the directory at `block`.
+    fn read_dir(iso: &[u8], block: u64) -> Vec<(Vec<u8>, u64, u64)> {
+        let b = &iso[(block * BLOCK) as usize..][..BLOCK as usize];
+        let mut at = 0;
+        let mut found = Vec::new();
+        while at < b.len() && b[at] != 0 {
+            let rec = &b[at..at + b[at] as usize];
+            let name = rec[33..33 + rec[32] as usize].to_vec();
+            found.push((name, le32(rec, 2), le32(rec, 10)));
+            at += rec.len();
+        }
+        found
+    }
+
+    #[test]
+    fn iso_structures_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp.img");
+        fake_esp(&esp, 3 * MIB);
+        let (iso, stats) = iso_bytes(&esp, &opts());
+        assert_eq!(stats.bytes, iso.len() as u64);
+        assert_eq!(stats.bytes % BLOCK, 0);
+        assert_eq!(stats.esp_offset, MIB);
+
+        let pvd = &iso[16 * 2048..17 * 2048];
+        assert_eq!(&pvd[..7], b"\x01CD001\x01");
+        assert_eq!(&pvd[40..72], b"STRATA_TEST                     ");
+        assert_eq!(le32(pvd, 80) * BLOCK, stats.bytes, "volume space size");
+        assert_eq!(&pvd[813..830], b"2023111422132000\0");
+        assert_eq!(&pvd[156 + 18..156 + 25], &[123, 11, 14, 22, 13, 20, 0]);
+        let root = le32(&pvd[156..], 2);
+
+        let entries = read_dir(&iso, root);
+        let names: Vec<&[u8]> = entries.iter().map(|e| e.0.as_slice()).collect();
+        let expected: [&[u8]; 5] = [b"\0", b"\x01", b"BOOT.CAT;1", b"ESP.IMG;1", b"README.TXT;1"];
+        assert_eq!(names, expected);
+        let (_, esp_block, esp_len) = entries[3];
+        let esp_in_iso = &iso[(esp_block * BLOCK) as usize..][..esp_len as usize];
+        assert!(
+            esp_in_iso == fs::read(&esp).unwrap(),
+            "ESP.IMG differs from the esp"
+        );
+        let (_, readme_block, readme_len) = entries[4];
+        let readme = &iso[(readme_block * BLOCK) as usize..][..readme_len as usize];
+        assert!(String::from_utf8_lossy(readme).contains("x86-64"));
+
+        let record = &iso[17 * 2048..18 * 2048];
+        assert_eq!(&record[..7], b"\x00CD001\x01");
+        assert_eq!(&record[7..30], b"EL TORITO SPECIFICATION");
+        let catalog_block = le32(record, 71);
+        assert_eq!(catalog_block, entries[2].1, "BOOT.CAT is the catalog");
+        assert_eq!(iso[18 * 2048], 255, "terminator");
+
+        let cat = &iso[(catalog_block * BLOCK) as usize..][..64];
+        let sum = cat[..32].chunks(2).fold(0u16, |a, w| {
+            a.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
+        assert_eq!(
+            (cat[0], cat[1], sum, &cat[30..32]),
+            (1, 0xef, 0, &[0x55, 0xaa][..])
+        );
+        assert_eq!((cat[32], cat[33]), (0x88, 0), "bootable, no emulation");
+        let count = u16::from_le_bytes([cat[38], cat[39]]);
+        assert_eq!(u64::from(count) * 512, 3 * MIB, "sector count");
+        assert_eq!(le32(cat, 40), esp_block, "boot image is ESP.IMG");
+
+        let mut cursor = Cursor::new(&iso);
+        let gpt = gptman::GPT::read_from(&mut cursor, 512).unwrap();
+        assert_eq!(gpt.header.disk_guid, opts().disk_guid);
+        assert_eq!(gpt.header.backup_lba * 512 + 512, stats.bytes);
+        let part = &gpt[1];
+        assert_eq!(part.partition_type_guid, ESP_TYPE_GUID);
+        assert_eq!(part.unique_partition_guid, opts().esp_guid);
+        assert_eq!(part.starting_lba * 512, esp_block * BLOCK);
+        assert_eq!((part.ending_lba + 1) * 512, esp_block * BLOCK + esp_len);
+        assert_eq!(part.partition_name.as_str(), "EFI System Partition");
+        assert_eq!(
+            gpt.header.first_usable_lba, part.starting_lba,
+            "no free space before"
+        );
+        assert!(gpt.iter().filter(|(_, p)| p.is_used()).count() == 1);
+
+        let backup = &iso[iso.len() - 512..];
+        let mut unsummed = backup[..92].to_vec();
+        unsummed[16..20].fill(0);
+        assert_eq!(&backup[..8], b"EFI PART");
+        assert_eq!(
+            le32(backup, 16) as u32,
+            crc32(&unsummed),
+            "backup header crc"
+        );
+        assert_eq!(le64(backup, 24) * 512 + 512, stats.bytes, "backup my_lba");
+        let array = (le64(backup, 72) * 512) as usize;
+        assert_eq!(&iso[array..array + 16384], &iso[1024..1024 + 16384]);
+        assert_eq!(le32(backup, 88), le32(&iso, 512 + 88), "array crc");
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn large_esps_get_sector_count_zero() {
+        assert_eq!(Layout::new(32 * MIB - 2048).catalog_sector_count(), 65532);
+        assert_eq!(Layout::new(32 * MIB).catalog_sector_count(), 0);
+        assert_eq!(Layout::new(64 * MIB).catalog_sector_count(), 0);
+        let l = Layout::new(64 * MIB);
+        assert_eq!(l.bytes() % BLOCK, 0);
+        assert!(l.esp_last_sector() < l.last_usable_sector());
+        assert_eq!(l.backup_header_sector() * SECTOR + SECTOR, l.bytes());
+    }
+
+    #[test]
+    fn unix_time_converts_to_iso_dates() {
+        let c = |t| Civil::from_unix(t).unwrap();
+        assert_eq!(c(0).descriptor(), *b"1970010100000000\0");
+        assert_eq!(c(-1).descriptor(), *b"1969123123595900\0");
+        assert_eq!(c(951_782_400).descriptor(), *b"2000022900000000\0");
+        assert_eq!(c(-2_208_988_800).dir_record(), [0, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(c(5_869_583_999).dir_record(), [255, 12, 31, 23, 59, 59, 0]);
+        for bad in [-2_208_988_801, 5_869_584_000, i64::MIN, i64::MAX] {
+            assert!(matches!(
+                Civil::from_unix(bad),
+                Err(IsoError::Timestamp { timestamp }) if timestamp == bad
+            ));
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_culprit_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("esp.img");
+        let attempt = |o: &IsoOptions| write(&path, &mut Cursor::new(Vec::new()), o);
+        fs::write(&path, vec![0u8; 2048]).unwrap();
+        let err = attempt(&opts()).unwrap_err();
+        assert!(matches!(err, IsoError::EspNotFat { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+        for bytes in [0, 1000, 4096 + 512] {
+            fs::write(&path, vec![0u8; bytes]).unwrap();
+            let err = attempt(&opts()).unwrap_err();
+            assert!(matches!(err, IsoError::EspSize { .. }), "{err}");
+        }
+        // A FAT volume larger than the file: a truncated copy.
+        fake_esp(&path, 4096);
+        let mut data = fs::read(&path).unwrap();
+        data[32..36].copy_from_slice(&9u32.to_le_bytes());
+        fs::write(&path, &data).unwrap();
+        let err = attempt(&opts()).unwrap_err();
+        assert!(err.to_string().contains("4608 bytes"), "{err}");
+        fake_esp(&path, 4096);
+        for id in ["strata", "", "A-B", "THIRTY_THREE_CHARACTERS_LONG_XXXX"] {
+            let o = IsoOptions {
+                volume_id: id.into(),
+                ..opts()
+            };
+            assert!(
+                matches!(attempt(&o), Err(IsoError::VolumeId { .. })),
+                "{id}"
+            );
+        }
+        let o = IsoOptions {
+            timestamp: -3_000_000_000,
+            ..opts()
+        };
+        assert!(matches!(attempt(&o), Err(IsoError::Timestamp { .. })));
+        let missing = dir.path().join("missing.img");
+        let err = write(&missing, &mut Cursor::new(Vec::new()), &opts()).unwrap_err();
+        assert!(matches!(err, IsoError::EspRead { .. }), "{err}");
+    }
+
+    /// A writer that fails once `limit` bytes were written.
+    struct FailAfter {
+        written: u64,
+        limit: u64,
+    }
+
+    impl Write for FailAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.written >= self.limit {
+                return Err(io::Error::other("disk full"));
+            }
+            let n = buf.len().min((self.limit - self.written) as usize);
+            self.written += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for FailAfter {
+        fn seek(&mut self, _: io::SeekFrom) -> io::Result<u64> {
+            Ok(self.written)
+        }
+    }
+
+    #[test]
+    fn write_errors_name_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp.img");
+        fake_esp(&esp, MIB);
+        let mut out = FailAfter {
+            written: 0,
+            limit: MIB + 5000,
+        };
+        let err = write(&esp, &mut out, &opts()).unwrap_err();
+        assert!(
+            matches!(err, IsoError::Output { offset, .. } if offset == MIB),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn output_is_deterministic_and_follows_the_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp.img");
+        fake_esp(&esp, 2 * MIB);
+        let (a, _) = iso_bytes(&esp, &opts());
+        let (b, _) = iso_bytes(&esp, &opts());
+        assert!(a == b, "two writes differ");
+        // Writing into a file gives the same bytes as into memory.
+        let file = dir.path().join("out.iso");
+        write(&esp, &mut File::create(&file).unwrap(), &opts()).unwrap();
+        assert!(fs::read(&file).unwrap() == a, "file output differs");
+        let changed = [
+            IsoOptions {
+                esp_guid: [9; 16],
+                ..opts()
+            },
+            IsoOptions {
+                disk_guid: [9; 16],
+                ..opts()
+            },
+            IsoOptions {
+                timestamp: 0,
+                ..opts()
+            },
+            IsoOptions {
+                volume_id: "OTHER".into(),
+                ..opts()
+            },
+            IsoOptions {
+                arch: IsoArch::Aa64,
+                ..opts()
+            },
+        ];
+        for o in changed {
+            let (c, _) = iso_bytes(&esp, &o);
+            assert_eq!(c.len(), a.len());
+            assert!(c != a, "{o:?} made no difference");
+        }
+    }
+
+    #[test]
+    fn xorriso_reads_the_el_torito_uefi_entry_and_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(esp) = real_esp(dir.path(), 40) else {
+            return;
+        };
+        let iso = dir.path().join("out.iso");
+        write(&esp, &mut File::create(&iso).unwrap(), &opts()).unwrap();
+        let mut cmd = Command::new("xorriso");
+        cmd.arg("-indev").arg(&iso);
+        cmd.args(["-report_el_torito", "plain", "-find", "/"]);
+        let Some(out) = run(&mut cmd) else {
+            return;
+        };
+        let report = text(&out);
+        assert!(out.status.success(), "{report}");
+        let fields = |prefix: &str| -> Vec<String> {
+            let line = report.lines().find(|l| l.starts_with(prefix));
+            let line = line.unwrap_or_else(|| panic!("no {prefix:?} in:\n{report}"));
+            line[prefix.len()..]
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        };
+        // N Pltf B Emul Ld_seg Hdpt Ldsiz LBA
+        let entry = fields("El Torito boot img :");
+        assert_eq!(entry[..4], ["1", "UEFI", "y", "none"], "{report}");
+        assert_eq!(entry[7], (MIB / BLOCK).to_string(), "{report}");
+        assert_eq!(
+            fields("El Torito img path :"),
+            ["1", "/ESP.IMG"],
+            "{report}"
+        );
+        for name in ["'/ESP.IMG'", "'/README.TXT'", "'/BOOT.CAT'"] {
+            assert!(
+                report.lines().any(|l| l == name),
+                "{name} not in:\n{report}"
+            );
+        }
+        // xorriso extracts ESP.IMG through the ISO 9660 tree.
+        let copy = dir.path().join("copy.img");
+        let mut cmd = Command::new("xorriso");
+        cmd.arg("-osirrox").arg("on").arg("-indev").arg(&iso);
+        let out = run(cmd.arg("-extract").arg("/ESP.IMG").arg(&copy)).unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(fs::read(&copy).unwrap() == fs::read(&esp).unwrap());
+    }
+
+    #[test]
+    fn sgdisk_accepts_the_gpt_and_partition_1_is_the_esp() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(esp) = real_esp(dir.path(), 34) else {
+            return;
+        };
+        let iso = dir.path().join("out.iso");
+        write(&esp, &mut File::create(&iso).unwrap(), &opts()).unwrap();
+        let Some(out) = run(Command::new("sgdisk").arg("-v").arg(&iso)) else {
+            return;
+        };
+        assert!(
+            out.status.success() && text(&out).contains("No problems found"),
+            "{}",
+            text(&out)
+        );
+        let out = run(Command::new("sgdisk").args(["-i", "1"]).arg(&iso)).unwrap();
+        let info = text(&out);
+        let number = |key: &str| -> u64 {
+            let line = info.lines().find(|l| l.starts_with(key)).unwrap();
+            line[key.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            info.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+            "{info}"
+        );
+        let (first, last) = (number("First sector:"), number("Last sector:"));
+        let image = fs::read(&iso).unwrap();
+        let part = dir.path().join("part.img");
+        fs::write(
+            &part,
+            &image[(first * 512) as usize..((last + 1) * 512) as usize],
+        )
+        .unwrap();
+        let Some(out) = run(Command::new("fsck.vfat").arg("-n").arg(&part)) else {
+            return;
+        };
+        assert!(out.status.success(), "{}", text(&out));
+        let mut mtype = Command::new("mtype");
+        mtype.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&part);
+        let Some(out) = run(mtype.arg("::/HELLO.TXT")) else {
+            return;
+        };
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(out.stdout, HELLO);
+    }
+
+    #[test]
+    fn deterministic_with_a_real_esp() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(esp) = real_esp(dir.path(), 34) else {
+            return;
+        };
+        let (a, _) = iso_bytes(&esp, &opts());
+        let (b, _) = iso_bytes(&esp, &opts());
+        assert!(a == b, "two writes differ");
+    }
+
+    /// Debian packages the boot test uses: `STRATA_DEBIAN_CACHE`, or the
+    /// repository's `.cache/debian`.
+    fn debian_cache() -> PathBuf {
+        std::env::var_os("STRATA_DEBIAN_CACHE").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/debian"),
+            PathBuf::from,
+        )
+    }
+
+    fn find_deb(prefix: &str) -> Option<PathBuf> {
+        let dir = fs::read_dir(debian_cache()).ok()?;
+        dir.filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+    }
+
+    fn sh(script: &str) {
+        let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
+        assert!(out.status.success(), "{script}:\n{}", text(&out));
+    }
+
+    /// Builds an ESP with systemd-boot, the Debian kernel and an initramfs
+    /// whose /init prints ISO-BOOT-OK and powers off.
+    fn bootable_esp(dir: &Path, kernel: &Path, busybox: &Path, fat: &str, mib: u64) -> PathBuf {
+        let d = dir.display();
+        let (k, b) = (kernel.display(), busybox.display());
+        sh(&format!(
+            "cd {d}; rm -rf k b rd esp.img; dpkg-deb -x {k} k; dpkg-deb -x {b} b
+             mkdir -p rd/bin rd/dev rd/proc; cp b/bin/busybox rd/bin/
+             printf '#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n\
+             echo ISO-BOOT-OK > /dev/console\n/bin/busybox poweroff -f\n' > rd/init
+             chmod 755 rd/init; (cd rd && find . | cpio -o -H newc --quiet) > initrd
+             printf 'timeout 0\ndefault a.conf\n' > loader.conf
+             printf 'linux /vmlinuz\ninitrd /initrd\noptions console=ttyS0 panic=-1\n' > a.conf
+             mkfs.vfat -C -F {fat} esp.img {kib} >/dev/null
+             export MTOOLS_SKIP_CHECK=1
+             mmd -i esp.img ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+             mcopy -i esp.img /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+             mcopy -i esp.img loader.conf ::/loader/loader.conf
+             mcopy -i esp.img a.conf ::/loader/entries/a.conf
+             mcopy -i esp.img k/boot/vmlinuz-* ::/vmlinuz
+             mcopy -i esp.img initrd ::/initrd",
+            kib = mib * 1024
+        ));
+        dir.join("esp.img")
+    }
+
+    /// Boots `iso` in QEMU with OVMF, the image attached by `drive`, and
+    /// returns the seconds until the guest powered off after the marker.
+    fn boot(dir: &Path, iso: &Path, drive: &[&str]) -> f64 {
+        let vars = dir.join("vars.fd");
+        fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "120",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+        ]);
+        cmd.args([
+            "-m",
+            "1024",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ]);
+        cmd.args(["-no-reboot", "-drive"]);
+        cmd.arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
+        let drive: Vec<String> = drive
+            .iter()
+            .map(|a| a.replace("{iso}", &iso.display().to_string()))
+            .collect();
+        cmd.args(&drive);
+        let started = Instant::now();
+        let out = cmd.output().unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let log = text(&out);
+        assert!(
+            log.contains("ISO-BOOT-OK"),
+            "no marker after {secs:.1} s booting with {drive:?}:\n{log}"
+        );
+        secs
+    }
+
+    #[test]
+    #[ignore = "boots QEMU (TCG) five times: minutes"]
+    fn boots_in_qemu_as_cdrom_and_as_disk() {
+        let tools = [
+            "qemu-system-x86_64",
+            "mkfs.vfat",
+            "mcopy",
+            "cpio",
+            "dpkg-deb",
+        ];
+        for tool in tools {
+            if run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+                .is_none_or(|o| !o.status.success())
+            {
+                eprintln!("skipping the boot test: {tool} is not installed");
+                return;
+            }
+        }
+        let (Some(kernel), Some(busybox)) = (
+            find_deb("linux-image-6.1.0-56-amd64_"),
+            find_deb("busybox-static_"),
+        ) else {
+            eprintln!(
+                "skipping the boot test: no debs in {}",
+                debian_cache().display()
+            );
+            return;
+        };
+        let cdrom = ["-drive", "file={iso},if=none,id=cd,media=cdrom,readonly=on"];
+        let cdrom = [&cdrom[..], &["-device", "ide-cd,drive=cd"]].concat();
+        let disk = ["-drive", "file={iso},if=none,id=d,format=raw,snapshot=on"];
+        let disk = [&disk[..], &["-device", "virtio-blk-pci,drive=d"]].concat();
+        let dir = tempfile::tempdir().unwrap();
+        // FAT32 of 48 MiB is past El Torito's 16-bit sector count (the
+        // production case); FAT16 of 24 MiB gets an exact count.
+        for (fat, mib) in [("32", 48), ("16", 24)] {
+            let esp = bootable_esp(dir.path(), &kernel, &busybox, fat, mib);
+            let iso = dir.path().join("boot.iso");
+            let stats = write(&esp, &mut File::create(&iso).unwrap(), &opts()).unwrap();
+            let cd = boot(dir.path(), &iso, &cdrom);
+            let hd = boot(dir.path(), &iso, &disk);
+            eprintln!(
+                "FAT{fat} {mib} MiB ESP, {} byte ISO: CD-ROM boot {cd:.1} s, disk boot {hd:.1} s",
+                stats.bytes
+            );
+        }
+        // Control: with the El Torito boot record defaced, the disk still
+        // boots, so it boots through the GPT.
+        let iso = dir.path().join("boot.iso");
+        let mut image = fs::read(&iso).unwrap();
+        image[(BOOT_RECORD_BLOCK * BLOCK) as usize + 7] = b'X';
+        let defaced = dir.path().join("gpt-only.iso");
+        fs::write(&defaced, image).unwrap();
+        let hd = boot(dir.path(), &defaced, &disk);
+        eprintln!("without El Torito, disk boot {hd:.1} s");
+    }
+}

@@ -1,0 +1,188 @@
+//! Output formats, one module each, all written natively from the raw disk
+//! image (no qemu-img, xorriso or tar):
+//!
+//! | format | module | what |
+//! |---|---|---|
+//! | `raw` | — | the sparse GPT disk itself |
+//! | `qcow2` | [`qcow2`] | qcow2 v3, zero clusters not stored |
+//! | `vhd`, `vhd-dynamic` | [`vhd`] | VHD fixed (Azure) or dynamic |
+//! | `vmdk` | [`vmdk`] | VMDK streamOptimized |
+//! | `ova` | [`ova`] | OVF + streamOptimized VMDK + SHA256 manifest in a tar |
+//! | `raw.tar.gz` | [`gcp`] | `disk.raw` in a GNU tar, gzip'd, as GCE imports |
+//! | `iso` | [`iso`] | ISO 9660 + El Torito UEFI, hybrid GPT |
+//!
+//! Any of them can be wrapped in `.xz` or `.zst` ([`compress`]). Compression
+//! wraps a finished artefact; it never happens inside a format writer.
+
+pub mod compress;
+pub mod gcp;
+pub mod iso;
+pub mod ova;
+pub mod qcow2;
+pub mod vhd;
+pub mod vmdk;
+
+use std::fmt;
+
+/// A container format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    /// Sparse raw GPT disk.
+    Raw,
+    /// qcow2 v3.
+    Qcow2,
+    /// VHD, fixed.
+    Vhd,
+    /// VHD, dynamic.
+    VhdDynamic,
+    /// VMDK streamOptimized.
+    Vmdk,
+    /// OVA (OVF + VMDK).
+    Ova,
+    /// GCE: disk.raw in a tar.gz.
+    GcpTar,
+    /// Hybrid ISO 9660.
+    Iso,
+}
+
+/// A compression wrapper around a finished artefact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Wrap {
+    /// `.xz` (multi-threaded, CRC64).
+    Xz,
+    /// `.zst` (multi-threaded).
+    Zst,
+}
+
+/// One requested output: a format, maybe wrapped, with its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutputKind {
+    /// The container format.
+    pub format: Format,
+    /// Compression around it.
+    pub wrap: Option<Wrap>,
+    /// qcow2 cluster size as a power of two (16 = 64 KiB).
+    pub qcow2_cluster_bits: u32,
+}
+
+/// Every name `outputs:` accepts, for error messages.
+pub const NAMES: &str = "raw, qcow2, vhd, vhd-dynamic, vmdk, ova, raw.tar.gz, iso — optionally followed by .xz or .zst (e.g. raw.zst)";
+
+impl OutputKind {
+    /// Parses an output name such as `raw.zst`, `qcow2` or `raw.tar.gz`.
+    pub fn parse(name: &str) -> Result<OutputKind, String> {
+        let (base, wrap) = match name.rsplit_once('.') {
+            Some((b, "xz")) => (b, Some(Wrap::Xz)),
+            Some((b, "zst")) => (b, Some(Wrap::Zst)),
+            _ => (name, None),
+        };
+        let format = match base {
+            "raw" => Format::Raw,
+            "qcow2" => Format::Qcow2,
+            "vhd" => Format::Vhd,
+            "vhd-dynamic" => Format::VhdDynamic,
+            "vmdk" => Format::Vmdk,
+            "ova" => Format::Ova,
+            "raw.tar.gz" => Format::GcpTar,
+            "iso" => Format::Iso,
+            _ => return Err(format!("unknown output format `{name}`; known: {NAMES}")),
+        };
+        if format == Format::GcpTar && wrap.is_some() {
+            return Err(format!("`{name}`: raw.tar.gz is compressed already"));
+        }
+        Ok(OutputKind {
+            format,
+            wrap,
+            qcow2_cluster_bits: 16,
+        })
+    }
+
+    /// The file extension, e.g. `raw.zst`, `vhd`, `raw.tar.gz`.
+    pub fn extension(&self) -> String {
+        let base = match self.format {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vhd | Format::VhdDynamic => "vhd",
+            Format::Vmdk => "vmdk",
+            Format::Ova => "ova",
+            Format::GcpTar => "raw.tar.gz",
+            Format::Iso => "iso",
+        };
+        match self.wrap {
+            Some(Wrap::Xz) => format!("{base}.xz"),
+            Some(Wrap::Zst) => format!("{base}.zst"),
+            None => base.to_string(),
+        }
+    }
+
+    /// `<platform>-<arch>.<extension>`.
+    pub fn file_name(&self, platform: &str, arch: &str) -> String {
+        format!("{platform}-{arch}.{}", self.extension())
+    }
+}
+
+impl fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let base = match self.format {
+            Format::VhdDynamic => "vhd-dynamic".to_string(),
+            _ => self
+                .extension()
+                .split(['.'])
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        };
+        let base = if self.format == Format::GcpTar {
+            "raw.tar.gz".to_string()
+        } else {
+            base
+        };
+        match self.wrap {
+            Some(Wrap::Xz) => write!(f, "{base}.xz"),
+            Some(Wrap::Zst) => write!(f, "{base}.zst"),
+            None => f.write_str(&base),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for n in [
+            "raw",
+            "raw.zst",
+            "raw.xz",
+            "qcow2",
+            "qcow2.xz",
+            "vhd",
+            "vhd-dynamic",
+            "vhd.zst",
+            "vmdk",
+            "ova",
+            "raw.tar.gz",
+            "iso",
+        ] {
+            let k = OutputKind::parse(n).unwrap();
+            assert_eq!(k.to_string(), n);
+        }
+        assert_eq!(
+            OutputKind::parse("vhd.zst")
+                .unwrap()
+                .file_name("azure", "amd64"),
+            "azure-amd64.vhd.zst"
+        );
+        assert_eq!(
+            OutputKind::parse("raw.tar.gz")
+                .unwrap()
+                .file_name("gcp", "arm64"),
+            "gcp-arm64.raw.tar.gz"
+        );
+        assert!(OutputKind::parse("raw.tar.gz.xz")
+            .unwrap_err()
+            .contains("compressed already"));
+        assert!(OutputKind::parse("vdi").unwrap_err().contains("known: raw"));
+    }
+}

@@ -1,0 +1,106 @@
+//! Turning any artefact strata writes into something QEMU can attach:
+//! `.xz` and `.zst` are decompressed, `.ova` and GCE's `.tar.gz` unpacked, to
+//! a sparse temporary file (zero blocks become holes). Everything else is
+//! attached as it is.
+
+use crate::error::{Error, Result};
+use crate::format::{Format, OutputKind, Wrap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use strata_qemu::ImageFormat;
+
+/// Where QEMU finds the disk, and in which format.
+pub fn prepare(artefact: &Path, kind: OutputKind, work: &Path) -> Result<(PathBuf, ImageFormat)> {
+    let mut path = artefact.to_path_buf();
+    if let Some(w) = kind.wrap {
+        let plain = OutputKind { wrap: None, ..kind };
+        let dest = work.join(format!("unpacked.{}", plain.extension()));
+        decompress(artefact, &dest, w)?;
+        path = dest;
+    }
+    match kind.format {
+        Format::Raw | Format::Iso => Ok((path, ImageFormat::Raw)),
+        Format::Qcow2 => Ok((path, ImageFormat::Qcow2)),
+        Format::Vhd | Format::VhdDynamic => Ok((path, ImageFormat::Vpc)),
+        Format::Vmdk => Ok((path, ImageFormat::Vmdk)),
+        Format::Ova => {
+            let dest = work.join("unpacked.vmdk");
+            untar_member(File::open(&path).map_err(Error::io("opening", &path))?, |n| n.ends_with(".vmdk"), &dest, &path)?;
+            Ok((dest, ImageFormat::Vmdk))
+        }
+        Format::GcpTar => {
+            let dest = work.join("disk.raw");
+            let f = File::open(&path).map_err(Error::io("opening", &path))?;
+            untar_member(flate2::read::GzDecoder::new(f), |n| n == "disk.raw", &dest, &path)?;
+            Ok((dest, ImageFormat::Raw))
+        }
+    }
+}
+
+fn decompress(src: &Path, dest: &Path, w: Wrap) -> Result<()> {
+    let f = File::open(src).map_err(Error::io("opening", src))?;
+    let reader: Box<dyn Read> = match w {
+        Wrap::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(f))),
+        Wrap::Zst => Box::new(zstd::stream::read::Decoder::new(f).map_err(Error::io("reading", src))?),
+    };
+    copy_sparse(reader, dest).map_err(Error::io("decompressing", src))
+}
+
+/// Extracts the first tar member whose name matches.
+fn untar_member(r: impl Read, want: impl Fn(&str) -> bool, dest: &Path, archive: &Path) -> Result<()> {
+    let mut tar = tar::Archive::new(r);
+    for entry in tar.entries().map_err(Error::io("reading", archive))? {
+        let entry = entry.map_err(Error::io("reading", archive))?;
+        let name = entry.path().map_err(Error::io("reading", archive))?.to_string_lossy().into_owned();
+        if want(&name) {
+            return copy_sparse(entry, dest).map_err(Error::io("unpacking", archive));
+        }
+    }
+    Err(Error::step("boot", format!("{} holds no disk image", archive.display())))
+}
+
+/// Copies a stream into a new file, leaving holes where whole blocks are zero.
+fn copy_sparse(mut r: impl Read, dest: &Path) -> std::io::Result<()> {
+    let mut out = File::create(dest)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = r.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if crate::io::sparse::is_zero(&buf[..filled]) {
+            out.seek(SeekFrom::Current(filled as i64))?;
+        } else {
+            out.write_all(&buf[..filled])?;
+        }
+        len += filled as u64;
+    }
+    out.set_len(len)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn zero_blocks_become_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 4 << 20];
+        data[3 << 20] = 7;
+        let dest = dir.path().join("x");
+        copy_sparse(&data[..], &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert!(std::fs::metadata(&dest).unwrap().blocks() * 512 < 1 << 20);
+    }
+}
