@@ -30,7 +30,7 @@ fn the_default_profile_builds_and_boots_for_arm64() {
     let (off, len) = partition_range(&raw, 1);
     extract(&raw, off, len, &esp);
     judge("fsck.vfat", &["-n", esp.to_str().unwrap()]);
-    let listing = judge("mdir", &["-i", esp.to_str().unwrap(), "-/", "::/EFI/BOOT"]);
+    let listing = judge("mdir", &["-i", esp.to_str().unwrap(), "-/", "-b", "::/"]);
     assert!(listing.contains("BOOTAA64.EFI"), "{listing}");
     let entry = judge(
         "mtype",

@@ -50,7 +50,7 @@ fn the_disk_is_judged_sound_by_independent_tools() {
     let (off, len) = partition_range(&raw, 1);
     extract(&raw, off, len, &esp);
     judge("fsck.vfat", &["-n", esp.to_str().unwrap()]);
-    let listing = judge("mdir", &["-i", esp.to_str().unwrap(), "-/", "::/"]);
+    let listing = judge("mdir", &["-i", esp.to_str().unwrap(), "-/", "-b", "::/"]);
     for name in [
         "BOOTX64.EFI",
         "loader.conf",

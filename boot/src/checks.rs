@@ -12,6 +12,9 @@
 //!   an opaque directory (`trusted.overlay.opaque=y`) at one of them.
 //!   Paths the init mounts over in the merged root (`etc/extensions.yaml`)
 //!   are never probes. Files are compared in chunks, never read whole.
+//!   An upper layer may be scoped to a subtree ([`Upper::at`]): a sysext
+//!   image merged on `/usr` shadows paths under `usr/` only, and never the
+//!   `usr` directory itself (the merge is a mount on it, not a replacement).
 //!
 //! Not supported: xattr or metadata comparison, redirects, metacopy.
 
@@ -94,6 +97,33 @@ pub fn check_mounted(entries: &[MountEntry], merged: &Path, layer: &Path) -> Opt
     }
 }
 
+/// A layer stacked above the one being probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upper {
+    /// Where its tree is mounted.
+    pub dir: PathBuf,
+    /// The relative path its tree is shown at (empty: the whole tree).
+    pub at: PathBuf,
+}
+
+impl Upper {
+    /// A layer that covers the whole tree (a Talos layer over the root).
+    pub fn whole(dir: &Path) -> Upper {
+        Upper {
+            dir: dir.to_path_buf(),
+            at: PathBuf::new(),
+        }
+    }
+
+    /// A layer merged on the subtree `at` (a sysext image's `usr/`).
+    pub fn scoped(dir: &Path, at: &Path) -> Upper {
+        Upper {
+            dir: dir.to_path_buf(),
+            at: at.to_path_buf(),
+        }
+    }
+}
+
 /// Picks a probe in `layer` (see the module doc), `later` being the mount
 /// points of the layers stacked above it and `skip` relative paths that
 /// must not be chosen. Returns the probe relative to the layer root.
@@ -102,13 +132,23 @@ pub fn find_probe(
     later: &[PathBuf],
     skip: &[&Path],
 ) -> Result<Option<PathBuf>, Error> {
+    let later: Vec<Upper> = later.iter().map(|dir| Upper::whole(dir)).collect();
+    find_probe_under(layer, &later, skip)
+}
+
+/// [`find_probe`] with upper layers that may be scoped to a subtree.
+pub fn find_probe_under(
+    layer: &Path,
+    later: &[Upper],
+    skip: &[&Path],
+) -> Result<Option<PathBuf>, Error> {
     walk(layer, Path::new(""), later, skip)
 }
 
 fn walk(
     layer: &Path,
     rel: &Path,
-    later: &[PathBuf],
+    later: &[Upper],
     skip: &[&Path],
 ) -> Result<Option<PathBuf>, Error> {
     let dir = layer.join(rel);
@@ -142,12 +182,15 @@ fn walk(
 /// opaque directory at its path. Both are hidden by a non-directory or an
 /// opaque directory at a parent path. A plain directory over a directory
 /// merges with it, so its files are judged one by one.
-fn shadowed(later: &[PathBuf], rel: &Path, is_file: bool) -> bool {
+fn shadowed(later: &[Upper], rel: &Path, is_file: bool) -> bool {
     later.iter().any(|upper| hides(upper, rel, is_file))
 }
 
-fn hides(upper: &Path, rel: &Path, is_file: bool) -> bool {
-    let mut at = upper.to_path_buf();
+fn hides(upper: &Upper, rel: &Path, is_file: bool) -> bool {
+    let Ok(rel) = rel.strip_prefix(&upper.at) else {
+        return false;
+    };
+    let mut at = upper.dir.clone();
     let mut components = rel.components().peekable();
     while let Some(component) = components.next() {
         at.push(component);
@@ -225,7 +268,18 @@ fn fill(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Runs the visibility check for the layer mounted at `layer`.
 pub fn check_visible(layer: &Path, later: &[PathBuf], merged: &Path, skip: &[&Path]) -> Visibility {
-    let probe = match find_probe(layer, later, skip) {
+    let later: Vec<Upper> = later.iter().map(|dir| Upper::whole(dir)).collect();
+    check_visible_under(layer, &later, merged, skip)
+}
+
+/// [`check_visible`] with upper layers that may be scoped to a subtree.
+pub fn check_visible_under(
+    layer: &Path,
+    later: &[Upper],
+    merged: &Path,
+    skip: &[&Path],
+) -> Visibility {
+    let probe = match find_probe_under(layer, later, skip) {
         Ok(Some(probe)) => probe,
         Ok(None) => {
             return Visibility {
@@ -245,8 +299,13 @@ pub fn check_visible(layer: &Path, later: &[PathBuf], merged: &Path, skip: &[&Pa
             }
         }
     };
-    let shown = format!("/{}", probe.display());
-    let (visible, detail) = match same_content(&layer.join(&probe), &merged.join(&probe)) {
+    compare_probe(layer, &probe, merged, format!("/{}", probe.display()))
+}
+
+/// Compares `probe` (relative) in `layer` and in `merged`; `shown` is how
+/// the report names it (its absolute path in the booted system).
+pub fn compare_probe(layer: &Path, probe: &Path, merged: &Path, shown: String) -> Visibility {
+    let (visible, detail) = match same_content(&layer.join(probe), &merged.join(probe)) {
         Ok(true) => (true, None),
         Ok(false) => (false, Some(format!("{shown} differs in the merged root"))),
         Err(err) => (false, Some(error_chain(&err))),
@@ -355,6 +414,38 @@ pub(crate) mod tests {
         let upper = TestDir::new("upper");
         upper.file("usr", b"not a dir");
         assert_eq!(probe(&layer, &[&upper], &[]), Some(PathBuf::from("zz")));
+    }
+
+    #[test]
+    fn a_scoped_upper_hides_only_inside_its_subtree() {
+        let layer = TestDir::new("layer");
+        layer
+            .file("etc/a", b"a")
+            .file("usr/bin/x", b"x")
+            .file("usr/bin/y", b"y");
+        let sysext_usr = TestDir::new("sysext-usr");
+        sysext_usr
+            .file("bin/x", b"other")
+            .file("etc/a", b"not merged");
+        let later = [Upper::scoped(&sysext_usr.0, Path::new("usr"))];
+        // etc/a is outside the scope: the image's etc/ is never merged.
+        assert_eq!(
+            find_probe_under(&layer.0, &later, &[]).unwrap(),
+            Some(PathBuf::from("etc/a"))
+        );
+        let skip = [Path::new("etc/a")];
+        assert_eq!(
+            find_probe_under(&layer.0, &later, &skip).unwrap(),
+            Some(PathBuf::from("usr/bin/y"))
+        );
+        // A scoped upper whose tree is a file does not hide the mount point.
+        let file_upper = TestDir::new("file-upper");
+        file_upper.file("f", b"f");
+        let later = [Upper::scoped(&file_upper.0.join("f"), Path::new("usr"))];
+        assert_eq!(
+            find_probe_under(&layer.0, &later, &skip).unwrap(),
+            Some(PathBuf::from("usr/bin/x"))
+        );
     }
 
     #[test]

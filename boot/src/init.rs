@@ -1,40 +1,63 @@
 //! The init's sequence, from the first mount to the hand-over.
 //!
 //! Report order: `start`, one `module` per listed module, one `layer` per
-//! extension, then `done`; an `error` follows any step that fails.
+//! Talos extension, then per sysext and per confext image (merge order),
+//! then per flattened and per disabled extension (`extensions.json`
+//! order), one `firmware`, one `ext_module` per name in `modules.check`,
+//! one `disk` per block device, then `done`; an `error` follows any step
+//! that fails (errors of the sysext and confext merge come before the
+//! `layer` events, which are checked once the whole root is assembled).
+//!
+//! The disks are waited for (up to 5 s, see `disks`) on a second thread
+//! started once the modules are loaded, so the wait overlaps the mounts;
+//! it is joined before `done`.
 //!
 //! Fatal (no root to switch into): the API mounts, the root squashfs, the
 //! overlay, a missing init (outside smoke runs). Non-fatal, but `ok=false`:
 //! a module that will not load, an unreadable `extensions.yaml` (booted as
-//! if empty), a layer that will not mount (left out of the overlay), the
-//! extensions list bind, a failed layer check. Outside smoke runs a
-//! non-fatal failure still boots the merged root; a fatal one shows the
-//! error for 5 s and powers off. Smoke runs always power off after `done`.
+//! if empty), a layer that will not mount (left out of the overlay), a
+//! sysext/confext image that is rejected or will not mount or merge, the
+//! extensions list bind, a failed layer check, an unreadable
+//! `extensions.json`, a failed flattened or disabled check, the firmware
+//! path, an extension module that will not load, an unreadable disk. Outside smoke runs a non-fatal
+//! failure still boots the merged root; a fatal one shows the error for
+//! 5 s and powers off. Smoke runs always power off after `done`.
 
-use std::ffi::{CStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
-use crate::checks::{self, Visibility};
+use crate::checks::{self, Upper, Visibility};
 use crate::cmdline::Cmdline;
 use crate::console::{self, Console};
 use crate::extensions::{self, Layer};
+use crate::extrelease::Class;
+use crate::kmod::{self, Index, Resolution};
 use crate::modules::{self, Loaded};
 use crate::mountinfo::{self, MountEntry};
 use crate::mounts;
 use crate::overlay::{self, Layout, EXTENSIONS_TARGET};
-use crate::power;
 use crate::report::{Event, LayerKind};
-use crate::switch;
-use crate::sys::error_chain;
+use crate::shipped::{self, Shipped};
+use crate::sys::{error_chain, uname};
+use crate::sysext::{self, Prepared};
+use crate::{disks, firmware, power, switch};
 
 /// The root squashfs in the initramfs.
 pub const ROOTFS_IMAGE: &str = "/rootfs.sqsh";
+
+/// The disk scan running beside the mounts.
+type DiskScan = JoinHandle<Result<Vec<disks::Disk>, disks::Error>>;
 
 /// Report state: the console and whether everything so far went well.
 struct Reporter {
     console: Console,
     ok: bool,
     layers: usize,
+    /// Kind and name of every layer reported mounted, for the disabled check.
+    active: Vec<(LayerKind, String)>,
+    /// The disk scan, until its result is reported.
+    disks: Option<DiskScan>,
 }
 
 /// A failure that leaves no root to switch into; already reported.
@@ -42,7 +65,57 @@ struct Fatal(String);
 
 impl Reporter {
     fn emit(&mut self, event: &Event) {
+        if let Event::Layer {
+            kind,
+            name,
+            mounted: true,
+            ..
+        } = event
+        {
+            self.active.push((*kind, name.clone()));
+        }
         self.console.emit(event);
+    }
+
+    /// Starts waiting for the disks beside the boot; without a thread,
+    /// the scan runs when it is reported.
+    fn start_disk_scan(&mut self) {
+        let scan =
+            || disks::wait_and_scan(Path::new(disks::SYS_BLOCK), Path::new(disks::SYS_DEVICES));
+        match std::thread::Builder::new().name("disks".into()).spawn(scan) {
+            Ok(handle) => self.disks = Some(handle),
+            Err(err) => self.console.say(&format!(
+                "cannot start the disk scan thread ({err}); scanning at the end"
+            )),
+        }
+    }
+
+    /// Reports each disk (joining the scan, or scanning now).
+    fn report_disks(&mut self) {
+        let result = match self.disks.take() {
+            Some(handle) => match handle.join() {
+                Ok(result) => result,
+                Err(_) => {
+                    self.error("disks", "the disk scan thread panicked".into());
+                    return;
+                }
+            },
+            None => {
+                disks::wait_and_scan(Path::new(disks::SYS_BLOCK), Path::new(disks::SYS_DEVICES))
+            }
+        };
+        match result {
+            Ok(found) => {
+                if found.is_empty() {
+                    self.console
+                        .say("no block device appeared within 5 s (is the disk driver loaded?)");
+                }
+                for disk in found {
+                    self.emit(&disk.event());
+                }
+            }
+            Err(err) => self.error("disks", error_chain(&err)),
+        }
     }
 
     /// Reports a failed step; the run is no longer ok.
@@ -74,9 +147,13 @@ pub fn run() -> ! {
     console::ensure_stdio();
     console.reopen_if_closed();
     let (mut rep, cmdline) = start(console);
+    let api_ok = api.is_ok();
     let outcome = api
         .map_err(|err| rep.fatal("mount-api", &err))
         .and_then(|()| assemble(&mut rep, &Layout::default(), &cmdline));
+    if api_ok {
+        rep.report_disks();
+    }
     rep.emit(&Event::Done {
         ok: rep.ok,
         layers: rep.layers,
@@ -109,6 +186,8 @@ fn start(console: Console) -> (Reporter, Cmdline) {
         console,
         ok: true,
         layers: 0,
+        active: Vec::new(),
+        disks: None,
     };
     rep.emit(&Event::Start {
         kernel,
@@ -156,6 +235,7 @@ fn finish(mut rep: Reporter, outcome: Result<PathBuf, Fatal>, cmdline: &Cmdline)
 /// merged root to switch into.
 fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<PathBuf, Fatal> {
     load_modules(rep);
+    rep.start_disk_scan();
     let layers = match extensions::read(Path::new(extensions::EXTENSIONS_YAML)) {
         Ok(ext) => ext.layers,
         Err(err) => {
@@ -170,11 +250,25 @@ fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<Pa
     let merged = layout.merged();
     overlay::mount_merged(&lower, &layout.rootfs(), &merged)
         .map_err(|err| rep.fatal("mount-overlay", &err))?;
+    // Before the bind: a confext overlay on /etc would hide it.
+    let images = merge_images(rep, layout, &merged);
     if let Err(err) = overlay::bind_extensions_list(Path::new(extensions::EXTENSIONS_YAML), &merged)
     {
         rep.error("bind-extensions", error_chain(&err));
     }
-    check_layers(rep, &layers, &mounts, &merged);
+    let entries = if layers.is_empty() && images.is_empty() {
+        Ok(Vec::new())
+    } else {
+        read_mountinfo()
+    };
+    if let Err(message) = &entries {
+        rep.error("mountinfo", message.clone());
+    }
+    check_layers(rep, &layers, &mounts, &merged, &entries, &images);
+    check_images(rep, &images, &merged, &entries);
+    check_shipped(rep, &merged);
+    set_firmware_path(rep, &merged);
+    load_extension_modules(rep, &merged);
     if let Err(err) = switch::check_init(&merged, &cmdline.init) {
         if cmdline.smoke {
             rep.error("init", error_chain(&err));
@@ -194,14 +288,31 @@ fn load_modules(rep: &mut Reporter) {
         }
     };
     let mut failed = Vec::new();
+    let mut not_applicable: Vec<String> = Vec::new();
     for path in list {
         let name = modules::module_name(&path);
         let (loaded, error) = match modules::load(&path) {
             Ok(Loaded::Now | Loaded::Already) => (true, None),
-            Ok(Loaded::NotApplicable) => (
-                false,
-                Some("not applicable on this machine (ENODEV); not an error".to_string()),
-            ),
+            Ok(Loaded::NotApplicable) => {
+                not_applicable.push(name.clone());
+                (
+                    false,
+                    Some("not applicable on this machine (ENODEV); not an error".to_string()),
+                )
+            }
+            // Unresolved symbols (ENOENT) after a dependency that does not apply
+            // here (hv_storvsc without Hyper-V's hv_vmbus): it does not apply either.
+            Err(modules::Error::Load { ref source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) && !not_applicable.is_empty() =>
+            {
+                (
+                    false,
+                    Some(format!(
+                        "not applicable: unresolved symbols after {} did not apply (ENOENT); not an error",
+                        not_applicable.join(", ")
+                    )),
+                )
+            }
             Err(err) => {
                 failed.push(name.clone());
                 (false, Some(error_chain(&err)))
@@ -260,25 +371,27 @@ fn check_layers(
     layers: &[Layer],
     mounts: &[Result<PathBuf, String>],
     merged: &Path,
+    entries: &Result<Vec<MountEntry>, String>,
+    images: &[Prepared],
 ) {
-    if layers.is_empty() {
-        return;
-    }
-    let entries = read_mountinfo();
-    if let Err(message) = &entries {
-        rep.error("mountinfo", message.clone());
-    }
     let skip = [Path::new(EXTENSIONS_TARGET)];
+    // sysext/confext images sit above every Talos layer, on their hierarchies.
+    let image_uppers = sysext::uppers(images, merged);
     for (index, (layer, mount)) in layers.iter().zip(mounts).enumerate() {
-        let later: Vec<PathBuf> = mounts[index + 1..].iter().flatten().cloned().collect();
+        let mut later: Vec<Upper> = mounts[index + 1..]
+            .iter()
+            .flatten()
+            .map(|dir| Upper::whole(dir))
+            .collect();
+        later.extend(image_uppers.iter().cloned());
         let (mounted, vis) = match mount {
             Err(why) => (false, Visibility::failed(why.clone())),
             Ok(mount_point) => {
-                let mount_detail = match &entries {
+                let mount_detail = match entries {
                     Ok(entries) => checks::check_mounted(entries, merged, mount_point),
                     Err(message) => Some(message.clone()),
                 };
-                let mut vis = checks::check_visible(mount_point, &later, merged, &skip);
+                let mut vis = checks::check_visible_under(mount_point, &later, merged, &skip);
                 vis.detail = join_details(mount_detail.clone(), vis.detail);
                 (mount_detail.is_none(), vis)
             }
@@ -287,6 +400,273 @@ fn check_layers(
         rep.layers += 1;
         rep.emit(&layer_event(index, layer, mounted, vis));
     }
+}
+
+/// Mounts, validates and merges the sysext then the confext images.
+/// Rejections and merge failures are reported as errors now; the `layer`
+/// events come with the checks.
+fn merge_images(rep: &mut Reporter, layout: &Layout, merged: &Path) -> Vec<Prepared> {
+    let (_, machine) = uname();
+    let mut host = None;
+    let mut all = Vec::new();
+    for class in [Class::Sysext, Class::Confext] {
+        let images = match sysext::discover(sysext::images_dir(class), class) {
+            Ok(images) => images,
+            Err(err) => {
+                rep.error(class.as_str(), error_chain(&err));
+                continue;
+            }
+        };
+        if images.is_empty() {
+            continue;
+        }
+        let host = host.get_or_insert_with(|| sysext::read_host(merged));
+        let mut prepared: Vec<Prepared> = images
+            .iter()
+            .map(|image| sysext::prepare(image, layout, host.as_ref(), &machine))
+            .collect();
+        for p in &prepared {
+            if let Some(failure) = &p.failure {
+                rep.error(
+                    class.as_str(),
+                    format!("{}: {failure}", p.image.file_name()),
+                );
+            }
+        }
+        for message in sysext::merge(class, &mut prepared, layout, merged) {
+            rep.error(class.as_str(), message);
+        }
+        all.extend(prepared);
+    }
+    all
+}
+
+/// Reports each image; indexes continue after the Talos layers.
+fn check_images(
+    rep: &mut Reporter,
+    images: &[Prepared],
+    merged: &Path,
+    entries: &Result<Vec<MountEntry>, String>,
+) {
+    for class in [Class::Sysext, Class::Confext] {
+        let same: Vec<Prepared> = images
+            .iter()
+            .filter(|p| p.image.class == class)
+            .cloned()
+            .collect();
+        for at in 0..same.len() {
+            let (mounted, vis) = sysext::check(&same, at, entries, merged);
+            let p = &same[at];
+            rep.ok &= mounted && vis.visible;
+            rep.emit(&Event::Layer {
+                index: rep.layers,
+                image: p.image.file_name(),
+                kind: match class {
+                    Class::Sysext => LayerKind::Sysext,
+                    Class::Confext => LayerKind::Confext,
+                },
+                name: p.image.name.clone(),
+                version: p.version.clone(),
+                mounted,
+                visible: vis.visible,
+                probe: vis.probe,
+                detail: vis.detail,
+                flattened: false,
+                disabled: false,
+            });
+            rep.layers += 1;
+        }
+    }
+}
+
+/// Checks and reports the extensions `extensions.json` lists: flattened
+/// ones by their probe's digest, disabled ones by their image file being
+/// present and unused. Indexes continue after the other layers.
+fn check_shipped(rep: &mut Reporter, merged: &Path) {
+    let shipped = match shipped::read(Path::new(shipped::EXTENSIONS_JSON)) {
+        Ok(shipped) => shipped,
+        Err(err) => {
+            rep.error("extensions", error_chain(&err));
+            return;
+        }
+    };
+    let Shipped {
+        flattened,
+        disabled,
+    } = shipped;
+    for f in &flattened {
+        let vis = shipped::check_flattened(merged, f);
+        rep.ok &= vis.visible;
+        let event = Event::Layer {
+            index: rep.layers,
+            image: String::new(),
+            kind: f.kind,
+            name: f.name.clone(),
+            version: f.version.clone(),
+            mounted: false,
+            visible: vis.visible,
+            probe: vis.probe,
+            detail: vis.detail,
+            flattened: true,
+            disabled: false,
+        };
+        rep.layers += 1;
+        rep.emit(&event);
+    }
+    if disabled.is_empty() {
+        return;
+    }
+    let backing = shipped::loop_backing_files(Path::new(disks::SYS_BLOCK));
+    for d in &disabled {
+        let active = rep.active.iter().any(|(k, n)| *k == d.kind && *n == d.name);
+        let check = shipped::check_disabled(merged, d, &backing, active);
+        let vis = check.visibility;
+        rep.ok &= vis.visible && !check.mounted;
+        let event = Event::Layer {
+            index: rep.layers,
+            image: d.file_name(),
+            kind: d.kind,
+            name: d.name.clone(),
+            version: d.version.clone(),
+            mounted: check.mounted,
+            visible: vis.visible,
+            probe: vis.probe,
+            detail: vis.detail,
+            flattened: false,
+            disabled: true,
+        };
+        rep.layers += 1;
+        rep.emit(&event);
+    }
+}
+
+/// Points the kernel's firmware loader at the merged root (see `firmware`).
+/// A root without firmware directory is no error; failing to set one is.
+fn set_firmware_path(rep: &mut Reporter, merged: &Path) {
+    let Some(dir) = firmware::find_dir(merged) else {
+        rep.emit(&Event::Firmware {
+            path: String::new(),
+            set: false,
+            detail: Some(format!(
+                "{} has no usr/lib/firmware or lib/firmware directory; nothing to point the firmware loader at",
+                merged.display()
+            )),
+        });
+        return;
+    };
+    let detail = firmware::set_search_path(Path::new(firmware::SEARCH_PATH_PARAM), &dir)
+        .err()
+        .map(|err| error_chain(&err));
+    rep.emit(&Event::Firmware {
+        path: dir.display().to_string(),
+        set: detail.is_none(),
+        detail: detail.clone(),
+    });
+    if let Some(message) = detail {
+        rep.error("firmware", message);
+    }
+}
+
+/// Loads the modules listed in `modules.check` from the merged root.
+fn load_extension_modules(rep: &mut Reporter, merged: &Path) {
+    let names = match kmod::read_check_list(Path::new(kmod::MODULES_CHECK)) {
+        Ok(names) => names,
+        Err(err) => {
+            rep.error("ext-modules", error_chain(&err));
+            return;
+        }
+    };
+    if names.is_empty() {
+        return;
+    }
+    let (release, _) = uname();
+    let index = Index::read(merged, &release).map_err(|err| error_chain(&err));
+    let mut failed = Vec::new();
+    for name in names {
+        let event = match &index {
+            Ok(index) => load_by_name(index, &name, merged),
+            Err(message) => Event::ExtModule {
+                name: name.clone(),
+                path: None,
+                deps: Vec::new(),
+                loaded: false,
+                error: Some(message.clone()),
+            },
+        };
+        if matches!(event, Event::ExtModule { loaded: false, .. }) {
+            failed.push(name);
+        }
+        rep.emit(&event);
+    }
+    if !failed.is_empty() {
+        rep.error(
+            "ext-modules",
+            format!(
+                "{} extension module(s) did not load: {}",
+                failed.len(),
+                failed.join(", ")
+            ),
+        );
+    }
+}
+
+/// Resolves, plans and loads one listed name; the event tells how it went.
+fn load_by_name(index: &Index, name: &str, merged: &Path) -> Event {
+    let shown = |rel: &str| {
+        let dir = index.dir.strip_prefix(merged).unwrap_or(&index.dir);
+        format!("/{}", dir.join(rel).display())
+    };
+    let event = |path, deps, error: Option<String>| Event::ExtModule {
+        name: name.to_string(),
+        path,
+        deps,
+        loaded: error.is_none(),
+        error,
+    };
+    let targets = match index.resolve(name) {
+        Some(Resolution::Modules(targets)) => targets,
+        Some(Resolution::Builtin(_)) => return event(None, Vec::new(), None),
+        None if Path::new("/sys/module")
+            .join(kmod::normalize(name))
+            .exists() =>
+        {
+            return event(None, Vec::new(), None)
+        }
+        None => {
+            let err = kmod::Error::NotFound {
+                name: name.to_string(),
+                dir: index.dir.clone(),
+            };
+            return event(None, Vec::new(), Some(error_chain(&err)));
+        }
+    };
+    let steps = index.plan(&targets);
+    let main = steps
+        .iter()
+        .position(|s| targets.first() == Some(&s.module));
+    let path = main.map(|at| shown(&steps[at].path));
+    let deps: Vec<String> = steps
+        .iter()
+        .enumerate()
+        .filter(|(at, _)| Some(*at) != main)
+        .map(|(_, s)| s.module.clone())
+        .collect();
+    for step in &steps {
+        let file = index.dir.join(&step.path);
+        let error = match modules::load(&file) {
+            Ok(Loaded::Now | Loaded::Already) => None,
+            Ok(Loaded::NotApplicable) if step.soft => None,
+            Ok(Loaded::NotApplicable) => Some(format!(
+                "module {} does not apply to this machine (ENODEV); an extension's module must load",
+                shown(&step.path)
+            )),
+            Err(err) => Some(error_chain(&err)),
+        };
+        if error.is_some() {
+            return event(path, deps, error);
+        }
+    }
+    event(path, deps, None)
 }
 
 fn join_details(a: Option<String>, b: Option<String>) -> Option<String> {
@@ -307,24 +687,9 @@ fn layer_event(index: usize, layer: &Layer, mounted: bool, vis: Visibility) -> E
         visible: vis.visible,
         probe: vis.probe,
         detail: vis.detail,
+        flattened: false,
+        disabled: false,
     }
-}
-
-/// `uname -r` and `uname -m`.
-fn uname() -> (String, String) {
-    // SAFETY: utsname is plain old data; all-zero is a valid value.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname fills the struct we own; its fields are NUL-terminated.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return (String::new(), String::new());
-    }
-    let field = |chars: &[libc::c_char]| {
-        // SAFETY: the kernel NUL-terminates every utsname field within its array.
-        unsafe { CStr::from_ptr(chars.as_ptr()) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    (field(&uts.release), field(&uts.machine))
 }
 
 #[cfg(test)]
@@ -340,12 +705,5 @@ mod tests {
             join_details(Some("a".into()), Some("b".into())).as_deref(),
             Some("a; b")
         );
-    }
-
-    #[test]
-    fn uname_names_this_kernel() {
-        let (release, machine) = uname();
-        assert!(!release.is_empty());
-        assert_eq!(machine, std::env::consts::ARCH);
     }
 }

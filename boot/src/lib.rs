@@ -3,22 +3,35 @@
 //!
 //! The init's job, in order: mount the API file systems, load the listed
 //! kernel modules, stack the root squashfs and the extension squashfs images
-//! into one read-only overlay, check each layer, report over the console,
-//! then power off (`strata.smoke=1`) or switch into the merged root.
+//! into one read-only overlay, merge systemd sysext/confext images onto it,
+//! check each layer and the extensions flattened into the root or shipped
+//! disabled, point the firmware loader at the merged root, load the
+//! modules extensions ship by name, report the disks and their drivers
+//! over the console, then power off
+//! (`strata.smoke=1`) or switch into the merged root.
 //! [`init::run`] is the whole sequence; the other modules each do one job
 //! and are unit-tested on the host.
 
 pub mod checks;
 pub mod cmdline;
 pub mod console;
+pub mod disks;
 pub mod extensions;
+pub mod extrelease;
+pub mod firmware;
 pub mod init;
+pub mod kmod;
 pub mod loopdev;
 pub mod modules;
 pub mod mountinfo;
 pub mod mounts;
+pub mod osrelease;
 pub mod overlay;
 pub mod power;
 pub mod report;
+pub mod rootpath;
+pub mod shipped;
+pub mod strverscmp;
 pub mod switch;
 pub mod sys;
+pub mod sysext;

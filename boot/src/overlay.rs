@@ -11,7 +11,10 @@
 //! `/extensions.yaml` is then bind-mounted read-only over `etc/extensions.yaml`
 //! of the merged root, which must exist there (a read-only tree cannot grow
 //! a mount point).
-//! Not supported: writable roots, sysext/confext merging on /usr or /etc.
+//! sysext and confext images are mounted on `sysext/<name>/` and
+//! `confext/<name>/` and merged onto the root by `sysext`; the root's own
+//! hierarchies they cover are bound to `base/<hierarchy>/` first.
+//! Not supported: writable roots.
 
 use std::path::{Path, PathBuf};
 
@@ -81,6 +84,18 @@ impl Layout {
     pub fn merged(&self) -> PathBuf {
         self.base.join("root")
     }
+
+    /// The mount point of a sysext or confext image (`kind` is `sysext`
+    /// or `confext`).
+    pub fn extension_image(&self, kind: &str, name: &str) -> PathBuf {
+        self.base.join(kind).join(name)
+    }
+
+    /// Where the root's own `hierarchy` (`usr`, `opt`, `etc`) stays
+    /// reachable once an extension overlay is mounted over it.
+    pub fn hierarchy_base(&self, hierarchy: &str) -> PathBuf {
+        self.base.join("base").join(hierarchy)
+    }
 }
 
 /// The `lowerdir=` value: `layers` given lowest first, listed top first,
@@ -110,13 +125,20 @@ pub fn lowerdir(layers: &[PathBuf], rootfs: &Path) -> Result<String, Error> {
 /// Attaches `image` to a loop device and mounts it read-only on `target`.
 /// Returns the loop device used.
 pub fn mount_squashfs(image: &Path, target: &Path) -> Result<PathBuf, Error> {
+    mount_image(image, target, "squashfs")
+}
+
+/// Attaches `image` to a loop device and mounts it read-only on `target`
+/// as file system type `fstype` (`squashfs`, `erofs`). Returns the loop
+/// device used.
+pub fn mount_image(image: &Path, target: &Path, fstype: &str) -> Result<PathBuf, Error> {
     mounts::create_dir(target)?;
     let device = loopdev::attach_read_only(image).map_err(|source| Error::Attach {
         image: image.to_path_buf(),
         source,
     })?;
     let device_name = device.path().to_string_lossy().into_owned();
-    mounts::mount(&device_name, target, "squashfs", libc::MS_RDONLY, None)?;
+    mounts::mount(&device_name, target, fstype, libc::MS_RDONLY, None)?;
     // The mount now holds the device; dropping our handle lets autoclear
     // detach it when the mount goes away.
     Ok(device.path().to_path_buf())
@@ -167,6 +189,14 @@ mod tests {
         assert_eq!(layout.rootfs(), PathBuf::from("/strata/rootfs"));
         assert_eq!(layout.layer(10), PathBuf::from("/strata/layers/10"));
         assert_eq!(layout.merged(), PathBuf::from("/strata/root"));
+        assert_eq!(
+            layout.extension_image("sysext", "tools"),
+            PathBuf::from("/strata/sysext/tools")
+        );
+        assert_eq!(
+            layout.hierarchy_base("usr"),
+            PathBuf::from("/strata/base/usr")
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Small helpers shared by the modules that make raw system calls.
 //!
 //! Supported: turning paths into C strings, turning `-1` returns into
-//! `io::Error`, and rendering an error with its whole `source()` chain (the
-//! init has no logger; the chain is what ends up on the console).
+//! `io::Error`, rendering an error with its whole `source()` chain (the
+//! init has no logger; the chain is what ends up on the console), and
+//! `uname`.
 
 use std::error::Error as StdError;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -47,6 +48,23 @@ pub fn error_chain(err: &dyn StdError) -> String {
     text
 }
 
+/// `uname -r` and `uname -m`; empty strings if the call fails.
+pub fn uname() -> (String, String) {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the struct we own; its fields are NUL-terminated.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return (String::new(), String::new());
+    }
+    let field = |chars: &[libc::c_char]| {
+        // SAFETY: the kernel NUL-terminates every utsname field within its array.
+        unsafe { CStr::from_ptr(chars.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    (field(&uts.release), field(&uts.machine))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +89,13 @@ mod tests {
         assert!(cpath(Path::new("a\0b")).is_err());
         assert!(cstr("ro\0").is_err());
         assert_eq!(cpath(Path::new("/dev")).unwrap().as_bytes(), b"/dev");
+    }
+
+    #[test]
+    fn uname_names_this_kernel() {
+        let (release, machine) = uname();
+        assert!(!release.is_empty());
+        assert_eq!(machine, std::env::consts::ARCH);
     }
 
     #[test]

@@ -7,10 +7,10 @@
 
 use crate::arch::Arch;
 use crate::error::{Error, InputError, Result};
+use crate::format::OutputKind;
 use crate::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use crate::format::OutputKind;
 use strata_qemu::{Accel, BootResult, BootSpec, Expected, Media};
 
 /// Options of `strata boot`.
@@ -103,6 +103,13 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             .map(|e| Expected {
                 name: e.name.clone(),
                 version: e.version.clone(),
+                kind: match e.kind.as_str() {
+                    "sysext" => Some(strata_boot::report::LayerKind::Sysext),
+                    "confext" => Some(strata_boot::report::LayerKind::Confext),
+                    _ => Some(strata_boot::report::LayerKind::Talos),
+                },
+                flattened: e.flattened,
+                disabled: false,
             })
             .collect(),
         timeout: opts.timeout,
@@ -110,6 +117,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         cpus: 1,
         accel: opts.accel,
         work_dir: work_dir(art),
+        checks: strata_qemu::GuestChecks {
+            modules: build.ext_modules.clone(),
+        },
     };
     std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
     strata_qemu::boot(&spec).map_err(|e| Error::Environment {
@@ -124,7 +134,6 @@ pub fn work_dir(art: &Path) -> PathBuf {
     name.push(".boot");
     art.with_file_name(name)
 }
-
 
 /// Maps a platform's device-model name to the runner's.
 pub fn media(name: &str) -> Result<Media> {

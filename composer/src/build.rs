@@ -19,14 +19,16 @@ use crate::binaries;
 use crate::disk;
 use crate::error::{Error, Result};
 use crate::esp;
+use crate::extension;
+use crate::extension::source::{self, Resolved};
 use crate::format::{self, Format, OutputKind};
-use crate::output;
-use crate::extension::{self, TalosExtension};
 use crate::initramfs;
 use crate::kernel::{self, Kernel, KernelMachine};
 use crate::kmod::ModuleRef;
 use crate::manifest::{self, Manifest};
+use crate::output;
 use crate::platform::{self, PartitionKind, Platform};
+use crate::profile::ExtensionSpec;
 use crate::profile::{self, LoadedProfile, SquashCompressor};
 use crate::squashfs::{self, SquashCompression, SquashOptions};
 use crate::tree::{Entry, EntryKind, FileData, Tree};
@@ -49,6 +51,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "isofs",
     "loop",
     "squashfs",
+    "erofs",
     "overlay",
     "vfat",
     "nls_cp437",
@@ -68,6 +71,8 @@ pub struct BuildOptions {
     pub arch: Option<Arch>,
     /// Overrides where the guest init comes from.
     pub init: Option<PathBuf>,
+    /// Build from the cache alone: no registry is contacted.
+    pub offline: bool,
     /// SOURCE_DATE_EPOCH, when set: wins over the profile's `epoch`.
     pub source_date_epoch: Option<u64>,
 }
@@ -102,7 +107,9 @@ struct Inputs {
     kernel_deb: Option<PathBuf>,
     kernel_parts: Option<(PathBuf, PathBuf)>,
     rootfs: RootSource,
-    extensions: Vec<TalosExtension>,
+    extensions: Vec<Resolved>,
+    /// Holds unpacked extension contents until the build ends.
+    _ext_scratch: tempfile::TempDir,
     bootloader: PathBuf,
     init: PathBuf,
     epoch: u64,
@@ -133,10 +140,14 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     };
 
     let t = Instant::now();
-    let inputs = resolve_inputs(opts)?;
+    let inputs = resolve_inputs(opts, progress)?;
     let arch = inputs.lp.profile.arch;
     let name = inputs.lp.profile.name.clone();
-    let platform_names: Vec<&str> = inputs.platforms.iter().map(|(p, _)| p.name.as_str()).collect();
+    let platform_names: Vec<&str> = inputs
+        .platforms
+        .iter()
+        .map(|(p, _)| p.name.as_str())
+        .collect();
     progress(&format!(
         "[1/7] profile {} ({arch}, platform {})",
         inputs.lp.path.display(),
@@ -156,18 +167,51 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .tempdir_in(cache.join("tmp"))
         .map_err(Error::io("creating a work directory in", &cache))?;
 
+    let module_layer =
+        crate::layers::module_layer(&inputs.extensions, &kernel).map_err(|m| -> Error {
+            inputs
+                .lp
+                .error(
+                    "extensions",
+                    m,
+                    "build the extension's modules for the image's kernel",
+                )
+                .into()
+        })?;
     let t = Instant::now();
-    let (rootfs_sqsh, layers) = squash_all(&inputs, work.path())?;
+    let composed = squash_all(
+        &inputs,
+        module_layer.as_ref(),
+        &kernel.release,
+        work.path(),
+        progress,
+    )?;
+    let rootfs_sqsh = composed.rootfs.clone();
+    let layers: Vec<(String, PathBuf)> = composed
+        .layers
+        .iter()
+        .map(|l| (l.image.clone(), l.path.clone()))
+        .collect();
     progress(&format!(
-        "[3/7] squashfs: root + {} extension layer(s)",
-        layers.len()
+        "[3/7] squashfs: root + {} layer(s){}",
+        layers.len(),
+        if composed.flattened.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} extension(s) flattened into the root",
+                composed.flattened.len()
+            )
+        }
     ));
     timed("squashfs", t, &mut steps);
 
     // Steps 4-5 for every platform before anything is written: a platform
     // whose ESP does not fit must fail before another platform's outputs land.
     let t = Instant::now();
-    let ext_yaml = extensions_yaml(&inputs.extensions, &layers)?;
+    let ext_yaml = extensions_yaml(&composed.layers)?;
+    let sysexts = sysext_images(&inputs.extensions, &composed);
+    let extra_files = init_files(&composed, module_layer.as_ref())?;
     let mut initrds: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut plans = Vec::new();
     for (platform, outputs) in &inputs.platforms {
@@ -185,6 +229,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
                     modules: &modules,
                     rootfs: &rootfs_sqsh,
                     layers: &layers,
+                    images: &sysexts,
+                    files: &extra_files,
                     extensions_yaml: &ext_yaml,
                     mtime: u32::try_from(inputs.epoch).unwrap_or(u32::MAX),
                     compression: inputs.lp.profile.initramfs.compression,
@@ -202,15 +248,28 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
                 path
             }
         };
-        plans.push(plan_platform(&inputs, &kernel, platform, outputs, modules, &initrd)?);
+        plans.push(plan_platform(
+            &inputs, &kernel, platform, outputs, modules, &initrd,
+        )?);
     }
     for plan in &plans {
         progress(&format!(
             "[5/7] {}: disk {} (ESP {}), outputs {}",
             plan.platform.name,
             crate::units::human(plan.layout.size),
-            crate::units::human(plan.layout.partitions.iter().find(|p| p.kind == PartitionKind::Esp).map(|p| p.size).unwrap_or(0)),
-            plan.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+            crate::units::human(
+                plan.layout
+                    .partitions
+                    .iter()
+                    .find(|p| p.kind == PartitionKind::Esp)
+                    .map(|p| p.size)
+                    .unwrap_or(0)
+            ),
+            plan.outputs
+                .iter()
+                .map(|o| o.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     timed("initramfs+layout", t, &mut steps);
@@ -237,13 +296,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             progress(&format!("[6/7] wrote {}", path.display()));
             finals.push((kind, path));
         }
-        let this_build = make_build(
-            &inputs,
-            plan,
-            &kernel,
-            (&rootfs_sqsh, &layers),
-            &finals,
-        )?;
+        let mut this_build = make_build(&inputs, plan, &kernel, (&rootfs_sqsh, &layers), &finals)?;
+        this_build.extensions = extension_entries(&inputs.extensions, &composed);
+        this_build.ext_modules = module_layer
+            .as_ref()
+            .map(|m| m.names.clone())
+            .unwrap_or_default();
         manifest = Some(Manifest::merge(manifest, &name, this_build));
     }
     timed("outputs", t, &mut steps);
@@ -281,21 +339,40 @@ fn plan_platform(
     let cmdline = kernel_cmdline(&inputs.lp, platform);
     let entry = esp::BootEntry {
         id: format!("strata-{name}"),
-        title: format!("{} {} ({name})", inputs.lp.profile.os.id, inputs.lp.profile.os.version),
+        title: format!(
+            "{} {} ({name})",
+            inputs.lp.profile.os.id, inputs.lp.profile.os.version
+        ),
         version: kernel.release.clone(),
         cmdline: cmdline.clone(),
     };
     let esp_files = esp::files(arch, &inputs.bootloader, &kernel.vmlinuz, initrd, &entry);
-    let requested_esp = inputs.lp.profile.disk.map(|d| d.esp_size).unwrap_or_default();
+    let requested_esp = inputs
+        .lp
+        .profile
+        .disk
+        .map(|d| d.esp_size)
+        .unwrap_or_default();
     let esp_size = esp::size(&esp_files, requested_esp).map_err(|e| match e {
         esp::EspError::TooSmall { .. } => inputs
             .lp
-            .error("disk.esp_size", e.to_string(), "remove `esp_size` (auto) or raise it to at least the size named")
+            .error(
+                "disk.esp_size",
+                e.to_string(),
+                "remove `esp_size` (auto) or raise it to at least the size named",
+            )
             .into(),
         other => Error::step("ESP", other),
     })?;
     let layout = plan_disk(inputs, platform, esp_size)?;
-    Ok(PlatformPlan { platform: platform.clone(), outputs: outputs.to_vec(), modules, cmdline, esp_files, layout })
+    Ok(PlatformPlan {
+        platform: platform.clone(),
+        outputs: outputs.to_vec(),
+        modules,
+        cmdline,
+        esp_files,
+        layout,
+    })
 }
 
 /// Step 6 for one platform: the raw disk, then every conversion of it, each
@@ -308,14 +385,24 @@ fn write_platform(
 ) -> Result<Vec<(OutputKind, String, tempfile::NamedTempFile)>> {
     let arch = inputs.lp.profile.arch;
     let raw_tmp = out.temp_file()?;
-    write_disk(raw_tmp.path(), &plan.layout, &plan.esp_files, &esp::fat_options(&inputs.seed, inputs.epoch))?;
+    write_disk(
+        raw_tmp.path(),
+        &plan.layout,
+        &plan.esp_files,
+        &esp::fat_options(&inputs.seed, inputs.epoch),
+    )?;
     let esp_part = plan
         .layout
         .partitions
         .iter()
         .find(|p| p.kind == PartitionKind::Esp)
         .ok_or_else(|| Error::step("disk", "the layout has no EFI system partition"))?;
-    let converted: Vec<OutputKind> = plan.outputs.iter().copied().filter(|k| !is_plain_raw(k)).collect();
+    let converted: Vec<OutputKind> = plan
+        .outputs
+        .iter()
+        .copied()
+        .filter(|k| !is_plain_raw(k))
+        .collect();
     let ctx = output::Context {
         raw: raw_tmp.path(),
         esp: (esp_part.offset, esp_part.size),
@@ -328,19 +415,29 @@ fn write_platform(
         work,
         out_dir: &out.path,
     };
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut files: Vec<(OutputKind, String, tempfile::NamedTempFile)> = output::write_all(&ctx, &converted, workers)?
-        .into_iter()
-        .map(|w| (w.kind, w.file_name, w.tmp))
-        .collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut files: Vec<(OutputKind, String, tempfile::NamedTempFile)> =
+        output::write_all(&ctx, &converted, workers)?
+            .into_iter()
+            .map(|w| (w.kind, w.file_name, w.tmp))
+            .collect();
     if let Some(raw_kind) = plan.outputs.iter().find(|k| is_plain_raw(k)) {
-        files.insert(0, (*raw_kind, raw_kind.file_name(&plan.platform.name, arch.debian()), raw_tmp));
+        files.insert(
+            0,
+            (
+                *raw_kind,
+                raw_kind.file_name(&plan.platform.name, arch.debian()),
+                raw_tmp,
+            ),
+        );
     }
     Ok(files)
 }
 
 /// Step 1: everything is read and checked here, before any write.
-fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
+fn resolve_inputs(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Inputs> {
     let lp = profile::load(&opts.profile, opts.arch)?;
     let platforms = platform::for_profile(&lp)?;
     let p = &lp.profile;
@@ -386,7 +483,14 @@ fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
                 .into())
         }
     };
-    let extensions = read_extensions(&lp)?;
+    let cache_root = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    std::fs::create_dir_all(cache_root.join("tmp"))
+        .map_err(Error::io("creating", cache_root.join("tmp")))?;
+    let ext_scratch = tempfile::Builder::new()
+        .prefix("ext-")
+        .tempdir_in(cache_root.join("tmp"))
+        .map_err(Error::io("creating a work directory in", &cache_root))?;
+    let extensions = read_extensions(&lp, opts, &rootfs, ext_scratch.path(), progress)?;
     let platforms = platforms
         .into_iter()
         .map(|pf| parse_outputs(&lp, &pf).map(|o| (pf, o)))
@@ -413,6 +517,7 @@ fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
         kernel_parts,
         rootfs,
         extensions,
+        _ext_scratch: ext_scratch,
         bootloader,
         init,
         epoch,
@@ -420,32 +525,147 @@ fn resolve_inputs(opts: &BuildOptions) -> Result<Inputs> {
     })
 }
 
-fn read_extensions(lp: &LoadedProfile) -> Result<Vec<TalosExtension>> {
-    let mut out: Vec<TalosExtension> = Vec::new();
-    for (i, spec) in lp.profile.extensions.iter().enumerate() {
-        let field = format!("extensions[{i}].dir");
-        let dir = lp.existing(
-            &field,
-            &spec.dir,
-            true,
-            "fix the path, or remove the extension",
-        )?;
-        let ext = TalosExtension::read_dir(&dir)?;
-        if let Some(prev) = out.iter().position(|e| e.name == ext.name) {
+/// Reads every extension from its source and validates it; the findings are
+/// printed, and any error stops the build before anything is written.
+fn read_extensions(
+    lp: &LoadedProfile,
+    opts: &BuildOptions,
+    rootfs: &RootSource,
+    scratch: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Resolved>> {
+    let p = &lp.profile;
+    let cache_root = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let cache = crate::oci::Cache::new(&cache_root);
+    let pull = crate::oci::PullOptions {
+        insecure_registries: p.registries.insecure.clone(),
+        offline: opts.offline,
+        ..Default::default()
+    };
+    let host = host_release(rootfs, p.arch, scratch);
+    let env = source::Env {
+        arch: p.arch.debian(),
+        os_version: &p.os.version,
+        host: host.as_ref(),
+        pull: &pull,
+        cache: &cache,
+        scratch,
+    };
+    let mut out: Vec<Resolved> = Vec::new();
+    for (i, spec) in p.extensions.iter().enumerate() {
+        let (field, r) = resolve_one(lp, i, spec, &env)?;
+        if let Some(prev) = out
+            .iter()
+            .position(|e| e.name == r.name && e.kind == r.kind)
+        {
             return Err(lp
                 .error(
                     &field,
                     format!(
                         "extension `{}` is listed twice (also extensions[{prev}])",
-                        ext.name
+                        r.name
                     ),
                     "keep one of them",
                 )
                 .into());
         }
-        out.push(ext);
+        out.push(r);
+    }
+    let reports: Vec<_> = out.iter().map(|r| r.report.clone()).collect();
+    if reports.iter().any(|r| !r.findings.is_empty()) {
+        for line in crate::extension::findings::render_table(&reports).lines() {
+            progress(line);
+        }
+    }
+    if reports.iter().any(|r| r.has_errors()) {
+        return Err(lp
+            .error(
+                "extensions",
+                format!("extension validation failed:\n{}", crate::extension::findings::render_table(&reports)),
+                "fix the extensions named above (or extend `allow_paths`); `strata ext validate` shows the same table",
+            )
+            .into());
     }
     Ok(out)
+}
+
+/// One `extensions[i]` entry, resolved; returns the field to blame.
+fn resolve_one(
+    lp: &LoadedProfile,
+    i: usize,
+    spec: &ExtensionSpec,
+    env: &source::Env<'_>,
+) -> Result<(String, Resolved)> {
+    let fail = |field: &str, m: String| -> Error {
+        lp.error(field, m, "fix the source, or remove the extension")
+            .into()
+    };
+    let arch = env.arch;
+    if let Some(d) = &spec.dir {
+        let field = format!("extensions[{i}].dir");
+        let dir = lp.existing(&field, d, true, "fix the path, or remove the extension")?;
+        let r = source::from_dir(&dir, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
+        return Ok((field, r));
+    }
+    if let Some(img) = &spec.image {
+        let field = format!("extensions[{i}].image");
+        let reference =
+            crate::oci::Reference::parse(img).map_err(|e| fail(&field, e.to_string()))?;
+        let image = crate::oci::pull(&reference, arch, env.pull, env.cache)
+            .map_err(|e| fail(&field, e.to_string()))?;
+        let r = source::from_image(image, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
+        return Ok((field, r));
+    }
+    if let Some(l) = &spec.oci_layout {
+        let field = format!("extensions[{i}].oci_layout");
+        let dir = lp.existing(&field, l, true, "give an OCI image-layout directory")?;
+        let image = crate::oci::layout::read_image(&dir, spec.reference.as_deref(), arch)
+            .map_err(|e| fail(&field, e.to_string()))?;
+        let r = source::from_image(image, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
+        return Ok((field, r));
+    }
+    if let Some(a) = &spec.docker_archive {
+        let field = format!("extensions[{i}].docker_archive");
+        let path = lp.existing(&field, a, false, "give a `docker save` tarball")?;
+        let image =
+            crate::oci::archive::read_archive(&path, spec.reference.as_deref(), arch, env.scratch)
+                .map_err(|e| fail(&field, e.to_string()))?;
+        let r = source::from_image(image, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
+        return Ok((field, r));
+    }
+    let (key, path, kind) = match (&spec.sysext, &spec.confext) {
+        (Some(p), _) => ("sysext", p, source::Kind::Sysext),
+        (_, Some(p)) => ("confext", p, source::Kind::Confext),
+        _ => return Err(fail(&format!("extensions[{i}]"), "no source given".into())),
+    };
+    let field = format!("extensions[{i}].{key}");
+    let path = lp.existing(&field, path, false, "give a .raw image")?;
+    let r = source::from_raw(&path, kind, env).map_err(|m| fail(&field, m))?;
+    Ok((field, r))
+}
+
+/// The base's os-release, which sysext/confext images are matched against.
+fn host_release(
+    rootfs: &RootSource,
+    arch: Arch,
+    scratch: &Path,
+) -> Option<crate::extension::sysext::HostRelease> {
+    let text = match rootfs {
+        RootSource::Dir(d) => ["etc/os-release", "usr/lib/os-release"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(d.join(f)).ok()),
+        RootSource::Tar(t) => Tree::from_tar(t).ok().and_then(|tree| os_release_of(&tree)),
+        RootSource::Squashfs(s) => crate::sqfsread::read_in(s, scratch)
+            .ok()
+            .and_then(|tree| os_release_of(&tree)),
+    }?;
+    crate::extension::sysext::HostRelease::from_os_release(&text, arch.debian()).ok()
+}
+
+fn os_release_of(tree: &Tree) -> Option<String> {
+    ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|f| source::read_text(tree, Path::new(f)).ok())
 }
 
 /// Parses the requested outputs (the profile's, else the platform's) up front.
@@ -456,7 +676,12 @@ fn parse_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<Vec<OutputKi
     };
     let mut kinds = output::requested(&names).map_err(|(i, m)| -> Error {
         if from_profile {
-            lp.error(&format!("outputs[{i}]"), m, format!("use one of: {}", format::NAMES)).into()
+            lp.error(
+                &format!("outputs[{i}]"),
+                m,
+                format!("use one of: {}", format::NAMES),
+            )
+            .into()
         } else {
             platform::platform_error(&platform.name, "outputs", m).into()
         }
@@ -464,7 +689,11 @@ fn parse_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<Vec<OutputKi
     if let Some(bytes) = lp.profile.qcow2_cluster_size {
         if !(512..=(2 << 20)).contains(&bytes) || !bytes.is_power_of_two() {
             return Err(lp
-                .error("qcow2_cluster_size", format!("{bytes} is not a power of two between 512 B and 2 MiB"), "use e.g. 64 KiB (the default) or 8 KiB")
+                .error(
+                    "qcow2_cluster_size",
+                    format!("{bytes} is not a power of two between 512 B and 2 MiB"),
+                    "use e.g. 64 KiB (the default) or 8 KiB",
+                )
                 .into());
         }
         for k in kinds.iter_mut().filter(|k| k.format == Format::Qcow2) {
@@ -472,7 +701,13 @@ fn parse_outputs(lp: &LoadedProfile, platform: &Platform) -> Result<Vec<OutputKi
         }
     }
     if kinds.is_empty() {
-        return Err(lp.error("outputs", "no outputs requested", "name at least one format, e.g. `outputs: [raw]`").into());
+        return Err(lp
+            .error(
+                "outputs",
+                "no outputs requested",
+                "name at least one format, e.g. `outputs: [raw]`",
+            )
+            .into());
     }
     Ok(kinds)
 }
@@ -597,34 +832,166 @@ fn squash_options(lp: &LoadedProfile, epoch: u64) -> SquashOptions {
     }
 }
 
-/// Step 3: the root and the extension layers, on two threads.
-fn squash_all(inputs: &Inputs, work: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+/// A Talos-style layer in the initramfs.
+struct Layer {
+    /// File name in the initramfs (`00-hello.sqsh`).
+    image: String,
+    /// The squashfs.
+    path: PathBuf,
+    /// Extension name.
+    name: String,
+    /// Extension version.
+    version: String,
+    /// Metadata for `extensions.yaml`.
+    metadata: serde_norway::Value,
+}
+
+/// What step 3 made.
+struct Composed {
+    /// The root squashfs (flattened: with every extension inside).
+    rootfs: PathBuf,
+    /// Talos layers, lowest first (none when flattened).
+    layers: Vec<Layer>,
+    /// Flattened extensions and the file the guest checks for each.
+    flattened: Vec<crate::layers::Flattened>,
+}
+
+/// Step 3: the root and the extension layers (two threads), or one flattened root.
+fn squash_all(
+    inputs: &Inputs,
+    modules: Option<&crate::layers::ModuleLayer>,
+    release: &str,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Composed> {
     let opts = squash_options(&inputs.lp, inputs.epoch);
     let root_out = work.join("rootfs.sqsh");
+    for ext in &inputs.extensions {
+        binaries::check_tree_arch(
+            &ext.tree,
+            inputs.lp.profile.arch,
+            &format!("extension `{}`", ext.name),
+            Path::new(&ext.origin),
+        )?;
+    }
+    if inputs.lp.profile.flatten {
+        let root = root_tree(inputs, work)?;
+        let (tree, flattened, conflicts) =
+            crate::layers::flatten_all(root, &inputs.extensions, modules).map_err(
+                |m| -> Error {
+                    inputs
+                        .lp
+                        .error("flatten", m, "see docs/extensions.md")
+                        .into()
+                },
+            )?;
+        for c in &conflicts {
+            progress(&format!("flatten: conflict: {c}"));
+        }
+        if !conflicts.is_empty() && inputs.lp.profile.conflicts == profile::ConflictPolicy::Error {
+            return Err(inputs
+                .lp
+                .error(
+                    "conflicts",
+                    format!(
+                        "{} path(s) provided by more than one extension:\n  {}",
+                        conflicts.len(),
+                        conflicts.join("\n  ")
+                    ),
+                    "remove the duplicates, or set `conflicts: warn`",
+                )
+                .into());
+        }
+        write_squashfs(&tree, &root_out, &opts)?;
+        return Ok(Composed {
+            rootfs: root_out,
+            layers: Vec::new(),
+            flattened,
+        });
+    }
     std::thread::scope(|s| {
         let root = s.spawn(|| squash_root(inputs, &root_out, &opts));
-        let mut layers = Vec::new();
-        for (i, ext) in inputs.extensions.iter().enumerate() {
-            let image = extension::layer_image_name(i, &ext.name);
+        let mut layers: Vec<Layer> = Vec::new();
+        for ext in inputs
+            .extensions
+            .iter()
+            .filter(|e| e.kind == source::Kind::Talos)
+        {
+            let image = extension::layer_image_name(layers.len(), &ext.name);
             let path = work.join(&image);
-            let mut tree = Tree::from_dir(&ext.rootfs).map_err(|e| {
-                Error::step("extension squashfs", format!("{}: {e}", ext.dir.display()))
-            })?;
-            tree.all_root();
-            binaries::check_tree_arch(
-                &tree,
-                inputs.lp.profile.arch,
-                &format!("extension `{}`", ext.name),
-                &ext.dir,
-            )?;
-            write_squashfs(&tree, &path, &opts)?;
-            layers.push((image, path));
+            write_squashfs(&ext.tree, &path, &opts)?;
+            layers.push(Layer {
+                image,
+                path,
+                name: ext.name.clone(),
+                version: ext.version.clone(),
+                metadata: ext.metadata.clone(),
+            });
+        }
+        if let Some(m) = modules {
+            // As Talos does: a layer holding the regenerated module metadata, on top.
+            let image = extension::layer_image_name(layers.len(), "modules.dep");
+            let path = work.join(&image);
+            write_squashfs(&m.tree, &path, &opts)?;
+            let metadata: serde_norway::Value = serde_norway::from_str(&format!(
+                "name: modules.dep\nversion: \"{release}\"\nauthor: strata\ndescription: kernel module metadata for the extensions' modules\n"
+            ))
+            .map_err(|e| Error::step("modules layer", e))?;
+            layers.push(Layer {
+                image,
+                path,
+                name: "modules.dep".into(),
+                version: release.into(),
+                metadata,
+            });
         }
         let root_path = root
             .join()
             .map_err(|_| Error::step("root squashfs", "the worker thread panicked"))??;
-        Ok((root_path, layers))
+        Ok(Composed {
+            rootfs: root_path,
+            layers,
+            flattened: Vec::new(),
+        })
     })
+}
+
+/// The root filesystem as a tree (for flattening).
+fn root_tree(inputs: &Inputs, work: &Path) -> Result<Tree> {
+    let mut tree =
+        match &inputs.rootfs {
+            RootSource::Dir(d) => Tree::from_dir(d)
+                .map_err(|e| Error::step("root", format!("{}: {e}", d.display())))?,
+            RootSource::Tar(t) => Tree::from_tar(t)
+                .map_err(|e| Error::step("root", format!("{}: {e}", t.display())))?,
+            RootSource::Squashfs(s) => crate::sqfsread::read_in(s, work)
+                .map_err(|e| Error::step("root", format!("{}: {e}", s.display())))?,
+        };
+    binaries::check_tree_arch(
+        &tree,
+        inputs.lp.profile.arch,
+        "root filesystem",
+        root_origin(inputs),
+    )?;
+    ensure_extensions_yaml(&mut tree)?;
+    Ok(tree)
+}
+
+/// The init bind-mounts /extensions.yaml here, so the file must exist in the root.
+fn ensure_extensions_yaml(tree: &mut Tree) -> Result<()> {
+    if tree.get("/etc/extensions.yaml").is_none() {
+        tree.insert(
+            "/etc/extensions.yaml",
+            Entry {
+                kind: EntryKind::File(FileData::Bytes(Vec::new())),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .map_err(|e| Error::step("root squashfs", format!("adding /etc/extensions.yaml: {e}")))?;
+    }
+    Ok(())
 }
 
 fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<PathBuf> {
@@ -649,19 +1016,7 @@ fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<Path
         "root filesystem",
         root_origin(inputs),
     )?;
-    // The init bind-mounts /extensions.yaml here, so the file must exist in the root.
-    if tree.get("/etc/extensions.yaml").is_none() {
-        tree.insert(
-            "/etc/extensions.yaml",
-            Entry {
-                kind: EntryKind::File(FileData::Bytes(Vec::new())),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            },
-        )
-        .map_err(|e| Error::step("root squashfs", format!("adding /etc/extensions.yaml: {e}")))?;
-    }
+    ensure_extensions_yaml(&mut tree)?;
     write_squashfs(&tree, out, opts)?;
     Ok(out.to_path_buf())
 }
@@ -679,27 +1034,107 @@ fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions) -> Result<()> {
 }
 
 /// `extensions.yaml` in Talos' format: `layers: [{image, metadata}]`, lowest first.
-fn extensions_yaml(exts: &[TalosExtension], layers: &[(String, PathBuf)]) -> Result<String> {
+/// The manifest's extension list: Talos layers with their image names (the
+/// module layer included), sysext/confext images as they sit in the
+/// initramfs, and flattened extensions.
+fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension> {
+    let mut out = Vec::new();
+    for e in exts {
+        let flattened = c
+            .flattened
+            .iter()
+            .any(|f| f.name == e.name && f.kind == e.kind.as_str());
+        let image = match (e.kind, flattened) {
+            (_, true) => String::new(),
+            (source::Kind::Talos, false) => c
+                .layers
+                .iter()
+                .find(|l| l.name == e.name)
+                .map(|l| l.image.clone())
+                .unwrap_or_default(),
+            (k, false) => format!("{}/{}.raw", k.as_str(), e.name),
+        };
+        out.push(manifest::Extension {
+            name: e.name.clone(),
+            version: e.version.clone(),
+            image,
+            kind: e.kind.as_str().into(),
+            flattened,
+        });
+    }
+    if let Some(m) = c.layers.iter().find(|l| l.name == "modules.dep") {
+        out.push(manifest::Extension {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            image: m.image.clone(),
+            kind: "talos".into(),
+            flattened: false,
+        });
+    }
+    out
+}
+
+/// sysext/confext images for the initramfs (layered mode): (path in the archive, file).
+fn sysext_images(exts: &[Resolved], c: &Composed) -> Vec<(String, PathBuf)> {
+    if !c.flattened.is_empty() {
+        return Vec::new();
+    }
+    exts.iter()
+        .filter_map(|e| {
+            e.raw_image
+                .as_ref()
+                .map(|raw| (format!("{}/{}.raw", e.kind.as_str(), e.name), raw.clone()))
+        })
+        .collect()
+}
+
+/// `extensions.yaml` in Talos' format: `layers: [{image, metadata}]`, lowest first.
+fn extensions_yaml(layers: &[Layer]) -> Result<String> {
     #[derive(serde::Serialize)]
-    struct Layer<'a> {
+    struct Entry<'a> {
         image: &'a str,
         metadata: &'a serde_norway::Value,
     }
     #[derive(serde::Serialize)]
     struct Doc<'a> {
-        layers: Vec<Layer<'a>>,
+        layers: Vec<Entry<'a>>,
     }
     let doc = Doc {
-        layers: exts
+        layers: layers
             .iter()
-            .zip(layers)
-            .map(|(e, (image, _))| Layer {
-                image,
-                metadata: &e.metadata,
+            .map(|l| Entry {
+                image: &l.image,
+                metadata: &l.metadata,
             })
             .collect(),
     };
     serde_norway::to_string(&doc).map_err(|e| Error::step("extensions.yaml", e))
+}
+
+/// Files the init reads from `/etc/strata`: `modules.check` (extension
+/// modules to load by name) and `extensions.json` (flattened extensions).
+fn init_files(
+    c: &Composed,
+    modules: Option<&crate::layers::ModuleLayer>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(m) = modules {
+        let mut text =
+            String::from("# written by strata: extension modules the init loads by name\n");
+        for n in &m.names {
+            text.push_str(n);
+            text.push('\n');
+        }
+        out.push(("etc/strata/modules.check".to_string(), text.into_bytes()));
+    }
+    if !c.flattened.is_empty() {
+        let doc = serde_json::json!({ "flattened": c.flattened, "disabled": [] });
+        out.push((
+            "etc/strata/extensions.json".to_string(),
+            serde_json::to_vec_pretty(&doc).map_err(|e| Error::step("extensions.json", e))?,
+        ));
+    }
+    Ok(out)
 }
 
 /// The platform's arguments, then strata's, then the profile's (so the profile wins).
@@ -766,7 +1201,8 @@ fn make_build(
     plan: &PlatformPlan,
     kernel: &Kernel,
     (rootfs_sqsh, layers): (&Path, &[(String, PathBuf)]),
-    finals: &[(OutputKind, PathBuf)]) -> Result<manifest::Build> {
+    finals: &[(OutputKind, PathBuf)],
+) -> Result<manifest::Build> {
     let p = &inputs.lp.profile;
     let sha = |path: &Path| crate::digest::file_sha256(path).map_err(Error::io("hashing", path));
     let mut ins = vec![manifest::Input {
@@ -789,11 +1225,23 @@ fn make_build(
         source: root_src,
         sha256: sha(rootfs_sqsh)?,
     });
-    for (e, (_, path)) in inputs.extensions.iter().zip(layers) {
+    let mut talos_layers = layers.iter();
+    for e in &inputs.extensions {
+        // A layer's digest is that of the squashfs built from it; a sysext's, of its image.
+        let sha256 = match (&e.raw_image, e.kind) {
+            (Some(raw), _) => sha(raw)?,
+            (None, _) => match talos_layers.next() {
+                Some((_, path)) => sha(path)?,
+                None => String::new(),
+            },
+        };
         ins.push(manifest::Input {
-            role: "extension".into(),
-            source: e.dir.display().to_string(),
-            sha256: sha(path)?,
+            role: format!("extension ({})", e.kind.as_str()),
+            source: match &e.digest {
+                Some(d) if !e.origin.contains(d.as_str()) => format!("{} ({d})", e.origin),
+                _ => e.origin.clone(),
+            },
+            sha256,
         });
     }
     ins.push(manifest::Input {
@@ -817,18 +1265,9 @@ fn make_build(
         cmdline: plan.cmdline.clone(),
         kernel_release: kernel.release.clone(),
         inputs: ins,
-        extensions: inputs
-            .extensions
-            .iter()
-            .zip(layers)
-            .map(|(e, (image, _))| manifest::Extension {
-                name: e.name.clone(),
-                version: e.version.clone(),
-                image: image.clone(),
-                kind: "talos".into(),
-            })
-            .collect(),
+        extensions: Vec::new(),
         modules: plan.modules.iter().map(|m| m.name.clone()).collect(),
+        ext_modules: Vec::new(),
         boot_test: manifest::BootTest {
             media: plan.platform.boot_test.media.get(p.arch),
             memory_mib: plan.platform.boot_test.memory_mib,
@@ -838,9 +1277,14 @@ fn make_build(
             .iter()
             .map(|(kind, path)| -> Result<manifest::Output> {
                 Ok(manifest::Output {
-                    file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    file: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     format: kind.to_string(),
-                    size: std::fs::metadata(path).map_err(Error::io("reading", path))?.len(),
+                    size: std::fs::metadata(path)
+                        .map_err(Error::io("reading", path))?
+                        .len(),
                     sha256: sha(path)?,
                     media: (kind.format == Format::Iso).then(|| "cdrom".to_string()),
                 })

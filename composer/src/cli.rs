@@ -32,6 +32,9 @@ pub enum Command {
         /// Guest init binary [default: the one built beside strata].
         #[arg(long)]
         init: Option<PathBuf>,
+        /// Build from the cache alone: contact no registry, and name any input that is missing.
+        #[arg(long)]
+        offline: bool,
     },
     /// Boot an artefact in QEMU (UEFI) and judge it by what the guest reports.
     Boot {
@@ -55,6 +58,86 @@ pub enum Command {
     },
     /// List the built-in platforms.
     Platforms,
+    /// Work with extensions.
+    Ext {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: ExtCommand,
+    },
+}
+
+/// `strata ext` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ExtCommand {
+    /// Check extensions against Talos' and systemd-sysext's rules, as the
+    /// build would: a table of findings; exit 1 if any is an error.
+    Validate {
+        /// Talos extension directories, sysext/confext trees or
+        /// extension-release files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The OS version extensions must be compatible with (Talos ranges, sysext VERSION_ID).
+        #[arg(long)]
+        os_version: Option<String>,
+        /// The OS ID sysext images must match.
+        #[arg(long)]
+        os_id: Option<String>,
+        /// The base system's os-release file (sysext matching: ID, VERSION_ID, SYSEXT_LEVEL).
+        #[arg(long)]
+        os_release: Option<PathBuf>,
+        /// Target architecture (amd64, arm64): ELF files and sysext ARCHITECTURE are checked.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Extra paths Talos extensions may ship (matched by path component).
+        #[arg(long = "allow-path")]
+        allow_paths: Vec<String>,
+        /// Treat a bare extension-release file as a confext's.
+        #[arg(long)]
+        confext: bool,
+    },
+    /// Make an extension without Docker: a Talos extension directory becomes
+    /// an OCI image (in a layout, optionally pushed); a tree becomes a
+    /// sysext/confext .raw image.
+    Pack {
+        /// A Talos extension directory, or (with --sysext/--confext) a tree of usr/, opt/ or etc/.
+        dir: PathBuf,
+        /// Write the OCI image into this image-layout directory.
+        #[arg(long)]
+        oci_layout: Option<PathBuf>,
+        /// Tag of the image in the layout (and on push).
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// Push the image to this reference, e.g. 127.0.0.1:5000/ext/hello:1.0.
+        #[arg(long)]
+        push: Option<String>,
+        /// Registries reached over plain HTTP (host:port).
+        #[arg(long)]
+        insecure: Vec<String>,
+        /// Write a systemd-sysext .raw image here instead.
+        #[arg(long, conflicts_with_all = ["oci_layout", "push", "confext"])]
+        sysext: Option<PathBuf>,
+        /// Write a systemd-confext .raw image here instead.
+        #[arg(long, conflicts_with_all = ["oci_layout", "push", "sysext"])]
+        confext: Option<PathBuf>,
+        /// sysext/confext: the image name (default: the output file name without .raw).
+        #[arg(long)]
+        name: Option<String>,
+        /// sysext/confext: release ID (`_any` matches every OS).
+        #[arg(long, default_value = "_any")]
+        id: String,
+        /// sysext/confext: VERSION_ID the image is tied to.
+        #[arg(long)]
+        version_id: Option<String>,
+        /// sysext/confext: SYSEXT_LEVEL / CONFEXT_LEVEL.
+        #[arg(long)]
+        level: Option<String>,
+        /// sysext/confext: the extension's own version.
+        #[arg(long)]
+        extension_version: Option<String>,
+        /// Target architecture (amd64, arm64).
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+    },
 }
 
 /// `--accel` values.

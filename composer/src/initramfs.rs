@@ -32,6 +32,10 @@ pub struct Contents<'a> {
     pub rootfs: &'a Path,
     /// Extension layers, lowest first: (file name in the initramfs, squashfs).
     pub layers: &'a [(String, PathBuf)],
+    /// sysext/confext images: (path in the initramfs, e.g. `sysext/tools.raw`, file).
+    pub images: &'a [(String, PathBuf)],
+    /// Small files for the init (`etc/strata/modules.check`, `etc/strata/extensions.json`).
+    pub files: &'a [(String, Vec<u8>)],
     /// `extensions.yaml` text.
     pub extensions_yaml: &'a str,
     /// mtime of every entry.
@@ -90,6 +94,19 @@ fn write_stored<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<()> {
     for (name, path) in c.layers {
         cpio.file_from_path(name, path, 0o444)?;
     }
+    let mut dirs: Vec<&str> = c
+        .images
+        .iter()
+        .filter_map(|(n, _)| n.split_once('/').map(|(d, _)| d))
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    for d in dirs {
+        cpio.dir(d, 0o755)?;
+    }
+    for (name, path) in c.images {
+        cpio.file_from_path(name, path, 0o444)?;
+    }
     let yaml = c.extensions_yaml.as_bytes();
     cpio.file("extensions.yaml", 0o444, yaml.len() as u64, yaml)?;
     cpio.finish()?;
@@ -141,6 +158,9 @@ fn write_boot_part<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<W> {
         load.len() as u64,
         load.as_bytes(),
     )?;
+    for (name, data) in c.files {
+        cpio.file(name, 0o644, data.len() as u64, &data[..])?;
+    }
     cpio.finish()
 }
 

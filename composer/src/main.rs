@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::{AccelArg, Cli, Command};
+use cli::{AccelArg, Cli, Command, ExtCommand};
 use std::process::ExitCode;
 use std::time::Duration;
 use strata::{bootcmd, build, platform, Arch, Error, ErrorKind};
@@ -37,6 +37,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             arch,
             cache,
             init,
+            offline,
         } => {
             let arch = arch
                 .map(|a| {
@@ -57,6 +58,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 cache_dir: cache,
                 arch,
                 init,
+                offline,
                 source_date_epoch: source_date_epoch()?,
             };
             let report = build::build(&opts, &mut |line| eprintln!("{line}"))?;
@@ -69,7 +71,11 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 .iter()
                 .map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64()))
                 .collect();
-            eprintln!("built in {:.1} s ({})", total.as_secs_f64(), parts.join(", "));
+            eprintln!(
+                "built in {:.1} s ({})",
+                total.as_secs_f64(),
+                parts.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot {
@@ -106,6 +112,106 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 ExitCode::from(1)
             })
         }
+        Command::Ext {
+            command:
+                ExtCommand::Validate {
+                    paths,
+                    os_version,
+                    os_id,
+                    os_release,
+                    arch,
+                    allow_paths,
+                    confext,
+                },
+        } => ext_validate(
+            &paths,
+            os_version,
+            os_id,
+            os_release,
+            arch,
+            allow_paths,
+            confext,
+        ),
+        Command::Ext {
+            command:
+                ExtCommand::Pack {
+                    dir,
+                    oci_layout,
+                    tag,
+                    push,
+                    insecure,
+                    sysext,
+                    confext,
+                    name,
+                    id,
+                    version_id,
+                    level,
+                    extension_version,
+                    arch,
+                },
+        } => {
+            let arch = Arch::parse(&arch).ok_or_else(|| -> Error {
+                strata::InputError::new(
+                    "--arch",
+                    "",
+                    format!("unknown architecture `{arch}`"),
+                    "use amd64 or arm64",
+                )
+                .into()
+            })?;
+            let epoch = source_date_epoch()?.unwrap_or(0);
+            let bad = |m: String| -> Error {
+                strata::InputError::new(&dir, "", m, "see `strata ext pack --help`").into()
+            };
+            if let Some((out, kind)) = sysext
+                .map(|o| (o, strata::extension::source::Kind::Sysext))
+                .or(confext.map(|o| (o, strata::extension::source::Kind::Confext)))
+            {
+                let image_name = name.unwrap_or_else(|| {
+                    let f = out
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    f.strip_suffix(".raw").unwrap_or(&f).to_string()
+                });
+                let fields = strata::extension::pack::ReleaseFields {
+                    id,
+                    version_id,
+                    level,
+                    extension_version,
+                    arch,
+                };
+                strata::extension::pack::tree_to_raw(&dir, &out, &image_name, kind, &fields, epoch)
+                    .map_err(bad)?;
+                println!("{}", out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let own_layout;
+            let layout = match oci_layout {
+                Some(l) => l,
+                None => {
+                    own_layout =
+                        tempfile::tempdir().map_err(Error::io("creating", std::env::temp_dir()))?;
+                    own_layout.path().to_path_buf()
+                }
+            };
+            let digest = strata::extension::pack::talos_to_layout(&dir, &layout, &tag, arch, epoch)
+                .map_err(bad)?;
+            if let Some(r) = push {
+                let reference =
+                    strata::oci::Reference::parse(&r).map_err(|e| bad(e.to_string()))?;
+                let opts = strata::oci::PullOptions {
+                    insecure_registries: insecure,
+                    ..Default::default()
+                };
+                let pushed = strata::oci::push(&layout, Some(&tag), &reference, &opts)
+                    .map_err(|e| bad(e.to_string()))?;
+                println!("{r}@{pushed}");
+            } else {
+                println!("{}:{tag}@{digest}", layout.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Platforms => {
             for name in platform::names() {
                 let p = platform::load(name).map_err(|m| Error::step("platforms", m))?;
@@ -130,4 +236,62 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
         }),
         _ => Ok(None),
     }
+}
+
+/// `strata ext validate`: one report per path, rendered as a table.
+fn ext_validate(
+    paths: &[std::path::PathBuf],
+    os_version: Option<String>,
+    os_id: Option<String>,
+    os_release: Option<std::path::PathBuf>,
+    arch: Option<String>,
+    allow_paths: Vec<String>,
+    confext: bool,
+) -> Result<ExitCode, Error> {
+    use strata::extension::{findings, sysext::HostRelease, validate};
+    let arch = match arch {
+        Some(a) => Some(Arch::parse(&a).ok_or_else(|| -> Error {
+            strata::InputError::new(
+                "--arch",
+                "",
+                format!("unknown architecture `{a}`"),
+                "use amd64 or arm64",
+            )
+            .into()
+        })?),
+        None => None,
+    };
+    let host = match &os_release {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(Error::io("reading", p))?;
+            let a = arch.unwrap_or(Arch::Amd64);
+            Some(
+                HostRelease::from_os_release(&text, a.debian()).map_err(|e| -> Error {
+                    strata::InputError::new(p, "", e.to_string(), "give an os-release file").into()
+                })?,
+            )
+        }
+        None => None,
+    };
+    let ctx = validate::Context {
+        os_id,
+        os_version,
+        arch: arch.map(|a| a.debian()),
+        allow_paths,
+        host,
+    };
+    let kind = confext.then_some(validate::Kind::Confext);
+    let mut reports = Vec::new();
+    for p in paths {
+        let r = validate::validate_path_as(p, kind, &ctx).map_err(|e| -> Error {
+            strata::InputError::new(p, "", e.to_string(), "give a Talos extension directory, a sysext/confext tree or an extension-release file").into()
+        })?;
+        reports.push(r);
+    }
+    print!("{}", findings::render_table(&reports));
+    Ok(if reports.iter().any(|r| r.has_errors()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

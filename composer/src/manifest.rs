@@ -41,6 +41,9 @@ pub struct Build {
     pub extensions: Vec<Extension>,
     /// Kernel modules in the initramfs, load order.
     pub modules: Vec<String>,
+    /// Kernel modules extensions ship, which the guest loads by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext_modules: Vec<String>,
     /// How boot tests attach the image.
     pub boot_test: BootTest,
     /// Timestamp used for every file (SOURCE_DATE_EPOCH).
@@ -79,6 +82,9 @@ pub struct Extension {
     pub image: String,
     /// `talos`, `sysext` or `confext`.
     pub kind: String,
+    /// Merged into the root at build time (`flatten: true`) rather than layered at boot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flattened: bool,
 }
 
 /// Boot-test settings from the platform.
@@ -161,6 +167,7 @@ mod tests {
             inputs: vec![],
             extensions: vec![],
             modules: vec![],
+            ext_modules: vec![],
             boot_test: BootTest {
                 media: "virtio-blk".into(),
                 memory_mib: 1024,

@@ -61,7 +61,10 @@ pub fn write_all(ctx: &Context<'_>, kinds: &[OutputKind], workers: usize) -> Res
                 let Some(kind) = kinds.get(i) else { break };
                 let r = write_one(ctx, *kind);
                 let failed = r.is_err();
-                results.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((i, r));
                 if failed {
                     // Stop handing out work: the build fails anyway.
                     next.store(kinds.len(), Ordering::SeqCst);
@@ -85,7 +88,9 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
         None => produce(ctx, kind.format, kind, tmp.path())?,
         Some(w) => {
             let plain = OutputKind { wrap: None, ..kind };
-            let inner = ctx.work.join(plain.file_name(ctx.platform, ctx.arch.debian()));
+            let inner = ctx
+                .work
+                .join(plain.file_name(ctx.platform, ctx.arch.debian()));
             if kind.format == Format::Raw {
                 wrap(ctx.raw, tmp.path(), w)?;
             } else {
@@ -95,13 +100,22 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
             }
         }
     }
-    Ok(Written { kind, file_name, tmp })
+    Ok(Written {
+        kind,
+        file_name,
+        tmp,
+    })
 }
 
 fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let wrapper = match w {
-        Wrap::Xz => format::compress::Wrapper::Xz { threads, check: format::compress::XzCheck::Crc64 },
+        Wrap::Xz => format::compress::Wrapper::Xz {
+            threads,
+            check: format::compress::XzCheck::Crc64,
+        },
         Wrap::Zst => format::compress::Wrapper::Zstd { level: 19, threads },
     };
     format::compress::wrap(input, output, &wrapper).map_err(|e| Error::step("compression", e))?;
@@ -110,19 +124,36 @@ fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
 
 /// Writes one container format, uncompressed, to `dest`.
 fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> Result<()> {
-    let create = |p: &Path| std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(p).map_err(Error::io("creating", p));
+    let create = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .map_err(Error::io("creating", p))
+    };
     match format {
         Format::Raw => {
             copy_sparse(ctx.raw, dest)?;
         }
         Format::Qcow2 => {
             let mut f = create(dest)?;
-            let opts = format::qcow2::Qcow2Options { cluster_bits: kind.qcow2_cluster_bits };
+            let opts = format::qcow2::Qcow2Options {
+                cluster_bits: kind.qcow2_cluster_bits,
+            };
             format::qcow2::write(ctx.raw, &mut f, &opts).map_err(|e| Error::step("qcow2", e))?;
         }
         Format::Vhd | Format::VhdDynamic => {
-            let opts = format::vhd::VhdOptions { timestamp: format::vhd::vhd_timestamp(ctx.epoch), uuid: Guid::derive(&[b"strata-vhd", ctx.seed]).0 };
-            let r = if format == Format::Vhd { format::vhd::write_fixed(ctx.raw, dest, &opts) } else { format::vhd::write_dynamic(ctx.raw, dest, &opts) };
+            let opts = format::vhd::VhdOptions {
+                timestamp: format::vhd::vhd_timestamp(ctx.epoch),
+                uuid: Guid::derive(&[b"strata-vhd", ctx.seed]).0,
+            };
+            let r = if format == Format::Vhd {
+                format::vhd::write_fixed(ctx.raw, dest, &opts)
+            } else {
+                format::vhd::write_dynamic(ctx.raw, dest, &opts)
+            };
             r.map_err(|e| Error::step("vhd", e))?;
         }
         Format::Vmdk => {
@@ -147,7 +178,8 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
             let _ = std::fs::remove_file(&vmdk);
         }
         Format::GcpTar => {
-            format::gcp::write(ctx.raw, dest, ctx.epoch).map_err(|e| Error::step("gcp tar.gz", e))?;
+            format::gcp::write(ctx.raw, dest, ctx.epoch)
+                .map_err(|e| Error::step("gcp tar.gz", e))?;
         }
         Format::Iso => {
             let esp = ctx.work.join(format!("esp-{}.img", ctx.arch));
@@ -173,15 +205,30 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
 fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats> {
     let f = std::fs::File::create(dest).map_err(Error::io("creating", dest))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let cid = u32::from_le_bytes(Guid::derive(&[b"strata-vmdk-cid", ctx.seed]).0[..4].try_into().unwrap_or([0; 4]));
-    let stats = format::vmdk::write(ctx.raw, &mut w, &format::vmdk::VmdkOptions { cid }).map_err(|e| Error::step("vmdk", e))?;
+    let cid = u32::from_le_bytes(
+        Guid::derive(&[b"strata-vmdk-cid", ctx.seed]).0[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    let stats = format::vmdk::write(ctx.raw, &mut w, &format::vmdk::VmdkOptions { cid })
+        .map_err(|e| Error::step("vmdk", e))?;
     std::io::Write::flush(&mut w).map_err(Error::io("writing", dest))?;
     Ok(stats)
 }
 
 /// An ISO 9660 volume id: upper-case letters, digits and `_`, at most 32.
 fn iso_volume_id(name: &str) -> String {
-    let id: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).take(32).collect();
+    let id: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
     if id.is_empty() {
         "STRATA".into()
     } else {
@@ -191,7 +238,9 @@ fn iso_volume_id(name: &str) -> String {
 
 /// Copies a sparse file, writing only its data ranges.
 fn copy_sparse(src: &Path, dest: &Path) -> Result<()> {
-    let len = std::fs::metadata(src).map_err(Error::io("reading", src))?.len();
+    let len = std::fs::metadata(src)
+        .map_err(Error::io("reading", src))?
+        .len();
     copy_range(src, 0, len, dest)
 }
 
@@ -208,9 +257,12 @@ fn copy_range(src: &Path, offset: u64, len: u64, dest: &Path) -> Result<()> {
         let mut at = from;
         while at < to {
             let chunk = ((to - at) as usize).min(buf.len());
-            input.read_exact_at(&mut buf[..chunk], at).map_err(Error::io("reading", src))?;
+            input
+                .read_exact_at(&mut buf[..chunk], at)
+                .map_err(Error::io("reading", src))?;
             if !crate::io::sparse::is_zero(&buf[..chunk]) {
-                out.write_all_at(&buf[..chunk], at - offset).map_err(Error::io("writing", dest))?;
+                out.write_all_at(&buf[..chunk], at - offset)
+                    .map_err(Error::io("writing", dest))?;
             }
             at += chunk as u64;
         }
@@ -224,7 +276,10 @@ pub fn requested(names: &[String]) -> std::result::Result<Vec<OutputKind>, (usiz
     for (i, n) in names.iter().enumerate() {
         let k = OutputKind::parse(n).map_err(|m| (i, m))?;
         if out.iter().any(|o| o.extension() == k.extension()) {
-            return Err((i, format!("`{n}` would write the same file as an earlier output")));
+            return Err((
+                i,
+                format!("`{n}` would write the same file as an earlier output"),
+            ));
         }
         out.push(k);
     }

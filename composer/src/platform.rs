@@ -135,17 +135,30 @@ pub fn for_profile(p: &crate::profile::LoadedProfile) -> Result<Vec<Platform>> {
     let names = p.profile.platform.names();
     let mut out: Vec<Platform> = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let field = if p.profile.platform.is_list() { format!("platform[{i}]") } else { "platform".to_string() };
+        let field = if p.profile.platform.is_list() {
+            format!("platform[{i}]")
+        } else {
+            "platform".to_string()
+        };
         let platform = load(name).map_err(|m| -> crate::error::Error {
-            p.error(&field, m, "pick a platform from `strata platforms`").into()
+            p.error(&field, m, "pick a platform from `strata platforms`")
+                .into()
         })?;
         if out.iter().any(|o| o.name == platform.name) {
-            return Err(p.error(&field, format!("platform `{name}` is listed twice"), "keep one").into());
+            return Err(p
+                .error(
+                    &field,
+                    format!("platform `{name}` is listed twice"),
+                    "keep one",
+                )
+                .into());
         }
         out.push(platform);
     }
     if out.is_empty() {
-        return Err(p.error("platform", "no platform given", "e.g. `platform: metal`").into());
+        return Err(p
+            .error("platform", "no platform given", "e.g. `platform: metal`")
+            .into());
     }
     Ok(out)
 }

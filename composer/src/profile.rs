@@ -33,6 +33,15 @@ pub struct Profile {
     /// Extensions, lowest first: later ones are stacked on top.
     #[serde(default)]
     pub extensions: Vec<ExtensionSpec>,
+    /// Merge the extensions into the root filesystem at build time (one squashfs, no overlay at boot).
+    #[serde(default)]
+    pub flatten: bool,
+    /// What a path provided by two extensions is, when flattening: `warn` (default) or `error`.
+    #[serde(default)]
+    pub conflicts: ConflictPolicy,
+    /// How registries are reached.
+    #[serde(default)]
+    pub registries: RegistriesSpec,
     /// Output formats; the platform's defaults when absent.
     #[serde(default)]
     pub outputs: Option<Vec<String>>,
@@ -60,7 +69,9 @@ pub struct Profile {
 fn bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
     match Size::deserialize(d)? {
         Size::Bytes(b) => Ok(Some(b)),
-        Size::Auto => Err(serde::de::Error::custom("give a size such as `8 KiB`; `auto` is not allowed here")),
+        Size::Auto => Err(serde::de::Error::custom(
+            "give a size such as `8 KiB`; `auto` is not allowed here",
+        )),
     }
 }
 
@@ -169,12 +180,71 @@ pub enum InitramfsCompressor {
     Zstd,
 }
 
-/// One entry of `extensions:`.
+/// One entry of `extensions:`: exactly one source, and options.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtensionSpec {
-    /// A directory in Talos layout: `manifest.yaml` + `rootfs/`.
-    pub dir: String,
+    /// A Talos extension directory: `manifest.yaml` + `rootfs/`.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// A Talos extension OCI image in a registry: `host/repo:tag` or `host/repo@sha256:…`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A Talos extension in an OCI image-layout directory.
+    #[serde(default)]
+    pub oci_layout: Option<String>,
+    /// A Talos extension in a `docker save` tarball.
+    #[serde(default)]
+    pub docker_archive: Option<String>,
+    /// Which image of an `oci_layout` (tag or digest) or `docker_archive` (RepoTag).
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+    /// A systemd-sysext `.raw` image (squashfs or erofs).
+    #[serde(default)]
+    pub sysext: Option<String>,
+    /// A systemd-confext `.raw` image (squashfs or erofs).
+    #[serde(default)]
+    pub confext: Option<String>,
+    /// Extra paths a Talos extension may ship, beyond Talos' allow-list.
+    #[serde(default)]
+    pub allow_paths: Vec<String>,
+}
+
+impl ExtensionSpec {
+    /// How many sources the entry names (exactly one is valid).
+    pub fn source_count(&self) -> usize {
+        [
+            &self.dir,
+            &self.image,
+            &self.oci_layout,
+            &self.docker_archive,
+            &self.sysext,
+            &self.confext,
+        ]
+        .iter()
+        .filter(|s| s.is_some())
+        .count()
+    }
+}
+
+/// What a flatten conflict is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    /// Listed, and the build goes on (the later extension wins).
+    #[default]
+    Warn,
+    /// Listed, and the build stops.
+    Error,
+}
+
+/// `registries:` — how to reach OCI registries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistriesSpec {
+    /// Registries (`host:port`) reached over plain HTTP, e.g. `127.0.0.1:5000`.
+    #[serde(default)]
+    pub insecure: Vec<String>,
 }
 
 /// `disk:` — sizes of the disk and its EFI system partition.
@@ -364,6 +434,26 @@ impl LoadedProfile {
                         &format!("kernel.args[{i}]"),
                         format!("`{arg}` is not one kernel argument"),
                         "write one argument per list item, without spaces",
+                    )
+                    .into());
+            }
+        }
+        for (i, e) in p.extensions.iter().enumerate() {
+            if e.source_count() != 1 {
+                return Err(self
+                    .error(
+                        &format!("extensions[{i}]"),
+                        "give exactly one source: dir, image, oci_layout, docker_archive, sysext or confext",
+                        "split the entry, or remove the extra key",
+                    )
+                    .into());
+            }
+            if e.reference.is_some() && e.oci_layout.is_none() && e.docker_archive.is_none() {
+                return Err(self
+                    .error(
+                        &format!("extensions[{i}].ref"),
+                        "`ref` only selects an image of an oci_layout or docker_archive",
+                        "put the tag or digest into `image:` instead",
                     )
                     .into());
             }

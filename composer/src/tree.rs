@@ -402,6 +402,24 @@ impl Tree {
         self.entries.is_empty()
     }
 
+    /// Keeps `dir` alive as long as this tree or any clone of it exists.
+    ///
+    /// For readers that extract file contents into a temporary directory (squashfs and erofs
+    /// images): the tree's [`FileData::Host`] entries point into it.
+    pub fn hold_scratch(&mut self, dir: TempDir) {
+        self.scratch.push(Arc::new(dir));
+    }
+
+    /// Shares `other`'s temporary directories with this tree, so [`FileData::Host`] entries
+    /// copied from `other` stay readable after `other` is dropped (flattening layers).
+    pub fn share_scratch(&mut self, other: &Tree) {
+        for dir in &other.scratch {
+            if !self.scratch.iter().any(|held| Arc::ptr_eq(held, dir)) {
+                self.scratch.push(Arc::clone(dir));
+            }
+        }
+    }
+
     /// Makes every entry owned by uid 0 and gid 0 (like `mksquashfs -all-root`).
     pub fn all_root(&mut self) {
         for entry in self.entries.values_mut() {

@@ -26,13 +26,23 @@ pub fn prepare(artefact: &Path, kind: OutputKind, work: &Path) -> Result<(PathBu
         Format::Vmdk => Ok((path, ImageFormat::Vmdk)),
         Format::Ova => {
             let dest = work.join("unpacked.vmdk");
-            untar_member(File::open(&path).map_err(Error::io("opening", &path))?, |n| n.ends_with(".vmdk"), &dest, &path)?;
+            untar_member(
+                File::open(&path).map_err(Error::io("opening", &path))?,
+                |n| n.ends_with(".vmdk"),
+                &dest,
+                &path,
+            )?;
             Ok((dest, ImageFormat::Vmdk))
         }
         Format::GcpTar => {
             let dest = work.join("disk.raw");
             let f = File::open(&path).map_err(Error::io("opening", &path))?;
-            untar_member(flate2::read::GzDecoder::new(f), |n| n == "disk.raw", &dest, &path)?;
+            untar_member(
+                flate2::read::GzDecoder::new(f),
+                |n| n == "disk.raw",
+                &dest,
+                &path,
+            )?;
             Ok((dest, ImageFormat::Raw))
         }
     }
@@ -41,23 +51,39 @@ pub fn prepare(artefact: &Path, kind: OutputKind, work: &Path) -> Result<(PathBu
 fn decompress(src: &Path, dest: &Path, w: Wrap) -> Result<()> {
     let f = File::open(src).map_err(Error::io("opening", src))?;
     let reader: Box<dyn Read> = match w {
-        Wrap::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(f))),
-        Wrap::Zst => Box::new(zstd::stream::read::Decoder::new(f).map_err(Error::io("reading", src))?),
+        Wrap::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(
+            std::io::BufReader::new(f),
+        )),
+        Wrap::Zst => {
+            Box::new(zstd::stream::read::Decoder::new(f).map_err(Error::io("reading", src))?)
+        }
     };
     copy_sparse(reader, dest).map_err(Error::io("decompressing", src))
 }
 
 /// Extracts the first tar member whose name matches.
-fn untar_member(r: impl Read, want: impl Fn(&str) -> bool, dest: &Path, archive: &Path) -> Result<()> {
+fn untar_member(
+    r: impl Read,
+    want: impl Fn(&str) -> bool,
+    dest: &Path,
+    archive: &Path,
+) -> Result<()> {
     let mut tar = tar::Archive::new(r);
     for entry in tar.entries().map_err(Error::io("reading", archive))? {
         let entry = entry.map_err(Error::io("reading", archive))?;
-        let name = entry.path().map_err(Error::io("reading", archive))?.to_string_lossy().into_owned();
+        let name = entry
+            .path()
+            .map_err(Error::io("reading", archive))?
+            .to_string_lossy()
+            .into_owned();
         if want(&name) {
             return copy_sparse(entry, dest).map_err(Error::io("unpacking", archive));
         }
     }
-    Err(Error::step("boot", format!("{} holds no disk image", archive.display())))
+    Err(Error::step(
+        "boot",
+        format!("{} holds no disk image", archive.display()),
+    ))
 }
 
 /// Copies a stream into a new file, leaving holes where whole blocks are zero.

@@ -97,10 +97,35 @@ pub fn build(i: &Inputs) -> Result<Vec<String>, Error> {
     add(&["-device", "virtio-rng-pci"]);
     let drive = drive(i.image, i.format, i.media)?;
     add(&["-drive", &drive]);
-    for device in media_devices(i.arch, i.media) {
+    let firmware_path = needs_firmware_path(i.arch, i.media);
+    for device in media_devices(i.arch, i.media, if firmware_path { 2 } else { 1 }) {
         add(&["-device", &device]);
     }
+    if firmware_path {
+        let view = format!(
+            "if=none,id={FIRMWARE_DRIVE},format={},file={},snapshot=on,readonly=on",
+            i.format.qemu_name(),
+            opt_path(i.image)?
+        );
+        let dev = format!("virtio-blk-pci,drive={FIRMWARE_DRIVE},bootindex=1");
+        add(&["-drive", &view, "-device", &dev]);
+    }
     Ok(argv)
+}
+
+/// The drive id of the firmware's own view of the image.
+const FIRMWARE_DRIVE: &str = "fwboot";
+
+/// Debian's OVMF has no PVSCSI driver, and AAVMF none for AHCI or PVSCSI:
+/// from such a disk the firmware cannot even load systemd-boot. The image is
+/// then also attached, read-only, on virtio-blk for the firmware to load the
+/// ESP from, while the platform's device stays attached for the OS (the
+/// guest reports which driver it found the disk through).
+pub fn needs_firmware_path(arch: Arch, media: Media) -> bool {
+    matches!(
+        (arch, media),
+        (Arch::Amd64, Media::Pvscsi) | (Arch::Arm64, Media::Pvscsi | Media::Ahci)
+    )
 }
 
 /// Machine, accelerator and CPU model options.
@@ -138,8 +163,8 @@ fn drive(image: &Path, format: ImageFormat, media: Media) -> Result<String, Erro
 }
 
 /// The `-device` options attaching the drive, controller first.
-fn media_devices(arch: Arch, media: Media) -> Vec<String> {
-    let boot = format!("drive={DRIVE},bootindex=1");
+fn media_devices(arch: Arch, media: Media, bootindex: u32) -> Vec<String> {
+    let boot = format!("drive={DRIVE},bootindex={bootindex}");
     match (media, arch) {
         (Media::VirtioBlk, _) => vec![format!("virtio-blk-pci,{boot}")],
         (Media::Nvme, _) => vec![format!("nvme,serial=strata0,{boot}")],
@@ -288,7 +313,9 @@ mod tests {
                 &[
                     "virtio-rng-pci",
                     "pvscsi,id=scsi0",
-                    "scsi-hd,bus=scsi0.0,drive=disk0,bootindex=1",
+                    // OVMF cannot read PVSCSI: the firmware boots from a read-only view.
+                    "scsi-hd,bus=scsi0.0,drive=disk0,bootindex=2",
+                    "virtio-blk-pci,drive=fwboot,bootindex=1",
                 ],
             ),
             (

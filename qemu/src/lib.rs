@@ -6,7 +6,13 @@
 //! firmware, KVM when it really works and TCG otherwise, raw/qcow2/vmdk/vpc
 //! images attached as virtio-blk, NVMe, AHCI, PVSCSI, virtio-scsi or CD-ROM.
 //! The image is never modified (snapshot or read-only drive). Not supported:
-//! networking, graphics, Secure Boot, several disks, BIOS boot.
+//! networking, graphics, Secure Boot, several disks, BIOS boot. Debian's
+//! firmware lacks some drivers (OVMF: PVSCSI; AAVMF: AHCI and PVSCSI): the
+//! image is then also attached, read-only, on virtio-blk for the firmware
+//! to load from (see [`command::needs_firmware_path`]). Either way the
+//! guest must report a disk behind the platform's driver
+//! ([`Media::guest_driver`]), which proves the OS used the platform's
+//! device model and not the firmware's view.
 //!
 //! [`boot`] returns `Err` only when the VM could not be run at all; a guest
 //! that fails gives `Ok` with `pass: false` and a reason. Every run leaves
@@ -29,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-pub use strata_boot::report::Event;
+pub use strata_boot::report::{Event, LayerKind};
 
 pub use accel::kvm_usable;
 pub use firmware::{find_firmware, Firmware};
@@ -75,6 +81,22 @@ pub enum Media {
     Cdrom,
 }
 
+impl Media {
+    /// The Linux driver the guest must report a disk through (the
+    /// controller's, as sysfs names it) when the image is attached this
+    /// way on `arch`. Debian's arm64 kernel has no `vmw_pvscsi` (PVSCSI is
+    /// x86-only in Linux), so arm64 PVSCSI boots always fail this check.
+    pub fn guest_driver(self, arch: Arch) -> &'static str {
+        match (self, arch) {
+            (Media::VirtioBlk, _) => "virtio_blk",
+            (Media::Nvme, _) => "nvme",
+            (Media::Ahci, _) | (Media::Cdrom, Arch::Amd64) => "ahci",
+            (Media::Pvscsi, _) => "vmw_pvscsi",
+            (Media::VirtioScsi, _) | (Media::Cdrom, Arch::Arm64) => "virtio_scsi",
+        }
+    }
+}
+
 /// What QEMU's `-drive format=` gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,13 +111,29 @@ pub enum ImageFormat {
     Vpc,
 }
 
-/// An extension the guest must report as mounted and visible.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An extension the guest must report: as a layer (mounted and visible),
+/// flattened into the root (its probe visible with the recorded digest)
+/// or shipped disabled (its image file present and not mounted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Expected {
     /// Extension name, as in its metadata.
     pub name: String,
     /// Expected version; empty accepts any.
     pub version: String,
+    /// The kind the guest must report; `None` accepts any (set it when a
+    /// Talos extension and a sysext may share a name).
+    pub kind: Option<LayerKind>,
+    /// Merged into the root squashfs at build time (no layer at boot).
+    pub flattened: bool,
+    /// Shipped as an image file but not activated.
+    pub disabled: bool,
+}
+
+/// What the guest must report beyond its layers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestChecks {
+    /// Kernel modules extensions ship, which the guest must load by name.
+    pub modules: Vec<String>,
 }
 
 /// One boot test.
@@ -122,6 +160,8 @@ pub struct BootSpec {
     /// Where serial.log, qemu.log, result.json and the firmware variables go;
     /// created if missing.
     pub work_dir: PathBuf,
+    /// Further things the guest must report (extension modules).
+    pub checks: GuestChecks,
 }
 
 /// The outcome of a boot test, also written to `work_dir/result.json`.
@@ -141,7 +181,8 @@ pub struct BootResult {
     pub firmware: PathBuf,
     /// Seconds from QEMU's start to the verdict.
     pub duration_secs: f64,
-    /// `guest-poweroff`, `runner-quit-after-report`, `timeout` or `qemu-exit`.
+    /// `guest-poweroff`, `runner-quit-after-report`, `timeout`, `qemu-exit`,
+    /// or `firmware-shell` (the firmware found nothing to boot).
     pub ended_by: String,
     /// QEMU's cause when the guest stopped itself (`guest-shutdown`,
     /// `guest-reset`, `guest-panic`).
@@ -220,6 +261,37 @@ const EXIT_WAIT: Duration = Duration::from_secs(5);
 /// Boots `spec.image` and judges the guest's report.
 pub fn boot(spec: &BootSpec) -> Result<BootResult, Error> {
     validate(spec)?;
+    let plan = prepare(spec)?;
+    let started = Instant::now();
+    let mut vm = process::spawn(&plan.argv, &plan.qemu_log)?;
+    let alive = |vm: &mut process::Vm| matches!(vm.try_wait(), Ok(None));
+    let monitor = match qmp::connect(&plan.qmp_socket, MONITOR_WAIT, || alive(&mut vm)) {
+        Ok(m) => m,
+        Err(e) => return Err(startup_failure(&mut vm, e, &plan.qemu_log)),
+    };
+    let mut tail = serial::Tail::new(&plan.serial_log);
+    let watched = run::watch(&mut vm, Some(monitor), &mut tail, started, spec.timeout)?;
+    let duration_secs = started.elapsed().as_secs_f64();
+    let result = assemble(spec, plan, watched, duration_secs);
+    write_result(&spec.work_dir.join("result.json"), &result)?;
+    Ok(result)
+}
+
+/// Everything a run needs before QEMU starts.
+struct Plan {
+    argv: Vec<String>,
+    accel: accel::Resolved,
+    firmware: PathBuf,
+    serial_log: PathBuf,
+    qemu_log: PathBuf,
+    qmp_socket: PathBuf,
+    /// Holds the socket's directory when work_dir's path is too long.
+    _socket_dir: Option<tempfile::TempDir>,
+}
+
+/// Finds QEMU and firmware, picks the accelerator, clears the work
+/// directory of an earlier run's outputs and builds the command line.
+fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
     let work = &spec.work_dir;
     fs::create_dir_all(work).map_err(|source| Error::Io {
         path: work.clone(),
@@ -229,13 +301,10 @@ pub fn boot(spec: &BootSpec) -> Result<BootResult, Error> {
     let fw = find_firmware(spec.arch)?;
     let accel = accel::resolve(spec.accel, spec.arch)?;
     let serial_log = work.join("serial.log");
-    let qemu_log = work.join("qemu.log");
-    let result_path = work.join("result.json");
-    for stale in [&serial_log, &result_path] {
+    let (qmp_socket, socket_dir) = qmp_socket_path(work)?;
+    for stale in [&serial_log, &work.join("result.json"), &qmp_socket] {
         remove_stale(stale)?;
     }
-    let (qmp_socket, _socket_dir) = qmp_socket_path(work)?;
-    remove_stale(&qmp_socket)?;
     let vars = firmware::copy_vars(&fw, work)?;
     let argv = command::build(&command::Inputs {
         qemu: &qemu,
@@ -251,41 +320,56 @@ pub fn boot(spec: &BootSpec) -> Result<BootResult, Error> {
         serial_log: &serial_log,
         qmp_socket: &qmp_socket,
     })?;
+    Ok(Plan {
+        argv,
+        accel,
+        firmware: fw.code,
+        serial_log,
+        qemu_log: work.join("qemu.log"),
+        qmp_socket,
+        _socket_dir: socket_dir,
+    })
+}
 
-    let started = Instant::now();
-    let mut vm = process::spawn(&argv, &qemu_log)?;
-    let monitor = match qmp::connect(&qmp_socket, MONITOR_WAIT, || {
-        matches!(vm.try_wait(), Ok(None))
-    }) {
-        Ok(m) => m,
-        Err(e) => return Err(startup_failure(&mut vm, e, &qemu_log)),
+/// Judges the run and gathers the result.
+fn assemble(spec: &BootSpec, plan: Plan, watched: run::Watched, duration_secs: f64) -> BootResult {
+    let mut v = verdict::judge(&watched.console, &spec.expected, &watched.ending);
+    let mut extra = verdict::judge_checks(&watched.console.events, &spec.checks);
+    extra.extend(verdict::judge_disks(
+        &watched.console.events,
+        spec.media.guest_driver(spec.arch),
+    ));
+    if !extra.is_empty() {
+        let mut reasons: Vec<String> = if v.pass {
+            Vec::new()
+        } else {
+            vec![v.reason.clone()]
+        };
+        reasons.extend(extra);
+        v.pass = false;
+        v.reason = reasons.join("; ");
+    }
+    let ended_by = watched.ending.ended_by().into();
+    let shutdown_reason = match watched.ending {
+        verdict::Ending::GuestStopped { reason } => Some(reason),
+        _ => None,
     };
-    let mut tail = serial::Tail::new(&serial_log);
-    let watched = run::watch(&mut vm, Some(monitor), &mut tail, started, spec.timeout)?;
-    let duration_secs = started.elapsed().as_secs_f64();
-
-    let v = verdict::judge(&watched.console, &spec.expected, &watched.ending);
-    let result = BootResult {
+    BootResult {
         pass: v.pass,
         reason: v.reason,
         events: watched.console.events,
         layers: v.layers,
-        accel: accel.name().into(),
-        firmware: fw.code,
+        accel: plan.accel.name().into(),
+        firmware: plan.firmware,
         duration_secs,
-        ended_by: watched.ending.ended_by().into(),
-        shutdown_reason: match watched.ending {
-            verdict::Ending::GuestStopped { reason } => Some(reason),
-            _ => None,
-        },
+        ended_by,
+        shutdown_reason,
         unreadable_lines: watched.console.unreadable,
         qemu_killed: watched.killed,
-        serial_log,
-        qemu_log,
-        qemu_command: argv,
-    };
-    write_result(&result_path, &result)?;
-    Ok(result)
+        serial_log: plan.serial_log,
+        qemu_log: plan.qemu_log,
+        qemu_command: plan.argv,
+    }
 }
 
 /// Refuses specs QEMU would fail on in less obvious ways.
@@ -313,6 +397,15 @@ fn validate(spec: &BootSpec) -> Result<(), Error> {
         return bad(
             "expected",
             format!("has an entry with an empty name (version {:?})", e.version),
+        );
+    }
+    if let Some(e) = spec.expected.iter().find(|e| e.flattened && e.disabled) {
+        return bad(
+            "expected",
+            format!(
+                "entry {:?} is both flattened and disabled; an extension is one or the other",
+                e.name
+            ),
         );
     }
     Ok(())
@@ -388,4 +481,137 @@ fn write_result(path: &Path, result: &BootResult) -> Result<(), Error> {
     let mut json = serde_json::to_vec_pretty(result).map_err(|e| io_err(e.into()))?;
     json.push(b'\n');
     fs::write(path, json).map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(image: &Path, work: &Path) -> BootSpec {
+        BootSpec {
+            image: image.to_owned(),
+            format: ImageFormat::Raw,
+            arch: Arch::Amd64,
+            media: Media::VirtioBlk,
+            expected: vec![],
+            timeout: Duration::from_secs(60),
+            memory_mib: 512,
+            cpus: 1,
+            accel: Accel::Tcg,
+            work_dir: work.to_owned(),
+            checks: GuestChecks::default(),
+        }
+    }
+
+    #[test]
+    fn socket_moves_to_a_temp_dir_when_the_work_path_is_too_long() {
+        let short = Path::new("/w");
+        let (path, dir) = qmp_socket_path(short).unwrap();
+        assert_eq!(path, Path::new("/w/qmp.sock"));
+        assert!(dir.is_none());
+        let long = PathBuf::from(format!("/{}", "d".repeat(120)));
+        let (path, dir) = qmp_socket_path(&long).unwrap();
+        let dir = dir.expect("a temporary directory");
+        assert!(path.starts_with(dir.path()));
+        assert!(path.as_os_str().len() <= SUN_PATH_MAX);
+    }
+
+    #[test]
+    fn spec_fields_are_checked_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("disk.img");
+        fs::write(&image, b"").unwrap();
+        let ok = spec(&image, tmp.path());
+        assert!(validate(&ok).is_ok());
+        type Spoil = Box<dyn Fn(&mut BootSpec)>;
+        let cases: [(&str, Spoil); 6] = [
+            ("image", Box::new(|s| s.image = s.work_dir.clone())),
+            ("memory_mib", Box::new(|s| s.memory_mib = 64)),
+            ("cpus", Box::new(|s| s.cpus = 0)),
+            ("timeout", Box::new(|s| s.timeout = Duration::ZERO)),
+            (
+                "expected",
+                Box::new(|s| {
+                    s.expected.push(Expected {
+                        name: String::new(),
+                        version: "1".into(),
+                        ..Expected::default()
+                    })
+                }),
+            ),
+            (
+                "expected",
+                Box::new(|s| {
+                    s.expected.push(Expected {
+                        name: "hello".into(),
+                        flattened: true,
+                        disabled: true,
+                        ..Expected::default()
+                    })
+                }),
+            ),
+        ];
+        for (field, spoil) in cases {
+            let mut s = ok.clone();
+            spoil(&mut s);
+            let err = validate(&s).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid boot spec: {field} ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_media_names_the_driver_the_guest_must_use() {
+        let table = [
+            (Media::VirtioBlk, Arch::Amd64, "virtio_blk"),
+            (Media::VirtioBlk, Arch::Arm64, "virtio_blk"),
+            (Media::Nvme, Arch::Amd64, "nvme"),
+            (Media::Nvme, Arch::Arm64, "nvme"),
+            (Media::Ahci, Arch::Amd64, "ahci"),
+            (Media::Ahci, Arch::Arm64, "ahci"),
+            (Media::Pvscsi, Arch::Amd64, "vmw_pvscsi"),
+            (Media::Pvscsi, Arch::Arm64, "vmw_pvscsi"),
+            (Media::VirtioScsi, Arch::Amd64, "virtio_scsi"),
+            (Media::VirtioScsi, Arch::Arm64, "virtio_scsi"),
+            (Media::Cdrom, Arch::Amd64, "ahci"),
+            (Media::Cdrom, Arch::Arm64, "virtio_scsi"),
+        ];
+        for (media, arch, driver) in table {
+            assert_eq!(media.guest_driver(arch), driver, "{media:?} {arch:?}");
+        }
+    }
+
+    #[test]
+    fn result_json_carries_the_public_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let result = BootResult {
+            pass: false,
+            reason: "timeout".into(),
+            events: vec![Event::Done {
+                ok: true,
+                layers: 0,
+                smoke: true,
+            }],
+            layers: vec![],
+            accel: "tcg".into(),
+            firmware: "/fw".into(),
+            duration_secs: 1.5,
+            ended_by: "timeout".into(),
+            shutdown_reason: None,
+            unreadable_lines: vec![],
+            qemu_killed: false,
+            serial_log: "/w/serial.log".into(),
+            qemu_log: "/w/qemu.log".into(),
+            qemu_command: vec!["qemu".into()],
+        };
+        let path = tmp.path().join("result.json");
+        write_result(&path, &result).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["ended_by"], "timeout");
+        assert_eq!(v["events"][0]["event"], "done");
+        assert_eq!(v["duration_secs"], 1.5);
+        assert_eq!(v["qemu_command"][0], "qemu");
+    }
 }

@@ -3,8 +3,10 @@
 //! The loop polls three sources every [`POLL`]: the serial log (the report),
 //! the process (did QEMU exit?) and QMP (did the guest stop?). It ends on the
 //! first of: the guest stops itself (QMP `SHUTDOWN` with `guest: true`);
-//! QEMU exits; the report's `done` event is [`DONE_GRACE`] old without a
-//! power-off (a non-smoke boot goes on into the real system); the time limit.
+//! QEMU exits; the firmware starts its UEFI shell (it found nothing to boot,
+//! and will not boot anything later); the report's `done` event is
+//! [`DONE_GRACE`] old without a power-off (a non-smoke boot goes on into the
+//! real system); the time limit.
 //! Then QEMU is asked to `quit`, and killed if it has not exited after
 //! [`QUIT_GRACE`]. If QMP breaks down mid-run the process status and the
 //! serial log still carry the run to an end.
@@ -67,6 +69,9 @@ pub fn watch(
             break Ending::QemuExit {
                 status: process::describe(status),
             };
+        }
+        if console.firmware_shell {
+            break Ending::FirmwareShell;
         }
         if let Some(reason) = guest_stop(&mut monitor) {
             break Ending::GuestStopped { reason };

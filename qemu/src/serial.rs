@@ -99,7 +99,13 @@ pub struct Console {
     pub unreadable: Vec<String>,
     /// The last non-blank console line, report or not.
     pub last_line: Option<String>,
+    /// The firmware started its UEFI shell before any report: it found
+    /// nothing it could boot (no driver for the disk, or no loader on it).
+    pub firmware_shell: bool,
 }
+
+/// The banner of the EDK II shell that OVMF and AAVMF fall back to.
+const SHELL_BANNER: &str = "UEFI Interactive Shell";
 
 impl Console {
     /// Takes in console lines.
@@ -109,6 +115,9 @@ impl Console {
                 Some(Ok(event)) => self.events.push(event),
                 Some(Err(_)) => self.unreadable.push(line.clone()),
                 None => {}
+            }
+            if self.events.is_empty() && line.contains(SHELL_BANNER) {
+                self.firmware_shell = true;
             }
             if !line.trim().is_empty() {
                 self.last_line = Some(line);
@@ -177,6 +186,21 @@ mod tests {
         let mut tail = Tail::new(dir.path());
         let err = tail.poll().unwrap_err();
         assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn firmware_shell_counts_only_before_the_report() {
+        let mut c = Console::default();
+        c.feed(["\u{1b}[0mUEFI Interactive Shell v2.2".to_owned()]);
+        assert!(c.firmware_shell);
+        let mut c = Console::default();
+        let start = Event::Start {
+            kernel: "6.1".into(),
+            machine: "x86_64".into(),
+            cmdline: String::new(),
+        };
+        c.feed([start.to_line(), "echo UEFI Interactive Shell".to_owned()]);
+        assert!(!c.firmware_shell);
     }
 
     #[test]

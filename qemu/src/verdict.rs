@@ -2,17 +2,24 @@
 //!
 //! A boot passes only when all of these hold:
 //! - the guest printed a `done` event with `ok: true`;
-//! - every expected extension has a `layer` event with its name (and its
-//!   version, unless the expected version is empty) that is both mounted and
-//!   visible;
+//! - every expected extension has a `layer` event with its name (its kind,
+//!   when the expectation names one, and its version, unless the expected
+//!   version is empty) that is, for an extension stacked at boot, mounted
+//!   and visible; for one flattened into the root, reported `flattened`
+//!   and visible (its probe has the recorded digest); for one shipped
+//!   disabled, reported `disabled`, visible (its image file is there) and
+//!   not mounted;
 //! - the guest printed no `error` event;
-//! - no report line was damaged (it could have been an error we cannot see).
+//! - no report line was damaged (it could have been an error we cannot see);
+//! - (checked by [`judge_disks`]) some `disk` event lists the driver of
+//!   the platform's device model.
 //!
+//! A `detail` on a passing layer is only a note.
 //! How the VM ended only shapes the message; a clean power-off without a
 //! report still fails. `reason` lists every problem found, `; `-separated.
 
 use serde::Serialize;
-use strata_boot::report::Event;
+use strata_boot::report::{Event, LayerKind};
 
 use crate::serial::Console;
 use crate::Expected;
@@ -33,6 +40,8 @@ pub enum Ending {
         /// The limit, in whole seconds.
         secs: u64,
     },
+    /// The firmware found nothing to boot and started its UEFI shell.
+    FirmwareShell,
     /// QEMU exited on its own (crash, or killed from outside).
     QemuExit {
         /// The exit status as text.
@@ -48,6 +57,7 @@ impl Ending {
             Ending::RunnerQuit => "runner-quit-after-report",
             Ending::Timeout { .. } => "timeout",
             Ending::QemuExit { .. } => "qemu-exit",
+            Ending::FirmwareShell => "firmware-shell",
         }
     }
 }
@@ -69,6 +79,12 @@ pub struct LayerVerdict {
     pub visible: bool,
     /// The path the guest checked for `visible`.
     pub probe: Option<String>,
+    /// The kind the guest reported (or the expected one, when not reported).
+    pub kind: Option<LayerKind>,
+    /// The guest reported it flattened into the root.
+    pub flattened: bool,
+    /// The guest reported it shipped disabled.
+    pub disabled: bool,
 }
 
 /// The judgement.
@@ -102,10 +118,7 @@ pub fn judge(console: &Console, expected: &[Expected], ending: &Ending) -> Verdi
     }
     let pass = problems.is_empty();
     let reason = if pass {
-        format!(
-            "guest reported done ok; {} expected extension(s) mounted and visible",
-            expected.len()
-        )
+        success(expected)
     } else {
         problems.join("; ")
     };
@@ -114,6 +127,97 @@ pub fn judge(console: &Console, expected: &[Expected], ending: &Ending) -> Verdi
         reason,
         layers,
     }
+}
+
+/// The reason of a pass: how many extensions were found in which state.
+fn success(expected: &[Expected]) -> String {
+    let flattened = expected.iter().filter(|e| e.flattened).count();
+    let disabled = expected
+        .iter()
+        .filter(|e| e.disabled && !e.flattened)
+        .count();
+    let layered = expected.len() - flattened - disabled;
+    let mut text =
+        format!("guest reported done ok; {layered} expected extension(s) mounted and visible");
+    if flattened > 0 {
+        text.push_str(&format!(", {flattened} flattened into the root"));
+    }
+    if disabled > 0 {
+        text.push_str(&format!(", {disabled} shipped disabled"));
+    }
+    text
+}
+
+/// The problem with the disks the guest reported, if any: none of them
+/// lists `driver`, the platform's device-model driver (see
+/// [`crate::Media::guest_driver`]). A guest that reported nothing at all
+/// gets no disk problem: the missing report already says everything.
+pub fn judge_disks(events: &[Event], driver: &str) -> Option<String> {
+    if events.is_empty() {
+        return None;
+    }
+    let disks: Vec<(&str, &[String])> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Disk { name, drivers, .. } => Some((name.as_str(), drivers.as_slice())),
+            _ => None,
+        })
+        .collect();
+    if disks
+        .iter()
+        .any(|(_, drivers)| drivers.iter().any(|d| d == driver))
+    {
+        return None;
+    }
+    let seen = if disks.is_empty() {
+        "the guest reported no disks".to_string()
+    } else {
+        let list: Vec<String> = disks
+            .iter()
+            .map(|(name, drivers)| format!("{name} [{}]", drivers.join(", ")))
+            .collect();
+        format!("disks seen: {}", list.join(", "))
+    };
+    Some(format!(
+        "no disk reported through the {driver} driver; {seen}"
+    ))
+}
+
+/// Problems with what the guest reported beyond its layers: every module
+/// in `checks.modules` reported loaded by name, and the firmware search path
+/// set whenever the root has a firmware directory.
+pub fn judge_checks(events: &[Event], checks: &crate::GuestChecks) -> Vec<String> {
+    let mut problems = Vec::new();
+    for want in &checks.modules {
+        let got = events.iter().find_map(|e| match e {
+            Event::ExtModule {
+                name,
+                loaded,
+                error,
+                ..
+            } if name == want => Some((*loaded, error.clone())),
+            _ => None,
+        });
+        match got {
+            Some((true, _)) => {}
+            Some((false, err)) => problems.push(format!(
+                "extension module \"{want}\" did not load: {}",
+                err.unwrap_or_else(|| "no reason given".into())
+            )),
+            None => problems.push(format!("extension module \"{want}\" not reported")),
+        }
+    }
+    for e in events {
+        if let Event::Firmware {
+            path, set: false, ..
+        } = e
+        {
+            if !path.is_empty() {
+                problems.push(format!("firmware search path {path} was not set"));
+            }
+        }
+    }
+    problems
 }
 
 /// `ok` of the first `done` event.
@@ -162,6 +266,12 @@ fn missing_done(console: &Console, ending: &Ending) -> String {
         Ending::Timeout { secs } => format!("timeout after {secs} s {what}"),
         Ending::QemuExit { status } => format!("qemu exited ({status}) {what}"),
         Ending::RunnerQuit => format!("the runner ended qemu {what}"),
+        // The last line is the shell's prompt, which says nothing more.
+        Ending::FirmwareShell => {
+            return "the firmware found nothing to boot and started its UEFI shell \
+                    (no firmware driver for the disk's device model, or no EFI loader on it)"
+                .into()
+        }
     };
     match &console.last_line {
         Some(line) => format!("{head} (last console line: {})", quoted(line)),
@@ -185,12 +295,15 @@ fn quoted(line: &str) -> String {
 /// The fields of one `layer` event that judging needs.
 #[derive(Debug, Clone, Copy)]
 struct Reported<'a> {
+    kind: LayerKind,
     name: &'a str,
     version: &'a str,
     mounted: bool,
     visible: bool,
     probe: Option<&'a str>,
     detail: Option<&'a str>,
+    flattened: bool,
+    disabled: bool,
 }
 
 impl Reported<'_> {
@@ -203,6 +316,18 @@ impl Reported<'_> {
             mounted: self.mounted,
             visible: self.visible,
             probe: self.probe.map(str::to_owned),
+            kind: Some(self.kind),
+            flattened: self.flattened,
+            disabled: self.disabled,
+        }
+    }
+
+    /// How the guest shipped it, in words.
+    fn state(&self) -> &'static str {
+        match (self.flattened, self.disabled) {
+            (true, _) => "flattened into the root",
+            (_, true) => "shipped disabled",
+            _ => "a layer",
         }
     }
 }
@@ -212,33 +337,49 @@ fn reported_layers(events: &[Event]) -> Vec<Reported<'_>> {
         .iter()
         .filter_map(|e| match e {
             Event::Layer {
+                kind,
                 name,
                 version,
                 mounted,
                 visible,
                 probe,
                 detail,
+                flattened,
+                disabled,
                 ..
             } => Some(Reported {
+                kind: *kind,
                 name,
                 version,
                 mounted: *mounted,
                 visible: *visible,
                 probe: probe.as_deref(),
                 detail: detail.as_deref(),
+                flattened: *flattened,
+                disabled: *disabled,
             }),
             _ => None,
         })
         .collect()
 }
 
-/// The report of `want`: the first layer with its name and version, else the
-/// first with its name.
+/// True when the report `l` is about `want`: same name, and same kind
+/// when `want` names one (a Talos layer and a sysext may share a name).
+fn is_about(l: &Reported<'_>, want: &Expected) -> bool {
+    l.name == want.name && want.kind.is_none_or(|kind| kind == l.kind)
+}
+
+/// The report of `want`: among the layers it is about, the first with its
+/// version and state (layer, flattened, disabled), else the first with its
+/// version, else the first.
 fn pick<'a>(layers: &[Reported<'a>], want: &Expected) -> Option<Reported<'a>> {
-    let named = || layers.iter().filter(|l| l.name == want.name);
-    named()
-        .find(|l| version_matches(want, l.version))
-        .or_else(|| named().next())
+    let about = || layers.iter().filter(|l| is_about(l, want));
+    let same_state =
+        |l: &&Reported<'_>| l.flattened == want.flattened && l.disabled == want.disabled;
+    about()
+        .find(|l| version_matches(want, l.version) && same_state(l))
+        .or_else(|| about().find(|l| version_matches(want, l.version)))
+        .or_else(|| about().next())
         .copied()
 }
 
@@ -260,37 +401,82 @@ fn layer_verdicts(layers: &[Reported<'_>], expected: &[Expected]) -> Vec<LayerVe
                 mounted: false,
                 visible: false,
                 probe: None,
+                kind: want.kind,
+                flattened: false,
+                disabled: false,
             },
         })
         .collect();
     let unexpected = layers
         .iter()
-        .filter(|l| !expected.iter().any(|w| w.name == l.name));
+        .filter(|l| !expected.iter().any(|w| is_about(l, w)));
     out.extend(unexpected.map(|l| l.verdict(false)));
     out
 }
 
+/// `extension "name"`, with the kind when the expectation names one.
+fn label(want: &Expected) -> String {
+    match want.kind {
+        Some(kind) => format!("{} extension {:?}", kind.as_str(), want.name),
+        None => format!("extension {:?}", want.name),
+    }
+}
+
 fn layer_problem(want: &Expected, got: Option<Reported<'_>>) -> Option<String> {
-    let name = &want.name;
+    let name = label(want);
     let Some(got) = got else {
-        return Some(format!("extension {name:?} not reported"));
+        return Some(format!("{name} not reported"));
     };
     if !version_matches(want, got.version) {
         return Some(format!(
-            "extension {name:?} reported version {:?}, expected {:?}",
+            "{name} reported version {:?}, expected {:?}",
             got.version, want.version
         ));
     }
     let detail = got.detail.map(|d| format!(": {d}")).unwrap_or_default();
-    if !got.mounted {
+    let probe = got.probe.unwrap_or("none");
+    if want.flattened {
+        return if !got.flattened {
+            Some(format!(
+                "{name} should be flattened into the root but the guest reported it as {}",
+                got.state()
+            ))
+        } else if !got.visible {
+            Some(format!(
+                "flattened {name} is not in the merged root with its recorded content (probe {probe}){detail}"
+            ))
+        } else {
+            None
+        };
+    }
+    if want.disabled {
+        return if !got.disabled {
+            Some(format!(
+                "{name} should be shipped disabled but the guest reported it as {}",
+                got.state()
+            ))
+        } else if got.mounted {
+            Some(format!("disabled {name} is mounted{detail}"))
+        } else if !got.visible {
+            Some(format!(
+                "disabled {name} is not shipped: {probe} is not in the merged root{detail}"
+            ))
+        } else {
+            None
+        };
+    }
+    if got.flattened || got.disabled {
         return Some(format!(
-            "extension {name:?} is not mounted in the root overlay{detail}"
+            "{name} should be a layer but the guest reported it as {}",
+            got.state()
         ));
     }
+    if !got.mounted {
+        return Some(format!("{name} is not mounted in the root overlay{detail}"));
+    }
     if !got.visible {
-        let probe = got.probe.unwrap_or("none");
         return Some(format!(
-            "extension {name:?} is not visible in the merged root (probe {probe}){detail}"
+            "{name} is not visible in the merged root (probe {probe}){detail}"
         ));
     }
     None
@@ -312,6 +498,8 @@ mod tests {
             visible,
             probe: Some(format!("/usr/local/bin/{name}")),
             detail: (!mounted || !visible).then(|| "overlay lowerdir missing".into()),
+            flattened: false,
+            disabled: false,
         }
     }
 
@@ -336,16 +524,251 @@ mod tests {
             .map(|(n, v)| Expected {
                 name: (*n).into(),
                 version: (*v).into(),
+                ..Expected::default()
             })
             .collect()
+    }
+
+    /// A `layer` event of any kind and state.
+    #[allow(clippy::too_many_arguments)]
+    fn shipped(
+        kind: LayerKind,
+        name: &str,
+        flattened: bool,
+        disabled: bool,
+        mounted: bool,
+        visible: bool,
+        detail: Option<&str>,
+    ) -> Event {
+        Event::Layer {
+            index: 0,
+            image: if flattened {
+                String::new()
+            } else {
+                format!("{name}.raw")
+            },
+            kind,
+            name: name.into(),
+            version: "1".into(),
+            mounted,
+            visible,
+            probe: Some(format!("/p/{name}")),
+            detail: detail.map(str::to_owned),
+            flattened,
+            disabled,
+        }
+    }
+
+    fn expect(name: &str, kind: Option<LayerKind>, flattened: bool, disabled: bool) -> Expected {
+        Expected {
+            name: name.into(),
+            version: "1".into(),
+            kind,
+            flattened,
+            disabled,
+        }
+    }
+
+    #[test]
+    fn flattened_disabled_and_kinds_are_judged_by_their_own_rules() {
+        use LayerKind::{Sysext, Talos};
+        let flat = |visible, detail| shipped(Talos, "hello", true, false, false, visible, detail);
+        let off = |mounted, visible, detail| {
+            shipped(Sysext, "tools", false, true, mounted, visible, detail)
+        };
+        let on =
+            |kind, mounted, visible| shipped(kind, "tools", false, false, mounted, visible, None);
+        let want_flat = expect("hello", Some(Talos), true, false);
+        let want_off = expect("tools", Some(Sysext), false, true);
+        let want_on = expect("tools", Some(Talos), false, false);
+        /// Name, events before `done`, expected extensions, pass or fail reason.
+        type Row = (
+            &'static str,
+            Vec<Event>,
+            Vec<Expected>,
+            Result<&'static str, &'static str>,
+        );
+        let table: Vec<Row> = vec![
+            (
+                "flattened and disabled fine; a note on a passing layer",
+                vec![flat(true, None), off(false, true, Some("just a note"))],
+                vec![want_flat.clone(), want_off.clone()],
+                Ok("guest reported done ok; 0 expected extension(s) mounted and visible, 1 flattened into the root, 1 shipped disabled"),
+            ),
+            (
+                "flattened probe with the wrong digest",
+                vec![flat(false, Some("sha256 of /p/hello is 00, expected 11"))],
+                vec![want_flat.clone()],
+                Err("flattened talos extension \"hello\" is not in the merged root with its recorded content (probe /p/hello): sha256 of /p/hello is 00, expected 11"),
+            ),
+            (
+                "flattened expected, a layer reported",
+                vec![shipped(Talos, "hello", false, false, true, true, None)],
+                vec![want_flat.clone()],
+                Err("talos extension \"hello\" should be flattened into the root but the guest reported it as a layer"),
+            ),
+            (
+                "disabled but mounted",
+                vec![off(true, true, Some("a sysext layer named \"tools\" is mounted in this boot"))],
+                vec![want_off.clone()],
+                Err("disabled sysext extension \"tools\" is mounted: a sysext layer named \"tools\" is mounted in this boot"),
+            ),
+            (
+                "disabled file missing",
+                vec![off(false, false, Some("/p/tools is missing from the merged root"))],
+                vec![want_off.clone()],
+                Err("disabled sysext extension \"tools\" is not shipped: /p/tools is not in the merged root: /p/tools is missing from the merged root"),
+            ),
+            (
+                "disabled expected, enabled reported",
+                vec![on(Sysext, true, true)],
+                vec![want_off.clone()],
+                Err("sysext extension \"tools\" should be shipped disabled but the guest reported it as a layer"),
+            ),
+            (
+                "a layer expected, disabled reported",
+                vec![shipped(Talos, "tools", false, true, false, true, None)],
+                vec![want_on.clone()],
+                Err("talos extension \"tools\" should be a layer but the guest reported it as shipped disabled"),
+            ),
+            (
+                "kinds are not confused: a sysext does not stand in for a Talos layer",
+                vec![on(Sysext, true, true)],
+                vec![want_on.clone()],
+                Err("talos extension \"tools\" not reported"),
+            ),
+            (
+                "same name, two kinds: each expectation finds its own",
+                vec![on(Sysext, false, false), on(Talos, true, true)],
+                vec![want_on.clone()],
+                Ok("guest reported done ok; 1 expected extension(s) mounted and visible"),
+            ),
+            (
+                "no kind expected: any kind will do",
+                vec![on(Sysext, true, true)],
+                vec![expect("tools", None, false, false)],
+                Ok("guest reported done ok; 1 expected extension(s) mounted and visible"),
+            ),
+            (
+                "enabled and disabled copies of one name: the disabled one is picked",
+                vec![on(Sysext, true, true), off(false, true, None)],
+                vec![want_off.clone()],
+                Ok("guest reported done ok; 0 expected extension(s) mounted and visible, 1 shipped disabled"),
+            ),
+        ];
+        for (name, mut events, expected, outcome) in table {
+            events.push(done(outcome.is_ok()));
+            let v = judge(&console(events), &expected, &OFF());
+            match outcome {
+                Ok(reason) => {
+                    assert!(v.pass, "{name}: {}", v.reason);
+                    assert_eq!(v.reason, reason, "{name}");
+                }
+                Err(reason) => {
+                    assert!(!v.pass, "{name}");
+                    assert_eq!(v.reason, reason, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layer_verdicts_carry_kind_and_state() {
+        let events = vec![
+            shipped(LayerKind::Talos, "hello", true, false, false, true, None),
+            shipped(LayerKind::Sysext, "hello", false, false, true, true, None),
+            done(true),
+        ];
+        let v = judge(
+            &console(events),
+            &[expect("hello", Some(LayerKind::Talos), true, false)],
+            &OFF(),
+        );
+        assert!(v.pass, "{}", v.reason);
+        let summary: Vec<_> = v
+            .layers
+            .iter()
+            .map(|l| (l.kind, l.flattened, l.disabled, l.expected))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some(LayerKind::Talos), true, false, true),
+                // Same name, other kind: not what was expected.
+                (Some(LayerKind::Sysext), false, false, false),
+            ]
+        );
+    }
+
+    fn disk(name: &str, drivers: &[&str]) -> Event {
+        Event::Disk {
+            name: name.into(),
+            drivers: drivers.iter().map(|d| d.to_string()).collect(),
+            size_bytes: 1 << 30,
+            removable: false,
+        }
+    }
+
+    #[test]
+    fn disks_must_show_the_platform_driver() {
+        let start = Event::Start {
+            kernel: "6.1".into(),
+            machine: "x86_64".into(),
+            cmdline: String::new(),
+        };
+        let table: Vec<(&str, Vec<Event>, &str, Option<&str>)> = vec![
+            (
+                "pvscsi disk beside the firmware's virtio view",
+                vec![disk("vda", &["virtio_blk", "virtio-pci"]), disk("sda", &["sd", "vmw_pvscsi"])],
+                "vmw_pvscsi",
+                None,
+            ),
+            (
+                "only the firmware's view",
+                vec![disk("vda", &["virtio_blk", "virtio-pci"])],
+                "vmw_pvscsi",
+                Some("no disk reported through the vmw_pvscsi driver; disks seen: vda [virtio_blk, virtio-pci]"),
+            ),
+            ("nvme", vec![disk("nvme0n1", &["nvme"])], "nvme", None),
+            ("cd-rom on ahci", vec![disk("sr0", &["sr", "ahci"])], "ahci", None),
+            (
+                "a driver name must match whole",
+                vec![disk("sda", &["sd", "virtio_scsi_x"])],
+                "virtio_scsi",
+                Some("no disk reported through the virtio_scsi driver; disks seen: sda [sd, virtio_scsi_x]"),
+            ),
+            (
+                "no disk events at all",
+                vec![],
+                "virtio_blk",
+                Some("no disk reported through the virtio_blk driver; the guest reported no disks"),
+            ),
+            (
+                "a disk without drivers",
+                vec![disk("md0", &[])],
+                "nvme",
+                Some("no disk reported through the nvme driver; disks seen: md0 []"),
+            ),
+        ];
+        for (name, disks, driver, want) in table {
+            let mut events = vec![start.clone()];
+            events.extend(disks);
+            events.push(done(true));
+            assert_eq!(judge_disks(&events, driver).as_deref(), want, "{name}");
+        }
+        assert_eq!(
+            judge_disks(&[], "nvme"),
+            None,
+            "nothing reported: nothing to add"
+        );
     }
 
     fn console(events: Vec<Event>) -> Console {
         let last_line = (!events.is_empty()).then(|| "[    2.1] random: crng init done".to_owned());
         Console {
             events,
-            unreadable: Vec::new(),
             last_line,
+            ..Console::default()
         }
     }
 
@@ -479,6 +902,17 @@ mod tests {
                 Err(concat!(
                     r#"guest stopped (guest-shutdown) before finishing its report (last console line: "[    2.1] random: crng init done"); "#,
                     r#"extension "tools" not reported"#
+                )),
+            ),
+            (
+                "firmware gave up",
+                vec![],
+                want(&[("hello", "1.0")]),
+                Ending::FirmwareShell,
+                Err(concat!(
+                    "the firmware found nothing to boot and started its UEFI shell ",
+                    "(no firmware driver for the disk's device model, or no EFI loader on it); ",
+                    r#"extension "hello" not reported"#
                 )),
             ),
             (

@@ -43,6 +43,8 @@ fn layer(index: usize, name: &str, version: &str) -> Event {
         visible: true,
         probe: Some(format!("/usr/local/bin/{name}")),
         detail: None,
+        flattened: false,
+        disabled: false,
     }
 }
 
@@ -67,6 +69,7 @@ fn expected(pairs: &[(&str, &str)]) -> Vec<Expected> {
         .map(|(n, v)| Expected {
             name: (*n).into(),
             version: (*v).into(),
+            ..Expected::default()
         })
         .collect()
 }
@@ -106,6 +109,7 @@ fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
         cpus: 2,
         accel: Accel::Auto,
         work_dir: work.to_owned(),
+        checks: strata_qemu::GuestChecks::default(),
     }
 }
 
@@ -158,7 +162,18 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     assert_eq!(r.shutdown_reason.as_deref(), Some("guest-shutdown"));
     assert!(!r.qemu_killed, "qemu ignored quit");
     assert_started(&r.events, support::Arch::Amd64);
-    assert_eq!(r.events.len(), 4);
+    let disks: Vec<&Event> = r
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Disk { .. }))
+        .collect();
+    // The fixture's own sysfs walk found the virtio disk it booted from.
+    assert!(
+        matches!(disks.as_slice(), [Event::Disk { name, drivers, size_bytes, removable: false }]
+            if name == "vda" && drivers == &["virtio_blk", "virtio-pci"] && *size_bytes > 0),
+        "{disks:?}"
+    );
+    assert_eq!(r.events.len(), 5);
     assert!(r
         .layers
         .iter()
@@ -166,7 +181,7 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.join("result.json")).unwrap()).unwrap();
     assert_eq!(json["pass"], true);
-    assert_eq!(json["events"].as_array().map(Vec::len), Some(4));
+    assert_eq!(json["events"].as_array().map(Vec::len), Some(5));
     assert!(std::fs::read_to_string(&r.serial_log)
         .unwrap()
         .contains("STRATA "));
@@ -213,29 +228,36 @@ fn qemu_or_skip() -> bool {
     }
 }
 
+/// A blank 4 MiB disk: nothing for the firmware to boot.
+fn blank_disk(dir: &Path) -> std::path::PathBuf {
+    let disk = dir.join("blank.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    disk
+}
+
 #[test]
-fn a_disk_with_nothing_to_boot_times_out() {
+fn a_guest_that_never_reports_times_out() {
     if !qemu_or_skip() {
         return;
     }
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch();
-    let disk = dir.path().join("blank.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
+    let disk = blank_disk(dir.path());
     let mut s = spec(
         Arch::Amd64,
         &disk,
         &dir.path().join("run"),
         expected(&[("hello", "")]),
     );
-    s.timeout = Duration::from_secs(4);
+    // Too short for OVMF to even reach its boot manager under TCG.
+    s.timeout = Duration::from_secs(2);
     let t = Instant::now();
     let r = boot(&s).unwrap();
     assert!(
-        t.elapsed() < Duration::from_secs(20),
+        t.elapsed() < Duration::from_secs(15),
         "took {:?}",
         t.elapsed()
     );
@@ -243,7 +265,7 @@ fn a_disk_with_nothing_to_boot_times_out() {
     assert_eq!(r.ended_by, "timeout");
     assert!(
         r.reason
-            .starts_with("timeout after 4 s before the guest reported"),
+            .starts_with("timeout after 2 s before the guest reported"),
         "{}",
         r.reason
     );
@@ -252,6 +274,26 @@ fn a_disk_with_nothing_to_boot_times_out() {
         "{}",
         r.reason
     );
+}
+
+#[test]
+fn a_disk_with_nothing_to_boot_ends_at_the_firmware_shell() {
+    if !qemu_or_skip() {
+        return;
+    }
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch();
+    let disk = blank_disk(dir.path());
+    let r = boot(&spec(Arch::Amd64, &disk, &dir.path().join("run"), vec![])).unwrap();
+    println!("blank disk: {} after {:.1} s", r.ended_by, r.duration_secs);
+    assert!(!r.pass);
+    assert_eq!(r.ended_by, "firmware-shell", "{}", r.reason);
+    assert!(
+        r.reason.starts_with("the firmware found nothing to boot"),
+        "{}",
+        r.reason
+    );
+    assert!(!r.qemu_killed);
 }
 
 #[test]
@@ -320,53 +362,83 @@ fn arm64_passes_with_its_layers() {
     assert_started(&r.events, support::Arch::Arm64);
 }
 
-/// Boots the fixture from each disk media in `list`.
-fn boots_from(arch: support::Arch, list: &[Media]) {
+/// What a boot from one media must give.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// A pass: the guest reported a disk through the media's driver.
+    Pass,
+    /// A failure whose reason starts with this.
+    Fail(&'static str),
+}
+
+/// Boots the fixture from each disk media in `list`, then as an El Torito
+/// CD-ROM, and checks each outcome.
+fn boots_from(arch: support::Arch, list: &[(Media, Outcome)]) {
     let Some(inputs) = inputs_or_skip(arch) else {
         return;
     };
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch();
     let disk = support::build_disk(&inputs, &report(), After::PowerOff, dir.path()).unwrap();
+    let iso = support::build_iso(dir.path()).unwrap();
     let qemu_arch = match arch {
         support::Arch::Amd64 => Arch::Amd64,
         support::Arch::Arm64 => Arch::Arm64,
     };
-    let mut failed = Vec::new();
-    for &media in list {
+    let mut wrong = Vec::new();
+    for &(media, outcome) in list.iter().chain(&[(Media::Cdrom, Outcome::Pass)]) {
         let work = dir.path().join(format!("{media:?}"));
-        let mut s = spec(qemu_arch, &disk, &work, vec![]);
+        let image = if media == Media::Cdrom { &iso } else { &disk };
+        let mut s = spec(qemu_arch, image, &work, vec![]);
         s.media = media;
-        s.timeout = Duration::from_secs(90);
+        s.timeout = Duration::from_secs(120);
         let r = boot(&s).unwrap();
         println!(
             "{arch:?} {media:?}: {} in {:.1} s",
-            r.reason, r.duration_secs
+            r.ended_by, r.duration_secs
         );
-        if !r.pass {
-            failed.push(format!("{media:?}: {}", r.reason));
+        let as_expected = match outcome {
+            Outcome::Pass => r.pass,
+            Outcome::Fail(start) => !r.pass && r.reason.starts_with(start),
+        };
+        if !as_expected {
+            wrong.push(format!("{media:?}: {}", r.reason));
         }
     }
-    assert!(failed.is_empty(), "{failed:#?}");
-}
-
-// Not listed: PVSCSI, since Debian's OVMF has no PVSCSI driver (the firmware
-// finds no boot device and stops at its shell), and CD-ROM, which needs an
-// El Torito image rather than this GPT disk.
-#[test]
-#[ignore = "slow: one TCG boot per disk media; run with --ignored"]
-fn amd64_boots_from_every_disk_media() {
-    boots_from(
-        support::Arch::Amd64,
-        &[Media::Nvme, Media::Ahci, Media::VirtioScsi],
-    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 #[test]
-#[ignore = "slow: one TCG boot per disk media; run with --ignored"]
-fn arm64_boots_from_every_disk_media() {
-    boots_from(
-        support::Arch::Arm64,
-        &[Media::Nvme, Media::Ahci, Media::VirtioScsi],
-    );
+#[ignore = "slow: one TCG boot per media; run with --ignored"]
+fn amd64_boots_from_every_media() {
+    let list = [
+        (Media::VirtioBlk, Outcome::Pass),
+        (Media::Nvme, Outcome::Pass),
+        (Media::Ahci, Outcome::Pass),
+        (Media::VirtioScsi, Outcome::Pass),
+        // Debian's OVMF has no PVSCSI driver: the firmware boots from a
+        // virtio-blk view, the guest must still see the PVSCSI disk.
+        (Media::Pvscsi, Outcome::Pass),
+    ];
+    boots_from(support::Arch::Amd64, &list);
+}
+
+#[test]
+#[ignore = "slow: one TCG boot per media; run with --ignored"]
+fn arm64_boots_from_every_media() {
+    let list = [
+        (Media::VirtioBlk, Outcome::Pass),
+        (Media::Nvme, Outcome::Pass),
+        (Media::VirtioScsi, Outcome::Pass),
+        // Debian's AAVMF has no AHCI driver: the firmware boots from a
+        // virtio-blk view, the guest's AHCI driver finds the disk.
+        (Media::Ahci, Outcome::Pass),
+        // Linux has no PVSCSI driver on arm64: only the firmware's view is
+        // seen, and the runner must say so.
+        (
+            Media::Pvscsi,
+            Outcome::Fail("no disk reported through the vmw_pvscsi driver; disks seen: vda [virtio_blk, virtio-pci]"),
+        ),
+    ];
+    boots_from(support::Arch::Arm64, &list);
 }

@@ -4,7 +4,15 @@
 //! `rootfs/`). Each becomes one squashfs layer stacked over the root in
 //! profile order, listed in `extensions.yaml` as Talos does.
 
+pub mod findings;
+pub mod pack;
+pub mod rules;
+pub mod semver;
+pub mod service;
+pub mod source;
+pub mod sysext;
 pub mod talos;
+pub mod validate;
 
 pub use talos::TalosExtension;
 

@@ -6,7 +6,9 @@
 //!
 //! The disk: ESP with systemd-boot as the removable-media loader, one loader
 //! entry (kernel + initrd), and an initramfs whose /init is a busybox shell
-//! script that prints the given report lines to /dev/console and powers off.
+//! script that loads the Debian kernel's disk drivers, reports each disk
+//! it then finds in sysfs with the drivers behind it (as strata-init
+//! does), prints the given report lines to /dev/console and powers off.
 
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -70,6 +72,24 @@ const TOOLS: &[(&str, &str)] = &[
     ("mcopy", "mtools"),
     ("sgdisk", "gdisk"),
 ];
+
+/// Builds `dir/cd.iso` holding the ESP image that [`build_disk`] left in
+/// `dir` as its UEFI El Torito boot image (needs `xorriso`).
+pub fn build_iso(dir: &Path) -> Result<PathBuf, String> {
+    if !on_path("xorriso") {
+        return Err("`xorriso` not found (apt-get install xorriso)".into());
+    }
+    let tree = dir.join("iso-tree");
+    fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
+    fs::copy(dir.join("esp.img"), tree.join("esp.img")).map_err(|e| e.to_string())?;
+    let iso = dir.join("cd.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-R", "-V", "STRATA", "-o"])
+        .arg(&iso)
+        .args(["-e", "esp.img", "-no-emul-boot"])
+        .arg(&tree))?;
+    Ok(iso)
+}
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
@@ -154,8 +174,8 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Extracts the members of `deb` matching the tar wildcard `pattern` into `dest`.
-fn extract(deb: &Path, pattern: &str, dest: &Path) -> Result<(), String> {
+/// Extracts the members of `deb` matching the tar wildcards `patterns` into `dest`.
+fn extract(deb: &Path, patterns: &[String], dest: &Path) -> Result<(), String> {
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -166,14 +186,14 @@ fn extract(deb: &Path, pattern: &str, dest: &Path) -> Result<(), String> {
     let tar = Command::new("tar")
         .args(["-x", "--wildcards", "-C"])
         .arg(dest)
-        .arg(pattern)
+        .args(patterns)
         .stdin(stdout)
         .output()
         .map_err(|e| format!("cannot run tar: {e}"))?;
     let dpkg_status = dpkg.wait().map_err(|e| e.to_string())?;
     if !tar.status.success() || !dpkg_status.success() {
         return Err(format!(
-            "extracting {pattern} from {} failed: {}",
+            "extracting {patterns:?} from {} failed: {}",
             deb.display(),
             String::from_utf8_lossy(&tar.stderr)
         ));
@@ -251,14 +271,94 @@ pub enum After {
     Hang,
 }
 
-/// The /init script: a start event with the live kernel's identity, the given
-/// lines, then `after`.
+/// The Debian kernel's disk drivers (all modules there) and what they
+/// need, dependencies first, under `lib/modules/<release>/kernel/`. The
+/// fixture loads every one that exists for the architecture, so a disk
+/// shows up on any media the runner attaches.
+const DISK_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
+    "crypto/crct10dif_common.ko",
+    "lib/crc-t10dif.ko",
+    "lib/crc64.ko",
+    "lib/crc64-rocksoft.ko",
+    "block/t10-pi.ko",
+    "drivers/nvme/host/nvme-core.ko",
+    "drivers/nvme/host/nvme.ko",
+    "drivers/scsi/scsi_common.ko",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/ata/libata.ko",
+    "drivers/ata/libahci.ko",
+    "drivers/ata/ahci.ko",
+    "drivers/scsi/sd_mod.ko",
+    "drivers/cdrom/cdrom.ko",
+    "drivers/scsi/sr_mod.ko",
+    "drivers/scsi/virtio_scsi.ko",
+    "drivers/scsi/vmw_pvscsi.ko",
+];
+
+/// The disk modules Debian builds for `arch` (arm64 has virtio built in
+/// and no PVSCSI, which is x86-only in Linux).
+fn disk_modules(arch: Arch) -> Vec<&'static str> {
+    DISK_MODULES
+        .iter()
+        .copied()
+        .filter(|m| {
+            arch == Arch::Amd64
+                || !matches!(
+                    *m,
+                    "drivers/virtio/virtio_ring.ko"
+                        | "drivers/virtio/virtio.ko"
+                        | "drivers/scsi/vmw_pvscsi.ko"
+                )
+        })
+        .collect()
+}
+
+/// Shell that loads /lib/modules/*.ko in the listed order, waits up to
+/// 5 s for a disk (then 1 s more for the rest) and prints one `disk` event
+/// per block device, with the `driver` links found walking up its sysfs
+/// device path (what strata-init reports).
+const DISK_REPORT: &str = r#"mount -t sysfs sysfs /sys
+for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
+disks() {
+    for b in /sys/block/*; do
+        case ${b##*/} in loop*|ram*|zram*|"*") ;; *) echo ${b##*/} ;; esac
+    done
+}
+i=0
+while [ -z "$(disks)" ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+sleep 1
+for n in $(disks); do
+    d=$(readlink -f /sys/block/$n/device)
+    drivers=""
+    while [ -n "$d" ] && [ "$d" != /sys/devices ]; do
+        if [ -L "$d/driver" ]; then
+            x=$(readlink "$d/driver")
+            drivers="$drivers${drivers:+,}\"${x##*/}\""
+        fi
+        d=${d%/*}
+    done
+    size=$(( $(cat /sys/block/$n/size) * 512 ))
+    removable=false
+    [ "$(cat /sys/block/$n/removable)" = 1 ] && removable=true
+    echo "STRATA {\"event\":\"disk\",\"name\":\"$n\",\"drivers\":[$drivers],\"size_bytes\":$size,\"removable\":$removable}" > /dev/console
+done
+"#;
+
+/// The /init script: a start event with the live kernel's identity, one
+/// `disk` event per disk, the given lines, then `after`.
 fn init_script(lines: &[String], after: After) -> Result<String, String> {
     let mut s = String::from("#!/bin/sh\nexport PATH=/bin\nmount -t proc proc /proc\n");
     s.push_str(
         "echo \"STRATA {\\\"event\\\":\\\"start\\\",\\\"kernel\\\":\\\"$(uname -r)\\\",\
          \\\"machine\\\":\\\"$(uname -m)\\\",\\\"cmdline\\\":\\\"\\\"}\" > /dev/console\n",
     );
+    s.push_str(DISK_REPORT);
     for line in lines {
         if line.contains('\'') {
             return Err(format!("report line cannot hold a single quote: {line}"));
@@ -272,16 +372,33 @@ fn init_script(lines: &[String], after: After) -> Result<String, String> {
     Ok(s)
 }
 
-fn initramfs(busybox: &[u8], init: &str, path: &Path) -> io::Result<()> {
+/// The initramfs: busybox, the /init script and `modules` (file name and
+/// content, in load order) in /lib/modules.
+fn initramfs(
+    busybox: &[u8],
+    init: &str,
+    modules: &[(String, Vec<u8>)],
+    path: &Path,
+) -> io::Result<()> {
     let mut c = Cpio::new(io::BufWriter::new(File::create(path)?));
-    for d in ["bin", "dev", "proc"] {
+    for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
         c.dir(d)?;
     }
     c.chardev("dev/console", 5, 1)?;
     c.file("bin/busybox", 0o755, busybox)?;
-    for applet in ["sh", "mount", "uname", "poweroff", "sleep"] {
+    let applets = [
+        "sh", "mount", "uname", "poweroff", "sleep", "usleep", "cat", "insmod", "readlink",
+    ];
+    for applet in applets {
         c.symlink(&format!("bin/{applet}"), "busybox")?;
     }
+    let mut order = String::new();
+    for (name, data) in modules {
+        c.file(&format!("lib/modules/{name}"), 0o644, data)?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    c.file("lib/modules/order", 0o644, order.as_bytes())?;
     c.file("init", 0o755, init.as_bytes())?;
     c.finish()?.flush()
 }
@@ -299,16 +416,35 @@ pub fn build_disk(
     let arch = inputs.arch;
     let unpack = dir.join("unpack");
     fs::create_dir_all(&unpack).map_err(|e| e.to_string())?;
-    extract(&inputs.kernel_deb, "./boot/vmlinuz-*", &unpack)?;
-    extract(&inputs.busybox_deb, "./bin/busybox", &unpack)?;
+    let wanted = disk_modules(arch);
+    let mut patterns = vec!["./boot/vmlinuz-*".to_string()];
+    patterns.extend(wanted.iter().map(|m| format!("./lib/modules/*/kernel/{m}")));
+    extract(&inputs.kernel_deb, &patterns, &unpack)?;
+    extract(&inputs.busybox_deb, &["./bin/busybox".into()], &unpack)?;
     let kernel =
         glob(&unpack.join("boot"), "vmlinuz-", "").ok_or("no vmlinuz in the kernel deb")?;
     let busybox = fs::read(unpack.join("bin/busybox")).map_err(|e| e.to_string())?;
+    let release = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .ok_or("vmlinuz without a release in its name")?;
+    let module_dir = unpack.join("lib/modules").join(release).join("kernel");
+    let modules = wanted
+        .iter()
+        .map(|m| {
+            let name = m.rsplit('/').next().unwrap_or(m).to_string();
+            fs::read(module_dir.join(m))
+                .map(|data| (name, data))
+                .map_err(|e| format!("{}: {e}", module_dir.join(m).display()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
 
     let root = dir.join("esp-tree");
     let initrd = root.join("initrd");
     fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    initramfs(&busybox, &init_script(lines, after)?, &initrd).map_err(|e| e.to_string())?;
+    initramfs(&busybox, &init_script(lines, after)?, &modules, &initrd)
+        .map_err(|e| e.to_string())?;
     fs::write(root.join("loader.conf"), "timeout 0\ndefault strata.conf\n")
         .map_err(|e| e.to_string())?;
     let entry = format!(

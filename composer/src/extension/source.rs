@@ -1,0 +1,284 @@
+//! Where extensions come from, turned into checked trees.
+//!
+//! | profile key | what |
+//! |---|---|
+//! | `dir` | a Talos extension directory (`manifest.yaml` + `rootfs/`) |
+//! | `image` | an OCI image in a registry (tag or digest); multi-arch indexes resolve to the profile's arch |
+//! | `oci_layout` (+ `ref`) | an OCI image-layout directory (air-gapped) |
+//! | `docker_archive` (+ `ref`) | a `docker save` tarball |
+//! | `sysext`, `confext` | a systemd-sysext/confext `.raw` image (squashfs or erofs) |
+//!
+//! Every blob is digest-checked on its way into the content-addressed cache
+//! (`oci` module). Each extension is validated with Talos' or systemd's
+//! rules; the findings go back to the build, which refuses to write
+//! anything while any of them is an error.
+
+use crate::extension::findings::Report;
+use crate::extension::rules::{self, TalosInput, Target};
+use crate::extension::sysext::{self, HostRelease, ImageKind};
+use crate::extension::TalosExtension;
+use crate::oci;
+use crate::tree::{EntryKind, FileData, Tree};
+use std::path::{Path, PathBuf};
+
+/// The kind of an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Talos: stacked over the whole root.
+    Talos,
+    /// systemd-sysext: merged on /usr and /opt.
+    Sysext,
+    /// systemd-confext: merged on /etc.
+    Confext,
+}
+
+impl Kind {
+    /// `talos`, `sysext` or `confext`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Talos => "talos",
+            Kind::Sysext => "sysext",
+            Kind::Confext => "confext",
+        }
+    }
+}
+
+/// An extension, read and checked.
+pub struct Resolved {
+    /// Talos, sysext or confext.
+    pub kind: Kind,
+    /// Name (Talos `metadata.name`; sysext image name).
+    pub name: String,
+    /// Version (Talos `metadata.version`; sysext `SYSEXT_VERSION_ID`/`VERSION_ID`).
+    pub version: String,
+    /// Talos metadata, for `extensions.yaml`.
+    pub metadata: serde_norway::Value,
+    /// The layer's content: a Talos extension's `rootfs/`, or a sysext's whole image.
+    pub tree: Tree,
+    /// The sysext/confext image file, shipped as it is in layered mode.
+    pub raw_image: Option<PathBuf>,
+    /// Where it came from, for messages and the manifest.
+    pub origin: String,
+    /// The image or file digest (`sha256:…`), when there is one.
+    pub digest: Option<String>,
+    /// What the rules found.
+    pub report: Report,
+}
+
+/// What resolving needs from the build.
+pub struct Env<'a> {
+    /// Target architecture (`amd64`, `arm64`).
+    pub arch: &'a str,
+    /// The OS version Talos ranges are checked against.
+    pub os_version: &'a str,
+    /// The base's os-release, for sysext matching.
+    pub host: Option<&'a HostRelease>,
+    /// Registry options (insecure registries, offline).
+    pub pull: &'a oci::PullOptions,
+    /// The blob cache.
+    pub cache: &'a oci::Cache,
+    /// Scratch directory for unpacked contents.
+    pub scratch: &'a Path,
+}
+
+/// A Talos extension from a directory.
+pub fn from_dir(dir: &Path, allow_paths: &[String], env: &Env<'_>) -> Result<Resolved, String> {
+    let ext = TalosExtension::read_dir(dir).map_err(|e| e.to_string())?;
+    let manifest = std::fs::read_to_string(dir.join("manifest.yaml"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tree = Tree::from_dir(&ext.rootfs).map_err(|e| format!("{}: {e}", ext.rootfs.display()))?;
+    talos(
+        manifest,
+        tree,
+        ext.metadata,
+        dir.display().to_string(),
+        None,
+        allow_paths,
+        env,
+    )
+}
+
+/// A Talos extension from an OCI image (registry, layout or docker archive).
+pub fn from_image(
+    image: oci::PulledImage,
+    allow_paths: &[String],
+    env: &Env<'_>,
+) -> Result<Resolved, String> {
+    let origin = image.source.clone();
+    let digest = image.digest.to_string();
+    let unpacked = oci::unpack(&image.layers, env.scratch).map_err(|e| e.to_string())?;
+    let mut tree = unpacked.tree;
+    tree.hold_scratch(unpacked.contents);
+    let top: Vec<String> = tree
+        .iter()
+        .filter(|(p, _)| p.components().count() == 2)
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let extra: Vec<&String> = top
+        .iter()
+        .filter(|p| *p != "/manifest.yaml" && *p != "/rootfs")
+        .collect();
+    if !extra.is_empty() || !top.iter().any(|p| p == "/manifest.yaml") {
+        return Err(format!(
+            "{origin}: a Talos extension image holds exactly manifest.yaml and rootfs/; found {}",
+            top.join(", ")
+        ));
+    }
+    let manifest =
+        read_text(&tree, Path::new("/manifest.yaml")).map_err(|e| format!("{origin}: {e}"))?;
+    let metadata = manifest_metadata(&manifest);
+    let rootfs =
+        rules::subtree(&tree, Path::new("/rootfs")).map_err(|e| format!("{origin}: {e}"))?;
+    let mut rootfs = rootfs;
+    rootfs.share_scratch(&tree);
+    talos(
+        manifest,
+        rootfs,
+        metadata,
+        origin,
+        Some(digest),
+        allow_paths,
+        env,
+    )
+}
+
+fn talos(
+    manifest: String,
+    mut rootfs: Tree,
+    metadata: serde_norway::Value,
+    origin: String,
+    digest: Option<String>,
+    allow_paths: &[String],
+    env: &Env<'_>,
+) -> Result<Resolved, String> {
+    let target = Target {
+        os_version: Some(env.os_version),
+        arch: Some(env.arch),
+        allow_paths,
+    };
+    let input = TalosInput {
+        manifest: &manifest,
+        manifest_label: "manifest.yaml",
+        pkg_name: None,
+        rootfs: Some(&rootfs),
+    };
+    let (info, findings) = rules::check_talos(&input, &target);
+    let name = info.name.clone().unwrap_or_else(|| origin.clone());
+    let mut report = Report::new(name.clone(), "talos");
+    report.findings = findings;
+    // Talos squashes extensions with -all-root.
+    rootfs.all_root();
+    Ok(Resolved {
+        kind: Kind::Talos,
+        name,
+        version: info.version.unwrap_or_default(),
+        metadata,
+        tree: rootfs,
+        raw_image: None,
+        origin,
+        digest,
+        report,
+    })
+}
+
+/// A sysext or confext `.raw` image (squashfs or erofs).
+pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, String> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = file_name
+        .strip_suffix(".raw")
+        .unwrap_or(&file_name)
+        .to_string();
+    let tree = read_image(path, env.scratch)?;
+    let image_kind = if kind == Kind::Confext {
+        ImageKind::Confext
+    } else {
+        ImageKind::Sysext
+    };
+    let findings = sysext::check_tree(image_kind, &name, &tree, env.host);
+    let version = release_version(&tree, kind, &name);
+    let mut report = Report::new(name.clone(), kind.as_str());
+    report.findings = findings;
+    let digest =
+        crate::digest::file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Resolved {
+        kind,
+        name,
+        version,
+        metadata: serde_norway::Value::Null,
+        tree,
+        raw_image: Some(path.to_path_buf()),
+        origin: path.display().to_string(),
+        digest: Some(format!("sha256:{digest}")),
+        report,
+    })
+}
+
+/// Reads a squashfs or erofs image into a tree, by its magic.
+pub fn read_image(path: &Path, scratch: &Path) -> Result<Tree, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if &head == b"hsqs" {
+        return crate::sqfsread::read_in(path, scratch).map_err(|e| e.to_string());
+    }
+    let mut magic = [0u8; 4];
+    let erofs = f.seek(SeekFrom::Start(1024)).is_ok()
+        && f.read_exact(&mut magic).is_ok()
+        && u32::from_le_bytes(magic) == 0xE0F5_E1E2;
+    if erofs {
+        return crate::erofs::read_in(path, scratch).map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "{}: neither a squashfs nor an erofs image (GPT disk images are not supported yet)",
+        path.display()
+    ))
+}
+
+fn release_version(tree: &Tree, kind: Kind, name: &str) -> String {
+    let file = match kind {
+        Kind::Confext => format!("/etc/extension-release.d/extension-release.{name}"),
+        _ => format!("/usr/lib/extension-release.d/extension-release.{name}"),
+    };
+    let Ok(text) = read_text(tree, Path::new(&file)) else {
+        return String::new();
+    };
+    let rel = sysext::parse_release(&text);
+    let get = |k: &str| {
+        rel.entries
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let own = if kind == Kind::Confext {
+        "CONFEXT_VERSION_ID"
+    } else {
+        "SYSEXT_VERSION_ID"
+    };
+    get(own).or_else(|| get("VERSION_ID")).unwrap_or_default()
+}
+
+fn manifest_metadata(text: &str) -> serde_norway::Value {
+    serde_norway::from_str::<serde_norway::Value>(text)
+        .ok()
+        .and_then(|v| v.get("metadata").cloned())
+        .unwrap_or(serde_norway::Value::Null)
+}
+
+/// The text of a regular file in a tree.
+pub fn read_text(tree: &Tree, path: &Path) -> Result<String, String> {
+    match tree.get(path).map(|e| &e.kind) {
+        Some(EntryKind::File(FileData::Bytes(b))) => {
+            String::from_utf8(b.clone()).map_err(|_| format!("{} is not UTF-8", path.display()))
+        }
+        Some(EntryKind::File(FileData::Host(h))) => {
+            std::fs::read_to_string(h).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        _ => Err(format!("{} is missing", path.display())),
+    }
+}
