@@ -32,6 +32,11 @@ build/rootfs-%: examples/rootfs/mkrootfs.sh | deps
 	@mkdir -p build
 	examples/rootfs/mkrootfs.sh $(DEBS)/busybox-static-$*.deb $@
 
+## A Talos extension shipping a kernel module from the kernel package (tests).
+build/ext-dummy-%: examples/extensions/mkmodule-ext.sh | deps
+	@scripts/fetch-debs.sh $* $(DEBS) >/dev/null
+	examples/extensions/mkmodule-ext.sh $(DEBS)/linux-image-$*.deb $@
+
 ## The guest init, a static musl binary for ARCH.
 init: deps
 	$(CARGO) build -q -p strata-boot --release --target $(musl_$(ARCH))
@@ -51,7 +56,7 @@ lint:
 ## Both architectures' inputs: the tests build and boot amd64 and arm64.
 test-inputs: deps
 	@for a in $(ARCHES); do scripts/fetch-debs.sh $$a $(DEBS) >/dev/null || exit 1; done
-	@$(MAKE) -s build/rootfs-amd64 build/rootfs-arm64
+	@$(MAKE) -s build/rootfs-amd64 build/rootfs-arm64 build/ext-dummy-amd64
 	$(CARGO) build -q -p strata-boot --release --target $(musl_amd64) --target $(musl_arm64)
 
 ## Lint, unit tests and writer judges, then the end-to-end tests (build + boot).

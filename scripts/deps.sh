@@ -12,6 +12,7 @@ packages=(
   systemd-boot-efi systemd-boot-efi:arm64
   musl-tools gcc-aarch64-linux-gnu
   gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
+  qemu-utils xorriso docker-registry erofs-utils
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

@@ -1,0 +1,292 @@
+//! Real extensions end to end, against a real registry (Debian's
+//! docker-registry on 127.0.0.1, started here and stopped on drop):
+//! `strata ext pack` pushes a Talos extension; a profile pulls it (by tag,
+//! then by digest) beside an extension with a service config, one with a
+//! kernel module and a sysext; the layered and the flattened builds both
+//! boot, and the guest reports every extension and loads the module by name.
+//! A corrupted blob is refused with its digest named; `--offline` builds
+//! from the cache alone.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use strata_tests::*;
+
+/// A docker-registry process on a free loopback port; killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        let bin = Path::new("/usr/bin/docker-registry");
+        if !bin.exists() {
+            assert!(
+                !e2e_required(),
+                "docker-registry is not installed (make deps)"
+            );
+            eprintln!("skipping: docker-registry is not installed");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "docker-registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Registry { child, addr, dir })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str], cache: &Path) -> (bool, String, String) {
+    let o = strata(args, cache);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A profile using the pushed image (`image`), the repo's service extension,
+/// the kernel-module extension and the sysext.
+fn profile(
+    dir: &Path,
+    name: &str,
+    image: &str,
+    registry: &str,
+    sysext: &Path,
+    flatten: bool,
+) -> PathBuf {
+    let r = repo();
+    let text = format!(
+        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.11.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\noutputs: [raw]\n",
+        k = r.join(".cache/debian/linux-image-amd64.deb").display(),
+        root = r.join("build/rootfs-amd64").display(),
+        svc = r.join("examples/extensions/hello-service").display(),
+        module = r.join("build/ext-dummy-amd64").display(),
+        sysext = sysext.display(),
+    );
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn boot_passes(raw: &Path, cache: &Path) -> serde_json::Value {
+    let o = strata(&["boot", "--json", raw.to_str().unwrap()], cache);
+    let r: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("no JSON: {}", text(&o)));
+    assert!(
+        o.status.success() && r["pass"] == true,
+        "{}\n{}",
+        r["reason"],
+        text(&o)
+    );
+    let names: Vec<&str> = r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    for want in ["hello", "hello-service", "dummy-module", "tools"] {
+        assert!(names.contains(&want), "{want} not reported: {names:?}");
+    }
+    let loaded = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "ext_module" && e["name"] == "dummy" && e["loaded"] == true);
+    assert!(
+        loaded,
+        "the guest did not load the extension's module by name: {r}"
+    );
+    r
+}
+
+#[test]
+fn extensions_from_a_registry_boot_layered_and_flattened() {
+    if !have_inputs("amd64") || !repo().join("build/ext-dummy-amd64/manifest.yaml").exists() {
+        assert!(
+            !e2e_required(),
+            "build/ext-dummy-amd64 is missing (make test-inputs)"
+        );
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let image = format!("{}/ext/hello:1.0.0", reg.addr);
+
+    // Push with strata itself: no Docker.
+    let (ok, out, err) = run(
+        &[
+            "ext",
+            "pack",
+            "examples/extensions/hello",
+            "--tag",
+            "1.0.0",
+            "--push",
+            &image,
+            "--insecure",
+            &reg.addr,
+        ],
+        &cache,
+    );
+    assert!(ok, "push failed: {err}");
+    let digest = out
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .expect("pack prints ref@digest");
+    assert!(digest.starts_with("sha256:"), "{out}");
+    let sysext = work.path().join("tools.raw");
+    let (ok, _, err) = run(
+        &[
+            "ext",
+            "pack",
+            "examples/sysext/tools",
+            "--sysext",
+            sysext.to_str().unwrap(),
+            "--extension-version",
+            "2.0",
+        ],
+        &cache,
+    );
+    assert!(ok, "{err}");
+
+    // Layered, pulled by tag.
+    let p = profile(work.path(), "layered", &image, &reg.addr, &sysext, false);
+    let out_l = work.path().join("out-layered");
+    let (ok, _, err) = run(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--out",
+            out_l.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(ok, "layered build failed: {err}");
+    boot_passes(&out_l.join("metal-amd64.raw"), &cache);
+
+    // Flattened, pulled by digest.
+    let by_digest = format!("{}/ext/hello@{digest}", reg.addr);
+    let p = profile(work.path(), "flat", &by_digest, &reg.addr, &sysext, true);
+    let out_f = work.path().join("out-flat");
+    let (ok, _, err) = run(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--out",
+            out_f.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(ok, "flattened build failed: {err}");
+    let r = boot_passes(&out_f.join("metal-amd64.raw"), &cache);
+    let flat = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "layer" && e["flattened"] == true)
+        .count();
+    assert!(
+        flat >= 4,
+        "the guest did not report the flattened extensions: {r}"
+    );
+
+    // Offline: the cache alone is enough; an empty cache names what is missing.
+    let (ok, _, err) = run(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--offline",
+            "--out",
+            work.path().join("out-offline").to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(ok, "offline build from a warm cache failed: {err}");
+    let (ok, _, err) = run(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--offline",
+            "--out",
+            work.path().join("out-cold").to_str().unwrap(),
+        ],
+        &work.path().join("empty-cache"),
+    );
+    assert!(
+        !ok && err.contains("ext/hello"),
+        "an offline build with an empty cache must name the missing image:\n{err}"
+    );
+
+    // A corrupted blob in the registry is refused, digest named, nothing written.
+    let blobs = reg.dir.path().join("data/docker/registry/v2/blobs/sha256");
+    let mut corrupted = 0;
+    for prefix in std::fs::read_dir(&blobs).unwrap() {
+        for blob in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+            let data = blob.unwrap().path().join("data");
+            let bytes = std::fs::read(&data).unwrap();
+            if bytes.first() == Some(&0x1f) {
+                // The gzip'd layer: flip a byte in the middle.
+                let mut b = bytes.clone();
+                let mid = b.len() / 2;
+                b[mid] ^= 0xff;
+                std::fs::write(&data, b).unwrap();
+                corrupted += 1;
+            }
+        }
+    }
+    assert!(corrupted > 0, "no layer blob found to corrupt");
+    let out_c = work.path().join("out-corrupt");
+    let (ok, _, err) = run(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--out",
+            out_c.to_str().unwrap(),
+        ],
+        &work.path().join("fresh-cache"),
+    );
+    assert!(
+        !ok && err.contains("sha256:"),
+        "a corrupted blob must be refused with its digest:\n{err}"
+    );
+    assert!(!out_c.exists(), "a refused build wrote output");
+}
