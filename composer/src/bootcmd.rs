@@ -109,7 +109,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
                     _ => Some(strata_boot::report::LayerKind::Talos),
                 },
                 flattened: e.flattened,
-                disabled: false,
+                disabled: e.disabled,
             })
             .collect(),
         timeout: opts.timeout,
@@ -158,25 +158,29 @@ pub fn media(name: &str) -> Result<Media> {
 
 /// One line for people: the verdict and what it rests on.
 pub fn summary(art: &Path, r: &BootResult) -> String {
+    let ok = |l: &strata_qemu::LayerVerdict| {
+        l.reported && l.visible && (l.mounted || l.flattened || l.disabled)
+    };
     let layers: Vec<String> = r
         .layers
         .iter()
         .map(|l| {
-            let ok = l.reported && l.mounted && l.visible;
-            format!(
-                "{} {}{}",
-                l.name,
-                l.version.as_deref().unwrap_or("?"),
-                if ok { "" } else { " (NOT OK)" }
-            )
+            let state = match (ok(l), l.flattened, l.disabled) {
+                (false, _, _) => " (NOT OK)",
+                (true, true, _) => " (flattened)",
+                (true, _, true) => " (shipped, not activated)",
+                _ => "",
+            };
+            format!("{} {}{state}", l.name, l.version.as_deref().unwrap_or("?"))
         })
         .collect();
     format!(
-        "{} {}: {} — {} extension(s) reported by the guest: [{}]; {:.1} s under {}; ended by {}; serial log {}",
+        "{} {}: {} — {} of {} extension(s) confirmed by the guest: [{}]; {:.1} s under {}; ended by {}; serial log {}",
         if r.pass { "PASS" } else { "FAIL" },
         art.display(),
         r.reason,
-        r.layers.iter().filter(|l| l.reported && l.mounted && l.visible).count(),
+        r.layers.iter().filter(|l| ok(l)).count(),
+        r.layers.len(),
         layers.join(", "),
         r.duration_secs,
         r.accel,

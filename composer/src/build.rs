@@ -108,6 +108,8 @@ struct Inputs {
     kernel_parts: Option<(PathBuf, PathBuf)>,
     rootfs: RootSource,
     extensions: Vec<Resolved>,
+    /// Extensions with `enabled: false`: shipped, not activated.
+    disabled: Vec<Resolved>,
     /// Holds unpacked extension contents until the build ends.
     _ext_scratch: tempfile::TempDir,
     bootloader: PathBuf,
@@ -211,7 +213,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let t = Instant::now();
     let ext_yaml = extensions_yaml(&composed.layers)?;
     let sysexts = sysext_images(&inputs.extensions, &composed);
-    let extra_files = init_files(&composed, module_layer.as_ref())?;
+    let extra_files = init_files(&composed, &inputs.disabled, module_layer.as_ref())?;
     let mut initrds: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut plans = Vec::new();
     for (platform, outputs) in &inputs.platforms {
@@ -298,6 +300,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         }
         let mut this_build = make_build(&inputs, plan, &kernel, (&rootfs_sqsh, &layers), &finals)?;
         this_build.extensions = extension_entries(&inputs.extensions, &composed);
+        this_build
+            .extensions
+            .extend(disabled_entries(&inputs.disabled));
         this_build.ext_modules = module_layer
             .as_ref()
             .map(|m| m.names.clone())
@@ -490,7 +495,10 @@ fn resolve_inputs(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result
         .prefix("ext-")
         .tempdir_in(cache_root.join("tmp"))
         .map_err(Error::io("creating a work directory in", &cache_root))?;
-    let extensions = read_extensions(&lp, opts, &rootfs, ext_scratch.path(), progress)?;
+    let (extensions, disabled): (Vec<Resolved>, Vec<Resolved>) =
+        read_extensions(&lp, opts, &rootfs, ext_scratch.path(), progress)?
+            .into_iter()
+            .partition(|e| e.enabled);
     let platforms = platforms
         .into_iter()
         .map(|pf| parse_outputs(&lp, &pf).map(|o| (pf, o)))
@@ -517,6 +525,7 @@ fn resolve_inputs(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result
         kernel_parts,
         rootfs,
         extensions,
+        disabled,
         _ext_scratch: ext_scratch,
         bootloader,
         init,
@@ -553,7 +562,8 @@ fn read_extensions(
     };
     let mut out: Vec<Resolved> = Vec::new();
     for (i, spec) in p.extensions.iter().enumerate() {
-        let (field, r) = resolve_one(lp, i, spec, &env)?;
+        let (field, mut r) = resolve_one(lp, i, spec, &env)?;
+        r.enabled = spec.enabled;
         if let Some(prev) = out
             .iter()
             .position(|e| e.name == r.name && e.kind == r.kind)
@@ -866,7 +876,7 @@ fn squash_all(
 ) -> Result<Composed> {
     let opts = squash_options(&inputs.lp, inputs.epoch);
     let root_out = work.join("rootfs.sqsh");
-    for ext in &inputs.extensions {
+    for ext in inputs.extensions.iter().chain(&inputs.disabled) {
         binaries::check_tree_arch(
             &ext.tree,
             inputs.lp.profile.arch,
@@ -874,8 +884,10 @@ fn squash_all(
             Path::new(&ext.origin),
         )?;
     }
+    let available = available_files(inputs, work, &opts)?;
     if inputs.lp.profile.flatten {
-        let root = root_tree(inputs, work)?;
+        let mut root = root_tree(inputs, work)?;
+        add_available(&mut root, &available)?;
         let (tree, flattened, conflicts) =
             crate::layers::flatten_all(root, &inputs.extensions, modules).map_err(
                 |m| -> Error {
@@ -910,7 +922,7 @@ fn squash_all(
         });
     }
     std::thread::scope(|s| {
-        let root = s.spawn(|| squash_root(inputs, &root_out, &opts));
+        let root = s.spawn(|| squash_root(inputs, &root_out, &opts, &available));
         let mut layers: Vec<Layer> = Vec::new();
         for ext in inputs
             .extensions
@@ -977,6 +989,53 @@ fn root_tree(inputs: &Inputs, work: &Path) -> Result<Tree> {
     Ok(tree)
 }
 
+/// Images of `enabled: false` extensions, as (path in the root, file):
+/// Talos ones squashed like a layer, sysext/confext images as they are.
+fn available_files(
+    inputs: &Inputs,
+    work: &Path,
+    opts: &SquashOptions,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in &inputs.disabled {
+        let file = match &e.raw_image {
+            Some(raw) => raw.clone(),
+            None => {
+                let p = work.join(format!("available-{}.sqsh", e.name));
+                write_squashfs(&e.tree, &p, opts)?;
+                p
+            }
+        };
+        out.push((e.available_path(), file));
+    }
+    if !out.is_empty()
+        && matches!(inputs.rootfs, RootSource::Squashfs(_))
+        && !inputs.lp.profile.flatten
+    {
+        return Err(inputs
+            .lp
+            .error("rootfs.squashfs", "`enabled: false` extensions are shipped inside the root filesystem, which a prebuilt squashfs cannot take", "give the root as `dir` or `tar`, or use `flatten: true`")
+            .into());
+    }
+    Ok(out)
+}
+
+fn add_available(tree: &mut Tree, files: &[(String, PathBuf)]) -> Result<()> {
+    for (path, file) in files {
+        tree.insert(
+            path,
+            Entry {
+                kind: EntryKind::File(FileData::Host(file.clone())),
+                mode: 0o444,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .map_err(|e| Error::step("root squashfs", format!("adding {path}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The init bind-mounts /extensions.yaml here, so the file must exist in the root.
 fn ensure_extensions_yaml(tree: &mut Tree) -> Result<()> {
     if tree.get("/etc/extensions.yaml").is_none() {
@@ -994,7 +1053,12 @@ fn ensure_extensions_yaml(tree: &mut Tree) -> Result<()> {
     Ok(())
 }
 
-fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<PathBuf> {
+fn squash_root(
+    inputs: &Inputs,
+    out: &Path,
+    opts: &SquashOptions,
+    available: &[(String, PathBuf)],
+) -> Result<PathBuf> {
     let mut tree = match &inputs.rootfs {
         RootSource::Dir(d) => Tree::from_dir(d)
             .map_err(|e| Error::step("root squashfs", format!("{}: {e}", d.display())))?,
@@ -1016,6 +1080,7 @@ fn squash_root(inputs: &Inputs, out: &Path, opts: &SquashOptions) -> Result<Path
         "root filesystem",
         root_origin(inputs),
     )?;
+    add_available(&mut tree, available)?;
     ensure_extensions_yaml(&mut tree)?;
     write_squashfs(&tree, out, opts)?;
     Ok(out.to_path_buf())
@@ -1060,6 +1125,7 @@ fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension
             image,
             kind: e.kind.as_str().into(),
             flattened,
+            disabled: false,
         });
     }
     if let Some(m) = c.layers.iter().find(|l| l.name == "modules.dep") {
@@ -1069,9 +1135,25 @@ fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension
             image: m.image.clone(),
             kind: "talos".into(),
             flattened: false,
+            disabled: false,
         });
     }
     out
+}
+
+/// Manifest entries of the extensions shipped but not activated.
+fn disabled_entries(disabled: &[Resolved]) -> Vec<manifest::Extension> {
+    disabled
+        .iter()
+        .map(|e| manifest::Extension {
+            name: e.name.clone(),
+            version: e.version.clone(),
+            image: e.available_path(),
+            kind: e.kind.as_str().into(),
+            flattened: false,
+            disabled: true,
+        })
+        .collect()
 }
 
 /// sysext/confext images for the initramfs (layered mode): (path in the archive, file).
@@ -1115,6 +1197,7 @@ fn extensions_yaml(layers: &[Layer]) -> Result<String> {
 /// modules to load by name) and `extensions.json` (flattened extensions).
 fn init_files(
     c: &Composed,
+    disabled: &[Resolved],
     modules: Option<&crate::layers::ModuleLayer>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
@@ -1127,8 +1210,12 @@ fn init_files(
         }
         out.push(("etc/strata/modules.check".to_string(), text.into_bytes()));
     }
-    if !c.flattened.is_empty() {
-        let doc = serde_json::json!({ "flattened": c.flattened, "disabled": [] });
+    if !c.flattened.is_empty() || !disabled.is_empty() {
+        let disabled: Vec<serde_json::Value> = disabled
+            .iter()
+            .map(|e| serde_json::json!({ "name": e.name, "version": e.version, "kind": e.kind.as_str(), "path": e.available_path() }))
+            .collect();
+        let doc = serde_json::json!({ "flattened": c.flattened, "disabled": disabled });
         out.push((
             "etc/strata/extensions.json".to_string(),
             serde_json::to_vec_pretty(&doc).map_err(|e| Error::step("extensions.json", e))?,

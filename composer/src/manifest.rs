@@ -85,6 +85,9 @@ pub struct Extension {
     /// Merged into the root at build time (`flatten: true`) rather than layered at boot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flattened: bool,
+    /// Shipped under `/usr/lib/strata/extensions-available/` but not activated (`enabled: false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// Boot-test settings from the platform.

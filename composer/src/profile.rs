@@ -208,6 +208,14 @@ pub struct ExtensionSpec {
     /// Extra paths a Talos extension may ship, beyond Talos' allow-list.
     #[serde(default)]
     pub allow_paths: Vec<String>,
+    /// `false` ships the extension in the image without activating it
+    /// (under `/usr/lib/strata/extensions-available/`).
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+}
+
+fn enabled_default() -> bool {
+    true
 }
 
 impl ExtensionSpec {

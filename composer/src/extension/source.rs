@@ -63,6 +63,25 @@ pub struct Resolved {
     pub digest: Option<String>,
     /// What the rules found.
     pub report: Report,
+    /// False: shipped under [`AVAILABLE_DIR`] but not activated.
+    pub enabled: bool,
+}
+
+/// Where extensions with `enabled: false` land in the root filesystem: an
+/// operator activates a sysext there by linking it into `/etc/extensions/`
+/// (systemd-sysext), or a Talos one by adding it to the profile.
+pub const AVAILABLE_DIR: &str = "/usr/lib/strata/extensions-available";
+
+impl Resolved {
+    /// The path of this extension's image under [`AVAILABLE_DIR`].
+    pub fn available_path(&self) -> String {
+        let ext = if self.kind == Kind::Talos {
+            "sqsh"
+        } else {
+            "raw"
+        };
+        format!("{AVAILABLE_DIR}/{}.{ext}", self.name)
+    }
 }
 
 /// What resolving needs from the build.
@@ -178,6 +197,7 @@ fn talos(
         origin,
         digest,
         report,
+        enabled: true,
     })
 }
 
@@ -213,6 +233,7 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Stri
         origin: path.display().to_string(),
         digest: Some(format!("sha256:{digest}")),
         report,
+        enabled: true,
     })
 }
 
