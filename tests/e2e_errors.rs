@@ -93,3 +93,20 @@ fn wrong_arch_kernel() {
     let p = base_profile().replace("linux-image-${arch}.deb", "linux-image-arm64.deb");
     refused(&p, 2, &["kernel.deb", "arm64", "amd64"]);
 }
+
+#[test]
+fn a_malformed_extension_is_refused_before_anything_is_written() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let bad = repo().join("tests/fixtures/extensions/talos/path-escape");
+    let p = base_profile().replace(
+        &format!("{}/motd", repo().join("examples/extensions").display()),
+        &bad.display().to_string(),
+    );
+    refused(
+        &p,
+        2,
+        &["extension validation failed", "talos.allowed-path"],
+    );
+}

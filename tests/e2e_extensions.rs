@@ -94,12 +94,13 @@ fn profile(
 ) -> PathBuf {
     let r = repo();
     let text = format!(
-        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.11.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\noutputs: [raw]\n",
+        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.11.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\n  - dir: {motd}\n    enabled: false\noutputs: [raw]\n",
         k = r.join(".cache/debian/linux-image-amd64.deb").display(),
         root = r.join("build/rootfs-amd64").display(),
         svc = r.join("examples/extensions/hello-service").display(),
         module = r.join("build/ext-dummy-amd64").display(),
         sysext = sysext.display(),
+        motd = r.join("examples/extensions/motd").display(),
     );
     let p = dir.join(format!("{name}.yaml"));
     std::fs::write(&p, text).unwrap();
@@ -125,6 +126,16 @@ fn boot_passes(raw: &Path, cache: &Path) -> serde_json::Value {
     for want in ["hello", "hello-service", "dummy-module", "tools"] {
         assert!(names.contains(&want), "{want} not reported: {names:?}");
     }
+    let motd = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "layer" && e["name"] == "motd")
+        .expect("motd reported");
+    assert!(
+        motd["disabled"] == true && motd["mounted"] == false && motd["visible"] == true,
+        "enabled: false must ship, not activate: {motd}"
+    );
     let loaded = r["events"]
         .as_array()
         .unwrap()
