@@ -15,7 +15,7 @@ export SOURCE_DATE_EPOCH ?= 1700000000
 musl_amd64 := x86_64-unknown-linux-musl
 musl_arm64 := aarch64-unknown-linux-musl
 
-.PHONY: demo test test-inputs deps debs kernel rootfs init strata lint clean
+.PHONY: demo test test-inputs deps debs kernel rootfs init strata lint bench clean
 
 ## Install apt packages and Rust targets that are missing (as root).
 deps:
@@ -62,6 +62,10 @@ test-inputs: deps
 ## Lint, unit tests and writer judges, then the end-to-end tests (build + boot).
 test: test-inputs strata lint
 	STRATA_E2E=1 $(CARGO) test --release --workspace
+
+## Benchmarks: build/boot times, sizes, strata vs qemu-img/xz/zstd/mksquashfs (not part of test).
+bench: test-inputs strata
+	scripts/bench.sh
 
 clean:
 	rm -rf out build target
