@@ -21,27 +21,8 @@ use crate::oci;
 use crate::tree::{EntryKind, FileData, Tree};
 use std::path::{Path, PathBuf};
 
-/// The kind of an extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Talos: stacked over the whole root.
-    Talos,
-    /// systemd-sysext: merged on /usr and /opt.
-    Sysext,
-    /// systemd-confext: merged on /etc.
-    Confext,
-}
-
-impl Kind {
-    /// `talos`, `sysext` or `confext`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Talos => "talos",
-            Kind::Sysext => "sysext",
-            Kind::Confext => "confext",
-        }
-    }
-}
+/// Talos, sysext or confext: the same kinds validation speaks of.
+pub use crate::extension::validate::Kind;
 
 /// An extension, read and checked.
 pub struct Resolved {
