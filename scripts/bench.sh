@@ -9,9 +9,17 @@ work=$(mktemp -d /tmp/strata-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
-secs() { # command… → wall seconds
-  local t0 t1
-  t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
+secs() { # command… → wall seconds, or FAILED with the command's last words
+  local t0 t1 log
+  log=$(mktemp)
+  t0=$(date +%s.%N)
+  if ! "$@" >/dev/null 2>"$log"; then
+    printf 'FAILED (%s)' "$(tail -n 2 "$log" | tr '\n' ' ')"
+    rm -f "$log"
+    return 0
+  fi
+  t1=$(date +%s.%N)
+  rm -f "$log"
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
 }
 size() { printf '%s apparent, %s allocated' "$(du -h --apparent-size "$1" | cut -f1)" "$(du -h "$1" | cut -f1)"; }
