@@ -50,7 +50,7 @@ echo "zstd -19 -T2:                              $(secs zstd -19 -T2 -c "$raw") 
 echo "(strata writes all of these in the one build above; see docs/formats.md for per-format figures)"
 
 echo "== squashfs: strata (backhand) vs mksquashfs on the kernel's module tree"
-tree=$(ls -d "$work"/cache-cold/kernels/*/lib/modules/* 2>/dev/null | head -n1)
+tree=$(ls -d "$work"/cache-cold/kernels/*/lib/modules/*-amd64 2>/dev/null | head -n1)
 if [[ -n $tree ]] && command -v mksquashfs >/dev/null; then
   echo "mksquashfs zstd 15: $(secs mksquashfs "$tree" "$work/m.sqsh" -comp zstd -Xcompression-level 15 -noappend -all-root) s, $(size "$work/m.sqsh")"
   mkdir -p "$work/sq"
