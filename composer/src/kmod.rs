@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use object::elf::{FileHeader32, FileHeader64};
 use object::read::elf::{FileHeader, SectionHeader};
@@ -588,29 +587,9 @@ fn parse_all(root: &Path, files: &[PathBuf]) -> Result<Vec<ModInfo>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_SCAN_THREADS);
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(rel) = files.get(i) else {
-                return done;
-            };
-            done.push((i, modinfo(&root.join(rel))));
-        }
-    };
-    let mut results: Vec<(usize, Result<ModInfo>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, info)| info).collect()
+    crate::par::map(files, threads, |rel| modinfo(&root.join(rel)))
+        .into_iter()
+        .collect()
 }
 
 /// Keeps one module per name: a copy under `updates/` wins (depmod's default

@@ -38,7 +38,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use object::elf::{FileHeader32, FileHeader64};
 use object::read::elf::{FileHeader, SectionHeader};
@@ -625,29 +624,11 @@ fn read_all(found: &[Found]) -> Result<Vec<Fields>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(module) = found.get(i) else {
-                return done;
-            };
-            done.push((i, read_fields(&module.source, &module.display)));
-        }
-    };
-    let mut results: Vec<(usize, Result<Fields>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, fields)| fields).collect()
+    crate::par::map(found, threads, |module| {
+        read_fields(&module.source, &module.display)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// One module as depmod sees it.

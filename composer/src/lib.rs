@@ -32,6 +32,7 @@ pub mod layers;
 pub mod manifest;
 pub mod oci;
 pub mod output;
+pub mod par;
 pub mod platform;
 pub mod profile;
 pub mod sqfsread;
