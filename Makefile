@@ -46,7 +46,7 @@ strata:
 	$(CARGO) build -q -p strata-composer --release
 
 demo: deps kernel rootfs init strata
-	$(STRATA) build $(PROFILE)
+	$(STRATA) build $(PROFILE) --arch $(ARCH)
 	$(STRATA) boot out/default/metal-$(ARCH).raw
 
 lint:
