@@ -229,20 +229,27 @@ fn decompress(path: &Path, decode: impl FnOnce(File) -> io::Result<Vec<u8>>) -> 
 
 /// Returns the ELF machine and a copy of the `.modinfo` bytes.
 fn read_elf<'d, R: ReadRef<'d>>(data: R, path: &Path) -> Result<(u16, Vec<u8>)> {
-    let elf_error = |reason: String| Error::Elf {
+    match elf_modinfo_section(data).map_err(|reason| Error::Elf {
         path: path.to_path_buf(),
         reason,
-    };
-    let found = match FileKind::parse(data).map_err(|e| elf_error(e.to_string()))? {
-        FileKind::Elf64 => elf_modinfo::<FileHeader64<Endianness>, R>(data),
-        FileKind::Elf32 => elf_modinfo::<FileHeader32<Endianness>, R>(data),
-        other => Err(format!("file kind {other:?}")),
-    };
-    match found.map_err(elf_error)? {
+    })? {
         (machine, Some(section)) => Ok((machine, section.to_vec())),
         (_, None) => Err(Error::NoModinfo {
             path: path.to_path_buf(),
         }),
+    }
+}
+
+/// The ELF machine and the `.modinfo` section of a module (32- or 64-bit),
+/// if it has one; the error is a reason for the caller to attach a path to.
+/// Shared with `kmod_meta`, which reads modules the same way.
+pub fn elf_modinfo_section<'d, R: ReadRef<'d>>(
+    data: R,
+) -> std::result::Result<(u16, Option<&'d [u8]>), String> {
+    match FileKind::parse(data).map_err(|e| e.to_string())? {
+        FileKind::Elf64 => elf_modinfo::<FileHeader64<Endianness>, R>(data),
+        FileKind::Elf32 => elf_modinfo::<FileHeader32<Endianness>, R>(data),
+        other => Err(format!("file kind {other:?}")),
     }
 }
 

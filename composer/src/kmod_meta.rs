@@ -39,9 +39,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use object::elf::{FileHeader32, FileHeader64};
-use object::read::elf::{FileHeader, SectionHeader};
-use object::{Endianness, FileKind, ReadCache, ReadRef, StringTable};
+use object::{ReadCache, ReadRef};
 
 use crate::kmod::normalize;
 use crate::tree::{Entry, EntryKind, FileData, Tree, TreeError};
@@ -573,50 +571,16 @@ fn decompress(
 
 /// A copy of the `.modinfo` section of an ELF32/ELF64 file of either byte order.
 fn modinfo_section<'d, R: ReadRef<'d>>(data: R, path: &Path) -> Result<Vec<u8>> {
-    let elf_error = |reason: String| KmodMetaError::Elf {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let found = match FileKind::parse(data).map_err(|e| elf_error(e.to_string()))? {
-        FileKind::Elf64 => find_modinfo::<FileHeader64<Endianness>, R>(data),
-        FileKind::Elf32 => find_modinfo::<FileHeader32<Endianness>, R>(data),
-        other => Err(format!("file kind {other:?}")),
-    };
-    found
-        .map_err(elf_error)?
+    let (_, section) =
+        crate::kmod::elf_modinfo_section(data).map_err(|reason| KmodMetaError::Elf {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    section
         .map(<[u8]>::to_vec)
         .ok_or_else(|| KmodMetaError::NoModinfo {
             path: path.to_path_buf(),
         })
-}
-
-/// Finds `.modinfo` through the section table and its name table.
-fn find_modinfo<'d, Elf, R>(data: R) -> Result<Option<&'d [u8]>, String>
-where
-    Elf: FileHeader<Endian = Endianness>,
-    R: ReadRef<'d>,
-{
-    let text = |e: object::Error| e.to_string();
-    let header = Elf::parse(data).map_err(text)?;
-    let endian = header.endian().map_err(text)?;
-    let sections = header.section_headers(endian, data).map_err(text)?;
-    if sections.is_empty() {
-        return Ok(None);
-    }
-    let shstrndx = header.shstrndx(endian, data).map_err(text)?;
-    let names = usize::try_from(shstrndx)
-        .ok()
-        .and_then(|i| sections.get(i))
-        .ok_or("e_shstrndx is out of range")?
-        .data(endian, data)
-        .map_err(text)?;
-    let strings = StringTable::new(names, 0, names.len() as u64);
-    for section in sections {
-        if section.name(endian, strings) == Ok(b".modinfo".as_slice()) {
-            return Ok(Some(section.data(endian, data).map_err(text)?));
-        }
-    }
-    Ok(None)
 }
 
 /// Reads every module's `.modinfo` on several threads, one file at a time per thread.
