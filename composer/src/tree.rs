@@ -685,25 +685,7 @@ impl TarLoader<'_> {
         entry: &mut tar::Entry<'_, R>,
         raw: &Path,
     ) -> Result<(u32, u32), TreeError> {
-        let header = entry.header();
-        let mut uid = header.uid().map_err(|e| self.tar_err(Some(raw), e))?;
-        let mut gid = header.gid().map_err(|e| self.tar_err(Some(raw), e))?;
-        if let Some(pax) = entry
-            .pax_extensions()
-            .map_err(|e| self.tar_err(Some(raw), e))?
-        {
-            for ext in pax {
-                let ext = ext.map_err(|e| self.tar_err(Some(raw), e))?;
-                let value = std::str::from_utf8(ext.value_bytes())
-                    .ok()
-                    .and_then(|v| v.parse().ok());
-                match (ext.key_bytes(), value) {
-                    (b"uid", Some(v)) => uid = v,
-                    (b"gid", Some(v)) => gid = v,
-                    _ => {}
-                }
-            }
-        }
+        let (uid, gid) = tar_owner(entry).map_err(|e| self.tar_err(Some(raw), e))?;
         Ok((self.fit(uid, "uid", raw)?, self.fit(gid, "gid", raw)?))
     }
 
@@ -786,6 +768,28 @@ impl TarLoader<'_> {
             source,
         }
     }
+}
+
+/// A tar entry's owner: the header's uid/gid, overridden by PAX `uid`/`gid`
+/// records (ids above 2^21). Shared by every tar reader (trees, OCI layers).
+pub fn tar_owner<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<(u64, u64)> {
+    let header = entry.header();
+    let mut uid = header.uid()?;
+    let mut gid = header.gid()?;
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            let value = std::str::from_utf8(ext.value_bytes())
+                .ok()
+                .and_then(|v| v.parse().ok());
+            match (ext.key_bytes(), value) {
+                (b"uid", Some(v)) => uid = v,
+                (b"gid", Some(v)) => gid = v,
+                _ => {}
+            }
+        }
+    }
+    Ok((uid, gid))
 }
 
 #[cfg(test)]

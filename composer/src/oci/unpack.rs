@@ -466,23 +466,8 @@ impl LayerApplier<'_> {
         entry: &mut tar::Entry<'_, R>,
         raw: &Path,
     ) -> Result<(u32, u32), UnpackError> {
-        let header = entry.header();
-        let terr = |e| tar_err(self.label, Some(raw), e);
-        let mut uid = header.uid().map_err(terr)?;
-        let mut gid = header.gid().map_err(terr)?;
-        if let Some(pax) = entry.pax_extensions().map_err(terr)? {
-            for ext in pax {
-                let ext = ext.map_err(terr)?;
-                let value = std::str::from_utf8(ext.value_bytes())
-                    .ok()
-                    .and_then(|v| v.parse().ok());
-                match (ext.key_bytes(), value) {
-                    (b"uid", Some(v)) => uid = v,
-                    (b"gid", Some(v)) => gid = v,
-                    _ => {}
-                }
-            }
-        }
+        let (uid, gid) =
+            crate::tree::tar_owner(entry).map_err(|e| tar_err(self.label, Some(raw), e))?;
         Ok((self.fit(uid, "uid", raw)?, self.fit(gid, "gid", raw)?))
     }
 
