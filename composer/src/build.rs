@@ -15,24 +15,24 @@
 //! vanish with it, whatever happens.
 
 use crate::arch::Arch;
-use crate::binaries;
+use crate::assets::esp;
+use crate::assets::initramfs;
 use crate::disk;
 use crate::error::{Error, Result};
-use crate::esp;
 use crate::extension;
 use crate::extension::source::{self, Resolved};
+use crate::format::output;
 use crate::format::{self, Format, OutputKind};
-use crate::initramfs;
-use crate::kernel::{self, Kernel, KernelMachine};
+use crate::fs::squashfs::{self, SquashCompression, SquashOptions};
+use crate::fs::tree::{Entry, EntryKind, FileData, Tree};
 use crate::kmod::ModuleRef;
 use crate::manifest::{self, Manifest};
-use crate::output;
-use crate::platform::{self, PartitionKind, Platform};
+use crate::plan::binaries;
+use crate::profile::platform::{self, PartitionKind, Platform};
+use crate::profile::units::Size;
 use crate::profile::ExtensionSpec;
 use crate::profile::{self, LoadedProfile, SquashCompressor};
-use crate::squashfs::{self, SquashCompression, SquashOptions};
-use crate::tree::{Entry, EntryKind, FileData, Tree};
-use crate::units::Size;
+use crate::source::kernel::{self, Kernel, KernelMachine};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -130,7 +130,7 @@ struct PlatformPlan {
     outputs: Vec<OutputKind>,
     modules: Vec<ModuleRef>,
     cmdline: String,
-    esp_files: Vec<crate::fat::FatFile>,
+    esp_files: Vec<crate::fs::fat::FatFile>,
     layout: disk::Layout,
 }
 
@@ -170,7 +170,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .map_err(Error::io("creating a work directory in", &cache))?;
 
     let module_layer =
-        crate::layers::module_layer(&inputs.extensions, &kernel).map_err(|m| -> Error {
+        crate::assets::layers::module_layer(&inputs.extensions, &kernel).map_err(|m| -> Error {
             inputs
                 .lp
                 .error(
@@ -243,8 +243,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
                     "[4/7] initramfs for {}: {} modules, {} stored + {} compressed",
                     platform.name,
                     modules.len(),
-                    crate::units::human(stats.stored),
-                    crate::units::human(stats.compressed)
+                    crate::profile::units::human(stats.stored),
+                    crate::profile::units::human(stats.compressed)
                 ));
                 initrds.push((names, path.clone()));
                 path
@@ -258,8 +258,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         progress(&format!(
             "[5/7] {}: disk {} (ESP {}), outputs {}",
             plan.platform.name,
-            crate::units::human(plan.layout.size),
-            crate::units::human(
+            crate::profile::units::human(plan.layout.size),
+            crate::profile::units::human(
                 plan.layout
                     .partitions
                     .iter()
@@ -545,8 +545,8 @@ fn read_extensions(
 ) -> Result<Vec<Resolved>> {
     let p = &lp.profile;
     let cache_root = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let cache = crate::oci::Cache::new(&cache_root);
-    let pull = crate::oci::PullOptions {
+    let cache = crate::source::oci::Cache::new(&cache_root);
+    let pull = crate::source::oci::PullOptions {
         insecure_registries: p.registries.insecure.clone(),
         offline: opts.offline,
         ..Default::default()
@@ -620,8 +620,8 @@ fn resolve_one(
     if let Some(img) = &spec.image {
         let field = format!("extensions[{i}].image");
         let reference =
-            crate::oci::Reference::parse(img).map_err(|e| fail(&field, e.to_string()))?;
-        let image = crate::oci::pull(&reference, arch, env.pull, env.cache)
+            crate::source::oci::Reference::parse(img).map_err(|e| fail(&field, e.to_string()))?;
+        let image = crate::source::oci::pull(&reference, arch, env.pull, env.cache)
             .map_err(|e| fail(&field, e.to_string()))?;
         let r = source::from_image(image, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
         return Ok((field, r));
@@ -629,7 +629,7 @@ fn resolve_one(
     if let Some(l) = &spec.oci_layout {
         let field = format!("extensions[{i}].oci_layout");
         let dir = lp.existing(&field, l, true, "give an OCI image-layout directory")?;
-        let image = crate::oci::layout::read_image(&dir, spec.reference.as_deref(), arch)
+        let image = crate::source::oci::layout::read_image(&dir, spec.reference.as_deref(), arch)
             .map_err(|e| fail(&field, e.to_string()))?;
         let r = source::from_image(image, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
         return Ok((field, r));
@@ -637,9 +637,13 @@ fn resolve_one(
     if let Some(a) = &spec.docker_archive {
         let field = format!("extensions[{i}].docker_archive");
         let path = lp.existing(&field, a, false, "give a `docker save` tarball")?;
-        let image =
-            crate::oci::archive::read_archive(&path, spec.reference.as_deref(), arch, env.scratch)
-                .map_err(|e| fail(&field, e.to_string()))?;
+        let image = crate::source::oci::archive::read_archive(
+            &path,
+            spec.reference.as_deref(),
+            arch,
+            env.scratch,
+        )
+        .map_err(|e| fail(&field, e.to_string()))?;
         let r = source::from_image(image, &spec.allow_paths, env).map_err(|m| fail(&field, m))?;
         return Ok((field, r));
     }
@@ -665,7 +669,7 @@ fn host_release(
             .iter()
             .find_map(|f| std::fs::read_to_string(d.join(f)).ok()),
         RootSource::Tar(t) => Tree::from_tar(t).ok().and_then(|tree| os_release_of(&tree)),
-        RootSource::Squashfs(s) => crate::sqfsread::read_in(s, scratch)
+        RootSource::Squashfs(s) => crate::fs::squashfs_read::read_in(s, scratch)
             .ok()
             .and_then(|tree| os_release_of(&tree)),
     }?;
@@ -729,7 +733,7 @@ fn is_plain_raw(k: &OutputKind) -> bool {
 /// Step 2a: the kernel, from the cache when this .deb was unpacked before.
 fn load_kernel(inputs: &Inputs, cache: &Path) -> Result<Kernel> {
     if let Some(deb) = &inputs.kernel_deb {
-        let info = crate::deb::read_control(deb).map_err(|e| -> Error {
+        let info = crate::source::deb::read_control(deb).map_err(|e| -> Error {
             inputs
                 .lp
                 .error(
@@ -863,13 +867,13 @@ struct Composed {
     /// Talos layers, lowest first (none when flattened).
     layers: Vec<Layer>,
     /// Flattened extensions and the file the guest checks for each.
-    flattened: Vec<crate::layers::Flattened>,
+    flattened: Vec<crate::assets::layers::Flattened>,
 }
 
 /// Step 3: the root and the extension layers (two threads), or one flattened root.
 fn squash_all(
     inputs: &Inputs,
-    modules: Option<&crate::layers::ModuleLayer>,
+    modules: Option<&crate::assets::layers::ModuleLayer>,
     release: &str,
     work: &Path,
     progress: &mut dyn FnMut(&str),
@@ -889,7 +893,7 @@ fn squash_all(
         let mut root = root_tree(inputs, work)?;
         add_available(&mut root, &available)?;
         let (tree, flattened, conflicts) =
-            crate::layers::flatten_all(root, &inputs.extensions, modules).map_err(
+            crate::assets::layers::flatten_all(root, &inputs.extensions, modules).map_err(
                 |m| -> Error {
                     inputs
                         .lp
@@ -976,7 +980,7 @@ fn root_tree(inputs: &Inputs, work: &Path) -> Result<Tree> {
                 .map_err(|e| Error::step("root", format!("{}: {e}", d.display())))?,
             RootSource::Tar(t) => Tree::from_tar(t)
                 .map_err(|e| Error::step("root", format!("{}: {e}", t.display())))?,
-            RootSource::Squashfs(s) => crate::sqfsread::read_in(s, work)
+            RootSource::Squashfs(s) => crate::fs::squashfs_read::read_in(s, work)
                 .map_err(|e| Error::step("root", format!("{}: {e}", s.display())))?,
         };
     binaries::check_tree_arch(
@@ -1198,7 +1202,7 @@ fn extensions_yaml(layers: &[Layer]) -> Result<String> {
 fn init_files(
     c: &Composed,
     disabled: &[Resolved],
-    modules: Option<&crate::layers::ModuleLayer>,
+    modules: Option<&crate::assets::layers::ModuleLayer>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     if let Some(m) = modules {
@@ -1262,8 +1266,8 @@ fn plan_disk(inputs: &Inputs, platform: &Platform, esp_size: u64) -> Result<disk
 fn write_disk(
     path: &Path,
     layout: &disk::Layout,
-    esp_files: &[crate::fat::FatFile],
-    fat: &crate::fat::FatOptions,
+    esp_files: &[crate::fs::fat::FatFile],
+    fat: &crate::fs::fat::FatOptions,
 ) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -1275,7 +1279,7 @@ fn write_disk(
     for p in &layout.partitions {
         if p.kind == PartitionKind::Esp {
             let mut win = crate::io::Window::new(&mut file, p.offset, p.size);
-            crate::fat::write(&mut win, p.size, esp_files, fat)
+            crate::fs::fat::write(&mut win, p.size, esp_files, fat)
                 .map_err(|e| Error::step("ESP", e))?;
         }
     }
@@ -1291,7 +1295,7 @@ fn make_build(
     finals: &[(OutputKind, PathBuf)],
 ) -> Result<manifest::Build> {
     let p = &inputs.lp.profile;
-    let sha = |path: &Path| crate::digest::file_sha256(path).map_err(Error::io("hashing", path));
+    let sha = |path: &Path| crate::io::hash::file_sha256(path).map_err(Error::io("hashing", path));
     let mut ins = vec![manifest::Input {
         role: "kernel".into(),
         source: inputs

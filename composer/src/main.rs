@@ -6,7 +6,8 @@ use clap::Parser;
 use cli::{AccelArg, Cli, Command, ExtCommand};
 use std::process::ExitCode;
 use std::time::Duration;
-use strata::{bootcmd, build, platform, Arch, Error, ErrorKind};
+use strata::profile::platform;
+use strata::{boot, build, Arch, Error, ErrorKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -86,7 +87,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             memory,
             media,
         } => {
-            let opts = bootcmd::BootOptions {
+            let opts = boot::BootOptions {
                 artefact: artefact.clone(),
                 timeout: Duration::from_secs(timeout),
                 accel: match accel {
@@ -97,14 +98,14 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 memory_mib: memory,
                 media,
             };
-            let result = bootcmd::boot(&opts)?;
+            let result = boot::boot(&opts)?;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&result).unwrap_or_default()
                 );
             } else {
-                println!("{}", bootcmd::summary(&artefact, &result));
+                println!("{}", boot::summary(&artefact, &result));
             }
             Ok(if result.pass {
                 ExitCode::SUCCESS
@@ -199,12 +200,12 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 .map_err(bad)?;
             if let Some(r) = push {
                 let reference =
-                    strata::oci::Reference::parse(&r).map_err(|e| bad(e.to_string()))?;
-                let opts = strata::oci::PullOptions {
+                    strata::source::oci::Reference::parse(&r).map_err(|e| bad(e.to_string()))?;
+                let opts = strata::source::oci::PullOptions {
                     insecure_registries: insecure,
                     ..Default::default()
                 };
-                let pushed = strata::oci::push(&layout, Some(&tag), &reference, &opts)
+                let pushed = strata::source::oci::push(&layout, Some(&tag), &reference, &opts)
                     .map_err(|e| bad(e.to_string()))?;
                 println!("{r}@{pushed}");
             } else {

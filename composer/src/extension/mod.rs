@@ -6,9 +6,6 @@
 
 pub mod findings;
 pub mod pack;
-pub mod rules;
-pub mod semver;
-pub mod service;
 pub mod source;
 pub mod sysext;
 pub mod talos;

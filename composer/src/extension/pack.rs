@@ -10,8 +10,8 @@
 use crate::arch::Arch;
 use crate::extension::source::Kind;
 use crate::extension::TalosExtension;
-use crate::squashfs::{self, SquashCompression, SquashOptions};
-use crate::tree::{Entry, Tree};
+use crate::fs::squashfs::{self, SquashCompression, SquashOptions};
+use crate::fs::tree::{Entry, Tree};
 use std::path::Path;
 
 /// What goes into a sysext/confext release file.
@@ -50,9 +50,9 @@ pub fn talos_to_layout(
     }
     tree.share_scratch(&manifest);
     tree.all_root();
-    let digest = crate::oci::layout::write_image(
+    let digest = crate::source::oci::layout::write_image(
         layout,
-        crate::oci::layout::LayerSource::Tree(&tree),
+        crate::source::oci::layout::LayerSource::Tree(&tree),
         arch.debian(),
         tag,
         epoch,

@@ -14,11 +14,11 @@
 //! anything while any of them is an error.
 
 use crate::extension::findings::Report;
-use crate::extension::rules::{self, TalosInput, Target};
 use crate::extension::sysext::{self, HostRelease, ImageKind};
+use crate::extension::talos::rules::{self, TalosInput, Target};
 use crate::extension::TalosExtension;
-use crate::oci;
-use crate::tree::{EntryKind, FileData, Tree};
+use crate::fs::tree::{EntryKind, FileData, Tree};
+use crate::source::oci;
 use std::path::{Path, PathBuf};
 
 /// Talos, sysext or confext: the same kinds validation speaks of.
@@ -203,7 +203,7 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Stri
     let mut report = Report::new(name.clone(), kind.as_str());
     report.findings = findings;
     let digest =
-        crate::digest::file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::io::hash::file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Resolved {
         kind,
         name,
@@ -226,14 +226,14 @@ pub fn read_image(path: &Path, scratch: &Path) -> Result<Tree, String> {
     f.read_exact(&mut head)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if &head == b"hsqs" {
-        return crate::sqfsread::read_in(path, scratch).map_err(|e| e.to_string());
+        return crate::fs::squashfs_read::read_in(path, scratch).map_err(|e| e.to_string());
     }
     let mut magic = [0u8; 4];
     let erofs = f.seek(SeekFrom::Start(1024)).is_ok()
         && f.read_exact(&mut magic).is_ok()
         && u32::from_le_bytes(magic) == 0xE0F5_E1E2;
     if erofs {
-        return crate::erofs::read_in(path, scratch).map_err(|e| e.to_string());
+        return crate::fs::erofs::read_in(path, scratch).map_err(|e| e.to_string());
     }
     Err(format!(
         "{}: neither a squashfs nor an erofs image (GPT disk images are not supported yet)",

@@ -27,8 +27,8 @@
 use std::path::{Path, PathBuf};
 
 use super::findings::Finding;
-use super::rules::{elf_arch_finding, elf_machine_for_arch, read_text, under};
-use crate::tree::{EntryKind, FileData, Tree};
+use super::talos::rules::{elf_arch_finding, elf_machine_for_arch, read_text, under};
+use crate::fs::tree::{EntryKind, FileData, Tree};
 
 /// Errors from reading the host's os-release.
 #[derive(Debug, thiserror::Error)]
@@ -1005,7 +1005,7 @@ fn missing(kind: ImageKind, image_name: &str, label: &str, tree: &Tree) -> Findi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Entry;
+    use crate::fs::tree::Entry;
 
     fn flatcar() -> HostRelease {
         HostRelease::from_os_release(

@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use super::findings::{Finding, Report};
-use super::rules::{self, read_text, TalosInput, Target, MANIFEST};
-use super::service::{self, ServiceFile};
 use super::sysext::{self, HostRelease, ImageKind};
-use crate::tree::{EntryKind, Tree, TreeError};
+use super::talos::rules::{self, read_text, TalosInput, Target, MANIFEST};
+use super::talos::service::{self, ServiceFile};
+use crate::fs::tree::{EntryKind, Tree, TreeError};
 
 /// The kind of extension being validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -898,18 +898,18 @@ mod tests {
         let manifest = "version: v1alpha1\nmetadata:\n  name: hello\n  version: 1.0.0\n  author: a\n  description: b\n";
         tree.insert(
             "/manifest.yaml",
-            crate::tree::Entry::bytes_file(manifest, 0o644),
+            crate::fs::tree::Entry::bytes_file(manifest, 0o644),
         )
         .expect("insert");
         tree.insert(
             "/rootfs/usr/local/bin/hello",
-            crate::tree::Entry::bytes_file("#!/bin/sh\n", 0o755),
+            crate::fs::tree::Entry::bytes_file("#!/bin/sh\n", 0o755),
         )
         .expect("insert");
         let report = validate_tree(Kind::Talos, "hello", &tree, &talos_ctx()).expect("validate");
         assert!(report.findings.is_empty(), "{:#?}", report.findings);
         assert_eq!(detect_tree_kind(&tree), Some(Kind::Talos));
-        tree.insert("/extra", crate::tree::Entry::bytes_file("x", 0o644))
+        tree.insert("/extra", crate::fs::tree::Entry::bytes_file("x", 0o644))
             .expect("insert");
         let report = validate_tree(Kind::Talos, "hello", &tree, &talos_ctx()).expect("validate");
         assert_eq!(
@@ -919,7 +919,7 @@ mod tests {
         let mut sys = Tree::new();
         sys.insert(
             "/usr/lib/extension-release.d/extension-release.tool",
-            crate::tree::Entry::bytes_file("ID=flatcar\nVERSION_ID=1.0\n", 0o644),
+            crate::fs::tree::Entry::bytes_file("ID=flatcar\nVERSION_ID=1.0\n", 0o644),
         )
         .expect("insert");
         assert_eq!(detect_tree_kind(&sys), Some(Kind::Sysext));

@@ -14,6 +14,8 @@
 //! Any of them can be wrapped in `.xz` or `.zst` ([`compress`]). Compression
 //! wraps a finished artefact; it never happens inside a format writer.
 
+pub mod output;
+
 pub mod compress;
 pub mod gcp;
 pub mod iso;

@@ -1,5 +1,8 @@
 //! Stream adapters, one per file.
 
+pub mod compress;
+pub mod hash;
+
 pub mod sparse;
 pub mod window;
 

@@ -1,0 +1,167 @@
+//! The EFI system partition: systemd-boot, its loader configuration, one
+//! Boot Loader Specification entry, the kernel and the initramfs.
+//!
+//! Layout on the FAT32 volume:
+//! ```text
+//! EFI/BOOT/BOOT{X64,AA64}.EFI     systemd-boot (removable-media path: no NVRAM entry needed)
+//! loader/loader.conf              timeout 0, default entry
+//! loader/entries/strata-<name>.conf
+//! strata/vmlinuz, strata/initrd.img
+//! ```
+//! Its size follows from the contents plus headroom for a later update of
+//! kernel and initramfs; a fixed size that is too small is refused before
+//! anything is written.
+
+use crate::arch::Arch;
+use crate::fs::fat::{FatFile, FatOptions, FatSource};
+use crate::profile::units::{human, round_up, Size, MIB};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// One boot entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEntry {
+    /// Entry file stem, e.g. `strata-default`.
+    pub id: String,
+    /// Menu title.
+    pub title: String,
+    /// Kernel release, shown by systemd-boot and used to sort entries.
+    pub version: String,
+    /// The kernel command line.
+    pub cmdline: String,
+}
+
+/// Path of the kernel on the ESP.
+pub const KERNEL_PATH: &str = "strata/vmlinuz";
+/// Path of the initramfs on the ESP.
+pub const INITRD_PATH: &str = "strata/initrd.img";
+
+/// `loader/loader.conf`: boot the entry at once, no editor (the command line is part of the image).
+pub fn loader_conf(entry: &BootEntry) -> String {
+    format!("timeout 0\ndefault {}.conf\neditor no\n", entry.id)
+}
+
+/// The BLS type #1 entry.
+pub fn bls_entry(entry: &BootEntry) -> String {
+    format!(
+        "title {}\nversion {}\nlinux /{KERNEL_PATH}\ninitrd /{INITRD_PATH}\noptions {}\n",
+        entry.title, entry.version, entry.cmdline
+    )
+}
+
+/// Everything the ESP holds.
+pub fn files(
+    arch: Arch,
+    bootloader: &Path,
+    vmlinuz: &Path,
+    initrd: &Path,
+    entry: &BootEntry,
+) -> Vec<FatFile> {
+    vec![
+        FatFile {
+            path: arch.efi_boot_path().to_string(),
+            source: FatSource::Path(bootloader.to_path_buf()),
+        },
+        FatFile {
+            path: "loader/loader.conf".into(),
+            source: FatSource::Bytes(loader_conf(entry).into_bytes()),
+        },
+        FatFile {
+            path: format!("loader/entries/{}.conf", entry.id),
+            source: FatSource::Bytes(bls_entry(entry).into_bytes()),
+        },
+        FatFile {
+            path: KERNEL_PATH.into(),
+            source: FatSource::Path(vmlinuz.to_path_buf()),
+        },
+        FatFile {
+            path: INITRD_PATH.into(),
+            source: FatSource::Path(initrd.to_path_buf()),
+        },
+    ]
+}
+
+/// Why the ESP cannot be sized.
+#[derive(Debug, thiserror::Error)]
+pub enum EspError {
+    /// A fixed size that does not hold the contents.
+    #[error("the EFI system partition needs at least {need} for its contents, but `disk.esp_size` is {have}")]
+    TooSmall {
+        /// The smallest FAT32 volume that holds the files.
+        need: String,
+        /// What the profile asked for.
+        have: String,
+    },
+    /// The FAT writer failed.
+    #[error(transparent)]
+    Fat(#[from] crate::fs::fat::FatError),
+}
+
+/// The ESP size: `requested` if it fits, else an error naming both sizes;
+/// for `auto`, the contents plus a quarter (at least 8 MiB) of headroom.
+pub fn size(files: &[FatFile], requested: Size) -> Result<u64, EspError> {
+    let need = crate::fs::fat::required_size(files)?;
+    match requested {
+        Size::Bytes(have) if have < need => Err(EspError::TooSmall {
+            need: human(need),
+            have: human(have),
+        }),
+        Size::Bytes(have) => Ok(round_up(have, MIB)),
+        Size::Auto => Ok(round_up(need + (need / 4).max(8 * MIB), MIB)),
+    }
+}
+
+/// FAT options derived from the build: a volume serial from `seed`, every timestamp `epoch`.
+pub fn fat_options(seed: &[u8], epoch: u64) -> FatOptions {
+    let d = Sha256::new()
+        .chain_update(b"strata-esp-serial")
+        .chain_update(seed)
+        .finalize();
+    FatOptions {
+        volume_id: u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+        label: "ESP".into(),
+        timestamp: i64::try_from(epoch).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> BootEntry {
+        BootEntry {
+            id: "strata-demo".into(),
+            title: "strata 1.0 (demo)".into(),
+            version: "6.1.0-56-amd64".into(),
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    #[test]
+    fn loader_files_are_golden() {
+        assert_eq!(
+            loader_conf(&entry()),
+            "timeout 0\ndefault strata-demo.conf\neditor no\n"
+        );
+        assert_eq!(
+            bls_entry(&entry()),
+            "title strata 1.0 (demo)\nversion 6.1.0-56-amd64\nlinux /strata/vmlinuz\ninitrd /strata/initrd.img\noptions console=ttyS0\n"
+        );
+    }
+
+    #[test]
+    fn fixed_size_too_small_names_both_sizes() {
+        let f = vec![FatFile {
+            path: "big".into(),
+            source: FatSource::Bytes(vec![1u8; 40 << 20]),
+        }];
+        let e = size(&f, Size::Bytes(16 * MIB)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the EFI system partition needs at least")
+                && e.ends_with("but `disk.esp_size` is 16 MiB"),
+            "{e}"
+        );
+        let auto = size(&f, Size::Auto).unwrap();
+        assert!(auto >= (40 << 20) + 8 * MIB && auto.is_multiple_of(MIB));
+    }
+}

@@ -1,0 +1,192 @@
+//! `strata boot`: boot an artefact in QEMU and judge it by the guest's own report.
+//!
+//! What to expect of the guest (architecture, device model, the extensions
+//! it must report) comes from the `manifest.json` the build wrote beside the
+//! artefact. The serial log and the result (`result.json`) are kept in
+//! `<artefact>.boot/`.
+
+pub mod unpack;
+
+use crate::arch::Arch;
+use crate::error::{Error, InputError, Result};
+use crate::format::OutputKind;
+use crate::manifest::Manifest;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use strata_qemu::{Accel, BootResult, BootSpec, Expected, Media};
+
+/// Options of `strata boot`.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// The artefact to boot.
+    pub artefact: PathBuf,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Acceleration choice.
+    pub accel: Accel,
+    /// Overrides the platform's memory size.
+    pub memory_mib: Option<u32>,
+    /// Overrides the platform's device model.
+    pub media: Option<String>,
+}
+
+/// Boots the artefact; `Ok` carries the verdict (pass or fail), `Err` means QEMU could not run.
+pub fn boot(opts: &BootOptions) -> Result<BootResult> {
+    let art = &opts.artefact;
+    if !art.is_file() {
+        return Err(InputError::new(
+            art,
+            "",
+            "artefact not found",
+            "give a file written by `strata build` (e.g. out/default/metal-amd64.raw)",
+        )
+        .into());
+    }
+    let dir = art
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let manifest = Manifest::read(&dir).map_err(|e| -> Error {
+        InputError::new(
+            dir.join(crate::manifest::FILE_NAME),
+            "",
+            format!("cannot read the build manifest: {e}"),
+            "boot an artefact in the output directory of `strata build`, beside its manifest.json",
+        )
+        .into()
+    })?;
+    let file_name = art
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (build, output) = manifest.find_output(&file_name).ok_or_else(|| -> Error {
+        InputError::new(
+            art,
+            "",
+            format!(
+                "{file_name} is not listed in {}",
+                dir.join(crate::manifest::FILE_NAME).display()
+            ),
+            "boot an artefact of that build, or rebuild",
+        )
+        .into()
+    })?;
+    let arch = Arch::parse(&build.arch).ok_or_else(|| {
+        Error::step(
+            "boot",
+            format!("unknown arch `{}` in the manifest", build.arch),
+        )
+    })?;
+    let media_name = opts
+        .media
+        .clone()
+        .or_else(|| output.media.clone())
+        .unwrap_or_else(|| build.boot_test.media.clone());
+    let kind = OutputKind::parse(&output.format).map_err(|m| Error::step("boot", m))?;
+    let work = work_dir(art);
+    std::fs::create_dir_all(&work).map_err(Error::io("creating", &work))?;
+    let unpack_dir = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(&work)
+        .map_err(Error::io("creating a directory in", &work))?;
+    let (image, format) = crate::boot::unpack::prepare(art, kind, unpack_dir.path())?;
+    let spec = BootSpec {
+        image,
+        format,
+        arch: match arch {
+            Arch::Amd64 => strata_qemu::Arch::Amd64,
+            Arch::Arm64 => strata_qemu::Arch::Arm64,
+        },
+        media: media(&media_name)?,
+        expected: build
+            .extensions
+            .iter()
+            .map(|e| Expected {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                kind: match e.kind.as_str() {
+                    "sysext" => Some(strata_boot::report::LayerKind::Sysext),
+                    "confext" => Some(strata_boot::report::LayerKind::Confext),
+                    _ => Some(strata_boot::report::LayerKind::Talos),
+                },
+                flattened: e.flattened,
+                disabled: e.disabled,
+            })
+            .collect(),
+        timeout: opts.timeout,
+        memory_mib: opts.memory_mib.unwrap_or(build.boot_test.memory_mib),
+        cpus: 1,
+        accel: opts.accel,
+        work_dir: work_dir(art),
+        checks: strata_qemu::GuestChecks {
+            modules: build.ext_modules.clone(),
+        },
+    };
+    std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
+    strata_qemu::boot(&spec).map_err(|e| Error::Environment {
+        message: e.to_string(),
+        hint: "see the message; `make deps` installs QEMU and the firmware".into(),
+    })
+}
+
+/// Where the serial log and the result of booting `art` are kept.
+pub fn work_dir(art: &Path) -> PathBuf {
+    let mut name = art.file_name().unwrap_or_default().to_os_string();
+    name.push(".boot");
+    art.with_file_name(name)
+}
+
+/// Maps a platform's device-model name to the runner's.
+pub fn media(name: &str) -> Result<Media> {
+    Ok(match name {
+        "virtio-blk" | "virtio" => Media::VirtioBlk,
+        "nvme" => Media::Nvme,
+        "ahci" | "sata" => Media::Ahci,
+        "pvscsi" => Media::Pvscsi,
+        "virtio-scsi" => Media::VirtioScsi,
+        "cdrom" => Media::Cdrom,
+        other => {
+            return Err(InputError::new(
+                "--media",
+                "",
+                format!("unknown device model `{other}`"),
+                "use virtio-blk, nvme, ahci, pvscsi, virtio-scsi or cdrom",
+            )
+            .into())
+        }
+    })
+}
+
+/// One line for people: the verdict and what it rests on.
+pub fn summary(art: &Path, r: &BootResult) -> String {
+    let ok = |l: &strata_qemu::LayerVerdict| {
+        l.reported && l.visible && (l.mounted || l.flattened || l.disabled)
+    };
+    let layers: Vec<String> = r
+        .layers
+        .iter()
+        .map(|l| {
+            let state = match (ok(l), l.flattened, l.disabled) {
+                (false, _, _) => " (NOT OK)",
+                (true, true, _) => " (flattened)",
+                (true, _, true) => " (shipped, not activated)",
+                _ => "",
+            };
+            format!("{} {}{state}", l.name, l.version.as_deref().unwrap_or("?"))
+        })
+        .collect();
+    format!(
+        "{} {}: {} — {} of {} extension(s) confirmed by the guest: [{}]; {:.1} s under {}; ended by {}; serial log {}",
+        if r.pass { "PASS" } else { "FAIL" },
+        art.display(),
+        r.reason,
+        r.layers.iter().filter(|l| ok(l)).count(),
+        r.layers.len(),
+        layers.join(", "),
+        r.duration_secs,
+        r.accel,
+        r.ended_by,
+        r.serial_log.display()
+    )
+}

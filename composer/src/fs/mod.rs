@@ -1,0 +1,12 @@
+//! Filesystems and archives, written and read natively: the in-memory
+//! [`tree`] every layer is built as, [`squashfs`] (writer) and
+//! [`squashfs_read`], [`erofs`] (reader), [`cpio`] (newc), [`fat`] (FAT32
+//! ESP) and [`flatten`] (overlayfs semantics applied to trees).
+
+pub mod cpio;
+pub mod erofs;
+pub mod fat;
+pub mod flatten;
+pub mod squashfs;
+pub mod squashfs_read;
+pub mod tree;

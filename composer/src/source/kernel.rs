@@ -1,0 +1,970 @@
+//! The kernel an image boots: image file, release, modules tree and module
+//! index, taken from a Debian `linux-image-*` package (cached by digest) or
+//! from a user-given `vmlinuz` and `lib/modules/<release>` directory.
+//!
+//! Supported images: x86_64 bzImage ("HdrS" at 0x202; its embedded release
+//! string is checked against the modules), arm64 Image ("ARM\x64" at 0x38,
+//! with or without the EFI stub), and any PE image whose COFF machine is
+//! x86_64 or arm64 (e.g. an arm64 EFI zboot image). Not supported: other
+//! architectures and gzip-compressed `Image.gz` (refused with a hint).
+//!
+//! Every module must match the image's machine and have the release as the
+//! first word of its `vermagic`, so a mismatched pair fails at build time
+//! instead of at boot.
+//!
+//! Cache layout: `<cache_root>/kernels/<sha256 of the .deb>/` holds
+//! `boot/vmlinuz-<release>`, `lib/modules/<release>/` (or
+//! `usr/lib/modules/<release>/` for merged-/usr packages) and `kernel.json`
+//! (release, paths, machine and the module index, so warm runs skip the
+//! scan). An entry is built in a `.partial-*` directory beside it and renamed
+//! into place, so after a crash it either exists complete or not at all (the
+//! files are not fsynced: power loss is not covered). A crashed run may
+//! leave a `.partial-*` directory behind; it is never read and safe to delete.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::deb;
+use crate::kmod::{self, ModuleIndex};
+
+/// Bumped whenever `kernel.json` or the index changes shape, so old cache
+/// entries are rebuilt instead of misread.
+const CACHE_FORMAT: u32 = 1;
+
+/// Name of the metadata file that completes a cache entry.
+const CACHE_META: &str = "kernel.json";
+
+/// Bytes of the image needed for detection: the bzImage release string
+/// lives at `kernel_version + 0x200`, and `kernel_version` is a u16.
+const IMAGE_HEAD: u64 = 0x1_0200 + 256;
+
+/// Errors from loading a kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A cache directory or file could not be written or replaced.
+    #[error("cannot write the kernel cache at {}; hint: check that the cache directory is writable", path.display())]
+    Cache {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or extracting the package failed.
+    #[error(transparent)]
+    Deb(#[from] deb::Error),
+    /// The image file could not be read.
+    #[error("cannot read kernel image {}", path.display())]
+    Image {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The bzImage's release string disagrees with the modules directory.
+    #[error(
+        "{} is kernel release {image_release} but the modules directory is for {release}; hint: pass the lib/modules directory that belongs to this kernel",
+        path.display()
+    )]
+    ImageRelease {
+        /// The file concerned.
+        path: PathBuf,
+        /// The release the image reports.
+        image_release: String,
+        /// The modules directory's release.
+        release: String,
+    },
+    /// Scanning or reading modules failed.
+    #[error(transparent)]
+    Modules(#[from] kmod::Error),
+    /// A module is built for another architecture than the image.
+    #[error(
+        "{} is built for ELF machine {found} but the kernel image is {machine:?} (ELF machine {}); hint: use the modules of the same architecture as the kernel",
+        module.display(),
+        machine.elf_machine()
+    )]
+    ModuleMachine {
+        /// The module file.
+        module: PathBuf,
+        /// The module's ELF `e_machine`.
+        found: u16,
+        /// The image's architecture.
+        machine: KernelMachine,
+    },
+    /// A module's vermagic names another kernel release.
+    #[error(
+        "{} has vermagic {vermagic:?} but the modules directory is named {release}; hint: the directory must be named after the kernel release the modules were built for",
+        module.display()
+    )]
+    ModuleRelease {
+        /// The module file.
+        module: PathBuf,
+        /// The module's vermagic.
+        vermagic: String,
+        /// The modules directory's release.
+        release: String,
+    },
+    /// A file could not be hashed.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not a kernel image we recognise.
+    #[error("{} is not a recognised kernel image: {problem}; hint: {hint}", path.display())]
+    UnknownImage {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+        /// A suggestion for the fix.
+        hint: &'static str,
+    },
+    /// The package holds no kernel image, or several.
+    #[error(
+        "{} holds {} kernel images (boot/vmlinuz-*: {found:?}), expected exactly one; hint: pass a linux-image-<release> package, not a meta or headers package",
+        deb.display(),
+        found.len()
+    )]
+    VmlinuzCount {
+        /// The package file.
+        deb: PathBuf,
+        /// The images found (may be empty).
+        found: Vec<String>,
+    },
+}
+
+/// Result of this module's functions.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The CPU architecture a kernel image runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KernelMachine {
+    /// x86_64 (bzImage).
+    X86_64,
+    /// arm64 (Image, optionally EFI zboot).
+    Aarch64,
+}
+
+impl KernelMachine {
+    /// The ELF `e_machine` of modules built for this architecture.
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            KernelMachine::X86_64 => 62,
+            KernelMachine::Aarch64 => 183,
+        }
+    }
+
+    /// Detects the architecture from the image's header.
+    pub fn detect(vmlinuz: &Path) -> Result<Self> {
+        Ok(inspect_image(vmlinuz)?.0)
+    }
+}
+
+/// A kernel ready to be put into an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    /// The bootable image (`vmlinuz-<release>`).
+    pub vmlinuz: PathBuf,
+    /// The kernel release (`uname -r`), e.g. `6.1.0-56-amd64`.
+    pub release: String,
+    /// `lib/modules/<release>` of this kernel.
+    pub modules_dir: PathBuf,
+    /// Index of the modules below `modules_dir`.
+    pub index: ModuleIndex,
+    /// Hex SHA-256 of the `.deb`, or of `vmlinuz` for a user-given kernel.
+    pub source_digest: String,
+    /// The architecture the image runs on.
+    pub machine: KernelMachine,
+}
+
+/// The cache entry's `kernel.json`; paths are relative to the entry.
+#[derive(Serialize, Deserialize)]
+struct CacheMeta {
+    format: u32,
+    release: String,
+    vmlinuz: PathBuf,
+    modules_dir: PathBuf,
+    machine: KernelMachine,
+    index: ModuleIndex,
+}
+
+impl CacheMeta {
+    fn into_kernel(self, entry: &Path, source_digest: String) -> Kernel {
+        let modules_dir = entry.join(&self.modules_dir);
+        let mut index = self.index;
+        index.set_dir(&modules_dir);
+        Kernel {
+            vmlinuz: entry.join(&self.vmlinuz),
+            release: self.release,
+            modules_dir,
+            index,
+            source_digest,
+            machine: self.machine,
+        }
+    }
+}
+
+/// Loads the kernel from a Debian package, extracting and indexing it
+/// into `cache_root/kernels/<sha256>/` on first use and reusing that
+/// entry afterwards.
+pub fn from_deb(deb: &Path, cache_root: &Path) -> Result<Kernel> {
+    let digest = sha256_file(deb)?;
+    let kernels = cache_root.join("kernels");
+    fs::create_dir_all(&kernels).map_err(|source| cache_error(&kernels, source))?;
+    let entry = kernels.join(&digest);
+    if let Some(meta) = load_cached(&entry)? {
+        return Ok(meta.into_kernel(&entry, digest));
+    }
+    let partial = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempdir_in(&kernels)
+        .map_err(|source| cache_error(&kernels, source))?;
+    let meta = populate(deb, partial.path())?;
+    commit(partial, &entry)?;
+    Ok(meta.into_kernel(&entry, digest))
+}
+
+/// Uses a kernel the user provides: `vmlinuz` and its
+/// `lib/modules/<release>` directory, whose name is the release. The
+/// modules are scanned every time (nothing is cached).
+pub fn from_parts(vmlinuz: &Path, modules_dir: &Path) -> Result<Kernel> {
+    let (machine, image_release) = inspect_image(vmlinuz)?;
+    let index = ModuleIndex::scan(modules_dir)?;
+    let release = index.release().to_string();
+    check_consistency(vmlinuz, image_release, machine, &index)?;
+    Ok(Kernel {
+        vmlinuz: vmlinuz.to_path_buf(),
+        release,
+        modules_dir: modules_dir.to_path_buf(),
+        index,
+        source_digest: sha256_file(vmlinuz)?,
+        machine,
+    })
+}
+
+fn cache_error(path: &Path, source: io::Error) -> Error {
+    Error::Cache {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Hex SHA-256 of a file, read in 1 MiB pieces.
+fn sha256_file(path: &Path) -> Result<String> {
+    let read_error = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_error)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(read_error)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Returns the entry's metadata if the entry is complete and current.
+/// Anything else found there (from an older format, or edited by hand) is
+/// removed so the caller can rebuild it.
+fn load_cached(entry: &Path) -> Result<Option<CacheMeta>> {
+    let meta_path = entry.join(CACHE_META);
+    let bytes = match fs::read(&meta_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !entry.exists() => return Ok(None),
+        Err(_) => return discard(entry),
+    };
+    match serde_json::from_slice::<CacheMeta>(&bytes) {
+        Ok(meta)
+            if meta.format == CACHE_FORMAT
+                && entry.join(&meta.vmlinuz).is_file()
+                && entry.join(&meta.modules_dir).is_dir() =>
+        {
+            Ok(Some(meta))
+        }
+        _ => discard(entry),
+    }
+}
+
+fn discard(entry: &Path) -> Result<Option<CacheMeta>> {
+    match fs::remove_dir_all(entry) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(cache_error(entry, source)),
+    }
+}
+
+/// Members of a kernel package we keep: the image and the modules tree.
+fn wanted(member: &Path) -> bool {
+    let Some(path) = member.to_str() else {
+        return false;
+    };
+    let under = |dir: &str| {
+        path.strip_prefix(dir)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    let is_image = path
+        .strip_prefix("boot/vmlinuz-")
+        .is_some_and(|release| !release.is_empty() && !release.contains('/'));
+    is_image || under("lib/modules") || under("usr/lib/modules")
+}
+
+/// Extracts and indexes the package into `dir` and writes `kernel.json`.
+fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
+    let extracted = deb::extract(deb_path, dir, wanted)?;
+    let images: Vec<&PathBuf> = extracted.iter().filter(|p| p.starts_with("boot")).collect();
+    let [image] = images.as_slice() else {
+        return Err(Error::VmlinuzCount {
+            deb: deb_path.to_path_buf(),
+            found: images.iter().map(|p| p.display().to_string()).collect(),
+        });
+    };
+    let vmlinuz = (*image).clone();
+    let release = vmlinuz
+        .to_string_lossy()
+        .trim_start_matches("boot/vmlinuz-")
+        .to_string();
+    let modules_dir = modules_dir_of(dir, &release)?;
+    let (machine, image_release) = inspect_image(&dir.join(&vmlinuz))?;
+    let index = ModuleIndex::scan(&dir.join(&modules_dir))?;
+    check_consistency(&dir.join(&vmlinuz), image_release, machine, &index)?;
+    let meta = CacheMeta {
+        format: CACHE_FORMAT,
+        release,
+        vmlinuz,
+        modules_dir,
+        machine,
+        index,
+    };
+    write_meta(dir, &meta)?;
+    Ok(meta)
+}
+
+/// The package's modules directory (classic or merged-/usr layout); a kernel
+/// without modules gets an empty one, so every request for a module fails
+/// with a clear "not in <dir>" error.
+fn modules_dir_of(dir: &Path, release: &str) -> Result<PathBuf> {
+    let classic = Path::new("lib/modules").join(release);
+    let merged = Path::new("usr/lib/modules").join(release);
+    if dir.join(&merged).is_dir() && !dir.join(&classic).is_dir() {
+        return Ok(merged);
+    }
+    fs::create_dir_all(dir.join(&classic)).map_err(|source| cache_error(dir, source))?;
+    Ok(classic)
+}
+
+fn write_meta(dir: &Path, meta: &CacheMeta) -> Result<()> {
+    let path = dir.join(CACHE_META);
+    let file = File::create(&path).map_err(|source| cache_error(&path, source))?;
+    let mut out = BufWriter::new(file);
+    serde_json::to_writer(&mut out, meta)
+        .map_err(io::Error::from)
+        .and_then(|()| out.flush())
+        .map_err(|source| cache_error(&path, source))
+}
+
+/// Renames the finished entry into place. If another process finished the
+/// same digest first, its entry is equivalent and ours is dropped.
+fn commit(partial: tempfile::TempDir, entry: &Path) -> Result<()> {
+    match fs::rename(partial.path(), entry) {
+        Ok(()) => {
+            // The directory now lives at `entry`; only forget the guard.
+            let _moved = partial.keep();
+            Ok(())
+        }
+        Err(_) if entry.join(CACHE_META).is_file() => Ok(()),
+        Err(source) => Err(cache_error(entry, source)),
+    }
+}
+
+/// Reads the image header: the machine, and for a bzImage the release
+/// string it embeds.
+fn inspect_image(path: &Path) -> Result<(KernelMachine, Option<String>)> {
+    let image_error = |source| Error::Image {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(IMAGE_HEAD).read_to_end(&mut head))
+        .map_err(image_error)?;
+    let machine = machine_of(&head).map_err(|(problem, hint)| Error::UnknownImage {
+        path: path.to_path_buf(),
+        problem,
+        hint,
+    })?;
+    let release = (machine == KernelMachine::X86_64)
+        .then(|| bzimage_release(&head))
+        .flatten();
+    Ok((machine, release))
+}
+
+/// Identifies the architecture from the boot protocol magics (x86 boot
+/// protocol, arm64 booting.rst) or, failing those, the PE header.
+fn machine_of(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)> {
+    if head.get(0x202..0x206) == Some(b"HdrS") {
+        return Ok(KernelMachine::X86_64);
+    }
+    if head.get(0x38..0x3c) == Some(b"ARM\x64") {
+        return Ok(KernelMachine::Aarch64);
+    }
+    if head.starts_with(b"MZ") {
+        return pe_machine(head);
+    }
+    if head.starts_with(b"\x1f\x8b") {
+        return Err((
+            "it is gzip-compressed (Image.gz)",
+            "decompress it with `gunzip` or use the EFI-stub image from the linux-image package",
+        ));
+    }
+    Err((
+        "no x86 bzImage, arm64 Image or PE header",
+        "pass the vmlinuz file from /boot of the kernel package",
+    ))
+}
+
+fn pe_machine(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)> {
+    let le32 = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let pe = le32(0x3c).filter(|&at| head.get(at..at + 4) == Some(b"PE\0\0"));
+    let machine = pe.and_then(|at| head.get(at + 4..at + 6));
+    match machine {
+        Some([0x64, 0xaa]) => Ok(KernelMachine::Aarch64),
+        Some([0x64, 0x86]) => Ok(KernelMachine::X86_64),
+        Some(_) => Err((
+            "a PE image for an unsupported machine",
+            "strata supports x86_64 and arm64 kernels",
+        )),
+        None => Err((
+            "an MZ file without a PE header",
+            "pass the vmlinuz file from /boot of the kernel package",
+        )),
+    }
+}
+
+/// The first word of the bzImage's version string (`kernel_version` at
+/// 0x20e points to it, relative to 0x200), e.g. `6.1.0-56-amd64`.
+fn bzimage_release(head: &[u8]) -> Option<String> {
+    let pointer = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]);
+    if pointer == 0 {
+        return None;
+    }
+    let text = head.get(usize::from(pointer) + 0x200..)?;
+    let end = text.iter().position(|&b| b == 0 || b == b' ')?;
+    std::str::from_utf8(&text[..end])
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Refuses an image and modules tree that cannot work together.
+fn check_consistency(
+    image: &Path,
+    image_release: Option<String>,
+    machine: KernelMachine,
+    index: &ModuleIndex,
+) -> Result<()> {
+    let release = index.release();
+    if let Some(found) = image_release.filter(|found| found != release) {
+        return Err(Error::ImageRelease {
+            path: image.to_path_buf(),
+            image_release: found,
+            release: release.to_string(),
+        });
+    }
+    for (_, module) in index.modules() {
+        let path = || index.dir().join(&module.rel_path);
+        if module.info.elf_machine != machine.elf_machine() {
+            return Err(Error::ModuleMachine {
+                module: path(),
+                found: module.info.elf_machine,
+                machine,
+            });
+        }
+        let vermagic = module.info.vermagic.as_deref().unwrap_or_default();
+        if !vermagic.is_empty() && vermagic.split_whitespace().next() != Some(release) {
+            return Err(Error::ModuleRelease {
+                module: path(),
+                vermagic: vermagic.to_string(),
+                release: release.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::deb::test_support::{self as debs, Compression, Member};
+    use super::*;
+    use crate::kmod::test_support::{fake_ko, EM_X86_64};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::process::Command;
+    use std::time::Instant;
+
+    const EM_AARCH64: u16 = 183;
+
+    /// A fake bzImage: "HdrS" and a version string "<release> (test)".
+    fn fake_bzimage(release: &str) -> Vec<u8> {
+        let mut image = vec![0u8; 0x1000];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x20e..0x210].copy_from_slice(&0x400u16.to_le_bytes());
+        let version = format!("{release} (test) #1 SMP\0");
+        image[0x600..0x600 + version.len()].copy_from_slice(version.as_bytes());
+        image
+    }
+
+    /// A fake arm64 Image with the EFI stub's "MZ" and a PE header.
+    fn fake_arm64_image() -> Vec<u8> {
+        let mut image = vec![0u8; 0x1000];
+        image[..2].copy_from_slice(b"MZ");
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        image[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        image[0x40..0x46].copy_from_slice(b"PE\0\0\x64\xaa");
+        image
+    }
+
+    fn ko(name: &str, depends: &str, release: &str) -> Vec<u8> {
+        let fields = [
+            format!("name={name}"),
+            format!("depends={depends}"),
+            format!("vermagic={release} SMP mod_unload"),
+        ];
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        fake_ko(EM_X86_64, &fields)
+    }
+
+    /// Writes a fake linux-image package with three modules below `prefix`.
+    fn fake_kernel_deb(path: &Path, prefix: &str, images: &[&str]) {
+        let release = "1.0-test";
+        let image = fake_bzimage(release);
+        let cdrom = ko("cdrom", "", release);
+        let isofs = ko("isofs", "cdrom", release);
+        let sr = ko("sr_mod", "cdrom,scsi_mod", release);
+        let dir = |rel: &str| format!("./{prefix}lib/modules/{release}/{rel}");
+        let paths = [
+            dir(""),
+            dir("kernel/"),
+            dir("kernel/cdrom.ko"),
+            dir("kernel/isofs.ko"),
+            dir("kernel/sr_mod.ko"),
+            dir("modules.builtin"),
+        ];
+        let mut members = vec![Member::Dir("./", 0o755), Member::Dir("./boot/", 0o755)];
+        let image_paths: Vec<String> = images
+            .iter()
+            .map(|r| format!("./boot/vmlinuz-{r}"))
+            .collect();
+        for p in &image_paths {
+            members.push(Member::File(p, 0o644, &image));
+        }
+        members.extend([
+            Member::File("./boot/config-1.0-test", 0o644, b"CONFIG_X=y\n"),
+            Member::Dir(&paths[0], 0o755),
+            Member::Dir(&paths[1], 0o755),
+            Member::File(&paths[2], 0o644, &cdrom),
+            Member::File(&paths[3], 0o644, &isofs),
+            Member::File(&paths[4], 0o644, &sr),
+            Member::File(&paths[5], 0o644, b"kernel/drivers/scsi/scsi_mod.ko\n"),
+            Member::Dir("./usr/", 0o755),
+            Member::File("./usr/share-other", 0o644, b"not extracted"),
+        ]);
+        debs::deb(
+            path,
+            &debs::control("linux-image-test", "amd64"),
+            &members,
+            Compression::XzBlocks,
+        );
+    }
+
+    fn no_partials(kernels: &Path) -> bool {
+        fs::read_dir(kernels).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".partial-")
+        })
+    }
+
+    #[test]
+    fn from_deb_extracts_indexes_and_reuses_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("k.deb");
+        fake_kernel_deb(&deb, "", &["1.0-test"]);
+        let cache = dir.path().join("cache");
+        let cold = from_deb(&deb, &cache).unwrap();
+        assert_eq!(cold.release, "1.0-test");
+        assert_eq!(cold.machine, KernelMachine::X86_64);
+        assert_eq!(cold.source_digest, sha256_file(&deb).unwrap());
+        let entry = cache.join("kernels").join(&cold.source_digest);
+        assert_eq!(cold.vmlinuz, entry.join("boot/vmlinuz-1.0-test"));
+        assert_eq!(cold.modules_dir, entry.join("lib/modules/1.0-test"));
+        assert_eq!(cold.index.dir(), cold.modules_dir);
+        assert!(!entry.join("boot/config-1.0-test").exists());
+        assert!(!entry.join("usr").exists());
+        assert!(no_partials(&cache.join("kernels")));
+        let closure = cold
+            .index
+            .closure(&["sr_mod".into(), "isofs".into()])
+            .unwrap();
+        let names: Vec<&str> = closure.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["cdrom", "sr_mod", "isofs"]);
+
+        // A warm load must come from kernel.json, not a new scan: a module
+        // removed from the tree is still in the index.
+        fs::remove_file(cold.modules_dir.join("kernel/isofs.ko")).unwrap();
+        let warm = from_deb(&deb, &cache).unwrap();
+        assert_eq!(warm, cold);
+
+        // A damaged entry is rebuilt.
+        fs::write(entry.join(CACHE_META), b"{").unwrap();
+        let rebuilt = from_deb(&deb, &cache).unwrap();
+        assert_eq!(rebuilt, cold);
+        assert!(rebuilt.modules_dir.join("kernel/isofs.ko").is_file());
+    }
+
+    #[test]
+    fn from_deb_supports_merged_usr_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("k.deb");
+        fake_kernel_deb(&deb, "usr/", &["1.0-test"]);
+        let kernel = from_deb(&deb, dir.path()).unwrap();
+        assert!(kernel.modules_dir.ends_with("usr/lib/modules/1.0-test"));
+        assert_eq!(kernel.index.len(), 3);
+    }
+
+    #[test]
+    fn from_deb_needs_exactly_one_image() {
+        let dir = tempfile::tempdir().unwrap();
+        for images in [&[][..], &["1.0-test", "1.0-other"][..]] {
+            let deb = dir.path().join("k.deb");
+            fake_kernel_deb(&deb, "", images);
+            let err = from_deb(&deb, &dir.path().join("cache")).unwrap_err();
+            assert!(
+                matches!(&err, Error::VmlinuzCount { found, .. } if found.len() == images.len())
+            );
+            assert!(err.to_string().contains("k.deb"), "{err}");
+            assert!(no_partials(&dir.path().join("cache/kernels")));
+        }
+    }
+
+    #[test]
+    fn detects_machines_from_headers() {
+        assert_eq!(machine_of(&fake_bzimage("x")), Ok(KernelMachine::X86_64));
+        assert_eq!(
+            bzimage_release(&fake_bzimage("6.1.0-56-amd64")).as_deref(),
+            Some("6.1.0-56-amd64")
+        );
+        assert_eq!(machine_of(&fake_arm64_image()), Ok(KernelMachine::Aarch64));
+        let mut zboot = fake_arm64_image();
+        zboot[0x38..0x3c].copy_from_slice(b"zimg");
+        assert_eq!(machine_of(&zboot), Ok(KernelMachine::Aarch64));
+        zboot[0x44..0x46].copy_from_slice(&0x8664u16.to_le_bytes());
+        assert_eq!(machine_of(&zboot), Ok(KernelMachine::X86_64));
+        zboot[0x44..0x46].copy_from_slice(&0x14cu16.to_le_bytes());
+        assert!(machine_of(&zboot).is_err());
+        assert!(machine_of(b"\x1f\x8b\x08\0")
+            .unwrap_err()
+            .0
+            .contains("gzip"));
+        assert!(machine_of(b"MZ").is_err());
+        assert!(machine_of(b"").is_err());
+    }
+
+    /// Writes `vmlinuz` and `modules/<release>/kernel/m.ko` under `dir`.
+    fn parts(
+        dir: &Path,
+        image: &[u8],
+        release: &str,
+        machine: u16,
+        vermagic: &str,
+    ) -> (PathBuf, PathBuf) {
+        let vmlinuz = dir.join("vmlinuz");
+        fs::write(&vmlinuz, image).unwrap();
+        let modules = dir.join("modules").join(release);
+        fs::create_dir_all(modules.join("kernel")).unwrap();
+        let vermagic = format!("vermagic={vermagic}");
+        fs::write(
+            modules.join("kernel/m.ko"),
+            fake_ko(machine, &["name=m", &vermagic]),
+        )
+        .unwrap();
+        (vmlinuz, modules)
+    }
+
+    #[test]
+    fn from_parts_accepts_a_matching_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vmlinuz, modules) = parts(
+            dir.path(),
+            &fake_bzimage("2.0"),
+            "2.0",
+            EM_X86_64,
+            "2.0 SMP",
+        );
+        let kernel = from_parts(&vmlinuz, &modules).unwrap();
+        assert_eq!(kernel.release, "2.0");
+        assert_eq!(kernel.source_digest, sha256_file(&vmlinuz).unwrap());
+        assert_eq!(kernel.index.len(), 1);
+    }
+
+    #[test]
+    fn from_parts_refuses_mismatched_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vmlinuz, modules) =
+            parts(dir.path(), &fake_arm64_image(), "2.0", EM_X86_64, "2.0 SMP");
+        let err = from_parts(&vmlinuz, &modules).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ModuleMachine {
+                    found: 62,
+                    machine: KernelMachine::Aarch64,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("m.ko"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (vmlinuz, modules) = parts(
+            dir.path(),
+            &fake_arm64_image(),
+            "2.0",
+            EM_AARCH64,
+            "2.1 SMP",
+        );
+        let err = from_parts(&vmlinuz, &modules).unwrap_err();
+        assert!(matches!(err, Error::ModuleRelease { .. }), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (vmlinuz, modules) = parts(dir.path(), &fake_bzimage("3.0"), "2.0", EM_X86_64, "2.0");
+        let err = from_parts(&vmlinuz, &modules).unwrap_err();
+        assert!(
+            matches!(&err, Error::ImageRelease { image_release, .. } if image_release == "3.0"),
+            "{err}"
+        );
+
+        let err = from_parts(&dir.path().join("nope"), &modules).unwrap_err();
+        assert!(matches!(err, Error::Image { .. }), "{err}");
+        fs::write(dir.path().join("junk"), b"junk").unwrap();
+        let err = from_parts(&dir.path().join("junk"), &modules).unwrap_err();
+        assert!(
+            err.to_string().contains("not a recognised kernel image"),
+            "{err}"
+        );
+    }
+
+    // ---- Real Debian packages (skipped when absent) ----
+
+    const DEBS: &str = "/work/main/.cache/debian";
+    const REQUEST: &str = "virtio_pci virtio_blk virtio_scsi nvme ahci sd_mod sr_mod cdrom isofs loop squashfs overlay vfat nls_cp437 nls_ascii";
+
+    fn real_deb(name: &str) -> Option<PathBuf> {
+        let path = Path::new(DEBS).join(name);
+        if path.exists() {
+            Some(path)
+        } else {
+            eprintln!("skipped: {} is absent", path.display());
+            None
+        }
+    }
+
+    fn request() -> Vec<String> {
+        REQUEST.split_whitespace().map(String::from).collect()
+    }
+
+    /// Runs `depmod -b` on the extracted tree and returns modules.dep as
+    /// module → set of (transitive) dependency names.
+    fn depmod_deps(kernel: &Kernel) -> Option<BTreeMap<String, BTreeSet<String>>> {
+        // modules_dir is <base>/lib/modules/<release>.
+        let base = kernel.modules_dir.ancestors().nth(3).unwrap();
+        let status = Command::new("depmod")
+            .arg("-b")
+            .arg(base)
+            .arg(&kernel.release)
+            .status();
+        match status {
+            Ok(status) => assert!(status.success(), "depmod failed: {status}"),
+            Err(e) => {
+                eprintln!("skipped depmod judge: cannot run depmod ({e})");
+                return None;
+            }
+        }
+        let text = fs::read_to_string(kernel.modules_dir.join("modules.dep")).unwrap();
+        let name = |p: &str| {
+            kmod::normalize(
+                Path::new(p)
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .trim_end_matches(".ko"),
+            )
+        };
+        Some(
+            text.lines()
+                .map(|line| {
+                    let (module, deps) = line.split_once(':').unwrap();
+                    (name(module), deps.split_whitespace().map(name).collect())
+                })
+                .collect(),
+        )
+    }
+
+    /// Our hard-dependency closure of one module (no softdeps).
+    fn hard_deps(index: &ModuleIndex, name: &str, out: &mut BTreeSet<String>) {
+        for dep in &index.get(name).unwrap().info.depends {
+            if index.get(dep).is_some() && out.insert(dep.clone()) {
+                hard_deps(index, dep, out);
+            }
+        }
+    }
+
+    /// Judges the whole index and a closure against depmod: every module's
+    /// transitive dependencies must equal modules.dep's, and the closure must
+    /// be exactly the requests, their modules.dep entries and softdeps.
+    fn judge_with_depmod(kernel: &Kernel, closure: &[kmod::ModuleRef]) {
+        let Some(depmod) = depmod_deps(kernel) else {
+            return;
+        };
+        assert_eq!(depmod.len(), kernel.index.len());
+        for (name, _) in kernel.index.modules() {
+            let mut ours = BTreeSet::new();
+            hard_deps(&kernel.index, name, &mut ours);
+            assert_eq!(&ours, &depmod[name], "dependencies of {name}");
+        }
+        let position: BTreeMap<&str, usize> = closure
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), i))
+            .collect();
+        let mut expected = BTreeSet::new();
+        for module in closure {
+            for dep in &depmod[&module.name] {
+                assert!(
+                    position[dep.as_str()] < position[module.name.as_str()],
+                    "{dep} after {}",
+                    module.name
+                );
+            }
+            let info = &kernel.index.get(&module.name).unwrap().info;
+            let is_requested = request().iter().any(|r| kmod::normalize(r) == module.name);
+            let is_softdep = closure.iter().any(|m| {
+                let pre = &kernel.index.get(&m.name).unwrap().info.softdep_pre;
+                pre.contains(&module.name)
+                    || info
+                        .aliases
+                        .iter()
+                        .any(|a| pre.contains(&kmod::normalize(a)))
+            });
+            if is_requested || is_softdep {
+                expected.insert(module.name.clone());
+                expected.extend(depmod[&module.name].iter().cloned());
+            }
+        }
+        let ours: BTreeSet<String> = closure.iter().map(|m| m.name.clone()).collect();
+        assert_eq!(ours, expected);
+    }
+
+    /// Judges direct dependencies of the closure's modules with `modinfo`.
+    fn judge_with_modinfo(kernel: &Kernel, closure: &[kmod::ModuleRef]) {
+        if Command::new("modinfo").arg("--version").output().is_err() {
+            eprintln!("skipped modinfo judge: modinfo is not installed");
+            return;
+        }
+        for module in closure {
+            let path = kernel.modules_dir.join(&module.rel_path);
+            let out = Command::new("modinfo")
+                .args(["-F", "depends"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let theirs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(kmod::normalize)
+                .collect();
+            assert_eq!(
+                kernel.index.get(&module.name).unwrap().info.depends,
+                theirs,
+                "{}",
+                module.name
+            );
+        }
+    }
+
+    fn real_kernel_closure(deb: &Path, machine: KernelMachine) {
+        let cache = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let cold = from_deb(deb, cache.path()).unwrap();
+        let cold_time = start.elapsed();
+        let start = Instant::now();
+        let warm = from_deb(deb, cache.path()).unwrap();
+        let warm_time = start.elapsed();
+        assert_eq!(warm, cold);
+        assert_eq!(cold.machine, machine);
+        let start = Instant::now();
+        let rescanned = ModuleIndex::scan(&cold.modules_dir).unwrap();
+        let scan_time = start.elapsed();
+        assert_eq!(rescanned, cold.index);
+        let start = Instant::now();
+        let digest = sha256_file(deb).unwrap();
+        let hash_time = start.elapsed();
+        assert_eq!(digest, cold.source_digest);
+
+        let closure = cold.index.closure(&request()).unwrap();
+        eprintln!(
+            "{}: release {}, {} modules, {} builtin-skipped requests; cold {:.2?}, warm {:.2?} (sha256 {:.2?}), scan alone {:.2?}",
+            deb.display(),
+            cold.release,
+            cold.index.len(),
+            request().iter().filter(|r| cold.index.is_builtin(r)).count(),
+            cold_time,
+            warm_time,
+            hash_time,
+            scan_time
+        );
+        for module in &closure {
+            eprintln!("  {:<14} {}", module.name, module.rel_path.display());
+        }
+        judge_with_modinfo(&cold, &closure);
+        judge_with_depmod(&cold, &closure);
+    }
+
+    #[test]
+    fn real_amd64_kernel_package() {
+        if let Some(deb) = real_deb("linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb") {
+            real_kernel_closure(&deb, KernelMachine::X86_64);
+        }
+    }
+
+    #[test]
+    fn real_arm64_kernel_package() {
+        if let Some(deb) = real_deb("linux-image-6.1.0-56-arm64_6.1.192-2_arm64.deb") {
+            real_kernel_closure(&deb, KernelMachine::Aarch64);
+        }
+    }
+}
