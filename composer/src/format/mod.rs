@@ -11,12 +11,11 @@
 //! | `raw.tar.gz` | [`gcp`] | `disk.raw` in a GNU tar, gzip'd, as GCE imports |
 //! | `iso` | [`iso`] | ISO 9660 + El Torito UEFI, hybrid GPT |
 //!
-//! Any of them can be wrapped in `.xz` or `.zst` ([`compress`]). Compression
+//! Any of them can be wrapped in `.xz` or `.zst` ([`crate::io::compress`]). Compression
 //! wraps a finished artefact; it never happens inside a format writer.
 
 pub mod output;
 
-pub mod compress;
 pub mod gcp;
 pub mod iso;
 pub mod ova;

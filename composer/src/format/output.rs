@@ -108,17 +108,20 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
 }
 
 fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
+    use crate::io::compress::{compress_file, Compression, XzCheck};
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let wrapper = match w {
-        Wrap::Xz => format::compress::Wrapper::Xz {
+    let c = match w {
+        // xz's default preset and check, what `xz -T<n>` writes.
+        Wrap::Xz => Compression::Xz {
             threads,
-            check: format::compress::XzCheck::Crc64,
+            preset: 6,
+            check: XzCheck::Crc64,
         },
-        Wrap::Zst => format::compress::Wrapper::Zstd { level: 19, threads },
+        Wrap::Zst => Compression::Zstd { level: 19, threads },
     };
-    format::compress::wrap(input, output, &wrapper).map_err(|e| Error::step("compression", e))?;
+    compress_file(input, output, &c).map_err(|e| Error::step("compression", e))?;
     Ok(())
 }
 
