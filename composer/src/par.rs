@@ -6,6 +6,21 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// How many threads strata works on: one per core the process may use, 1 when that is unknown.
+///
+/// The one place the count is chosen, so every pool and encoder agrees. Callers cap it where more
+/// threads stop paying (memory per xz decoder thread, say). Artefact bytes never depend on the
+/// count, except that the xz and zstd encoders use a different (still deterministic) stream
+/// layout for one thread than for several.
+pub fn jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// [`jobs`] as the `u32` the xz and zstd encoders take.
+pub fn jobs_u32() -> u32 {
+    u32::try_from(jobs()).unwrap_or(u32::MAX)
+}
+
 /// `f` over every item on up to `threads` threads; results in input order.
 /// A panic in `f` is resumed on the calling thread.
 pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -38,6 +53,12 @@ pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn jobs_is_at_least_one_and_agrees_with_its_u32_form() {
+        assert!(super::jobs() >= 1);
+        assert_eq!(super::jobs() as u64, u64::from(super::jobs_u32()));
+    }
+
     #[test]
     fn keeps_input_order_on_any_thread_count() {
         let items: Vec<u64> = (0..1000).collect();

@@ -75,9 +75,7 @@ pub fn write(out: &Path, c: &Contents<'_>) -> std::io::Result<Stats> {
 }
 
 fn compression(c: InitramfsCompressor) -> Compression {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
+    let threads = crate::par::jobs_u32();
     match c {
         InitramfsCompressor::Xz => Compression::Xz {
             threads,

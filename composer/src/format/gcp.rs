@@ -139,9 +139,7 @@ pub fn write(raw: &Path, out: &Path, mtime: u64) -> Result<GcpStats, GcpError> {
     let stored: u64 = map.iter().map(|r| r.1).sum();
 
     let dst = File::create(out).map_err(write_err)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let threads = crate::par::jobs().min(8);
     let mut gz =
         ParallelGz::new(BufWriter::with_capacity(1 << 20, dst), threads).map_err(write_err)?;
     gz.write_all(&sparse_headers(&map, disk_size, mtime).map_err(write_err)?)

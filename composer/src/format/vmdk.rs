@@ -348,9 +348,7 @@ fn write_grains<W: Write>(
         path: raw.to_path_buf(),
         source,
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let threads = crate::par::jobs().min(8);
     let mut chunks = sparse::nonzero_chunks(file, GRAIN).map_err(read_err)?;
     let mut populated = 0u64;
     loop {
