@@ -22,8 +22,6 @@
 use crate::extension::source::{Kind, Resolved};
 use crate::fs::tree::{Entry, EntryKind, FileData, Tree};
 use crate::source::kernel::Kernel;
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The module layer and the names the guest must load.
@@ -277,22 +275,10 @@ fn find_probe(tree: &Tree, layer: &Tree) -> Option<Probe> {
 }
 
 fn sha256(data: &FileData) -> std::io::Result<String> {
-    let mut h = Sha256::new();
     match data {
-        FileData::Bytes(b) => h.update(b),
-        FileData::Host(p) => {
-            let mut f = std::fs::File::open(p)?;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-        }
+        FileData::Bytes(b) => Ok(crate::io::hash::bytes_sha256(b)),
+        FileData::Host(p) => crate::io::hash::file_sha256(p),
     }
-    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

@@ -19,8 +19,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 /// Largest member ustar can describe (11 octal digits).
 const USTAR_MAX: u64 = (1 << 33) - 1;
 
@@ -218,21 +216,6 @@ pub fn ovf(opts: &OvaOptions, vmdk_size: u64) -> String {
     )
 }
 
-/// SHA-256 of a file, streamed.
-fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// ustar header for a regular file member.
 fn member_header(name: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
@@ -275,8 +258,8 @@ pub fn write(vmdk: &Path, out: &Path, opts: &OvaOptions) -> Result<u64, OvaError
     );
     let mf = format!(
         "SHA256({ovf_name})= {}\nSHA256({disk_name})= {}\n",
-        hex::encode(Sha256::digest(ovf_text.as_bytes())),
-        sha256_file(vmdk).map_err(read_err)?
+        crate::io::hash::bytes_sha256(ovf_text.as_bytes()),
+        crate::io::hash::file_sha256(vmdk).map_err(read_err)?
     );
 
     let file = File::create(out).map_err(write_err)?;
@@ -363,7 +346,7 @@ mod tests {
         assert_eq!(members[2].1, testutil::bytes(disk.path()));
         let mf = String::from_utf8(members[1].1.clone()).unwrap();
         for (name, data) in [&members[0], &members[2]] {
-            let line = format!("SHA256({name})= {}\n", hex::encode(Sha256::digest(data)));
+            let line = format!("SHA256({name})= {}\n", crate::io::hash::bytes_sha256(data));
             assert!(mf.contains(&line), "{mf}");
         }
         let ovf_text = String::from_utf8(members[0].1.clone()).unwrap();

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 /// OCI image manifest media type.
@@ -208,12 +207,7 @@ impl Digest {
 
     /// The digest of `bytes`.
     pub fn of_bytes(bytes: &[u8]) -> Self {
-        Self(hex::encode(Sha256::digest(bytes)))
-    }
-
-    /// The digest accumulated in `hasher`.
-    pub fn from_hasher(hasher: Sha256) -> Self {
-        Self(hex::encode(hasher.finalize()))
+        Self(crate::io::hash::bytes_sha256(bytes))
     }
 
     /// The 64 hex digits, as used in blob file names.
@@ -639,9 +633,8 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64), ImageError> {
 
 /// Hashes a stream to its end; returns its digest and length.
 pub fn hash_reader(reader: &mut impl Read) -> io::Result<(Digest, u64)> {
-    let mut writer = HashWriter::new(io::sink());
-    let size = io::copy(reader, &mut writer)?;
-    Ok((writer.digest(), size))
+    let (hex, size) = crate::io::hash::reader_sha256(reader)?;
+    Ok((Digest(hex), size))
 }
 
 /// Checks that a blob has the digest and size its descriptor states.
@@ -668,54 +661,12 @@ pub fn check_blob(
     Ok(())
 }
 
-/// A writer that hashes everything written through it.
-pub struct HashWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
+pub use crate::io::hash::HashWriter;
 
-impl<W: io::Write> HashWriter<W> {
-    /// Wraps `inner`.
-    pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
+impl<W> HashWriter<W> {
     /// The digest of what was written so far.
     pub fn digest(&self) -> Digest {
-        Digest::from_hasher(self.hasher.clone())
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// The inner writer.
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
-    /// Gives back the inner writer.
-    pub fn into_inner(self) -> W {
-        self.inner
-    }
-}
-
-impl<W: io::Write> io::Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        Digest(self.sha256_hex())
     }
 }
 
