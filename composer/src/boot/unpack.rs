@@ -4,7 +4,7 @@
 //! attached as it is.
 
 use crate::error::{Error, Result};
-use crate::format::{Format, OutputKind, Wrap};
+use crate::format::{Format, OutputKind};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -13,10 +13,10 @@ use strata_qemu::ImageFormat;
 /// Where QEMU finds the disk, and in which format.
 pub fn prepare(artefact: &Path, kind: OutputKind, work: &Path) -> Result<(PathBuf, ImageFormat)> {
     let mut path = artefact.to_path_buf();
-    if let Some(w) = kind.wrap {
+    if kind.wrap.is_some() {
         let plain = OutputKind { wrap: None, ..kind };
         let dest = work.join(format!("unpacked.{}", plain.extension()));
-        decompress(artefact, &dest, w)?;
+        decompress(artefact, &dest)?;
         path = dest;
     }
     match kind.format {
@@ -36,28 +36,18 @@ pub fn prepare(artefact: &Path, kind: OutputKind, work: &Path) -> Result<(PathBu
         }
         Format::GcpTar => {
             let dest = work.join("disk.raw");
-            let f = File::open(&path).map_err(Error::io("opening", &path))?;
-            untar_member(
-                flate2::read::GzDecoder::new(f),
-                |n| n == "disk.raw",
-                &dest,
-                &path,
-            )?;
+            let (_, gz) =
+                crate::io::decompress::open(&path).map_err(Error::io("opening", &path))?;
+            untar_member(gz, |n| n == "disk.raw", &dest, &path)?;
             Ok((dest, ImageFormat::Raw))
         }
     }
 }
 
-fn decompress(src: &Path, dest: &Path, w: Wrap) -> Result<()> {
-    let f = File::open(src).map_err(Error::io("opening", src))?;
-    let reader: Box<dyn Read> = match w {
-        Wrap::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(
-            std::io::BufReader::new(f),
-        )),
-        Wrap::Zst => {
-            Box::new(zstd::stream::read::Decoder::new(f).map_err(Error::io("reading", src))?)
-        }
-    };
+/// Decompresses a `.xz` or `.zst` artefact; the decoder follows the magic bytes, which say
+/// the same as the artefact's name for anything strata wrote.
+fn decompress(src: &Path, dest: &Path) -> Result<()> {
+    let (_, reader) = crate::io::decompress::open(src).map_err(Error::io("opening", src))?;
     copy_sparse(reader, dest).map_err(Error::io("decompressing", src))
 }
 
@@ -92,14 +82,7 @@ fn copy_sparse(mut r: impl Read, dest: &Path) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     let mut len = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = r.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let filled = crate::io::read_up_to(&mut r, &mut buf)?;
         if filled == 0 {
             break;
         }

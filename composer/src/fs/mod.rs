@@ -1,5 +1,5 @@
 //! Filesystems and archives, written and read natively: the in-memory
-//! [`tree`] every layer is built as, [`squashfs`] (writer) and
+//! [`tree`] every layer is built as, [`tar`] (the tar reader), [`squashfs`] (writer) and
 //! [`squashfs_read`], [`erofs`] (reader), [`cpio`] (newc), [`fat`] (FAT32
 //! ESP) and [`flatten`] (overlayfs semantics applied to trees).
 
@@ -9,4 +9,5 @@ pub mod fat;
 pub mod flatten;
 pub mod squashfs;
 pub mod squashfs_read;
+pub mod tar;
 pub mod tree;

@@ -18,7 +18,7 @@
 //!   `modules.dep.bin`, `modules.alias.bin`, `modules.builtin.bin` and
 //!   `modules.builtin.alias.bin`. kmod's `modprobe` and udev look modules up only through
 //!   these (they never fall back to the text files, while busybox `modprobe` reads only the
-//!   text files), so both kinds are written.
+//!   text files), so both kinds are written. The trie format lives in [`crate::kmod::index`].
 //!
 //! `modules.builtin` and `modules.builtin.modinfo` come with the kernel and are read, not
 //! written. Dependencies come from each module's `depends=` field, which the kernel build
@@ -33,7 +33,6 @@
 //! [`check_vermagic`] refuses a module built for another kernel release before it reaches an
 //! image where it would fail to load.
 
-use std::collections::btree_map::Entry as Slot;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
@@ -42,7 +41,9 @@ use std::path::{Path, PathBuf};
 use object::{ReadCache, ReadRef};
 
 use crate::fs::tree::{Entry, EntryKind, FileData, Tree, TreeError};
-use crate::kmod::normalize;
+use crate::io::decompress::Format;
+use crate::kmod::index::IndexNode;
+use crate::kmod::{module_suffix, normalize};
 
 /// `.modinfo` strings of one module: (key, value) in section order.
 type Fields = Vec<(String, String)>;
@@ -51,14 +52,6 @@ type Fields = Vec<(String, String)>;
 pub const STALE_FILES: &[&str] = &["modules.symbols", "modules.symbols.bin"];
 /// Upper bound for module reading threads.
 const MAX_THREADS: usize = 8;
-/// Magic number of a libkmod index file.
-const INDEX_MAGIC: u32 = 0xB007_F457;
-/// Index format version 2.1.
-const INDEX_VERSION: u32 = 0x0002_0001;
-/// Node offset flags of the index format.
-const NODE_PREFIX: u32 = 0x8000_0000;
-const NODE_VALUES: u32 = 0x4000_0000;
-const NODE_CHILDS: u32 = 0x2000_0000;
 
 /// Errors from generating module metadata or checking modules.
 #[derive(Debug, thiserror::Error)]
@@ -484,14 +477,6 @@ fn collect_host(root: &Path, rel: &Path, out: &mut Vec<Found<'static>>) -> Resul
     Ok(())
 }
 
-/// The module suffix of a file name, if it looks like a module at all.
-fn module_suffix(path: &Path) -> Option<&'static str> {
-    let name = path.file_name()?.to_str()?;
-    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
-        .into_iter()
-        .find(|suffix| name.ends_with(suffix))
-}
-
 /// The path without its compression suffix, as `modules.order` lists it.
 fn uncompressed(rel: &Path) -> String {
     let text = rel.to_string_lossy();
@@ -521,14 +506,12 @@ fn read_fields(source: &Source, name: &Path) -> Result<Fields> {
             modinfo_section(&ReadCache::new(file), name)?
         }
         (Some(".ko"), Source::Bytes(bytes)) => modinfo_section(*bytes, name)?,
-        (Some(".ko.xz"), _) => modinfo_section(
-            decompress(source, name, |r| liblzma::decode_all(r))?.as_slice(),
-            name,
-        )?,
-        (Some(".ko.zst"), _) => modinfo_section(
-            decompress(source, name, |r| zstd::decode_all(r))?.as_slice(),
-            name,
-        )?,
+        (Some(".ko.xz"), _) => {
+            modinfo_section(decompress(source, name, Format::Xz)?.as_slice(), name)?
+        }
+        (Some(".ko.zst"), _) => {
+            modinfo_section(decompress(source, name, Format::Zstd)?.as_slice(), name)?
+        }
         _ => {
             return Err(KmodMetaError::UnsupportedCompression {
                 path: name.to_path_buf(),
@@ -548,11 +531,8 @@ fn read_fields(source: &Source, name: &Path) -> Result<Fields> {
         .collect())
 }
 
-fn decompress(
-    source: &Source,
-    name: &Path,
-    decode: impl FnOnce(&mut dyn io::Read) -> io::Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
+fn decompress(source: &Source, name: &Path, format: Format) -> Result<Vec<u8>> {
+    let decode = |r: &mut dyn io::Read| crate::kmod::decode_all(format, r);
     let fail = |source| KmodMetaError::Decompress {
         path: name.to_path_buf(),
         source,
@@ -585,9 +565,7 @@ fn modinfo_section<'d, R: ReadRef<'d>>(data: R, path: &Path) -> Result<Vec<u8>> 
 
 /// Reads every module's `.modinfo` on several threads, one file at a time per thread.
 fn read_all(found: &[Found]) -> Result<Vec<Fields>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_THREADS);
+    let threads = crate::par::jobs().min(MAX_THREADS);
     crate::par::map(found, threads, |module| {
         read_fields(&module.source, &module.display)
     })
@@ -1002,125 +980,6 @@ fn ascii<'a>(text: &'a str, what: &'static str, module: &str) -> Result<&'a [u8]
     }
 }
 
-/// A node of libkmod's index trie (format 2.1): a compressed key prefix, values sorted by
-/// priority, and children by next key byte. Built and written exactly as depmod does, so the
-/// files come out byte-identical.
-#[derive(Default)]
-struct IndexNode {
-    prefix: Vec<u8>,
-    /// (priority, value); a new value goes before the first with a priority not below its own.
-    values: Vec<(u32, Vec<u8>)>,
-    children: BTreeMap<u8, IndexNode>,
-}
-
-impl IndexNode {
-    fn insert(&mut self, key: &[u8], value: &[u8], priority: u32) {
-        let mut node = self;
-        let mut i = 0;
-        loop {
-            if let Some(j) =
-                (0..node.prefix.len()).find(|&j| key.get(i + j) != Some(&node.prefix[j]))
-            {
-                node.split(j);
-            }
-            i += node.prefix.len();
-            let Some(&ch) = key.get(i) else {
-                node.add_value(value, priority);
-                return;
-            };
-            match node.children.entry(ch) {
-                Slot::Vacant(slot) => {
-                    let mut child = IndexNode {
-                        prefix: key[i + 1..].to_vec(),
-                        ..IndexNode::default()
-                    };
-                    child.add_value(value, priority);
-                    slot.insert(child);
-                    return;
-                }
-                Slot::Occupied(slot) => node = slot.into_mut(),
-            }
-            i += 1;
-        }
-    }
-
-    /// Keeps `prefix[..j]` here and moves everything else into a child at `prefix[j]`.
-    fn split(&mut self, j: usize) {
-        let ch = self.prefix[j];
-        let child = IndexNode {
-            prefix: self.prefix[j + 1..].to_vec(),
-            values: std::mem::take(&mut self.values),
-            children: std::mem::take(&mut self.children),
-        };
-        self.prefix.truncate(j);
-        self.children.insert(ch, child);
-    }
-
-    fn add_value(&mut self, value: &[u8], priority: u32) {
-        let at = self
-            .values
-            .iter()
-            .position(|(p, _)| *p >= priority)
-            .unwrap_or(self.values.len());
-        self.values.insert(at, (priority, value.to_vec()));
-    }
-
-    /// The whole index file: header, then the nodes children-first.
-    fn write(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&INDEX_MAGIC.to_be_bytes());
-        out.extend_from_slice(&INDEX_VERSION.to_be_bytes());
-        out.extend_from_slice(&[0; 4]);
-        let root = self.write_node(&mut out);
-        out[8..12].copy_from_slice(&root.to_be_bytes());
-        out
-    }
-
-    /// Writes the children, then this node; returns its offset with the flags.
-    fn write_node(&self, out: &mut Vec<u8>) -> u32 {
-        let range = self
-            .children
-            .keys()
-            .next()
-            .zip(self.children.keys().next_back());
-        let child_offsets: Vec<u32> = match range {
-            Some((&first, &last)) => (first..=last)
-                .map(|c| {
-                    self.children
-                        .get(&c)
-                        .map_or(0, |child| child.write_node(out))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        // Offsets fit the 28-bit field for any real module tree (files of a few MiB).
-        let mut offset = out.len() as u32;
-        if !self.prefix.is_empty() {
-            out.extend_from_slice(&self.prefix);
-            out.push(0);
-            offset |= NODE_PREFIX;
-        }
-        if let Some((&first, &last)) = range {
-            out.push(first);
-            out.push(last);
-            for child in child_offsets {
-                out.extend_from_slice(&child.to_be_bytes());
-            }
-            offset |= NODE_CHILDS;
-        }
-        if !self.values.is_empty() {
-            out.extend_from_slice(&(self.values.len() as u32).to_be_bytes());
-            for (priority, value) in &self.values {
-                out.extend_from_slice(&priority.to_be_bytes());
-                out.extend_from_slice(value);
-                out.push(0);
-            }
-            offset |= NODE_VALUES;
-        }
-        offset
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1300,30 +1159,7 @@ mod tests {
     }
 
     #[test]
-    fn index_trie_splits_prefixes_and_orders_values() {
-        let mut index = IndexNode::default();
-        index.insert(b"abc", b"1", 5);
-        index.insert(b"abd", b"2", 1);
-        index.insert(b"ab", b"3", 0);
-        index.insert(b"abc", b"4", 5);
-        assert!(index.prefix.is_empty() && index.values.is_empty());
-        let a = &index.children[&b'a'];
-        assert_eq!(a.prefix, b"b");
-        assert_eq!(a.values, [(0, b"3".to_vec())]);
-        assert_eq!(a.children[&b'd'].values, [(1, b"2".to_vec())]);
-        let c = &a.children[&b'c'];
-        assert_eq!(
-            c.values,
-            [(5, b"4".to_vec()), (5, b"1".to_vec())],
-            "newest first on ties"
-        );
-        let bytes = index.write();
-        assert_eq!(&bytes[..8], &[0xb0, 0x07, 0xf4, 0x57, 0, 2, 0, 1]);
-        let root = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
-        assert_eq!(root & 0xf000_0000, NODE_CHILDS);
-        // Root node: first and last child byte, then the one child offset.
-        let at = (root & 0x0fff_ffff) as usize;
-        assert_eq!(&bytes[at..at + 2], b"aa");
+    fn aliases_are_normalized_outside_brackets() {
         assert_eq!(
             alias_normalize("pci:v-[0-9]*-x").as_deref(),
             Some("pci:v_[0-9]*_x")

@@ -19,12 +19,14 @@
 //! "`updates/` wins over other copies of a module".
 
 pub mod depmod;
+pub mod index;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use crate::io::decompress::Format;
 use object::elf::{FileHeader32, FileHeader64};
 use object::read::elf::{FileHeader, SectionHeader};
 use object::{Endianness, FileKind, ReadCache, ReadRef, StringTable};
@@ -184,8 +186,8 @@ pub fn modinfo(path: &Path) -> Result<ModInfo> {
             // Reads only the ELF header, section table and `.modinfo`.
             read_elf(&ReadCache::new(file), path)?
         }
-        Some(".ko.xz") => read_elf(decompress(path, liblzma::decode_all)?.as_slice(), path)?,
-        Some(".ko.zst") => read_elf(decompress(path, zstd::decode_all)?.as_slice(), path)?,
+        Some(".ko.xz") => read_elf(decompress(path, Format::Xz)?.as_slice(), path)?,
+        Some(".ko.zst") => read_elf(decompress(path, Format::Zstd)?.as_slice(), path)?,
         _ => {
             return Err(Error::UnsupportedCompression {
                 path: path.to_path_buf(),
@@ -203,8 +205,9 @@ fn read_error(path: &Path, source: io::Error) -> Error {
     }
 }
 
-/// The module suffix of a file name, if it looks like a module at all.
-fn module_suffix(path: &Path) -> Option<&'static str> {
+/// The module suffix of a file name, if it looks like a module at all (`.ko.gz` included,
+/// so that callers can refuse it by name).
+pub(crate) fn module_suffix(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_str()?;
     [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
         .into_iter()
@@ -221,12 +224,20 @@ fn file_stem(path: &Path) -> String {
     normalize(stem)
 }
 
-fn decompress(path: &Path, decode: impl FnOnce(File) -> io::Result<Vec<u8>>) -> Result<Vec<u8>> {
+/// The whole decompressed module: `.modinfo` may sit anywhere in it.
+fn decompress(path: &Path, format: Format) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(|source| read_error(path, source))?;
-    decode(file).map_err(|source| Error::Decompress {
+    decode_all(format, file).map_err(|source| Error::Decompress {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// All of `r`, decompressed as `format` (the module's suffix names it, as for libkmod).
+pub(crate) fn decode_all(format: Format, r: impl io::Read) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::io::decompress::decoder(format, r)?.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Returns the ELF machine and a copy of the `.modinfo` bytes.
@@ -593,9 +604,7 @@ fn collect_modules(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()
 /// Reads `.modinfo` of every file on all cores. Work is handed out one file
 /// at a time, so a thread that hits large modules does not hold the others up.
 fn parse_all(root: &Path, files: &[PathBuf]) -> Result<Vec<ModInfo>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_SCAN_THREADS);
+    let threads = crate::par::jobs().min(MAX_SCAN_THREADS);
     crate::par::map(files, threads, |rel| modinfo(&root.join(rel)))
         .into_iter()
         .collect()

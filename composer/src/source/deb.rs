@@ -30,10 +30,6 @@ use serde::{Deserialize, Serialize};
 /// Largest `control` file we read; real ones are a few KiB.
 const CONTROL_LIMIT: u64 = 1 << 20;
 
-/// Memory the xz decoder may use for its threads before it falls back to one
-/// thread; dpkg's blocks are 24 MiB, so two threads need about 80 MiB.
-const XZ_THREAD_MEMLIMIT: u64 = 512 << 20;
-
 /// Errors from reading or extracting a `.deb`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -267,39 +263,27 @@ fn read_member(deb: &Path, member: &str, source: io::Error) -> Error {
     }
 }
 
-/// Wraps a member in the decoder its extension names.
+/// Wraps a member in the decoder its extension names (dpkg trusts the name, so do we); xz
+/// members are decoded on several threads, dpkg writing data.tar.xz in independent blocks.
 fn decoder<'a>(
     deb: &Path,
     name: &str,
     ext: &str,
     inner: impl Read + 'a,
 ) -> Result<Box<dyn Read + 'a>> {
-    match ext {
-        "" => Ok(Box::new(inner)),
-        ".xz" => xz_decoder(inner).map_err(|source| read_member(deb, name, source)),
-        ".zst" => zstd::stream::read::Decoder::new(inner)
-            .map(|d| Box::new(d) as Box<dyn Read>)
-            .map_err(|source| read_member(deb, name, source)),
-        _ => Err(Error::UnsupportedCompression {
-            deb: deb.to_path_buf(),
-            member: name.to_string(),
-        }),
-    }
-}
-
-/// A multi-threaded xz decoder: dpkg writes data.tar.xz in independent
-/// blocks, so two cores halve the decompression time of a kernel package.
-fn xz_decoder<'a>(inner: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let stream = liblzma::stream::MtStreamBuilder::new()
-        .threads(u32::try_from(threads).unwrap_or(1))
-        .memlimit_threading(XZ_THREAD_MEMLIMIT)
-        .memlimit_stop(u64::MAX)
-        .decoder()
-        .map_err(io::Error::other)?;
-    Ok(Box::new(liblzma::read::XzDecoder::new_stream(
-        inner, stream,
-    )))
+    use crate::io::decompress::{self, Format};
+    let decoded = match ext {
+        "" => decompress::decoder(Format::Plain, inner),
+        ".xz" => decompress::xz_threaded(inner),
+        ".zst" => decompress::decoder(Format::Zstd, inner),
+        _ => {
+            return Err(Error::UnsupportedCompression {
+                deb: deb.to_path_buf(),
+                member: name.to_string(),
+            })
+        }
+    };
+    decoded.map_err(|source| read_member(deb, name, source))
 }
 
 /// Finds `./control` in the control tarball and reads it as text.

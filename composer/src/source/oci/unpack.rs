@@ -1,95 +1,31 @@
 //! Applying image layers, bottom first, to a [`Tree`], the way overlayfs would stack them.
 //!
-//! Supported: plain, gzip, zstd (and xz) layer tars, detected by their magic bytes (the media
-//! type only decides whether a blob is a layer at all); OCI whiteouts: `.wh.<name>` hides
-//! `<name>` from lower layers, `.wh..wh..opq` hides everything lower layers put in its
-//! directory (entries of the same layer stay); ustar, GNU and PAX headers including long names
-//! and PAX `uid`/`gid`; modes (with setuid/setgid/sticky) and owners are kept as numbers, so no
-//! root privileges are needed. Regular file contents are streamed into a scratch directory, never
-//! held in memory. A hard link becomes a copy of its target's entry (squashfs deduplicates).
-//!
-//! Refused, naming the layer and the entry: names with `..` or a leading `/`; hard links whose
-//! target has `..`, a leading `/`, or is not an earlier file, symlink or FIFO; any entry below a
-//! symlink (writing through a symlink could land anywhere once the symlink is resolved);
-//! character and block devices (extensions must not ship device nodes); encrypted layers.
-//! Symlink *targets* are stored verbatim, absolute or not: they are resolved inside the guest.
-//!
-//! Not supported: extended attributes (file capabilities are lost), timestamps (every writer
-//! uses a fixed mtime), the aufs `.wh..wh.plnk` hard-link directory (its entries are skipped).
+//! Supported: plain, gzip, zstd (and xz) layer tars, detected by their magic bytes
+//! ([`crate::io::decompress`]; the media type only decides whether a blob is a layer at all),
+//! read by the one tar reader ([`crate::fs::tar`]) with OCI whiteouts on and device nodes
+//! refused (extensions must not ship device nodes). Encrypted layers are refused. Contents are
+//! streamed into a scratch directory, never held in memory.
 //!
 //! [`Tree`]: crate::fs::tree::Tree
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
 use super::image::LayerBlob;
-use crate::fs::tree::{Entry, EntryKind, FileData, Tree, TreeError, PERMISSION_BITS};
+use crate::fs::tar::{read_tar, TarError, TarOptions, TarTarget};
+use crate::fs::tree::Tree;
 
-/// Name prefix of whiteout files.
-const WHITEOUT_PREFIX: &str = ".wh.";
-/// Name of the opaque-directory marker.
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
-/// Prefix of aufs metadata entries, which carry nothing for the flattened tree.
-const AUFS_META_PREFIX: &str = ".wh..wh.";
+/// Layers carry whiteouts; extensions and images built by strata never need device nodes.
+const LAYER_OPTIONS: TarOptions = TarOptions {
+    whiteouts: true,
+    device_nodes: false,
+};
 
 /// Errors from applying layers. `layer` reads like `layer sha256:… (2 of 3)`.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    /// A device node: extensions and images built by strata never need one.
-    #[error(
-        "{layer}: entry {entry:?} is a {kind} device node, which strata refuses; hint: create \
-         device nodes at boot (devtmpfs) instead of shipping them"
-    )]
-    DeviceNode {
-        /// The layer.
-        layer: String,
-        /// The entry name as stored.
-        entry: PathBuf,
-        /// `character` or `block`.
-        kind: &'static str,
-    },
-    /// An entry name that would land outside the root.
-    #[error(
-        "{layer}: entry {entry:?} escapes the root (absolute path or `..`); hint: rebuild the \
-         image with relative paths"
-    )]
-    EscapingEntry {
-        /// The layer.
-        layer: String,
-        /// The entry name as stored.
-        entry: PathBuf,
-    },
-    /// A hard link whose target is outside the root or not an earlier entry.
-    #[error(
-        "{layer}: hard link {entry:?} points to {target:?}, which {reason}; hint: hard links \
-         must name an earlier file of the image by its path from the root"
-    )]
-    HardlinkTarget {
-        /// The layer.
-        layer: String,
-        /// The link's name.
-        entry: PathBuf,
-        /// The target as stored.
-        target: PathBuf,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// An entry field does not fit the tree's 32-bit fields.
-    #[error("{layer}: entry {entry:?} has {field} {value}, above the 32-bit limit")]
-    HeaderOverflow {
-        /// The layer.
-        layer: String,
-        /// The entry.
-        entry: PathBuf,
-        /// `uid` or `gid`.
-        field: &'static str,
-        /// The value found.
-        value: u64,
-    },
     /// Reading the blob or writing extracted contents failed.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
@@ -112,58 +48,9 @@ pub enum UnpackError {
         /// Its media type.
         media_type: String,
     },
-    /// The layer tar is malformed or truncated, or decompression failed.
-    #[error("{layer}: cannot read the tar stream{}: {source}", entry_suffix(.entry))]
-    Tar {
-        /// The layer.
-        layer: String,
-        /// The entry being read, when known.
-        entry: Option<PathBuf>,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// An entry lies below a symlink of this or a lower layer.
-    #[error(
-        "{layer}: entry {entry:?} lies below symlink {symlink}, and writing through symlinks is \
-         refused; hint: put the entry at the symlink's target path instead"
-    )]
-    ThroughSymlink {
-        /// The layer.
-        layer: String,
-        /// The entry name as stored.
-        entry: PathBuf,
-        /// The symlink in the tree.
-        symlink: PathBuf,
-    },
-    /// The tree refused the entry (e.g. its parent is a regular file).
-    #[error("{layer}: cannot apply entry {entry:?}: {source}")]
-    Tree {
-        /// The layer.
-        layer: String,
-        /// The entry name as stored.
-        entry: PathBuf,
-        /// The cause (boxed: tree errors are large).
-        #[source]
-        source: Box<TreeError>,
-    },
-    /// A tar entry type a filesystem tree cannot hold.
-    #[error("{layer}: entry {entry:?} has unsupported tar type {kind:?}")]
-    UnsupportedEntry {
-        /// The layer.
-        layer: String,
-        /// The entry.
-        entry: PathBuf,
-        /// The tar type flag as a character.
-        kind: char,
-    },
-}
-
-fn entry_suffix(entry: &Option<PathBuf>) -> String {
-    entry
-        .as_ref()
-        .map(|e| format!(" at entry {e:?}"))
-        .unwrap_or_default()
+    /// A layer's tar stream was refused or could not be read (see [`crate::fs::tar`]).
+    #[error(transparent)]
+    Layer(Box<TarError>),
 }
 
 /// A tree flattened from image layers, and the directory its file contents live in.
@@ -199,14 +86,13 @@ pub fn apply_layers(
         let label = format!("layer {} ({} of {})", layer.digest, i + 1, layers.len());
         check_media_type(layer, &label)?;
         let reader = open_layer(&layer.path, &label)?;
-        let mut applier = LayerApplier {
-            label: &label,
+        let target = TarTarget {
             tree,
             contents_dir,
             files: &mut files,
-            added: HashSet::new(),
         };
-        applier.apply(reader)?;
+        read_tar(reader, target, &label, LAYER_OPTIONS)
+            .map_err(|e| UnpackError::Layer(Box::new(e)))?;
     }
     Ok(())
 }
@@ -227,306 +113,22 @@ fn check_media_type(layer: &LayerBlob, label: &str) -> Result<(), UnpackError> {
 /// Opens a layer blob with the decoder its magic bytes call for.
 fn open_layer(path: &Path, label: &str) -> Result<Box<dyn Read>, UnpackError> {
     open_decompressed(path).map_err(|e| match e.kind() {
-        io::ErrorKind::Other => tar_err(label, None, e),
+        io::ErrorKind::Other => tar_err(label, e),
         _ => io_err("open", path, e),
     })
 }
 
 /// Opens `path` through a gzip, zstd or xz decoder when its magic bytes say so.
 pub(crate) fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
-    let mut file = File::open(path)?;
-    let mut magic = [0u8; 6];
-    let got = read_up_to(&mut file, &mut magic)?;
-    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
-    Ok(match &magic[..got] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io::Error::other)?)
-        }
-        [0xfd, b'7', b'z', b'X', b'Z', 0] => {
-            Box::new(liblzma::read::XzDecoder::new_multi_decoder(file))
-        }
-        _ => Box::new(file),
-    })
+    crate::io::decompress::open(path).map(|(_, reader)| reader)
 }
 
-/// Reads until `buf` is full or the input ends.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// State while applying one layer.
-struct LayerApplier<'a> {
-    label: &'a str,
-    tree: &'a mut Tree,
-    contents_dir: &'a Path,
-    /// Extracted files so far (all layers); names the content files.
-    files: &'a mut u64,
-    /// Paths this layer created, and their ancestors: whiteouts and opaque markers only hide
-    /// what lower layers put there.
-    added: HashSet<PathBuf>,
-}
-
-impl LayerApplier<'_> {
-    fn apply(&mut self, reader: Box<dyn Read>) -> Result<(), UnpackError> {
-        let mut archive = tar::Archive::new(reader);
-        let entries = archive
-            .entries()
-            .map_err(|e| tar_err(self.label, None, e))?;
-        for item in entries {
-            let entry = item.map_err(|e| tar_err(self.label, None, e))?;
-            self.add(entry)?;
-        }
-        Ok(())
-    }
-
-    fn add<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let raw = entry
-            .path()
-            .map_err(|e| tar_err(self.label, None, e))?
-            .into_owned();
-        let path = self.inside(&raw)?;
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            if name.starts_with(WHITEOUT_PREFIX) {
-                return self.whiteout(&path, name, &raw);
-            }
-        }
-        self.check_no_symlink_above(&path, &raw)?;
-        let header = entry.header().clone();
-        let mode = header
-            .mode()
-            .map_err(|e| tar_err(self.label, Some(&raw), e))?
-            & PERMISSION_BITS;
-        let (uid, gid) = self.owner(&mut entry, &raw)?;
-        let kind = match header.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                EntryKind::File(FileData::Host(self.extract(&mut entry, &raw)?))
-            }
-            tar::EntryType::Directory => EntryKind::Dir,
-            tar::EntryType::Symlink => EntryKind::Symlink(self.link_name(&entry, &raw)?),
-            tar::EntryType::Link => return self.hardlink(&entry, &raw, path),
-            tar::EntryType::Fifo => EntryKind::Fifo,
-            tar::EntryType::Char => return Err(self.device(&raw, "character")),
-            tar::EntryType::Block => return Err(self.device(&raw, "block")),
-            tar::EntryType::XGlobalHeader => return Ok(()),
-            other => {
-                return Err(UnpackError::UnsupportedEntry {
-                    layer: self.label.to_string(),
-                    entry: raw,
-                    kind: char::from(other.as_byte()),
-                })
-            }
-        };
-        let new = Entry {
-            kind,
-            mode,
-            uid,
-            gid,
-        };
-        self.insert(path, new, &raw)
-    }
-
-    /// The absolute in-tree path of an entry name, refusing escapes.
-    fn inside(&self, raw: &Path) -> Result<PathBuf, UnpackError> {
-        normalize_relative(raw).ok_or_else(|| UnpackError::EscapingEntry {
-            layer: self.label.to_string(),
-            entry: raw.to_path_buf(),
-        })
-    }
-
-    /// Handles `.wh.<name>` and `.wh..wh..opq`; whiteouts are never added to the tree.
-    fn whiteout(&mut self, path: &Path, name: &str, raw: &Path) -> Result<(), UnpackError> {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        if name == OPAQUE_MARKER {
-            return self.make_opaque(parent, raw);
-        }
-        if name.starts_with(AUFS_META_PREFIX) {
-            return Ok(());
-        }
-        let hidden = &name[WHITEOUT_PREFIX.len()..];
-        if hidden.is_empty() || hidden == "." || hidden == ".." {
-            return Err(UnpackError::EscapingEntry {
-                layer: self.label.to_string(),
-                entry: raw.to_path_buf(),
-            });
-        }
-        let target = parent.join(hidden);
-        if !self.added.contains(&target) {
-            self.tree.remove(&target);
-        }
-        Ok(())
-    }
-
-    /// Removes what lower layers put below `dir`, keeping this layer's entries.
-    fn make_opaque(&mut self, dir: &Path, raw: &Path) -> Result<(), UnpackError> {
-        self.check_no_symlink_above(&dir.join(OPAQUE_MARKER), raw)?;
-        let lower: Vec<PathBuf> = self
-            .tree
-            .iter()
-            .map(|(p, _)| p)
-            .filter(|p| p.starts_with(dir) && *p != dir && !self.added.contains(*p))
-            .map(Path::to_path_buf)
-            .collect();
-        for path in lower {
-            self.tree.remove(&path);
-        }
-        if self.tree.get(dir).is_none_or(|e| !e.is_dir()) {
-            self.insert(dir.to_path_buf(), Entry::dir(0o755), raw)?;
-        }
-        Ok(())
-    }
-
-    /// Refuses entries whose parent chain holds a symlink of the tree.
-    fn check_no_symlink_above(&self, path: &Path, raw: &Path) -> Result<(), UnpackError> {
-        for ancestor in path.ancestors().skip(1) {
-            if let Some(Entry {
-                kind: EntryKind::Symlink(_),
-                ..
-            }) = self.tree.get(ancestor)
-            {
-                return Err(UnpackError::ThroughSymlink {
-                    layer: self.label.to_string(),
-                    entry: raw.to_path_buf(),
-                    symlink: ancestor.to_path_buf(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn insert(&mut self, path: PathBuf, entry: Entry, raw: &Path) -> Result<(), UnpackError> {
-        if path == Path::new("/") && !entry.is_dir() {
-            return Err(UnpackError::EscapingEntry {
-                layer: self.label.to_string(),
-                entry: raw.to_path_buf(),
-            });
-        }
-        self.tree
-            .insert(&path, entry)
-            .map_err(|source| UnpackError::Tree {
-                layer: self.label.to_string(),
-                entry: raw.to_path_buf(),
-                source: Box::new(source),
-            })?;
-        for ancestor in path.ancestors() {
-            if !self.added.insert(ancestor.to_path_buf()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// A hard link becomes a copy of its target's entry, which must already be in the tree.
-    fn hardlink<R: Read>(
-        &mut self,
-        entry: &tar::Entry<'_, R>,
-        raw: &Path,
-        path: PathBuf,
-    ) -> Result<(), UnpackError> {
-        let target_raw = self.link_name(entry, raw)?;
-        let refuse = |reason| UnpackError::HardlinkTarget {
-            layer: self.label.to_string(),
-            entry: raw.to_path_buf(),
-            target: target_raw.clone(),
-            reason,
-        };
-        let target = normalize_relative(&target_raw).ok_or_else(|| refuse("escapes the root"))?;
-        let copy = match self.tree.get(&target) {
-            Some(found) if !found.is_dir() => found.clone(),
-            Some(_) => return Err(refuse("is a directory")),
-            None => return Err(refuse("is not an earlier entry of the image")),
-        };
-        self.check_no_symlink_above(&path, raw)?;
-        self.insert(path, copy, raw)
-    }
-
-    fn link_name<R: Read>(
-        &self,
-        entry: &tar::Entry<'_, R>,
-        raw: &Path,
-    ) -> Result<PathBuf, UnpackError> {
-        let name = entry
-            .link_name()
-            .map_err(|e| tar_err(self.label, Some(raw), e))?;
-        Ok(name.map(|n| n.into_owned()).unwrap_or_default())
-    }
-
-    /// Owner from the header, overridden by PAX `uid`/`gid` records (ids above 2^21).
-    fn owner<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &Path,
-    ) -> Result<(u32, u32), UnpackError> {
-        let (uid, gid) =
-            crate::fs::tree::tar_owner(entry).map_err(|e| tar_err(self.label, Some(raw), e))?;
-        Ok((self.fit(uid, "uid", raw)?, self.fit(gid, "gid", raw)?))
-    }
-
-    fn fit(&self, value: u64, field: &'static str, raw: &Path) -> Result<u32, UnpackError> {
-        u32::try_from(value).map_err(|_| UnpackError::HeaderOverflow {
-            layer: self.label.to_string(),
-            entry: raw.to_path_buf(),
-            field,
-            value,
-        })
-    }
-
-    /// Streams a regular file's contents to a new file in the contents directory.
-    fn extract<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &Path,
-    ) -> Result<PathBuf, UnpackError> {
-        let (dest, mut out) = loop {
-            *self.files += 1;
-            let dest = self.contents_dir.join(format!("{:08}", self.files));
-            match File::create_new(&dest) {
-                Ok(file) => break (dest, file),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("create", &dest, e)),
-            }
-        };
-        io::copy(entry, &mut out).map_err(|e| tar_err(self.label, Some(raw), e))?;
-        Ok(dest)
-    }
-
-    fn device(&self, raw: &Path, kind: &'static str) -> UnpackError {
-        UnpackError::DeviceNode {
-            layer: self.label.to_string(),
-            entry: raw.to_path_buf(),
-            kind,
-        }
-    }
-}
-
-/// `/`-rooted form of a tar name; `None` if it is absolute or has `..` anywhere.
-fn normalize_relative(raw: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::from("/");
-    for component in raw.components() {
-        match component {
-            Component::CurDir => {}
-            Component::Normal(name) => out.push(name),
-            Component::RootDir | Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-fn tar_err(label: &str, entry: Option<&Path>, source: io::Error) -> UnpackError {
-    UnpackError::Tar {
-        layer: label.to_string(),
-        entry: entry.map(Path::to_path_buf),
+fn tar_err(label: &str, source: io::Error) -> UnpackError {
+    UnpackError::Layer(Box::new(TarError::Tar {
+        origin: label.to_string(),
+        entry: None,
         source,
-    }
+    }))
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> UnpackError {
@@ -540,6 +142,7 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> UnpackError {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::fs::tree::{Entry, EntryKind, FileData};
     use crate::source::oci::image::{Digest, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD};
     use std::fs;
     use std::io::Write;
