@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod assets;
+pub mod binary;
 pub mod boot;
 pub mod build;
 pub mod disk;

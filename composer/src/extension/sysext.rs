@@ -27,7 +27,9 @@
 use std::path::{Path, PathBuf};
 
 use super::findings::Finding;
-use super::talos::rules::{elf_arch_finding, elf_machine_for_arch, read_text, under};
+use super::talos::paths::under;
+use super::talos::rules::{elf_arch_finding, read_text};
+use crate::binary::elf_machine_for_arch;
 use crate::fs::tree::{EntryKind, FileData, Tree};
 
 /// Errors from reading the host's os-release.

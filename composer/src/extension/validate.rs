@@ -304,7 +304,7 @@ fn sorted_files(dir: &Path) -> Result<Vec<String>, ValidateError> {
 
 /// Whether a YAML text's first document is a mapping with `version` and `metadata`.
 fn looks_like_manifest(text: &str) -> bool {
-    match rules::first_document(text) {
+    match super::talos::yaml::first_document(text) {
         Ok((Value::Mapping(m), _)) => m.get("metadata").is_some() && m.get("version").is_some(),
         _ => false,
     }

@@ -4,6 +4,7 @@
 //! architectures, before anything is written.
 
 use crate::arch::Arch;
+use crate::binary::{file_elf_machine, pe_machine};
 use crate::error::{Error, InputError, Result};
 use object::Object;
 use std::path::{Path, PathBuf};
@@ -70,20 +71,6 @@ pub fn check_efi(path: &Path, arch: Arch, field: &str) -> Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// The machine field of a PE image, if `data` is one.
-fn pe_machine(data: &[u8]) -> Option<u16> {
-    if data.get(..2)? != b"MZ" {
-        return None;
-    }
-    let off = u32::from_le_bytes(data.get(0x3c..0x40)?.try_into().ok()?) as usize;
-    if data.get(off..off + 4)? != b"PE\0\0" {
-        return None;
-    }
-    Some(u16::from_le_bytes(
-        data.get(off + 4..off + 6)?.try_into().ok()?,
-    ))
 }
 
 /// Finds the guest init for `arch`: the explicit path if given, else the
@@ -156,20 +143,48 @@ pub fn find_bootloader(arch: Arch, explicit: Option<PathBuf>) -> Result<PathBuf>
     Ok(path)
 }
 
+/// Refuses a tree (root filesystem or extension) holding ELF files built for
+/// another architecture, naming the first such file and both architectures.
+/// Only the ELF header of each regular file is read; the extension rules report the same
+/// mismatch as findings through the same reader ([`crate::binary::file_elf_machine`]).
+pub fn check_tree_arch(
+    tree: &crate::fs::tree::Tree,
+    arch: Arch,
+    what: &str,
+    origin: &Path,
+) -> Result<()> {
+    use crate::fs::tree::{EntryKind, FileData};
+    for (path, entry) in tree.iter() {
+        let EntryKind::File(data) = &entry.kind else {
+            continue;
+        };
+        let machine = file_elf_machine(data).map_err(|e| match data {
+            FileData::Host(host) => Error::io("reading", host)(e),
+            FileData::Bytes(_) => Error::io("reading", path)(e),
+        })?;
+        if let Some(machine) = machine {
+            if machine != arch.elf_machine() {
+                return Err(InputError::new(
+                    origin,
+                    "",
+                    format!(
+                        "{what} holds {} built for {}, but the profile's arch is {arch}",
+                        path.display(),
+                        Arch::name_elf_machine(machine)
+                    ),
+                    format!("use the {arch} build of the {what}"),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_pe_machines() {
-        let mut pe = vec![0u8; 0x100];
-        pe[..2].copy_from_slice(b"MZ");
-        pe[0x3c] = 0x80;
-        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
-        pe[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
-        assert_eq!(pe_machine(&pe), Some(0xaa64));
-        assert_eq!(pe_machine(b"\x7fELF"), None);
-    }
+    use crate::fs::tree::{Entry, Tree};
 
     #[test]
     fn wrong_arch_efi_is_refused_with_both_arches() {
@@ -190,76 +205,10 @@ mod tests {
         );
         check_efi(x64, Arch::Amd64, "bootloader").unwrap();
     }
-}
-
-/// The ELF machine of a file's header, if it is an ELF file (64-bit or 32-bit, either endianness).
-pub fn elf_machine_of(head: &[u8]) -> Option<u16> {
-    if head.len() < 20 || &head[..4] != b"\x7fELF" {
-        return None;
-    }
-    let bytes = [head[18], head[19]];
-    Some(if head[5] == 2 {
-        u16::from_be_bytes(bytes)
-    } else {
-        u16::from_le_bytes(bytes)
-    })
-}
-
-/// Refuses a tree (root filesystem or extension) holding ELF files built for
-/// another architecture, naming the first such file and both architectures.
-/// Only the first 20 bytes of each regular file are read.
-pub fn check_tree_arch(
-    tree: &crate::fs::tree::Tree,
-    arch: Arch,
-    what: &str,
-    origin: &Path,
-) -> Result<()> {
-    use crate::fs::tree::{EntryKind, FileData};
-    use std::io::Read;
-    for (path, entry) in tree.iter() {
-        let head: Vec<u8> = match &entry.kind {
-            EntryKind::File(FileData::Bytes(b)) => b.iter().take(20).copied().collect(),
-            EntryKind::File(FileData::Host(host)) => {
-                let mut buf = Vec::with_capacity(20);
-                let file = std::fs::File::open(host).map_err(Error::io("reading", host))?;
-                file.take(20)
-                    .read_to_end(&mut buf)
-                    .map_err(Error::io("reading", host))?;
-                buf
-            }
-            _ => continue,
-        };
-        if let Some(machine) = elf_machine_of(&head) {
-            if machine != arch.elf_machine() {
-                return Err(InputError::new(
-                    origin,
-                    "",
-                    format!(
-                        "{what} holds {} built for {}, but the profile's arch is {arch}",
-                        path.display(),
-                        Arch::name_elf_machine(machine)
-                    ),
-                    format!("use the {arch} build of the {what}"),
-                )
-                .into());
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tree_tests {
-    use super::*;
-    use crate::fs::tree::{Entry, Tree};
 
     #[test]
     fn a_tree_with_a_foreign_elf_is_refused() {
-        let mut elf = vec![0u8; 64];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[5] = 1;
-        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        let elf = crate::binary::test_elf(183, false);
         let mut tree = Tree::new();
         tree.insert("/usr/bin/tool", Entry::bytes_file(elf, 0o755))
             .unwrap();

@@ -26,7 +26,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::deb;
 use crate::kmod::{self, ModuleIndex};
@@ -264,17 +263,7 @@ fn sha256_file(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_error)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(read_error)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::io::hash::file_sha256(path).map_err(read_error)
 }
 
 /// Returns the entry's metadata if the entry is complete and current.
@@ -436,16 +425,11 @@ fn machine_of(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)
     ))
 }
 
+/// The machine of an EFI-stub kernel, through the one PE reader.
 fn pe_machine(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)> {
-    let le32 = |at: usize| {
-        head.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let pe = le32(0x3c).filter(|&at| head.get(at..at + 4) == Some(b"PE\0\0"));
-    let machine = pe.and_then(|at| head.get(at + 4..at + 6));
-    match machine {
-        Some([0x64, 0xaa]) => Ok(KernelMachine::Aarch64),
-        Some([0x64, 0x86]) => Ok(KernelMachine::X86_64),
+    match crate::binary::pe_machine(head) {
+        Some(m) if m == crate::arch::Arch::Arm64.pe_machine() => Ok(KernelMachine::Aarch64),
+        Some(m) if m == crate::arch::Arch::Amd64.pe_machine() => Ok(KernelMachine::X86_64),
         Some(_) => Err((
             "a PE image for an unsupported machine",
             "strata supports x86_64 and arm64 kernels",

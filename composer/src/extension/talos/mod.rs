@@ -5,9 +5,11 @@
 //! carries it into the image for the guest to report. See
 //! `../shared/research/extension-rules.md` for Talos' rules.
 
+pub mod paths;
 pub mod rules;
 pub mod semver;
 pub mod service;
+pub mod yaml;
 
 use crate::error::InputError;
 use serde::Deserialize;

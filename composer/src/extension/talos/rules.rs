@@ -21,11 +21,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_norway::Value;
 
-use super::semver;
+use super::paths::under;
+use super::semver::{self, version_format_ok};
 use super::service;
+use super::yaml::{
+    find_placeholders, first_document, placeholder_finding, scalar_or_type, type_name, unknown_keys,
+};
+use crate::binary::{elf_machine_for_arch, elf_machine_name, file_elf_machine};
 use crate::extension::findings::Finding;
 use crate::fs::tree::{EntryKind, FileData, Tree};
 
@@ -485,83 +489,6 @@ fn check_constraint(constraint: &str, os_version: &str, label: &str, out: &mut V
     }
 }
 
-/// Whether `version` matches one of the extensions-validator's version patterns.
-pub fn version_format_ok(version: &str) -> bool {
-    semver_like(version)
-        || date_like(version)
-        || tagged(version, semver_core)
-        || tagged(version, lower_hex)
-        || partial_semver(version)
-}
-
-/// `[0-9a-f]+`: a commit hash, or a date that happens to be all digits.
-fn lower_hex(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// `^v?\d+\.\d+\.\d+(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$`
-fn semver_like(v: &str) -> bool {
-    let v = v.strip_prefix('v').unwrap_or(v);
-    let (core, pre) = match v.split_once('-') {
-        Some((c, p)) => (c, Some(p)),
-        None => (v, None),
-    };
-    semver_core(core) && pre.is_none_or(dotted_alphanumeric)
-}
-
-/// `\d+\.\d+\.\d+`
-fn semver_core(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| all_digits(p))
-}
-
-fn all_digits(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// `[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*`
-fn dotted_alphanumeric(s: &str) -> bool {
-    s.split('.')
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-}
-
-/// `^\d{8}(\.\d)?$`
-fn date_like(v: &str) -> bool {
-    let (date, n) = match v.split_once('.') {
-        Some((d, n)) => (d, Some(n)),
-        None => (v, None),
-    };
-    date.len() == 8 && all_digits(date) && n.is_none_or(|n| n.len() == 1 && all_digits(n))
-}
-
-/// `^v?\d+\.\d+$`
-fn partial_semver(v: &str) -> bool {
-    let v = v.strip_prefix('v').unwrap_or(v);
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 2 && parts.iter().all(|p| all_digits(p))
-}
-
-/// `^PREFIX-v(\d+\.\d+\.\d+(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?)(-(\d+)-g([0-9a-f]+)(-dirty)?)?$`
-/// where `prefix_ok` decides the part before `-v`. Go's regexp finds a match if any split
-/// works, so every `-v` position is tried.
-fn tagged(v: &str, prefix_ok: impl Fn(&str) -> bool) -> bool {
-    v.match_indices("-v").any(|(i, _)| {
-        let (prefix, rest) = (&v[..i], &v[i + 2..]);
-        prefix_ok(prefix) && tag_tail(rest)
-    })
-}
-
-/// `\d+\.\d+\.\d+(-PRE)?(-N-gHEX(-dirty)?)?`. PRE may hold `-`, so it also absorbs any
-/// `git describe` suffix: a dotted alphanumeric tail is all the regexp demands.
-fn tag_tail(rest: &str) -> bool {
-    match rest.split_once('-') {
-        Some((core, tail)) => semver_core(core) && dotted_alphanumeric(tail),
-        None => semver_core(rest),
-    }
-}
-
 /// Checks rootfs contents: allowed paths, special files, permissions and ELF architecture.
 /// `rootfs` is rooted at the extension's rootfs; findings name paths as `rootfs/...`.
 pub fn check_contents(rootfs: &Tree, target: &Target<'_>) -> Vec<Finding> {
@@ -668,18 +595,6 @@ fn normalize_allow(p: &str) -> String {
     } else {
         format!("/{trimmed}")
     }
-}
-
-/// Whether `path` is `base` or below it, by whole component.
-pub fn under(path: &str, base: &str) -> bool {
-    let base = base.trim_end_matches('/');
-    if base.is_empty() {
-        return true;
-    }
-    path == base
-        || path
-            .strip_prefix(base)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn under_any(path: &str, bases: &[&str]) -> bool {
@@ -790,48 +705,6 @@ impl Limiter {
     }
 }
 
-/// The ELF `e_machine` for an architecture name (`amd64`/`x86_64`/`x86-64`, `arm64`/`aarch64`).
-pub fn elf_machine_for_arch(arch: &str) -> Option<u16> {
-    match arch {
-        "amd64" | "x86_64" | "x86-64" => Some(62),
-        "arm64" | "aarch64" => Some(183),
-        "riscv64" => Some(243),
-        "s390x" => Some(22),
-        "ppc64le" | "ppc64-le" => Some(21),
-        _ => None,
-    }
-}
-
-/// A readable name for an ELF `e_machine` value.
-pub fn elf_machine_name(machine: u16) -> String {
-    match machine {
-        3 => "i386".into(),
-        8 => "mips".into(),
-        20 => "ppc".into(),
-        21 => "ppc64".into(),
-        22 => "s390".into(),
-        40 => "arm".into(),
-        62 => "x86-64".into(),
-        164 => "hexagon".into(),
-        183 => "arm64".into(),
-        243 => "riscv".into(),
-        other => format!("e_machine {other}"),
-    }
-}
-
-/// `e_machine` of an ELF header (at least 20 bytes), honouring the byte order in `EI_DATA`.
-pub fn elf_machine(head: &[u8]) -> Option<u16> {
-    if head.len() < 20 || &head[..4] != b"\x7fELF" {
-        return None;
-    }
-    let bytes = [head[18], head[19]];
-    match head[5] {
-        1 => Some(u16::from_le_bytes(bytes)),
-        2 => Some(u16::from_be_bytes(bytes)),
-        _ => None,
-    }
-}
-
 /// An error finding when `data` is an ELF file for a machine other than `want`.
 pub(crate) fn elf_arch_finding(
     shown: &str,
@@ -839,8 +712,8 @@ pub(crate) fn elf_arch_finding(
     want: u16,
     rule: &'static str,
 ) -> Option<Finding> {
-    let head = match read_head(data, 20) {
-        Ok(h) => h,
+    let got = match file_elf_machine(data) {
+        Ok(got) => got?,
         Err(e) => {
             return Some(Finding::error(
                 shown,
@@ -850,7 +723,6 @@ pub(crate) fn elf_arch_finding(
             ))
         }
     };
-    let got = elf_machine(&head)?;
     (got != want).then(|| {
         Finding::error(
             shown,
@@ -865,25 +737,11 @@ pub(crate) fn elf_arch_finding(
     })
 }
 
-/// The first `n` bytes (or fewer) of a file's contents.
-pub(crate) fn read_head(data: &FileData, n: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    match data {
-        FileData::Bytes(b) => Ok(b[..b.len().min(n)].to_vec()),
-        FileData::Host(path) => {
-            let mut buf = Vec::with_capacity(n);
-            std::fs::File::open(path)?
-                .take(n as u64)
-                .read_to_end(&mut buf)?;
-            Ok(buf)
-        }
-    }
-}
-
 /// A file's contents as text, refusing files above [`MAX_TEXT`] bytes and invalid UTF-8.
 pub(crate) fn read_text(data: &FileData) -> Result<String, String> {
-    let bytes =
-        read_head(data, MAX_TEXT as usize + 1).map_err(|e| format!("cannot read it: {e}"))?;
+    let bytes = data
+        .head(MAX_TEXT as usize + 1)
+        .map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 > MAX_TEXT {
         return Err(format!("it is larger than {MAX_TEXT} bytes"));
     }
@@ -976,130 +834,6 @@ pub fn subtree(tree: &Tree, prefix: &Path) -> Result<Tree, crate::fs::tree::Tree
         out.insert(inner, entry.clone())?;
     }
     Ok(out)
-}
-
-// ---- YAML helpers shared with `service` ----
-
-/// Parses the first YAML document of `text` (what Go's `yaml.Unmarshal` reads) and counts the
-/// documents. An empty text or a bare `---` gives `Null`.
-pub(crate) fn first_document(text: &str) -> Result<(Value, usize), serde_norway::Error> {
-    let mut first = None;
-    let mut count = 0;
-    for doc in serde_norway::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc)?;
-        count += 1;
-        if first.is_none() {
-            first = Some(value);
-        }
-    }
-    Ok((first.unwrap_or(Value::Null), count))
-}
-
-/// A YAML value's type for messages.
-pub(crate) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_f64() => "number (float)",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
-    }
-}
-
-/// A scalar's text (`4.2`, `true`, `abc`), or its type name for collections.
-pub(crate) fn scalar_or_type(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        other => type_name(other).to_string(),
-    }
-}
-
-/// Adds a warning for every key of `map` outside `known`.
-pub(crate) fn unknown_keys(
-    map: &serde_norway::Mapping,
-    known: &[&str],
-    label: &str,
-    prefix: &str,
-    rule: &'static str,
-    out: &mut Vec<Finding>,
-) {
-    for key in map.keys() {
-        let name = scalar_or_type(key);
-        if !known.contains(&name.as_str()) {
-            out.push(Finding::warning(
-                label,
-                rule,
-                format!("unknown key `{prefix}{name}`: Talos ignores it silently"),
-                format!(
-                    "remove it or fix its spelling (known: {})",
-                    known.join(", ")
-                ),
-            ));
-        }
-    }
-}
-
-/// Unrendered template placeholders with their 1-based line: `{{ … }}` always, and with
-/// `shell` also `$VERSION` and `${…}` (the sed-style placeholders of older manifests).
-pub fn find_placeholders(text: &str, shell: bool) -> Vec<(usize, String)> {
-    let mut found = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let mut rest = line;
-        while let Some(start) = rest.find("{{") {
-            let tail = &rest[start..];
-            let end = tail.find("}}").map(|e| e + 2).unwrap_or(tail.len());
-            found.push((i + 1, tail[..end].to_string()));
-            rest = &tail[end..];
-        }
-        if shell {
-            shell_placeholders(line, i + 1, &mut found);
-        }
-    }
-    found
-}
-
-fn shell_placeholders(line: &str, lineno: usize, found: &mut Vec<(usize, String)>) {
-    let mut rest = line;
-    while let Some(start) = rest.find('$') {
-        let tail = &rest[start..];
-        let token = if tail.starts_with("${") {
-            let end = tail.find('}').map(|e| e + 1).unwrap_or(tail.len());
-            Some(&tail[..end])
-        } else if tail.starts_with("$VERSION") {
-            Some("$VERSION")
-        } else {
-            None
-        };
-        let step = token.map(str::len).unwrap_or(1);
-        if let Some(t) = token {
-            found.push((lineno, t.to_string()));
-        }
-        rest = &tail[step..];
-    }
-}
-
-/// One error finding listing every placeholder of a file.
-pub(crate) fn placeholder_finding(
-    label: &str,
-    rule: &'static str,
-    placeholders: &[(usize, String)],
-) -> Finding {
-    let list: Vec<String> = placeholders
-        .iter()
-        .map(|(line, p)| format!("`{p}` (line {line})"))
-        .collect();
-    Finding::error(
-        label,
-        rule,
-        format!("unrendered template placeholders: {}", list.join(", ")),
-        "render the template first (bldr/sed substitute VERSION, TIER, ...); Talos would \
-         load the placeholder text verbatim",
-    )
 }
 
 #[cfg(test)]
@@ -1209,42 +943,6 @@ mod tests {
     }
 
     #[test]
-    fn version_formats_follow_the_extensions_validator() {
-        let good = [
-            "1.2.3",
-            "v1.2.3",
-            "v3.7.0-v1.0.0",
-            "1.0.0-rc.1",
-            "20260810",
-            "20260810.0",
-            "20211216-v1.0.0",
-            "580.178.04-v1.15.0-alpha.0-7-gb914c26",
-            "5815ee3-v1.8.0",
-            "5815ee3-v1.8.0-alpha.0-10-g336fa0f-dirty",
-            "535.129.03-v1.8.0-alpha.0-10-g336fa0f",
-            "1.29",
-            "v4.6",
-            "0.4.0-g5c274e6",
-        ];
-        for v in good {
-            assert!(version_format_ok(v), "{v} should pass");
-        }
-        let bad = [
-            "microcode-20220207-v1.0.0",
-            "20220117.0-v1.0.0",
-            "4",
-            "v1",
-            "1.2.3.4",
-            "latest",
-            "1.2.3-",
-            "ABC-v1.0.0",
-        ];
-        for v in bad {
-            assert!(!version_format_ok(v), "{v} should fail");
-        }
-    }
-
-    #[test]
     fn paths_match_by_component_and_prefix_only_cases_are_named() {
         let extra = vec!["/opt/vendor/".to_string(), "srv".to_string()];
         let table: &[(&str, PathVerdict)] = &[
@@ -1288,28 +986,6 @@ mod tests {
         );
     }
 
-    fn elf(machine: u16, big_endian: bool) -> Vec<u8> {
-        let mut h = vec![0u8; 64];
-        h[..4].copy_from_slice(b"\x7fELF");
-        h[4] = 2;
-        h[5] = if big_endian { 2 } else { 1 };
-        let m = if big_endian {
-            machine.to_be_bytes()
-        } else {
-            machine.to_le_bytes()
-        };
-        h[18..20].copy_from_slice(&m);
-        h
-    }
-
-    #[test]
-    fn elf_headers_are_read_in_their_byte_order() {
-        assert_eq!(elf_machine(&elf(62, false)), Some(62));
-        assert_eq!(elf_machine(&elf(22, true)), Some(22));
-        assert_eq!(elf_machine(b"#!/bin/sh\n echo hi there"), None);
-        assert_eq!(elf_machine(b"\x7fELF"), None);
-    }
-
     #[test]
     fn contents_are_checked_for_paths_specials_modes_and_arch() {
         let mut t = Tree::new();
@@ -1317,17 +993,17 @@ mod tests {
         add(
             &mut t,
             "/usr/local/bin/ok",
-            Entry::bytes_file(elf(62, false), 0o755),
+            Entry::bytes_file(crate::binary::test_elf(62, false), 0o755),
         );
         add(
             &mut t,
             "/usr/local/bin/arm",
-            Entry::bytes_file(elf(183, false), 0o755),
+            Entry::bytes_file(crate::binary::test_elf(183, false), 0o755),
         );
         add(
             &mut t,
             "/usr/lib/firmware/gpu.elf",
-            Entry::bytes_file(elf(183, false), 0o644),
+            Entry::bytes_file(crate::binary::test_elf(183, false), 0o644),
         );
         add(
             &mut t,

@@ -14,6 +14,9 @@
 //! ([`Range::parse_talos`]) and checks it against major.minor.patch of its own version only,
 //! so `v1.11.0-alpha.1` satisfies `>= v1.11.0` ([`Version::parse_core`]).
 //!
+//! [`version_format_ok`] is the looser check of `metadata.version`: the regular expressions of
+//! the extensions-validator (dates, `PREFIX-vX.Y.Z` tags, `vX.Y`), not blang's grammar.
+//!
 //! Not supported: npm-style `^`, `~` and hyphen ranges (blang has none of them either).
 
 use std::cmp::Ordering;
@@ -532,6 +535,83 @@ fn increment_at(version: &str, index: usize) -> String {
     parts.join(".")
 }
 
+/// Whether `version` matches one of the extensions-validator's version patterns.
+pub fn version_format_ok(version: &str) -> bool {
+    semver_like(version)
+        || date_like(version)
+        || tagged(version, semver_core)
+        || tagged(version, lower_hex)
+        || partial_semver(version)
+}
+
+/// `[0-9a-f]+`: a commit hash, or a date that happens to be all digits.
+fn lower_hex(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `^v?\d+\.\d+\.\d+(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$`
+fn semver_like(v: &str) -> bool {
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let (core, pre) = match v.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (v, None),
+    };
+    semver_core(core) && pre.is_none_or(dotted_alphanumeric)
+}
+
+/// `\d+\.\d+\.\d+`
+fn semver_core(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| all_digits(p))
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*`
+fn dotted_alphanumeric(s: &str) -> bool {
+    s.split('.')
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// `^\d{8}(\.\d)?$`
+fn date_like(v: &str) -> bool {
+    let (date, n) = match v.split_once('.') {
+        Some((d, n)) => (d, Some(n)),
+        None => (v, None),
+    };
+    date.len() == 8 && all_digits(date) && n.is_none_or(|n| n.len() == 1 && all_digits(n))
+}
+
+/// `^v?\d+\.\d+$`
+fn partial_semver(v: &str) -> bool {
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 2 && parts.iter().all(|p| all_digits(p))
+}
+
+/// `^PREFIX-v(\d+\.\d+\.\d+(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?)(-(\d+)-g([0-9a-f]+)(-dirty)?)?$`
+/// where `prefix_ok` decides the part before `-v`. Go's regexp finds a match if any split
+/// works, so every `-v` position is tried.
+fn tagged(v: &str, prefix_ok: impl Fn(&str) -> bool) -> bool {
+    v.match_indices("-v").any(|(i, _)| {
+        let (prefix, rest) = (&v[..i], &v[i + 2..]);
+        prefix_ok(prefix) && tag_tail(rest)
+    })
+}
+
+/// `\d+\.\d+\.\d+(-PRE)?(-N-gHEX(-dirty)?)?`. PRE may hold `-`, so it also absorbs any
+/// `git describe` suffix: a dotted alphanumeric tail is all the regexp demands.
+fn tag_tail(rest: &str) -> bool {
+    match rest.split_once('-') {
+        Some((core, tail)) => semver_core(core) && dotted_alphanumeric(tail),
+        None => semver_core(rest),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,5 +711,41 @@ mod tests {
             assert!(pair[0] < pair[1], "{} < {}", pair[0], pair[1]);
         }
         assert_eq!(parsed[2].to_string(), "1.0.0-alpha.beta");
+    }
+
+    #[test]
+    fn version_formats_follow_the_extensions_validator() {
+        let good = [
+            "1.2.3",
+            "v1.2.3",
+            "v3.7.0-v1.0.0",
+            "1.0.0-rc.1",
+            "20260810",
+            "20260810.0",
+            "20211216-v1.0.0",
+            "580.178.04-v1.15.0-alpha.0-7-gb914c26",
+            "5815ee3-v1.8.0",
+            "5815ee3-v1.8.0-alpha.0-10-g336fa0f-dirty",
+            "535.129.03-v1.8.0-alpha.0-10-g336fa0f",
+            "1.29",
+            "v4.6",
+            "0.4.0-g5c274e6",
+        ];
+        for v in good {
+            assert!(version_format_ok(v), "{v} should pass");
+        }
+        let bad = [
+            "microcode-20220207-v1.0.0",
+            "20220117.0-v1.0.0",
+            "4",
+            "v1",
+            "1.2.3.4",
+            "latest",
+            "1.2.3-",
+            "ABC-v1.0.0",
+        ];
+        for v in bad {
+            assert!(!version_format_ok(v), "{v} should fail");
+        }
     }
 }

@@ -23,9 +23,9 @@ use std::path::Path;
 
 use serde_norway::{Mapping, Value};
 
-use super::rules::{
-    find_placeholders, first_document, placeholder_finding, scalar_or_type, type_name, under,
-    unknown_keys,
+use super::paths::under;
+use super::yaml::{
+    find_placeholders, first_document, placeholder_finding, scalar_or_type, type_name, unknown_keys,
 };
 use crate::extension::findings::Finding;
 use crate::fs::tree::{EntryKind, Tree};
