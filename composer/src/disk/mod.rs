@@ -1,11 +1,12 @@
 //! The GPT disk: partition plan, protective MBR, primary and backup GPT
-//! (written with gptman), in a sparse file.
+//! (written by [`gpt`], with gptman), in a sparse file.
 //!
 //! Partitions start on 1 MiB boundaries; the disk ends 1 MiB after the last
 //! partition, which leaves room for the backup GPT. Only what is written
 //! takes space: the file is extended with `set_len`, so unwritten ranges
 //! stay holes.
 
+pub mod gpt;
 pub mod guid;
 
 use crate::disk::guid::Guid;
@@ -117,25 +118,27 @@ pub fn plan(
     })
 }
 
-/// Sizes `file` to the layout (sparse) and writes the protective MBR and both GPTs.
+/// Sizes `file` to the layout (sparse) and writes the protective MBR and both GPTs
+/// ([`gpt::regions`]); nothing else is written, so the rest stays holes.
 pub fn write_gpt(file: &mut File, layout: &Layout) -> std::io::Result<()> {
+    use std::io::Write;
     file.set_len(layout.size)?;
+    let parts: Vec<gpt::GptPartition<'_>> = layout
+        .partitions
+        .iter()
+        .map(|p| gpt::GptPartition {
+            type_guid: p.type_guid().to_disk(),
+            guid: p.guid.to_disk(),
+            first_lba: p.offset / SECTOR,
+            last_lba: (p.offset + p.size) / SECTOR - 1,
+            name: &p.label,
+        })
+        .collect();
+    let regions = gpt::regions(layout.size, layout.guid.to_disk(), &parts, None)?;
     file.seek(SeekFrom::Start(0))?;
-    let mut gpt = gptman::GPT::new_from(file, SECTOR, layout.guid.to_disk())
-        .map_err(std::io::Error::other)?;
-    gpt.align = MIB / SECTOR;
-    for (i, p) in layout.partitions.iter().enumerate() {
-        gpt[(i + 1) as u32] = gptman::GPTPartitionEntry {
-            partition_type_guid: p.type_guid().to_disk(),
-            unique_partition_guid: p.guid.to_disk(),
-            starting_lba: p.offset / SECTOR,
-            ending_lba: (p.offset + p.size) / SECTOR - 1,
-            attribute_bits: 0,
-            partition_name: p.label.as_str().into(),
-        };
-    }
-    gpt.write_into(file).map_err(std::io::Error::other)?;
-    gptman::GPT::write_protective_mbr_into(file, SECTOR).map_err(std::io::Error::other)?;
+    file.write_all(&regions.head)?;
+    file.seek(SeekFrom::Start(layout.size - regions.tail.len() as u64))?;
+    file.write_all(&regions.tail)?;
     Ok(())
 }
 

@@ -17,6 +17,9 @@
 //! | 512 (1 MiB)      | the ESP, up to the end of the volume but for the backup GPT        |
 //! | last 33 sectors  | backup GPT entries and header (inside the volume space)            |
 //!
+//! The protective MBR and both GPTs come from the disk images' GPT writer
+//! ([`crate::disk::gpt`]), placed by hand at both ends of the stream.
+//!
 //! The ESP's first sector is also the GPT's first usable sector, so that
 //! partitioning tools do not offer the ISO 9660 metadata as free space.
 //!
@@ -41,6 +44,11 @@ use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::disk::{
+    self,
+    gpt::{GptPartition, GptRegions},
+};
+
 /// The ISO 9660 logical block size.
 const BLOCK: u64 = 2048;
 /// The GPT sector size: the sector size of USB sticks and virtual disks.
@@ -59,11 +67,6 @@ const METADATA_END_BLOCK: u64 = 24;
 /// The ESP starts at 1 MiB, so the partition is aligned for USB flash
 /// erase blocks and for the partitioning tools' default alignment.
 const ESP_BLOCK: u64 = 512;
-/// GPT entries: 128 of 128 bytes, the minimum array the UEFI spec allows.
-const GPT_ENTRIES: u64 = 128;
-const GPT_ENTRY_SIZE: u64 = 128;
-/// Sectors of one GPT entry array.
-const GPT_ARRAY_SECTORS: u64 = GPT_ENTRIES * GPT_ENTRY_SIZE / SECTOR;
 /// The largest ESP: one ISO 9660 extent records at most 4 GiB - 1 bytes.
 const MAX_ESP_BYTES: u64 = (1 << 32) - BLOCK;
 /// Bytes read from the ESP per write.
@@ -238,11 +241,12 @@ pub fn write(
         .stream_position()
         .map_err(|source| IsoError::Output { offset: 0, source })?;
     let mut sink = Sink { out, pos: 0 };
-    sink.put(&system_area(&layout, opts))?;
+    let gpt = gpt(&layout, opts)?;
+    sink.put(&system_area(&gpt))?;
     sink.put(&metadata(&layout, opts, &date))?;
     sink.zeros(layout.esp_offset() - sink.pos)?;
     copy_esp(&mut esp, esp_image, esp_bytes, &mut sink)?;
-    sink.put(&tail(&layout, opts))?;
+    sink.put(&tail(&layout, &gpt))?;
     let written = sink.pos;
     let end = sink.finish()?;
     let moved = end.saturating_sub(start);
@@ -271,7 +275,7 @@ impl Layout {
         let esp_end = ESP_BLOCK * (BLOCK / SECTOR) + esp_bytes / SECTOR;
         // The backup GPT (array + header) follows the ESP; the image is
         // padded to whole 2048-byte blocks because CD sectors are that big.
-        let total_sectors = (esp_end + GPT_ARRAY_SECTORS + 1).next_multiple_of(BLOCK / SECTOR);
+        let total_sectors = (esp_end + disk::gpt::TAIL_SECTORS).next_multiple_of(BLOCK / SECTOR);
         Layout {
             esp_bytes,
             total_sectors,
@@ -296,18 +300,6 @@ impl Layout {
 
     fn esp_last_sector(&self) -> u64 {
         self.esp_first_sector() + self.esp_bytes / SECTOR - 1
-    }
-
-    fn backup_header_sector(&self) -> u64 {
-        self.total_sectors - 1
-    }
-
-    fn backup_array_sector(&self) -> u64 {
-        self.backup_header_sector() - GPT_ARRAY_SECTORS
-    }
-
-    fn last_usable_sector(&self) -> u64 {
-        self.backup_array_sector() - 1
     }
 
     /// The El Torito sector count (512-byte units). Like xorriso, 0 when
@@ -419,10 +411,11 @@ fn copy_esp<W: Write + Seek>(
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(COPY_CHUNK as u64) as usize;
-        let got = read_full(esp, &mut buf[..want]).map_err(|source| IsoError::EspRead {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let got =
+            crate::io::read_up_to(esp, &mut buf[..want]).map_err(|source| IsoError::EspRead {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if got < want {
             return Err(IsoError::EspTruncated {
                 path: path.to_path_buf(),
@@ -434,20 +427,6 @@ fn copy_esp<W: Write + Seek>(
         done += want as u64;
     }
     Ok(())
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
 }
 
 fn check_volume_id(id: &str) -> Result<(), IsoError> {
@@ -705,116 +684,37 @@ fn boot_catalog(b: &mut [u8], layout: &Layout) {
     entry[8..12].copy_from_slice(&(ESP_BLOCK as u32).to_le_bytes());
 }
 
-/// Blocks 0 to 15: protective MBR, primary GPT header and entry array.
-fn system_area(layout: &Layout, opts: &IsoOptions) -> Vec<u8> {
+/// The image's GPT: partition 1 is the ESP, and the first usable sector is the ESP's, not the
+/// usual 34: the ISO 9660 metadata lies between, and partitioning tools must not offer it as
+/// free space.
+fn gpt(layout: &Layout, opts: &IsoOptions) -> Result<GptRegions, IsoError> {
+    let esp = GptPartition {
+        type_guid: ESP_TYPE_GUID,
+        guid: opts.esp_guid,
+        first_lba: layout.esp_first_sector(),
+        last_lba: layout.esp_last_sector(),
+        name: "EFI System Partition",
+    };
+    let first_usable = Some(layout.esp_first_sector());
+    disk::gpt::regions(layout.bytes(), opts.disk_guid, &[esp], first_usable)
+        .map_err(|source| IsoError::Output { offset: 0, source })
+}
+
+/// Blocks 0 to 15: protective MBR, primary GPT header and entry array, zeros.
+fn system_area(gpt: &GptRegions) -> Vec<u8> {
     let mut buf = vec![0u8; (SYSTEM_AREA_BLOCKS * BLOCK) as usize];
-    protective_mbr(&mut buf[..SECTOR as usize], layout);
-    let entries = gpt_entries(layout, opts);
-    let header = gpt_header(layout, opts, &entries, true);
-    buf[SECTOR as usize..2 * SECTOR as usize].copy_from_slice(&header);
-    buf[2 * SECTOR as usize..][..entries.len()].copy_from_slice(&entries);
+    buf[..gpt.head.len()].copy_from_slice(&gpt.head);
     buf
 }
 
 /// The end of the image after the ESP: zeros, then the backup GPT entry
 /// array and header in the last sectors.
-fn tail(layout: &Layout, opts: &IsoOptions) -> Vec<u8> {
+fn tail(layout: &Layout, gpt: &GptRegions) -> Vec<u8> {
     let first = layout.esp_last_sector() + 1;
     let mut buf = vec![0u8; ((layout.total_sectors - first) * SECTOR) as usize];
-    let entries = gpt_entries(layout, opts);
-    let header = gpt_header(layout, opts, &entries, false);
-    let array_at = ((layout.backup_array_sector() - first) * SECTOR) as usize;
-    buf[array_at..array_at + entries.len()].copy_from_slice(&entries);
-    buf[array_at + entries.len()..].copy_from_slice(&header);
+    let at = buf.len() - gpt.tail.len();
+    buf[at..].copy_from_slice(&gpt.tail);
     buf
-}
-
-/// An MBR with one 0xEE partition over the disk, as UEFI requires in front
-/// of a GPT.
-fn protective_mbr(b: &mut [u8], layout: &Layout) {
-    let p = &mut b[446..462];
-    p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of sector 1
-    p[4] = 0xee;
-    p[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
-    p[8..12].copy_from_slice(&1u32.to_le_bytes());
-    p[12..16].copy_from_slice(&u32_of(layout.total_sectors - 1).to_le_bytes());
-    b[510] = 0x55;
-    b[511] = 0xaa;
-}
-
-/// The GPT entry array: partition 1 is the ESP.
-fn gpt_entries(layout: &Layout, opts: &IsoOptions) -> Vec<u8> {
-    let mut buf = vec![0u8; (GPT_ENTRIES * GPT_ENTRY_SIZE) as usize];
-    let e = &mut buf[..GPT_ENTRY_SIZE as usize];
-    e[0..16].copy_from_slice(&ESP_TYPE_GUID);
-    e[16..32].copy_from_slice(&opts.esp_guid);
-    e[32..40].copy_from_slice(&layout.esp_first_sector().to_le_bytes());
-    e[40..48].copy_from_slice(&layout.esp_last_sector().to_le_bytes());
-    for (i, unit) in "EFI System Partition".encode_utf16().enumerate() {
-        e[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
-    }
-    buf
-}
-
-/// The primary (at sector 1) or backup (last sector) GPT header.
-fn gpt_header(layout: &Layout, opts: &IsoOptions, entries: &[u8], primary: bool) -> [u8; 512] {
-    let (mine, other, array) = if primary {
-        (1, layout.backup_header_sector(), 2)
-    } else {
-        (
-            layout.backup_header_sector(),
-            1,
-            layout.backup_array_sector(),
-        )
-    };
-    let mut h = [0u8; SECTOR as usize];
-    h[0..8].copy_from_slice(b"EFI PART");
-    h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-    h[12..16].copy_from_slice(&92u32.to_le_bytes());
-    h[24..32].copy_from_slice(&mine.to_le_bytes());
-    h[32..40].copy_from_slice(&other.to_le_bytes());
-    // The first usable sector is the ESP's, not the usual 34: the ISO 9660
-    // metadata lies between, and partitioning tools must not offer it as
-    // free space.
-    h[40..48].copy_from_slice(&layout.esp_first_sector().to_le_bytes());
-    h[48..56].copy_from_slice(&layout.last_usable_sector().to_le_bytes());
-    h[56..72].copy_from_slice(&opts.disk_guid);
-    h[72..80].copy_from_slice(&array.to_le_bytes());
-    h[80..84].copy_from_slice(&(GPT_ENTRIES as u32).to_le_bytes());
-    h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
-    h[88..92].copy_from_slice(&crc32(entries).to_le_bytes());
-    let crc = crc32(&h[..92]);
-    h[16..20].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-/// CRC-32 (IEEE 802.3, reflected), as GPT uses.
-fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |crc, &byte| {
-        CRC_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8)
-    })
-}
-
-static CRC_TABLE: [u32; 256] = crc_table();
-
-const fn crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
 }
 
 #[cfg(test)]
@@ -986,23 +886,12 @@ mod tests {
         assert!(gpt.iter().filter(|(_, p)| p.is_used()).count() == 1);
 
         let backup = &iso[iso.len() - 512..];
-        let mut unsummed = backup[..92].to_vec();
-        unsummed[16..20].fill(0);
-        assert_eq!(&backup[..8], b"EFI PART");
-        assert_eq!(
-            le32(backup, 16) as u32,
-            crc32(&unsummed),
-            "backup header crc"
-        );
+        // Checks the signature, revision and header CRC.
+        gptman::GPTHeader::read_from(&mut Cursor::new(backup)).expect("backup header");
         assert_eq!(le64(backup, 24) * 512 + 512, stats.bytes, "backup my_lba");
         let array = (le64(backup, 72) * 512) as usize;
         assert_eq!(&iso[array..array + 16384], &iso[1024..1024 + 16384]);
         assert_eq!(le32(backup, 88), le32(&iso, 512 + 88), "array crc");
-    }
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
     }
 
     #[test]
@@ -1012,8 +901,9 @@ mod tests {
         assert_eq!(Layout::new(64 * MIB).catalog_sector_count(), 0);
         let l = Layout::new(64 * MIB);
         assert_eq!(l.bytes() % BLOCK, 0);
-        assert!(l.esp_last_sector() < l.last_usable_sector());
-        assert_eq!(l.backup_header_sector() * SECTOR + SECTOR, l.bytes());
+        // The backup GPT fits after the ESP.
+        let after_esp = l.total_sectors - l.esp_last_sector() - 1;
+        assert!(after_esp >= disk::gpt::TAIL_SECTORS, "{after_esp}");
     }
 
     #[test]
