@@ -34,16 +34,13 @@
 //! image where it would fail to load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use object::{ReadCache, ReadRef};
-
 use crate::fs::tree::{Entry, EntryKind, FileData, Tree, TreeError};
-use crate::io::decompress::Format;
 use crate::kmod::index::IndexNode;
-use crate::kmod::{module_suffix, normalize};
+use crate::kmod::{module_suffix, normalize, ModuleBytes};
 
 /// `.modinfo` strings of one module: (key, value) in section order.
 type Fields = Vec<(String, String)>;
@@ -74,23 +71,6 @@ pub enum KmodMetaError {
         /// The modules left in cycles, comma-separated.
         modules: String,
     },
-    /// A compressed module could not be decompressed.
-    #[error("cannot decompress kernel module {path}")]
-    Decompress {
-        /// The module file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The module is not an ELF file we can read.
-    #[error("{path} is not a valid ELF kernel module ({reason}); hint: is the file truncated?")]
-    Elf {
-        /// The module file.
-        path: PathBuf,
-        /// What the ELF reader objected to.
-        reason: String,
-    },
     /// A module names a dependency that is neither a module of the tree nor built in.
     #[error(
         "kernel module {module} depends on {dependency}, which is neither a module in {dir} nor \
@@ -104,12 +84,6 @@ pub enum KmodMetaError {
         dependency: String,
         /// The modules directory.
         dir: PathBuf,
-    },
-    /// The module has no `.modinfo` section.
-    #[error("{path} has no .modinfo section; hint: is it a Linux kernel module?")]
-    NoModinfo {
-        /// The module file.
-        path: PathBuf,
     },
     /// The tree has no modules directory for the release.
     #[error(
@@ -139,6 +113,9 @@ pub enum KmodMetaError {
         /// The module's name.
         module: String,
     },
+    /// A module file could not be read as a module (see [`crate::kmod::Error`]).
+    #[error(transparent)]
+    Module(Box<crate::kmod::Error>),
     /// A file or directory could not be read.
     #[error("cannot read {path}")]
     Read {
@@ -154,15 +131,6 @@ pub enum KmodMetaError {
         /// The cause.
         #[source]
         source: TreeError,
-    },
-    /// The module is compressed with a method we cannot decode.
-    #[error(
-        "{path} is compressed with an unsupported method; hint: only .ko, .ko.xz and .ko.zst \
-         modules are supported (recompress .ko.gz modules with xz)"
-    )]
-    UnsupportedCompression {
-        /// The module file.
-        path: PathBuf,
     },
     /// The module was built for another kernel release.
     #[error(
@@ -496,28 +464,12 @@ fn modname_of(path: &str) -> String {
 
 /// Reads the `key=value` strings of a module's `.modinfo`, in section order.
 fn read_fields(source: &Source, name: &Path) -> Result<Fields> {
-    let section = match (module_suffix(name), source) {
-        (Some(".ko"), Source::Host(path)) => {
-            let file = File::open(path).map_err(|source| KmodMetaError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            // Reads only the ELF header, the section table and `.modinfo`.
-            modinfo_section(&ReadCache::new(file), name)?
-        }
-        (Some(".ko"), Source::Bytes(bytes)) => modinfo_section(*bytes, name)?,
-        (Some(".ko.xz"), _) => {
-            modinfo_section(decompress(source, name, Format::Xz)?.as_slice(), name)?
-        }
-        (Some(".ko.zst"), _) => {
-            modinfo_section(decompress(source, name, Format::Zstd)?.as_slice(), name)?
-        }
-        _ => {
-            return Err(KmodMetaError::UnsupportedCompression {
-                path: name.to_path_buf(),
-            })
-        }
+    let bytes = match source {
+        Source::Host(path) => ModuleBytes::Host(path),
+        Source::Bytes(bytes) => ModuleBytes::Memory(bytes),
     };
+    let (_, section) = crate::kmod::modinfo_section(bytes, name)
+        .map_err(|e| KmodMetaError::Module(Box::new(e)))?;
     Ok(section
         .split(|&b| b == 0)
         .filter(|field| !field.is_empty())
@@ -529,38 +481,6 @@ fn read_fields(source: &Source, name: &Path) -> Result<Fields> {
             }
         })
         .collect())
-}
-
-fn decompress(source: &Source, name: &Path, format: Format) -> Result<Vec<u8>> {
-    let decode = |r: &mut dyn io::Read| crate::kmod::decode_all(format, r);
-    let fail = |source| KmodMetaError::Decompress {
-        path: name.to_path_buf(),
-        source,
-    };
-    match source {
-        Source::Host(path) => {
-            let mut file = File::open(path).map_err(|source| KmodMetaError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            decode(&mut file).map_err(fail)
-        }
-        Source::Bytes(bytes) => decode(&mut &bytes[..]).map_err(fail),
-    }
-}
-
-/// A copy of the `.modinfo` section of an ELF32/ELF64 file of either byte order.
-fn modinfo_section<'d, R: ReadRef<'d>>(data: R, path: &Path) -> Result<Vec<u8>> {
-    let (_, section) =
-        crate::kmod::elf_modinfo_section(data).map_err(|reason| KmodMetaError::Elf {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-    section
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| KmodMetaError::NoModinfo {
-            path: path.to_path_buf(),
-        })
 }
 
 /// Reads every module's `.modinfo` on several threads, one file at a time per thread.

@@ -112,7 +112,11 @@ pub enum Error {
         hint: String,
     },
     /// The module is compressed with a method we have no decoder for.
-    #[error("{} is compressed with an unsupported method; hint: only .ko, .ko.xz and .ko.zst modules are supported", path.display())]
+    #[error(
+        "{} is compressed with an unsupported method; hint: only .ko, .ko.xz and .ko.zst \
+         modules are supported (recompress .ko.gz modules with xz)",
+        path.display()
+    )]
     UnsupportedCompression {
         /// The module file.
         path: PathBuf,
@@ -180,22 +184,48 @@ pub fn normalize(name: &str) -> String {
 
 /// Reads the `.modinfo` section and ELF machine of one module file.
 pub fn modinfo(path: &Path) -> Result<ModInfo> {
-    let (machine, section) = match module_suffix(path) {
-        Some(".ko") => {
-            let file = File::open(path).map_err(|source| read_error(path, source))?;
-            // Reads only the ELF header, section table and `.modinfo`.
-            read_elf(&ReadCache::new(file), path)?
-        }
-        Some(".ko.xz") => read_elf(decompress(path, Format::Xz)?.as_slice(), path)?,
-        Some(".ko.zst") => read_elf(decompress(path, Format::Zstd)?.as_slice(), path)?,
+    let (machine, section) = modinfo_section(ModuleBytes::Host(path), path)?;
+    let stem = file_stem(path);
+    Ok(parse_modinfo(&section, machine, &stem))
+}
+
+/// Where a module's bytes are: a host file, or memory (a module held by a tree).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ModuleBytes<'a> {
+    /// A host file; a plain `.ko` is read only where the ELF headers and `.modinfo` are.
+    Host(&'a Path),
+    /// The whole file in memory.
+    Memory(&'a [u8]),
+}
+
+/// The ELF machine and a copy of `.modinfo` of module `name`, whose suffix says how it is
+/// compressed (as for libkmod). The one module reader of the index scan and of depmod.
+pub(crate) fn modinfo_section(bytes: ModuleBytes<'_>, name: &Path) -> Result<(u16, Vec<u8>)> {
+    let format = match module_suffix(name) {
+        Some(".ko") => Format::Plain,
+        Some(".ko.xz") => Format::Xz,
+        Some(".ko.zst") => Format::Zstd,
         _ => {
             return Err(Error::UnsupportedCompression {
-                path: path.to_path_buf(),
+                path: name.to_path_buf(),
             })
         }
     };
-    let stem = file_stem(path);
-    Ok(parse_modinfo(&section, machine, &stem))
+    match (format, bytes) {
+        (Format::Plain, ModuleBytes::Host(path)) => {
+            let file = File::open(path).map_err(|source| read_error(path, source))?;
+            // Reads only the ELF header, section table and `.modinfo`.
+            read_elf(&ReadCache::new(file), name)
+        }
+        (Format::Plain, ModuleBytes::Memory(data)) => read_elf(data, name),
+        (_, ModuleBytes::Host(path)) => {
+            let file = File::open(path).map_err(|source| read_error(path, source))?;
+            read_elf(decompress(file, format, name)?.as_slice(), name)
+        }
+        (_, ModuleBytes::Memory(data)) => {
+            read_elf(decompress(data, format, name)?.as_slice(), name)
+        }
+    }
 }
 
 fn read_error(path: &Path, source: io::Error) -> Error {
@@ -225,18 +255,14 @@ fn file_stem(path: &Path) -> String {
 }
 
 /// The whole decompressed module: `.modinfo` may sit anywhere in it.
-fn decompress(path: &Path, format: Format) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|source| read_error(path, source))?;
-    decode_all(format, file).map_err(|source| Error::Decompress {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// All of `r`, decompressed as `format` (the module's suffix names it, as for libkmod).
-pub(crate) fn decode_all(format: Format, r: impl io::Read) -> io::Result<Vec<u8>> {
+fn decompress(r: impl io::Read, format: Format, name: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    crate::io::decompress::decoder(format, r)?.read_to_end(&mut out)?;
+    crate::io::decompress::decoder(format, r)
+        .and_then(|mut d| d.read_to_end(&mut out))
+        .map_err(|source| Error::Decompress {
+            path: name.to_path_buf(),
+            source,
+        })?;
     Ok(out)
 }
 
