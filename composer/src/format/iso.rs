@@ -455,7 +455,7 @@ impl Civil {
     fn from_unix(timestamp: i64) -> Result<Self, IsoError> {
         let days = timestamp.div_euclid(86_400);
         let secs = timestamp.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = crate::date::civil_from_days(days);
         if !(1900..=2155).contains(&year) {
             return Err(IsoError::Timestamp { timestamp });
         }
@@ -499,21 +499,6 @@ impl Civil {
 
 /// The "not specified" volume descriptor date.
 const NO_DATE: [u8; 17] = *b"0000000000000000\0";
-
-/// (year, month, day) of a day count since 1970-01-01, proleptic Gregorian
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
 
 fn put_u16_both(buf: &mut [u8], at: usize, v: u16) {
     buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
