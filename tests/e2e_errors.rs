@@ -110,3 +110,154 @@ fn a_malformed_extension_is_refused_before_anything_is_written() {
         &["extension validation failed", "talos.allowed-path"],
     );
 }
+
+/// Runs `strata build` on `profile` with a private cache and `extra`
+/// arguments; returns (exit code, stderr, the cache directory, the output directory).
+fn run_private(profile: &str, extra: &[&str]) -> (Option<i32>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, profile).unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let mut args = vec![
+        "build",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = strata(&args, &cache);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (o.status.code(), err, dir)
+}
+
+#[test]
+fn a_corrupt_rootfs_tar_exits_2_with_the_tar_readers_reason_and_writes_nothing() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("root.tar");
+    // A ustar header whose checksum is wrong: tar readers refuse it.
+    let mut bytes = vec![0u8; 1024];
+    bytes[..4].copy_from_slice(b"etc/");
+    bytes[148..156].copy_from_slice(b"0000000\0");
+    bytes[257..263].copy_from_slice(b"ustar\0");
+    std::fs::write(&tar, &bytes).unwrap();
+    let p = base_profile().replace(
+        &format!("dir: {}", repo().join("build/rootfs-${arch}").display()),
+        &format!("tar: {}", tar.display()),
+    );
+    let (code, err, tmp) = run_private(&p, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("rootfs.tar: cannot read the root filesystem archive"),
+        "{err}"
+    );
+    assert!(err.contains("caused by:"), "no cause given:\n{err}");
+    assert_eq!(
+        err.matches(tar.to_str().unwrap()).count(),
+        1,
+        "the path should be named once:\n{err}"
+    );
+    assert!(err.contains("fix:"), "{err}");
+    assert!(!tmp.path().join("out").exists(), "output directory created");
+    assert!(!tmp.path().join("cache").exists(), "the cache was written");
+}
+
+#[test]
+fn a_missing_bootloader_exits_3() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let p = format!(
+        "{}bootloader: /nonexistent/systemd-bootx64.efi\n",
+        base_profile()
+    );
+    let (code, err, _tmp) = run_private(&p, &[]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("systemd-boot for amd64 not found"), "{err}");
+    assert!(err.contains("fix: apt-get install"), "{err}");
+}
+
+#[test]
+fn an_unwritable_cache_exits_4() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let cache = file.join("cache");
+    let (code, err, _tmp) = run_private(&base_profile(), &["--cache", cache.to_str().unwrap()]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("caused by:"), "{err}");
+}
+
+#[test]
+fn an_image_missing_from_the_cache_offline_exits_5() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let p = format!(
+        "{}  - image: registry.invalid/strata/none:1\n",
+        base_profile()
+    );
+    let (code, err, _tmp) = run_private(&p, &["--offline"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("extensions[2].image: cannot pull"), "{err}");
+    assert!(err.contains("caused by:"), "{err}");
+}
+
+#[test]
+fn a_disk_above_the_vhd_limit_exits_6() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let p = format!("{}outputs: [vhd]\ndisk:\n  size: 3 TiB\n", base_profile());
+    let (code, err, tmp) = run_private(&p, &[]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains("writing the vhd image"), "{err}");
+    assert!(err.contains("above the vhd limit"), "{err}");
+    let out = tmp.path().join("out");
+    assert!(
+        !out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(),
+        "files left in {}",
+        out.display()
+    );
+}
+
+#[test]
+fn a_guest_that_cannot_report_in_time_exits_1() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let build = strata(
+        &[
+            "build",
+            "profiles/default.yaml",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
+    assert!(build.status.success(), "{}", text(&build));
+    let art = out.join("metal-amd64.raw");
+    // One second is too short for any guest to boot and report.
+    let o = strata(
+        &[
+            "boot",
+            art.to_str().unwrap(),
+            "--timeout",
+            "1",
+            "--accel",
+            "tcg",
+        ],
+        &shared_cache(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(err.contains("boot test failed"), "{err}");
+}

@@ -36,6 +36,21 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Print the resolved plan of a profile: every input found and checked,
+    /// outputs, command lines. Writes nothing (no cache, no output directory).
+    Plan {
+        /// The YAML profile.
+        profile: PathBuf,
+        /// Plan for this architecture instead of the profile's (amd64, arm64).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Guest init binary [default: the one built beside strata].
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot an artefact in QEMU (UEFI) and judge it by what the guest reports.
     Boot {
         /// An artefact written by `strata build` (its manifest.json must be beside it).

@@ -1,26 +1,40 @@
-//! The composer's error type: a stable kind for exit codes, and for bad
-//! input, a report that names the file, the line, the field and the fix.
+//! The composer's boundary error: a stable [`ErrorKind`] for the exit code,
+//! the context (file, field, position, what was being done), an optional
+//! `fix:` hint, and the cause as a boxed `source()` chain.
+//!
+//! Display shows only this level's message, never its source: `main`
+//! walks [`std::error::Error::source`] and prints each cause on its own
+//! line, so a message never repeats itself. Leaf modules keep their own
+//! `thiserror` enums; they become the `source` here, not a string.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A cause kept behind a boundary error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Broad classes of failure, mapped to exit codes only in `main.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The profile, a platform file or a command-line value is wrong.
+    /// The profile, a platform file, a command-line value or a file they
+    /// name is wrong (unreadable archive, wrong architecture, bad size).
     InvalidInput,
-    /// An input file (kernel, rootfs, extension, init, bootloader) is missing or unusable.
+    /// A source could not deliver: a registry, a pull, a digest mismatch.
     Source,
     /// The machine lacks something (firmware, QEMU): install it.
     Environment,
     /// Reading or writing failed.
     Io,
+    /// A disk or output format could not hold what was asked (a limit of
+    /// the format, not of the input file).
+    Format,
     /// The guest did not report a good boot.
     BootFailed,
 }
 
 /// A problem with something the user gave us, told so they can fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct InputError {
     /// The file that holds the problem (profile, manifest, kernel…).
     pub file: PathBuf,
@@ -32,6 +46,8 @@ pub struct InputError {
     pub message: String,
     /// How to fix it.
     pub hint: String,
+    /// Why, when a reader or parser said so; shared so the error stays `Clone`.
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl InputError {
@@ -48,12 +64,19 @@ impl InputError {
             field: field.into(),
             message: message.into(),
             hint: hint.into(),
+            source: None,
         }
     }
 
     /// Attaches the position of the field.
     pub fn at(mut self, position: Option<(usize, usize)>) -> Self {
         self.position = position;
+        self
+    }
+
+    /// Attaches the cause (the reader's own error).
+    pub fn caused_by(mut self, source: impl Into<Cause>) -> Self {
+        self.source = Some(Arc::from(source.into()));
         self
     }
 }
@@ -68,22 +91,26 @@ impl fmt::Display for InputError {
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
-        write!(f, "{}", self.message)?;
-        if !self.hint.is_empty() {
-            write!(f, "\n  fix: {}", self.hint)?;
-        }
-        Ok(())
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for InputError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
 /// Every error the composer library returns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input, with file, line, field and fix.
-    #[error("{0}")]
+    /// Bad input, with file, line, field, fix and cause.
+    #[error(transparent)]
     Input(Box<InputError>),
     /// Something the machine lacks.
-    #[error("{message}\n  fix: {hint}")]
+    #[error("{message}")]
     Environment {
         /// What is missing.
         message: String,
@@ -91,7 +118,7 @@ pub enum Error {
         hint: String,
     },
     /// An I/O failure on a named path.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// What we were doing, e.g. `writing`.
         op: &'static str,
@@ -101,13 +128,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A failure inside one build step, with the step named.
-    #[error("{step}: {message}")]
+    /// A failure inside one build step, classified, with its cause.
+    #[error("{context}")]
     Step {
-        /// The build step, e.g. `root squashfs`.
-        step: &'static str,
-        /// What went wrong.
-        message: String,
+        /// Which class of failure (never `InvalidInput`: that is [`Error::Input`]).
+        kind: ErrorKind,
+        /// What was being done, e.g. `writing the vhd image`.
+        context: String,
+        /// How to fix it, when we know.
+        hint: Option<String>,
+        /// The cause.
+        #[source]
+        source: Cause,
     },
     /// The boot test ran, and the guest did not report a good boot.
     #[error("boot test failed: {0}")]
@@ -121,8 +153,18 @@ impl Error {
             Error::Input(_) => ErrorKind::InvalidInput,
             Error::Environment { .. } => ErrorKind::Environment,
             Error::Io { .. } => ErrorKind::Io,
-            Error::Step { .. } => ErrorKind::Io,
+            Error::Step { kind, .. } => *kind,
             Error::BootFailed(_) => ErrorKind::BootFailed,
+        }
+    }
+
+    /// How to fix it, when known (printed by `main` as `fix:`).
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Input(e) => Some(e.hint.as_str()).filter(|h| !h.is_empty()),
+            Error::Environment { hint, .. } => Some(hint.as_str()),
+            Error::Step { hint, .. } => hint.as_deref(),
+            Error::Io { .. } | Error::BootFailed(_) => None,
         }
     }
 
@@ -132,12 +174,48 @@ impl Error {
         move |source| Error::Io { op, path, source }
     }
 
-    /// A failure inside a build step.
-    pub fn step(step: &'static str, message: impl fmt::Display) -> Error {
+    /// A failure of kind `kind` while doing `context`, caused by `source`.
+    pub fn step(kind: ErrorKind, context: impl Into<String>, source: impl Into<Cause>) -> Error {
         Error::Step {
-            step,
-            message: message.to_string(),
+            kind,
+            context: context.into(),
+            hint: None,
+            source: source.into(),
         }
+    }
+
+    /// A format writer could not make an output (`writing the vhd image`).
+    pub fn format(context: impl Into<String>, source: impl Into<Cause>) -> Error {
+        Error::step(ErrorKind::Format, context, source)
+    }
+
+    /// Attaches a `fix:` hint to a step error (other variants carry their own).
+    pub fn with_hint(self, fix: impl Into<String>) -> Error {
+        match self {
+            Error::Step {
+                kind,
+                context,
+                source,
+                ..
+            } => Error::Step {
+                kind,
+                context,
+                hint: Some(fix.into()),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// This error and its causes, outermost first, one message each.
+    pub fn chain(&self) -> Vec<String> {
+        let mut out = vec![self.to_string()];
+        let mut cur = std::error::Error::source(self);
+        while let Some(e) = cur {
+            out.push(e.to_string());
+            cur = e.source();
+        }
+        out
     }
 }
 
@@ -155,17 +233,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn input_errors_name_file_line_field_and_fix() {
-        let e = InputError::new(
+    fn input_errors_name_file_line_and_field_and_keep_the_fix_apart() {
+        let e: Error = InputError::new(
             "p.yaml",
             "kernel.deb",
             "file not found: k.deb",
             "run `make kernel`",
         )
-        .at(Some((3, 3)));
+        .at(Some((3, 3)))
+        .into();
         assert_eq!(
             e.to_string(),
-            "p.yaml:3:3: kernel.deb: file not found: k.deb\n  fix: run `make kernel`"
+            "p.yaml:3:3: kernel.deb: file not found: k.deb"
         );
+        assert_eq!(e.hint(), Some("run `make kernel`"));
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_chain_lists_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated header");
+        let e: Error = InputError::new("p.yaml", "rootfs.tar", "cannot read the root", "fix it")
+            .caused_by(io)
+            .into();
+        assert_eq!(
+            e.chain(),
+            vec![
+                "p.yaml: rootfs.tar: cannot read the root".to_string(),
+                "truncated header".to_string()
+            ]
+        );
+        let s = Error::format("writing the vhd image", "too large".to_string());
+        assert_eq!(s.kind(), ErrorKind::Format);
+        assert_eq!(s.chain(), vec!["writing the vhd image", "too large"]);
     }
 }

@@ -14,19 +14,49 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint!("{}", report(&e));
             exit_code(e.kind())
         }
     }
 }
 
-/// Exit codes: 0 success, 1 the boot test failed, 2 bad input, 3 missing tool or firmware, 4 I/O.
+/// The error as printed: the message, each cause on its own line, the fix.
+fn report(e: &Error) -> String {
+    let mut chain = e.chain().into_iter();
+    let mut out = format!("error: {}\n", chain.next().unwrap_or_default());
+    for cause in chain {
+        out.push_str(&format!("  caused by: {cause}\n"));
+    }
+    if let Some(hint) = e.hint() {
+        out.push_str(&format!("  fix: {hint}\n"));
+    }
+    out
+}
+
+/// The one place kinds become exit codes (docs/cli.md lists them):
+/// 0 success, 1 the boot test failed, 2 bad input, 3 missing tool or
+/// firmware, 4 I/O, 5 a source or registry failed, 6 a format's limit.
 fn exit_code(kind: ErrorKind) -> ExitCode {
     ExitCode::from(match kind {
         ErrorKind::BootFailed => 1,
-        ErrorKind::InvalidInput | ErrorKind::Source => 2,
+        ErrorKind::InvalidInput => 2,
         ErrorKind::Environment => 3,
         ErrorKind::Io => 4,
+        ErrorKind::Source => 5,
+        ErrorKind::Format => 6,
+    })
+}
+
+/// `--arch`, checked.
+fn parse_arch(a: &str) -> Result<Arch, Error> {
+    Arch::parse(a).ok_or_else(|| -> Error {
+        strata::InputError::new(
+            "--arch",
+            "",
+            format!("unknown architecture `{a}`"),
+            "use amd64 or arm64",
+        )
+        .into()
     })
 }
 
@@ -40,19 +70,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             init,
             offline,
         } => {
-            let arch = arch
-                .map(|a| {
-                    Arch::parse(&a).ok_or_else(|| -> Error {
-                        strata::InputError::new(
-                            "--arch",
-                            "",
-                            format!("unknown architecture `{a}`"),
-                            "use amd64 or arm64",
-                        )
-                        .into()
-                    })
-                })
-                .transpose()?;
+            let arch = arch.as_deref().map(parse_arch).transpose()?;
             let opts = build::BuildOptions {
                 profile,
                 out_dir: out,
@@ -77,6 +95,31 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 total.as_secs_f64(),
                 parts.join(", ")
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            profile,
+            arch,
+            init,
+            json,
+        } => {
+            let opts = strata::plan::Options {
+                profile,
+                arch: arch.as_deref().map(parse_arch).transpose()?,
+                init,
+                source_date_epoch: source_date_epoch()?,
+                dry_run: true,
+                ..Default::default()
+            };
+            let plan = strata::plan::plan(&opts, &mut |line| eprintln!("{line}"))?;
+            let dump = plan.dump();
+            if json {
+                let text = serde_json::to_string_pretty(&dump)
+                    .map_err(|e| Error::step(strata::ErrorKind::Io, "printing the plan", e))?;
+                println!("{text}");
+            } else {
+                print!("{}", dump.to_text());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot {
@@ -107,11 +150,14 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             } else {
                 println!("{}", boot::summary(&artefact, &result));
             }
-            Ok(if result.pass {
-                ExitCode::SUCCESS
+            if result.pass {
+                Ok(ExitCode::SUCCESS)
             } else {
-                ExitCode::from(1)
-            })
+                Err(Error::BootFailed(format!(
+                    "the guest of {} did not report a good boot",
+                    artefact.display()
+                )))
+            }
         }
         Command::Ext {
             command:
@@ -151,15 +197,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                     arch,
                 },
         } => {
-            let arch = Arch::parse(&arch).ok_or_else(|| -> Error {
-                strata::InputError::new(
-                    "--arch",
-                    "",
-                    format!("unknown architecture `{arch}`"),
-                    "use amd64 or arm64",
-                )
-                .into()
-            })?;
+            let arch = parse_arch(&arch)?;
             let epoch = source_date_epoch()?.unwrap_or(0);
             let bad = |m: String| -> Error {
                 strata::InputError::new(&dir, "", m, "see `strata ext pack --help`").into()
@@ -200,13 +238,25 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 .map_err(bad)?;
             if let Some(r) = push {
                 let reference =
-                    strata::source::oci::Reference::parse(&r).map_err(|e| bad(e.to_string()))?;
+                    strata::source::oci::Reference::parse(&r).map_err(|e| -> Error {
+                        strata::InputError::new(
+                            "--push",
+                            "",
+                            "not an image reference",
+                            "write `host/repo:tag`",
+                        )
+                        .caused_by(e)
+                        .into()
+                    })?;
                 let opts = strata::source::oci::PullOptions {
                     insecure_registries: insecure,
                     ..Default::default()
                 };
                 let pushed = strata::source::oci::push(&layout, Some(&tag), &reference, &opts)
-                    .map_err(|e| bad(e.to_string()))?;
+                    .map_err(|e| {
+                        Error::step(strata::ErrorKind::Source, format!("pushing to {r}"), e)
+                            .with_hint("check the registry address and your credentials")
+                    })?;
                 println!("{r}@{pushed}");
             } else {
                 println!("{}:{tag}@{digest}", layout.display());
@@ -215,7 +265,13 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
         }
         Command::Platforms => {
             for name in platform::names() {
-                let p = platform::load(name).map_err(|m| Error::step("platforms", m))?;
+                let p = platform::load(name).map_err(|m| {
+                    Error::step(
+                        strata::ErrorKind::InvalidInput,
+                        "loading the built-in platforms",
+                        m,
+                    )
+                })?;
                 println!("{:<10} {}", p.name, p.description);
             }
             Ok(ExitCode::SUCCESS)
@@ -251,15 +307,7 @@ fn ext_validate(
 ) -> Result<ExitCode, Error> {
     use strata::extension::{findings, sysext::HostRelease, validate};
     let arch = match arch {
-        Some(a) => Some(Arch::parse(&a).ok_or_else(|| -> Error {
-            strata::InputError::new(
-                "--arch",
-                "",
-                format!("unknown architecture `{a}`"),
-                "use amd64 or arm64",
-            )
-            .into()
-        })?),
+        Some(a) => Some(parse_arch(&a)?),
         None => None,
     };
     let host = match &os_release {
@@ -268,7 +316,14 @@ fn ext_validate(
             let a = arch.unwrap_or(Arch::Amd64);
             Some(
                 HostRelease::from_os_release(&text, a.debian()).map_err(|e| -> Error {
-                    strata::InputError::new(p, "", e.to_string(), "give an os-release file").into()
+                    strata::InputError::new(
+                        p,
+                        "",
+                        "not an os-release file",
+                        "give an os-release file",
+                    )
+                    .caused_by(e)
+                    .into()
                 })?,
             )
         }
@@ -285,7 +340,9 @@ fn ext_validate(
     let mut reports = Vec::new();
     for p in paths {
         let r = validate::validate_path_as(p, kind, &ctx).map_err(|e| -> Error {
-            strata::InputError::new(p, "", e.to_string(), "give a Talos extension directory, a sysext/confext tree or an extension-release file").into()
+            strata::InputError::new(p, "", "cannot validate", "give a Talos extension directory, a sysext/confext tree or an extension-release file")
+                .caused_by(e)
+                .into()
         })?;
         reports.push(r);
     }

@@ -5,7 +5,16 @@
 //! platform device model, the extensions the guest must report). It holds
 //! no timings or host names, so it is as reproducible as the images.
 
+use crate::assets::layers::Composed;
+use crate::assets::Assets;
+use crate::error::{Error, ErrorKind, Result};
+use crate::extension::source::Kind;
+use crate::format::{Format, OutputKind};
+use crate::io::outdir::OutDir;
+use crate::plan::Plan;
+use crate::source::kernel::Kernel;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// The file name of the manifest in an output directory.
 pub const FILE_NAME: &str = "manifest.json";
@@ -151,6 +160,178 @@ impl Manifest {
             .iter()
             .find_map(|b| b.outputs.iter().find(|o| o.file == file).map(|o| (b, o)))
     }
+}
+
+impl Build {
+    /// The manifest section of platform `i` of `plan`, from what the
+    /// kernel and assets steps made and the outputs written (final paths).
+    pub fn from_build(
+        plan: &Plan,
+        i: usize,
+        kernel: &Kernel,
+        assets: &Assets,
+        finals: &[(OutputKind, PathBuf)],
+    ) -> Result<Build> {
+        let pp = &plan.platforms[i];
+        Ok(Build {
+            arch: plan.arch.to_string(),
+            platform: pp.platform.name.clone(),
+            os: Os {
+                id: plan.os.0.clone(),
+                version: plan.os.1.clone(),
+            },
+            cmdline: pp.cmdline.clone(),
+            kernel_release: kernel.release.clone(),
+            inputs: inputs(plan, kernel, &assets.composed)?,
+            extensions: extensions(plan, &assets.composed),
+            modules: assets.platforms[i]
+                .modules
+                .iter()
+                .map(|m| m.name.clone())
+                .collect(),
+            ext_modules: assets
+                .module_layer
+                .as_ref()
+                .map(|m| m.names.clone())
+                .unwrap_or_default(),
+            boot_test: BootTest {
+                media: pp.platform.boot_test.media.get(plan.arch),
+                memory_mib: pp.platform.boot_test.memory_mib,
+            },
+            epoch: plan.epoch,
+            outputs: finals
+                .iter()
+                .map(|(kind, path)| output(*kind, path))
+                .collect::<Result<Vec<_>>>()?,
+        })
+    }
+}
+
+fn sha(path: &Path) -> Result<String> {
+    crate::io::hash::file_sha256(path).map_err(Error::io("hashing", path))
+}
+
+fn output(kind: OutputKind, path: &Path) -> Result<Output> {
+    Ok(Output {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        format: kind.to_string(),
+        size: std::fs::metadata(path)
+            .map_err(Error::io("reading", path))?
+            .len(),
+        sha256: sha(path)?,
+        media: (kind.format == Format::Iso).then(|| "cdrom".to_string()),
+    })
+}
+
+/// Every input with its digest: a layer's is that of the squashfs built
+/// from it, a sysext's that of its image.
+fn inputs(plan: &Plan, kernel: &Kernel, c: &Composed) -> Result<Vec<Input>> {
+    let mut ins = vec![Input {
+        role: "kernel".into(),
+        source: if plan.kernel.is_deb() {
+            plan.kernel.origin().display().to_string()
+        } else {
+            kernel.vmlinuz.display().to_string()
+        },
+        sha256: kernel.source_digest.clone(),
+    }];
+    ins.push(Input {
+        role: "rootfs".into(),
+        source: plan.root_origin().display().to_string(),
+        sha256: sha(&c.rootfs)?,
+    });
+    let mut talos_layers = c.layers.iter();
+    for e in &plan.extensions {
+        let sha256 = match &e.raw_image {
+            Some(raw) => sha(raw)?,
+            None => match talos_layers.next() {
+                Some(l) => sha(&l.path)?,
+                None => String::new(),
+            },
+        };
+        ins.push(Input {
+            role: format!("extension ({})", e.kind.as_str()),
+            source: match &e.digest {
+                Some(d) if !e.origin.contains(d.as_str()) => format!("{} ({d})", e.origin),
+                _ => e.origin.clone(),
+            },
+            sha256,
+        });
+    }
+    ins.push(Input {
+        role: "bootloader".into(),
+        source: plan.bootloader.display().to_string(),
+        sha256: sha(&plan.bootloader)?,
+    });
+    ins.push(Input {
+        role: "init".into(),
+        source: plan.init.display().to_string(),
+        sha256: sha(&plan.init)?,
+    });
+    Ok(ins)
+}
+
+/// The extension list: Talos layers with their image names (the module
+/// layer included), sysext/confext images as they sit in the initramfs,
+/// flattened extensions, then the disabled ones.
+fn extensions(plan: &Plan, c: &Composed) -> Vec<Extension> {
+    let mut out = Vec::new();
+    for e in &plan.extensions {
+        let flattened = c
+            .flattened
+            .iter()
+            .any(|f| f.name == e.name && f.kind == e.kind.as_str());
+        let image = match (e.kind, flattened) {
+            (_, true) => String::new(),
+            (Kind::Talos, false) => c
+                .layers
+                .iter()
+                .find(|l| l.name == e.name)
+                .map(|l| l.image.clone())
+                .unwrap_or_default(),
+            (k, false) => format!("{}/{}.raw", k.as_str(), e.name),
+        };
+        out.push(Extension {
+            name: e.name.clone(),
+            version: e.version.clone(),
+            image,
+            kind: e.kind.as_str().into(),
+            flattened,
+            disabled: false,
+        });
+    }
+    if let Some(m) = c.layers.iter().find(|l| l.name == "modules.dep") {
+        out.push(Extension {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            image: m.image.clone(),
+            kind: "talos".into(),
+            flattened: false,
+            disabled: false,
+        });
+    }
+    out.extend(plan.disabled.iter().map(|e| Extension {
+        name: e.name.clone(),
+        version: e.version.clone(),
+        image: e.available_path(),
+        kind: e.kind.as_str().into(),
+        flattened: false,
+        disabled: true,
+    }));
+    out
+}
+
+/// Writes `manifest` into the output directory (temporary file, then rename).
+pub fn write(out: &OutDir, manifest: &Manifest) -> Result<PathBuf> {
+    let tmp = out.temp_file()?;
+    let json = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| Error::step(ErrorKind::Io, "writing manifest.json", e))?;
+    std::fs::write(tmp.path(), [json.as_slice(), b"\n"].concat())
+        .map_err(Error::io("writing", tmp.path()))?;
+    out.persist(tmp, FILE_NAME)
 }
 
 #[cfg(test)]

@@ -19,10 +19,63 @@
 //! results, and no overlay is needed at boot. For each extension the guest
 //! checks one file it provided (a probe with its sha256).
 
+use crate::error::{Error, ErrorKind, Result};
 use crate::extension::source::{Kind, Resolved};
+use crate::fs::squashfs::SquashOptions;
 use crate::fs::tree::{Entry, EntryKind, FileData, Tree};
+use crate::plan::Plan;
 use crate::source::kernel::Kernel;
 use std::path::{Path, PathBuf};
+
+/// Why the module layer or the flattened root could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// An extension ships a module under another kernel's directory.
+    #[error("extension `{ext}` ships {} for kernel {found}, but the image's kernel is {release}", path.display())]
+    Release {
+        /// The extension.
+        ext: String,
+        /// The module's path in it.
+        path: PathBuf,
+        /// The release directory it sits in.
+        found: String,
+        /// The image's kernel release.
+        release: String,
+    },
+    /// An extension module's vermagic names another kernel.
+    #[error("extension `{ext}` ships a module for another kernel")]
+    Vermagic {
+        /// The extension.
+        ext: String,
+        /// The module reader's finding.
+        #[source]
+        source: crate::kmod::depmod::KmodMetaError,
+    },
+    /// A module's `.modinfo` could not be read.
+    #[error("cannot read the module information of {}", path.display())]
+    ModInfo {
+        /// The module.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::error::Cause,
+    },
+    /// A base module an extension module depends on is not in the kernel.
+    #[error("the extension modules' dependencies are not all in the kernel")]
+    Closure(#[source] crate::kmod::Error),
+    /// The regenerated module metadata could not be made.
+    #[error("cannot generate the module metadata")]
+    Depmod(#[source] crate::kmod::depmod::KmodMetaError),
+    /// A path could not be placed in a tree.
+    #[error(transparent)]
+    Tree(#[from] crate::fs::tree::TreeError),
+    /// The layers could not be applied to the root.
+    #[error("cannot flatten the extensions into the root")]
+    Flatten(#[source] crate::fs::flatten::FlattenError),
+    /// A flattened extension left nothing the guest could check.
+    #[error("extension `{0}` left no file of its own in the flattened root")]
+    NoProbe(String),
+}
 
 /// The module layer and the names the guest must load.
 pub struct ModuleLayer {
@@ -32,56 +85,81 @@ pub struct ModuleLayer {
     pub names: Vec<String>,
 }
 
-/// Finds the `.ko` files extensions ship; checks their release and vermagic;
-/// builds the module layer. `None` when no extension ships a module.
-pub fn module_layer(exts: &[Resolved], kernel: &Kernel) -> Result<Option<ModuleLayer>, String> {
-    let release = &kernel.release;
+/// The `.ko` files extensions ship, each checked against `release` (its
+/// directory and its vermagic): what the plan runs before the kernel is
+/// unpacked. Returns them as (path below the release directory, entry).
+pub fn extension_modules(
+    exts: &[Resolved],
+    release: &str,
+) -> std::result::Result<Vec<(PathBuf, Entry)>, LayerError> {
     let mut ext_modules: Vec<(PathBuf, Entry)> = Vec::new();
     for e in exts {
         for (path, entry) in e.tree.iter() {
-            let Some(rel) = module_rel_path(path) else {
+            let Some((rel_release, rest)) = module_rel_path(path) else {
                 continue;
             };
-            let (rel_release, rest) = rel;
             if !matches!(entry.kind, EntryKind::File(_)) || !is_module(path) {
                 continue;
             }
             if rel_release != *release {
-                return Err(format!(
-                    "extension `{}` ships {} for kernel {rel_release}, but the image's kernel is {release}",
-                    e.name,
-                    path.display()
-                ));
+                return Err(LayerError::Release {
+                    ext: e.name.clone(),
+                    path: path.to_path_buf(),
+                    found: rel_release,
+                    release: release.to_string(),
+                });
             }
             if let EntryKind::File(data) = &entry.kind {
-                crate::kmod::depmod::check_vermagic_data(path, data, release)
-                    .map_err(|err| format!("extension `{}`: {err}", e.name))?;
+                crate::kmod::depmod::check_vermagic_data(path, data, release).map_err(
+                    |source| LayerError::Vermagic {
+                        ext: e.name.clone(),
+                        source,
+                    },
+                )?;
             }
             ext_modules.push((rest, entry.clone()));
         }
     }
+    Ok(ext_modules)
+}
+
+/// The names the guest loads for `modules` (as [`extension_modules`] returns them).
+pub fn module_names(modules: &[(PathBuf, Entry)]) -> Vec<String> {
+    modules.iter().map(|(p, _)| module_name(p)).collect()
+}
+
+/// Builds the module layer from the kernel: the base modules extension
+/// modules depend on, and regenerated metadata. `None` when no extension
+/// ships a module.
+pub fn module_layer(
+    exts: &[Resolved],
+    kernel: &Kernel,
+) -> std::result::Result<Option<ModuleLayer>, LayerError> {
+    let release = &kernel.release;
+    let ext_modules = extension_modules(exts, release)?;
     if ext_modules.is_empty() {
         return Ok(None);
     }
-    let names: Vec<String> = ext_modules.iter().map(|(p, _)| module_name(p)).collect();
+    let names = module_names(&ext_modules);
     // Base modules the extension modules need: their `depends=`, closed over the kernel's index.
     let mut wanted: Vec<String> = Vec::new();
     for (rel, entry) in &ext_modules {
-        let deps = module_depends(entry).map_err(|err| format!("{}: {err}", rel.display()))?;
+        let deps = module_depends(entry).map_err(|source| LayerError::ModInfo {
+            path: rel.clone(),
+            source,
+        })?;
         wanted.extend(deps.into_iter().filter(|d| !names.contains(d)));
     }
     wanted.sort();
     wanted.dedup();
-    let base = kernel.index.closure(&wanted).map_err(|e| e.to_string())?;
+    let base = kernel.index.closure(&wanted).map_err(LayerError::Closure)?;
     let root = PathBuf::from("/usr/lib/modules").join(release);
     let mut layer = Tree::new();
     for m in &base {
-        layer
-            .insert(
-                root.join(&m.rel_path),
-                Entry::host_file(kernel.modules_dir.join(&m.rel_path), 0o644),
-            )
-            .map_err(|e| e.to_string())?;
+        layer.insert(
+            root.join(&m.rel_path),
+            Entry::host_file(kernel.modules_dir.join(&m.rel_path), 0o644),
+        )?;
     }
     for f in [
         "modules.builtin",
@@ -90,23 +168,18 @@ pub fn module_layer(exts: &[Resolved], kernel: &Kernel) -> Result<Option<ModuleL
     ] {
         let p = kernel.modules_dir.join(f);
         if p.is_file() {
-            layer
-                .insert(root.join(f), Entry::host_file(p, 0o644))
-                .map_err(|e| e.to_string())?;
+            layer.insert(root.join(f), Entry::host_file(p, 0o644))?;
         }
     }
     // Metadata covers base dependencies and extension modules alike.
     let mut all = layer.clone();
     for (rel, entry) in &ext_modules {
-        all.insert(root.join(rel), entry.clone())
-            .map_err(|e| e.to_string())?;
+        all.insert(root.join(rel), entry.clone())?;
     }
     for (path, bytes) in
-        crate::kmod::depmod::generate_for_tree(&all, release).map_err(|e| e.to_string())?
+        crate::kmod::depmod::generate_for_tree(&all, release).map_err(LayerError::Depmod)?
     {
-        layer
-            .insert(path, Entry::bytes_file(bytes, 0o644))
-            .map_err(|e| e.to_string())?;
+        layer.insert(path, Entry::bytes_file(bytes, 0o644))?;
     }
     layer.all_root();
     Ok(Some(ModuleLayer { tree: layer, names }))
@@ -143,22 +216,20 @@ fn module_name(rel: &Path) -> String {
 }
 
 /// `depends=` of a module given as tree data.
-fn module_depends(entry: &Entry) -> Result<Vec<String>, String> {
+fn module_depends(entry: &Entry) -> std::result::Result<Vec<String>, crate::error::Cause> {
     let EntryKind::File(data) = &entry.kind else {
         return Ok(Vec::new());
     };
     let path = match data {
         FileData::Host(p) => p.clone(),
         FileData::Bytes(b) => {
-            let tmp = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
-            std::fs::write(tmp.path(), b).map_err(|e| e.to_string())?;
-            let info = crate::kmod::modinfo(tmp.path()).map_err(|e| e.to_string())?;
+            let tmp = tempfile::NamedTempFile::new()?;
+            std::fs::write(tmp.path(), b)?;
+            let info = crate::kmod::modinfo(tmp.path())?;
             return Ok(info.depends);
         }
     };
-    Ok(crate::kmod::modinfo(&path)
-        .map_err(|e| e.to_string())?
-        .depends)
+    Ok(crate::kmod::modinfo(&path)?.depends)
 }
 
 /// A file the guest checks for a flattened extension.
@@ -185,7 +256,7 @@ pub struct Flattened {
 
 /// The layer an extension contributes when flattening: Talos over the whole
 /// root, sysext over /usr and /opt, confext over /etc (what systemd merges).
-pub fn flatten_layer(e: &Resolved) -> Result<Tree, String> {
+pub fn flatten_layer(e: &Resolved) -> std::result::Result<Tree, LayerError> {
     let keep: &[&str] = match e.kind {
         Kind::Talos => return Ok(e.tree.clone()),
         Kind::Sysext => &["/usr", "/opt"],
@@ -194,8 +265,7 @@ pub fn flatten_layer(e: &Resolved) -> Result<Tree, String> {
     let mut out = Tree::new();
     for (path, entry) in e.tree.iter() {
         if keep.iter().any(|k| path.starts_with(k)) {
-            out.insert(path, entry.clone())
-                .map_err(|err| err.to_string())?;
+            out.insert(path, entry.clone())?;
         }
     }
     out.share_scratch(&e.tree);
@@ -207,7 +277,7 @@ pub fn flatten_all(
     root: Tree,
     exts: &[Resolved],
     modules: Option<&ModuleLayer>,
-) -> Result<(Tree, Vec<Flattened>, Vec<String>), String> {
+) -> std::result::Result<(Tree, Vec<Flattened>, Vec<String>), LayerError> {
     let mut layers: Vec<(String, Tree)> = Vec::new();
     for e in exts {
         layers.push((e.name.clone(), flatten_layer(e)?));
@@ -216,7 +286,7 @@ pub fn flatten_all(
         layers.push(("modules.dep".into(), m.tree.clone()));
     }
     let (mut tree, report) =
-        crate::fs::flatten::flatten(root, &layers).map_err(|e| e.to_string())?;
+        crate::fs::flatten::flatten(root, &layers).map_err(LayerError::Flatten)?;
     for (_, l) in &layers {
         tree.share_scratch(l);
     }
@@ -234,12 +304,7 @@ pub fn flatten_all(
         .collect();
     let mut probes = Vec::new();
     for (e, (_, layer)) in exts.iter().zip(&layers) {
-        let probe = find_probe(&tree, layer).ok_or_else(|| {
-            format!(
-                "extension `{}` left no file of its own in the flattened root",
-                e.name
-            )
-        })?;
+        let probe = find_probe(&tree, layer).ok_or_else(|| LayerError::NoProbe(e.name.clone()))?;
         probes.push(Flattened {
             name: e.name.clone(),
             version: e.version.clone(),
@@ -279,6 +344,203 @@ fn sha256(data: &FileData) -> std::io::Result<String> {
         FileData::Bytes(b) => Ok(crate::io::hash::bytes_sha256(b)),
         FileData::Host(p) => crate::io::hash::file_sha256(p),
     }
+}
+
+/// A Talos-style layer in the initramfs: one squashfs, listed in `extensions.yaml`.
+pub struct Layer {
+    /// File name in the initramfs (`00-hello.sqsh`).
+    pub image: String,
+    /// The squashfs.
+    pub path: PathBuf,
+    /// Extension name.
+    pub name: String,
+    /// Extension version.
+    pub version: String,
+    /// Metadata for `extensions.yaml`.
+    pub metadata: serde_norway::Value,
+}
+
+/// The squashfs images of a build: the root, and the layers over it.
+pub struct Composed {
+    /// The root squashfs (flattened: with every extension inside).
+    pub rootfs: PathBuf,
+    /// Talos layers, lowest first (none when flattened); the module layer last.
+    pub layers: Vec<Layer>,
+    /// Flattened extensions and the file the guest checks for each.
+    pub flattened: Vec<Flattened>,
+    /// Flatten conflicts, one line each.
+    pub conflicts: Vec<String>,
+}
+
+/// Writes the root and the extension layers (the root on its own thread),
+/// or, when flattening, one root with everything inside. `available` are
+/// the images of `enabled: false` extensions, placed in the root.
+pub fn squash_all(
+    plan: &Plan,
+    modules: Option<&ModuleLayer>,
+    release: &str,
+    available: &[(String, PathBuf)],
+    work: &Path,
+) -> Result<Composed> {
+    let root_out = work.join("rootfs.sqsh");
+    if plan.flatten {
+        let mut root = root_tree(plan)?;
+        add_available(&mut root, available)?;
+        let (tree, flattened, conflicts) =
+            flatten_all(root, &plan.extensions, modules).map_err(|e| match e {
+                LayerError::NoProbe(_) => plan.flatten_refused(e.to_string()),
+                other => Error::step(ErrorKind::InvalidInput, "flattening the extensions", other),
+            })?;
+        plan.check_conflicts(&conflicts)?;
+        write_squashfs(&tree, &root_out, &plan.squash)?;
+        return Ok(Composed {
+            rootfs: root_out,
+            layers: Vec::new(),
+            flattened,
+            conflicts,
+        });
+    }
+    let planned = layer_list(plan, modules.map(|_| release), work)?;
+    std::thread::scope(|s| {
+        let root = s.spawn(|| squash_root(plan, &root_out, available));
+        let talos = plan.extensions.iter().filter(|e| e.kind == Kind::Talos);
+        let trees = talos.map(|e| &e.tree).chain(modules.map(|m| &m.tree));
+        for (layer, tree) in planned.iter().zip(trees) {
+            write_squashfs(tree, &layer.path, &plan.squash)?;
+        }
+        let root_path = root.join().map_err(|_| {
+            Error::step(
+                ErrorKind::Io,
+                "writing the root squashfs",
+                "the worker thread panicked",
+            )
+        })??;
+        Ok(Composed {
+            rootfs: root_path,
+            layers: planned,
+            flattened: Vec::new(),
+            conflicts: Vec::new(),
+        })
+    })
+}
+
+/// The layers of a layered (not flattened) build, lowest first: each Talos
+/// extension, then — when `module_release` is given — the module layer,
+/// as Talos does: regenerated module metadata, on top. Paths are in `work`.
+pub fn layer_list(plan: &Plan, module_release: Option<&str>, work: &Path) -> Result<Vec<Layer>> {
+    let mut layers: Vec<Layer> = Vec::new();
+    if plan.flatten {
+        return Ok(layers);
+    }
+    for ext in plan.extensions.iter().filter(|e| e.kind == Kind::Talos) {
+        let image = crate::extension::layer_image_name(layers.len(), &ext.name);
+        layers.push(Layer {
+            path: work.join(&image),
+            image,
+            name: ext.name.clone(),
+            version: ext.version.clone(),
+            metadata: ext.metadata.clone(),
+        });
+    }
+    if let Some(release) = module_release {
+        let image = crate::extension::layer_image_name(layers.len(), "modules.dep");
+        let metadata: serde_norway::Value = serde_norway::from_str(&format!(
+            "name: modules.dep\nversion: \"{release}\"\nauthor: strata\ndescription: kernel module metadata for the extensions' modules\n"
+        ))
+        .map_err(|e| Error::step(ErrorKind::Io, "writing the modules layer's metadata", e))?;
+        layers.push(Layer {
+            path: work.join(&image),
+            image,
+            name: "modules.dep".into(),
+            version: release.into(),
+            metadata,
+        });
+    }
+    Ok(layers)
+}
+
+/// The root filesystem as a tree (for flattening): the plan read it.
+fn root_tree(plan: &Plan) -> Result<Tree> {
+    let mut tree = plan.root.tree.clone().ok_or_else(|| {
+        Error::step(
+            ErrorKind::InvalidInput,
+            "flattening",
+            "the plan holds no root tree",
+        )
+    })?;
+    ensure_extensions_yaml(&mut tree)?;
+    Ok(tree)
+}
+
+fn squash_root(plan: &Plan, out: &Path, available: &[(String, PathBuf)]) -> Result<PathBuf> {
+    let Some(tree) = &plan.root.tree else {
+        // A prebuilt squashfs, checked by the plan, shipped as it is.
+        return Ok(plan.root.path.clone());
+    };
+    let mut tree = tree.clone();
+    add_available(&mut tree, available)?;
+    ensure_extensions_yaml(&mut tree)?;
+    write_squashfs(&tree, out, &plan.squash)?;
+    Ok(out.to_path_buf())
+}
+
+/// Images of `enabled: false` extensions, as (path in the root, file):
+/// Talos ones squashed like a layer, sysext/confext images as they are.
+pub fn available_files(plan: &Plan, work: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in &plan.disabled {
+        let file = match &e.raw_image {
+            Some(raw) => raw.clone(),
+            None => {
+                let p = work.join(format!("available-{}.sqsh", e.name));
+                write_squashfs(&e.tree, &p, &plan.squash)?;
+                p
+            }
+        };
+        out.push((e.available_path(), file));
+    }
+    Ok(out)
+}
+
+fn add_available(tree: &mut Tree, files: &[(String, PathBuf)]) -> Result<()> {
+    for (path, file) in files {
+        tree.insert(path, Entry::host_file(file.clone(), 0o444))
+            .map_err(|e| {
+                Error::step(
+                    ErrorKind::InvalidInput,
+                    format!("adding {path} to the root"),
+                    e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// The init bind-mounts /extensions.yaml here, so the file must exist in the root.
+fn ensure_extensions_yaml(tree: &mut Tree) -> Result<()> {
+    if tree.get("/etc/extensions.yaml").is_none() {
+        tree.insert("/etc/extensions.yaml", Entry::bytes_file(Vec::new(), 0o644))
+            .map_err(|e| {
+                Error::step(
+                    ErrorKind::InvalidInput,
+                    "adding /etc/extensions.yaml to the root",
+                    e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions) -> Result<()> {
+    crate::fs::squashfs::write_file(tree, out, opts)
+        .map(|_| ())
+        .map_err(|e| {
+            Error::step(
+                ErrorKind::Io,
+                format!("writing the squashfs {}", out.display()),
+                e,
+            )
+        })
 }
 
 #[cfg(test)]

@@ -1,7 +1,148 @@
-//! Boot assets made from the resolved inputs: the squashfs [`layers`] of the
-//! root and the extensions, the [`initramfs`] that carries them, and the
-//! [`esp`] contents (bootloader, kernel, BLS entry).
+//! Boot assets made from the plan and the unpacked kernel: the squashfs
+//! [`layers`] of the root and the extensions, the files the guest reads
+//! ([`guest`]), the [`initramfs`] that carries them, and the [`esp`]
+//! contents (bootloader, kernel, BLS entry).
+//!
+//! [`make`] is the build's assets step. Everything it writes goes to the
+//! build's work directory under the cache; nothing here reads the profile.
 
 pub mod esp;
+pub mod guest;
 pub mod initramfs;
 pub mod layers;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::kmod::ModuleRef;
+use crate::plan::Plan;
+use crate::profile::units::human;
+use crate::source::kernel::Kernel;
+use layers::{Composed, ModuleLayer};
+use std::path::{Path, PathBuf};
+
+/// What the assets step made.
+pub struct Assets {
+    /// The root squashfs and the layers.
+    pub composed: Composed,
+    /// The extension modules' layer, when extensions ship modules.
+    pub module_layer: Option<ModuleLayer>,
+    /// One entry per platform of the plan, in its order.
+    pub platforms: Vec<PlatformAssets>,
+}
+
+/// One platform's initramfs (platforms needing the same modules share one).
+pub struct PlatformAssets {
+    /// The module closure, load order.
+    pub modules: Vec<ModuleRef>,
+    /// The initramfs file.
+    pub initrd: PathBuf,
+}
+
+/// The assets step: module layer, squashfs images, then one initramfs per
+/// distinct module set. `progress` gets the step's lines.
+pub fn make(
+    plan: &Plan,
+    kernel: &Kernel,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Assets> {
+    let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
+        Error::step(
+            ErrorKind::InvalidInput,
+            "making the extension modules' layer",
+            e,
+        )
+        .with_hint("build the extension's modules for the image's kernel")
+    })?;
+    let available = layers::available_files(plan, work)?;
+    let composed = layers::squash_all(
+        plan,
+        module_layer.as_ref(),
+        &kernel.release,
+        &available,
+        work,
+    )?;
+    for c in &composed.conflicts {
+        progress(&format!("flatten: conflict: {c}"));
+    }
+    progress(&format!(
+        "[3/7] squashfs: root + {} layer(s){}",
+        composed.layers.len(),
+        if composed.flattened.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} extension(s) flattened into the root",
+                composed.flattened.len()
+            )
+        }
+    ));
+    let platforms = initramfs_per_platform(
+        plan,
+        kernel,
+        &composed,
+        module_layer.as_ref(),
+        work,
+        progress,
+    )?;
+    Ok(Assets {
+        composed,
+        module_layer,
+        platforms,
+    })
+}
+
+fn initramfs_per_platform(
+    plan: &Plan,
+    kernel: &Kernel,
+    composed: &Composed,
+    module_layer: Option<&ModuleLayer>,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<PlatformAssets>> {
+    let layer_files: Vec<(String, PathBuf)> = composed
+        .layers
+        .iter()
+        .map(|l| (l.image.clone(), l.path.clone()))
+        .collect();
+    let ext_yaml = guest::extensions_yaml(&composed.layers)?;
+    let sysexts = guest::sysext_images(&plan.extensions, composed);
+    let files = guest::init_files(composed, &plan.disabled, module_layer)?;
+    let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
+    let mut out = Vec::new();
+    for pp in &plan.platforms {
+        let modules = crate::plan::modules::closure(plan, pp, kernel)?;
+        let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
+        let initrd = match made.iter().find(|(n, _)| *n == names) {
+            Some((_, path)) => path.clone(),
+            None => {
+                let path = work.join(format!("initrd-{}.img", made.len()));
+                let contents = initramfs::Contents {
+                    init: &plan.init,
+                    release: &kernel.release,
+                    modules_dir: &kernel.modules_dir,
+                    modules: &modules,
+                    rootfs: &composed.rootfs,
+                    layers: &layer_files,
+                    images: &sysexts,
+                    files: &files,
+                    extensions_yaml: &ext_yaml,
+                    mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
+                    compression: plan.initramfs_compression,
+                };
+                let stats = initramfs::write(&path, &contents)
+                    .map_err(Error::io("writing the initramfs", &path))?;
+                progress(&format!(
+                    "[4/7] initramfs for {}: {} modules, {} stored + {} compressed",
+                    pp.platform.name,
+                    modules.len(),
+                    human(stats.stored),
+                    human(stats.compressed)
+                ));
+                made.push((names, path.clone()));
+                path
+            }
+        };
+        out.push(PlatformAssets { modules, initrd });
+    }
+    Ok(out)
+}

@@ -51,9 +51,10 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         InputError::new(
             dir.join(crate::manifest::FILE_NAME),
             "",
-            format!("cannot read the build manifest: {e}"),
+            "cannot read the build manifest",
             "boot an artefact in the output directory of `strata build`, beside its manifest.json",
         )
+        .caused_by(e)
         .into()
     })?;
     let file_name = art
@@ -72,18 +73,29 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         )
         .into()
     })?;
-    let arch = Arch::parse(&build.arch).ok_or_else(|| {
-        Error::step(
-            "boot",
-            format!("unknown arch `{}` in the manifest", build.arch),
+    let arch = Arch::parse(&build.arch).ok_or_else(|| -> Error {
+        InputError::new(
+            dir.join(crate::manifest::FILE_NAME),
+            "arch",
+            format!("unknown arch `{}`", build.arch),
+            "rebuild the artefact with this strata",
         )
+        .into()
     })?;
     let media_name = opts
         .media
         .clone()
         .or_else(|| output.media.clone())
         .unwrap_or_else(|| build.boot_test.media.clone());
-    let kind = OutputKind::parse(&output.format).map_err(|m| Error::step("boot", m))?;
+    let kind = OutputKind::parse(&output.format).map_err(|m| -> Error {
+        InputError::new(
+            dir.join(crate::manifest::FILE_NAME),
+            "format",
+            m,
+            "rebuild the artefact with this strata",
+        )
+        .into()
+    })?;
     let work = work_dir(art);
     std::fs::create_dir_all(&work).map_err(Error::io("creating", &work))?;
     let unpack_dir = tempfile::Builder::new()

@@ -70,10 +70,13 @@ fn untar_member(
             return copy_sparse(entry, dest).map_err(Error::io("unpacking", archive));
         }
     }
-    Err(Error::step(
-        "boot",
-        format!("{} holds no disk image", archive.display()),
-    ))
+    Err(crate::error::InputError::new(
+        archive,
+        "",
+        "holds no disk image",
+        "boot the archive strata wrote, or its raw image",
+    )
+    .into())
 }
 
 /// Copies a stream into a new file, leaving holes where whole blocks are zero.

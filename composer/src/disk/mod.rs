@@ -118,6 +118,32 @@ pub fn plan(
     })
 }
 
+/// The disk step: GPT, then the ESP's FAT written in place through a
+/// window on the file.
+pub fn write(
+    path: &std::path::Path,
+    layout: &Layout,
+    esp_files: &[crate::fs::fat::FatFile],
+    fat: &crate::fs::fat::FatOptions,
+) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(Error::io("opening", path))?;
+    write_gpt(&mut file, layout).map_err(Error::io("writing the partition table to", path))?;
+    for p in &layout.partitions {
+        if p.kind == PartitionKind::Esp {
+            let mut win = crate::io::Window::new(&mut file, p.offset, p.size);
+            crate::fs::fat::write(&mut win, p.size, esp_files, fat)
+                .map_err(|e| Error::format("writing the EFI system partition", e))?;
+        }
+    }
+    file.sync_all().map_err(Error::io("syncing", path))?;
+    Ok(())
+}
+
 /// Sizes `file` to the layout (sparse) and writes the protective MBR and both GPTs
 /// ([`gpt::regions`]); nothing else is written, so the rest stays holes.
 pub fn write_gpt(file: &mut File, layout: &Layout) -> std::io::Result<()> {

@@ -24,6 +24,71 @@ use std::path::{Path, PathBuf};
 /// Talos, sysext or confext: the same kinds validation speaks of.
 pub use crate::extension::validate::Kind;
 
+/// Why an extension source could not be read. The build blames the
+/// profile field; this is the cause under it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file or directory of the extension could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// What was read.
+        path: PathBuf,
+        /// The reader's reason.
+        #[source]
+        source: crate::error::Cause,
+    },
+    /// The Talos extension directory is not one.
+    #[error(transparent)]
+    Talos(#[from] crate::error::InputError),
+    /// An OCI image's layers could not be unpacked.
+    #[error("cannot unpack the layers of {origin}")]
+    Unpack {
+        /// The image.
+        origin: String,
+        /// Why.
+        #[source]
+        source: oci::unpack::UnpackError,
+    },
+    /// A Talos extension image holds more or less than manifest.yaml and rootfs/.
+    #[error(
+        "{origin}: a Talos extension image holds exactly manifest.yaml and rootfs/; found {found}"
+    )]
+    ImageShape {
+        /// The image.
+        origin: String,
+        /// Its top-level entries.
+        found: String,
+    },
+    /// A file of a tree is missing or not text.
+    #[error("{} is {problem}", path.display())]
+    File {
+        /// The path in the tree.
+        path: PathBuf,
+        /// `missing`, `not UTF-8`, or unreadable.
+        problem: &'static str,
+    },
+    /// A `.raw` image is neither squashfs nor erofs.
+    #[error("{}: neither a squashfs nor an erofs image (GPT disk images are not supported yet)", path.display())]
+    NotAnImage {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    move |e| SourceError::Read {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
+fn cause(path: &Path, source: impl Into<crate::error::Cause>) -> SourceError {
+    SourceError::Read {
+        path: path.to_path_buf(),
+        source: source.into(),
+    }
+}
+
 /// An extension, read and checked.
 pub struct Resolved {
     /// Talos, sysext or confext.
@@ -82,11 +147,15 @@ pub struct Env<'a> {
 }
 
 /// A Talos extension from a directory.
-pub fn from_dir(dir: &Path, allow_paths: &[String], env: &Env<'_>) -> Result<Resolved, String> {
-    let ext = TalosExtension::read_dir(dir).map_err(|e| e.to_string())?;
-    let manifest = std::fs::read_to_string(dir.join("manifest.yaml"))
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tree = Tree::from_dir(&ext.rootfs).map_err(|e| format!("{}: {e}", ext.rootfs.display()))?;
+pub fn from_dir(
+    dir: &Path,
+    allow_paths: &[String],
+    env: &Env<'_>,
+) -> Result<Resolved, SourceError> {
+    let ext = TalosExtension::read_dir(dir)?;
+    let manifest_path = dir.join("manifest.yaml");
+    let manifest = std::fs::read_to_string(&manifest_path).map_err(read_err(&manifest_path))?;
+    let tree = Tree::from_dir(&ext.rootfs).map_err(|e| cause(&ext.rootfs, e))?;
     talos(
         manifest,
         tree,
@@ -103,10 +172,14 @@ pub fn from_image(
     image: oci::PulledImage,
     allow_paths: &[String],
     env: &Env<'_>,
-) -> Result<Resolved, String> {
+) -> Result<Resolved, SourceError> {
     let origin = image.source.clone();
     let digest = image.digest.to_string();
-    let unpacked = oci::unpack(&image.layers, env.scratch).map_err(|e| e.to_string())?;
+    let unpacked =
+        oci::unpack(&image.layers, env.scratch).map_err(|source| SourceError::Unpack {
+            origin: origin.clone(),
+            source,
+        })?;
     let mut tree = unpacked.tree;
     tree.hold_scratch(unpacked.contents);
     let top: Vec<String> = tree
@@ -119,16 +192,15 @@ pub fn from_image(
         .filter(|p| *p != "/manifest.yaml" && *p != "/rootfs")
         .collect();
     if !extra.is_empty() || !top.iter().any(|p| p == "/manifest.yaml") {
-        return Err(format!(
-            "{origin}: a Talos extension image holds exactly manifest.yaml and rootfs/; found {}",
-            top.join(", ")
-        ));
+        return Err(SourceError::ImageShape {
+            origin,
+            found: top.join(", "),
+        });
     }
-    let manifest =
-        read_text(&tree, Path::new("/manifest.yaml")).map_err(|e| format!("{origin}: {e}"))?;
+    let manifest = read_text(&tree, Path::new("/manifest.yaml"))?;
     let metadata = manifest_metadata(&manifest);
     let rootfs =
-        rules::subtree(&tree, Path::new("/rootfs")).map_err(|e| format!("{origin}: {e}"))?;
+        rules::subtree(&tree, Path::new("/rootfs")).map_err(|e| cause(Path::new(&origin), e))?;
     let mut rootfs = rootfs;
     rootfs.share_scratch(&tree);
     talos(
@@ -150,7 +222,7 @@ fn talos(
     digest: Option<String>,
     allow_paths: &[String],
     env: &Env<'_>,
-) -> Result<Resolved, String> {
+) -> Result<Resolved, SourceError> {
     let target = Target {
         os_version: Some(env.os_version),
         arch: Some(env.arch),
@@ -183,7 +255,7 @@ fn talos(
 }
 
 /// A sysext or confext `.raw` image (squashfs or erofs).
-pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, String> {
+pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, SourceError> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -202,8 +274,7 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Stri
     let version = release_version(&tree, kind, &name);
     let mut report = Report::new(name.clone(), kind.as_str());
     report.findings = findings;
-    let digest =
-        crate::io::hash::file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let digest = crate::io::hash::file_sha256(path).map_err(read_err(path))?;
     Ok(Resolved {
         kind,
         name,
@@ -219,26 +290,24 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Stri
 }
 
 /// Reads a squashfs or erofs image into a tree, by its magic.
-pub fn read_image(path: &Path, scratch: &Path) -> Result<Tree, String> {
+pub fn read_image(path: &Path, scratch: &Path) -> Result<Tree, SourceError> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = std::fs::File::open(path).map_err(read_err(path))?;
     let mut head = [0u8; 4];
-    f.read_exact(&mut head)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.read_exact(&mut head).map_err(read_err(path))?;
     if &head == b"hsqs" {
-        return crate::fs::squashfs_read::read_in(path, scratch).map_err(|e| e.to_string());
+        return crate::fs::squashfs_read::read_in(path, scratch).map_err(|e| cause(path, e));
     }
     let mut magic = [0u8; 4];
     let erofs = f.seek(SeekFrom::Start(1024)).is_ok()
         && f.read_exact(&mut magic).is_ok()
         && u32::from_le_bytes(magic) == 0xE0F5_E1E2;
     if erofs {
-        return crate::fs::erofs::read_in(path, scratch).map_err(|e| e.to_string());
+        return crate::fs::erofs::read_in(path, scratch).map_err(|e| cause(path, e));
     }
-    Err(format!(
-        "{}: neither a squashfs nor an erofs image (GPT disk images are not supported yet)",
-        path.display()
-    ))
+    Err(SourceError::NotAnImage {
+        path: path.to_path_buf(),
+    })
 }
 
 fn release_version(tree: &Tree, kind: Kind, name: &str) -> String {
@@ -273,14 +342,18 @@ fn manifest_metadata(text: &str) -> serde_norway::Value {
 }
 
 /// The text of a regular file in a tree.
-pub fn read_text(tree: &Tree, path: &Path) -> Result<String, String> {
+pub fn read_text(tree: &Tree, path: &Path) -> Result<String, SourceError> {
+    let problem = |problem| SourceError::File {
+        path: path.to_path_buf(),
+        problem,
+    };
     match tree.get(path).map(|e| &e.kind) {
         Some(EntryKind::File(FileData::Bytes(b))) => {
-            String::from_utf8(b.clone()).map_err(|_| format!("{} is not UTF-8", path.display()))
+            String::from_utf8(b.clone()).map_err(|_| problem("not UTF-8"))
         }
         Some(EntryKind::File(FileData::Host(h))) => {
-            std::fs::read_to_string(h).map_err(|e| format!("{}: {e}", path.display()))
+            std::fs::read_to_string(h).map_err(|_| problem("unreadable or not UTF-8"))
         }
-        _ => Err(format!("{} is missing", path.display())),
+        _ => Err(problem("missing")),
     }
 }

@@ -10,6 +10,9 @@ use crate::arch::Arch;
 use crate::disk::guid::Guid;
 use crate::error::{Error, Result};
 use crate::format::{self, Format, OutputKind, Wrap};
+use crate::io::outdir::OutDir;
+use crate::plan::esp::DiskPlan;
+use crate::plan::{Plan, PlatformPlan};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -121,7 +124,8 @@ fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
         },
         Wrap::Zst => Compression::Zstd { level: 19, threads },
     };
-    compress_file(input, output, &c).map_err(|e| Error::step("compression", e))?;
+    compress_file(input, output, &c)
+        .map_err(|e| Error::format(format!("compressing {}", output.display()), e))?;
     Ok(())
 }
 
@@ -145,7 +149,8 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
             let opts = format::qcow2::Qcow2Options {
                 cluster_bits: kind.qcow2_cluster_bits,
             };
-            format::qcow2::write(ctx.raw, &mut f, &opts).map_err(|e| Error::step("qcow2", e))?;
+            format::qcow2::write(ctx.raw, &mut f, &opts)
+                .map_err(|e| Error::format("writing the qcow2 image", e))?;
         }
         Format::Vhd | Format::VhdDynamic => {
             let opts = format::vhd::VhdOptions {
@@ -157,7 +162,7 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
             } else {
                 format::vhd::write_dynamic(ctx.raw, dest, &opts)
             };
-            r.map_err(|e| Error::step("vhd", e))?;
+            r.map_err(|e| Error::format("writing the vhd image", e))?;
         }
         Format::Vmdk => {
             write_vmdk(ctx, dest)?;
@@ -177,12 +182,13 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 },
                 mtime: ctx.epoch,
             };
-            format::ova::write(&vmdk, dest, &opts).map_err(|e| Error::step("ova", e))?;
+            format::ova::write(&vmdk, dest, &opts)
+                .map_err(|e| Error::format("writing the ova archive", e))?;
             let _ = std::fs::remove_file(&vmdk);
         }
         Format::GcpTar => {
             format::gcp::write(ctx.raw, dest, ctx.epoch)
-                .map_err(|e| Error::step("gcp tar.gz", e))?;
+                .map_err(|e| Error::format("writing the gcp tar.gz", e))?;
         }
         Format::Iso => {
             let esp = ctx.work.join(format!("esp-{}.img", ctx.arch));
@@ -198,7 +204,8 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                     Arch::Arm64 => format::iso::IsoArch::Aa64,
                 },
             };
-            format::iso::write(&esp, &mut f, &opts).map_err(|e| Error::step("iso", e))?;
+            format::iso::write(&esp, &mut f, &opts)
+                .map_err(|e| Error::format("writing the iso image", e))?;
             let _ = std::fs::remove_file(&esp);
         }
     }
@@ -214,7 +221,7 @@ fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats>
             .unwrap_or([0; 4]),
     );
     let stats = format::vmdk::write(ctx.raw, &mut w, &format::vmdk::VmdkOptions { cid })
-        .map_err(|e| Error::step("vmdk", e))?;
+        .map_err(|e| Error::format("writing the vmdk image", e))?;
     std::io::Write::flush(&mut w).map_err(Error::io("writing", dest))?;
     Ok(stats)
 }
@@ -271,6 +278,66 @@ fn copy_range(src: &Path, offset: u64, len: u64, dest: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The formats step for one platform: the raw disk (written by `disk`)
+/// into a temporary file of the output directory, then every conversion
+/// of it; plain `raw` is the raw image itself. Returned in the order the
+/// platform lists its outputs, plain raw first.
+pub fn write_platform(
+    plan: &Plan,
+    pp: &PlatformPlan,
+    dp: &DiskPlan,
+    out: &OutDir,
+    work: &Path,
+) -> Result<Vec<Written>> {
+    let raw_tmp = out.temp_file()?;
+    crate::disk::write(
+        raw_tmp.path(),
+        &dp.layout,
+        &dp.esp_files,
+        &crate::assets::esp::fat_options(&plan.seed, plan.epoch),
+    )?;
+    let esp = dp.esp().ok_or_else(|| {
+        Error::format("writing the disk", "the layout has no EFI system partition")
+    })?;
+    let converted: Vec<OutputKind> = pp
+        .outputs
+        .iter()
+        .copied()
+        .filter(|k| !is_plain_raw(k))
+        .collect();
+    let ctx = Context {
+        raw: raw_tmp.path(),
+        esp: (esp.offset, esp.size),
+        guids: (dp.layout.guid, esp.guid),
+        arch: plan.arch,
+        name: &plan.name,
+        platform: &pp.platform.name,
+        epoch: plan.epoch,
+        seed: &plan.seed,
+        work,
+        out_dir: out.path(),
+    };
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut files = write_all(&ctx, &converted, workers)?;
+    if let Some(raw_kind) = pp.outputs.iter().find(|k| is_plain_raw(k)) {
+        files.insert(
+            0,
+            Written {
+                kind: *raw_kind,
+                file_name: raw_kind.file_name(&pp.platform.name, plan.arch.debian()),
+                tmp: raw_tmp,
+            },
+        );
+    }
+    Ok(files)
+}
+
+fn is_plain_raw(k: &OutputKind) -> bool {
+    k.format == Format::Raw && k.wrap.is_none()
 }
 
 /// The outputs a build writes: the profile's list, else the platform's.

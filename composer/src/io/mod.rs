@@ -3,6 +3,7 @@
 pub mod compress;
 pub mod decompress;
 pub mod hash;
+pub mod outdir;
 
 pub mod sparse;
 pub mod window;

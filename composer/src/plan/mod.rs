@@ -1,4 +1,224 @@
-//! The plan of a build: every input resolved and checked before anything is
-//! written. [`binaries`] finds the guest init and the bootloader.
+//! The plan of a build: every input the profile names, resolved and
+//! checked before anything is written to the cache or the output directory.
+//!
+//! [`plan`] reads the profile ([`crate::profile`]), finds each file, reads
+//! the root filesystem and every extension, and refuses anything that would
+//! fail later: a missing or unreadable file, a corrupt archive, a binary or
+//! kernel of the wrong architecture, an extension module built for another
+//! kernel, an unknown output, a cluster size out of range. The result is a
+//! [`Plan`]; the later steps (`assets`, `disk`, `format`, `manifest`) read
+//! only the plan, never the profile.
+//!
+//! Two decisions need the unpacked kernel and so are made after it: the
+//! module closure ([`modules`]) and the ESP and disk layout ([`esp`]), which
+//! depends on the size of the initramfs. Both live here, so every message
+//! that blames a profile field is made in this folder.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`inputs`] | profile → paths, root tree, extensions, platforms, outputs |
+//! | [`kernel`] | the kernel source, its release and architecture |
+//! | [`cmdline`] | the kernel command line and the boot entry |
+//! | [`modules`] | the initramfs module set |
+//! | [`esp`] | ESP contents, ESP size, disk layout |
+//! | [`binaries`] | the guest init and the bootloader |
+//! | [`dump`] | the plan as text or JSON (`strata plan`) |
 
 pub mod binaries;
+pub mod cmdline;
+pub mod dump;
+pub mod esp;
+pub mod inputs;
+pub mod kernel;
+pub mod modules;
+
+use crate::arch::Arch;
+use crate::error::{Error, ErrorKind, InputError, Result};
+use crate::extension::source::Resolved;
+use crate::format::OutputKind;
+use crate::fs::squashfs::SquashOptions;
+use crate::fs::tree::Tree;
+use crate::profile::platform::Platform;
+use crate::profile::units::Size;
+use crate::profile::{yamlpos, ConflictPolicy, InitramfsCompressor, LoadedProfile};
+use std::path::{Path, PathBuf};
+
+pub use inputs::plan;
+
+/// What `strata build` or `strata plan` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The profile file.
+    pub profile: PathBuf,
+    /// Cache root; `$XDG_CACHE_HOME/strata` when absent.
+    pub cache_dir: Option<PathBuf>,
+    /// Overrides the profile's `arch`.
+    pub arch: Option<Arch>,
+    /// Overrides where the guest init comes from.
+    pub init: Option<PathBuf>,
+    /// Resolve from the cache alone: no registry is contacted.
+    pub offline: bool,
+    /// SOURCE_DATE_EPOCH, when set: wins over the profile's `epoch`.
+    pub source_date_epoch: Option<u64>,
+    /// `strata plan`: write nothing to the cache. Scratch space comes from
+    /// the system's temporary directory, and registry images are pulled
+    /// into a throwaway blob store (with `offline`, the cache is only read).
+    pub dry_run: bool,
+}
+
+/// The default cache root: `$XDG_CACHE_HOME/strata`, else `~/.cache/strata`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("strata");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("strata")
+}
+
+/// Everything a build will do, decided and checked.
+pub struct Plan {
+    /// The profile file, as given.
+    pub profile: PathBuf,
+    /// Image name (`out/<name>/`).
+    pub name: String,
+    /// Target architecture.
+    pub arch: Arch,
+    /// os-release `ID` and `VERSION_ID`.
+    pub os: (String, String),
+    /// The kernel and its release.
+    pub kernel: kernel::KernelPlan,
+    /// The root filesystem.
+    pub root: RootPlan,
+    /// Enabled extensions, lowest first.
+    pub extensions: Vec<Resolved>,
+    /// Extensions with `enabled: false`: shipped, not activated.
+    pub disabled: Vec<Resolved>,
+    /// Names of the kernel modules extensions ship (checked against the release).
+    pub ext_modules: Vec<String>,
+    /// Merge the extensions into the root at build time.
+    pub flatten: bool,
+    /// What a path two flattened extensions provide is.
+    pub conflicts: ConflictPolicy,
+    /// Each platform with what it gets.
+    pub platforms: Vec<PlatformPlan>,
+    /// The systemd-boot binary.
+    pub bootloader: PathBuf,
+    /// The guest init binary.
+    pub init: PathBuf,
+    /// Timestamp of every file.
+    pub epoch: u64,
+    /// Seed of every derived identifier (GUIDs, serials): profile text + arch.
+    pub seed: Vec<u8>,
+    /// squashfs settings for the root and the layers.
+    pub squash: SquashOptions,
+    /// Compressor of the initramfs' compressed segment.
+    pub initramfs_compression: InitramfsCompressor,
+    /// The profile's `disk.esp_size`.
+    pub esp_size: Size,
+    /// The cache root.
+    pub cache: PathBuf,
+    /// Where messages about profile fields point.
+    blame: Blame,
+    /// Holds unpacked extension and root contents until the build ends.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// The root filesystem: where it comes from and, unless it is a prebuilt
+/// squashfs used as it is, its tree (read once, here).
+pub struct RootPlan {
+    /// `dir`, `tar` or `squashfs`.
+    pub kind: &'static str,
+    /// The resolved path.
+    pub path: PathBuf,
+    /// The tree; `None` for a prebuilt squashfs that is shipped unchanged.
+    pub tree: Option<Tree>,
+}
+
+/// One platform's share of a build.
+pub struct PlatformPlan {
+    /// The platform definition.
+    pub platform: Platform,
+    /// Outputs, in the order written.
+    pub outputs: Vec<OutputKind>,
+    /// Module names asked for (defaults, platform's, profile's), before the closure.
+    pub modules: Vec<String>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Whole-disk size: the profile's `disk.size`, else the platform's.
+    pub disk_size: Size,
+}
+
+/// Positions messages about profile fields: the file and its text.
+#[derive(Debug, Clone)]
+pub(crate) struct Blame {
+    path: PathBuf,
+    source: String,
+}
+
+impl Blame {
+    pub(crate) fn of(lp: &LoadedProfile) -> Blame {
+        Blame {
+            path: lp.path.clone(),
+            source: lp.source.clone(),
+        }
+    }
+
+    /// Bad input at `field`.
+    pub(crate) fn error(
+        &self,
+        field: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> InputError {
+        InputError::new(&self.path, field, message, hint)
+            .at(yamlpos::locate(&self.source, &yamlpos::path(field)))
+    }
+
+    /// A source (registry, pull) that failed for `field`: exit code of a
+    /// source error, message positioned like bad input.
+    pub(crate) fn source_failed(
+        &self,
+        field: &str,
+        message: impl Into<String>,
+        hint: &str,
+        cause: impl Into<crate::error::Cause>,
+    ) -> Error {
+        let e = self.error(field, message, "");
+        Error::step(ErrorKind::Source, e.to_string(), cause).with_hint(hint)
+    }
+}
+
+impl Plan {
+    /// Refuses a flatten whose conflicts the profile says are errors.
+    pub fn check_conflicts(&self, conflicts: &[String]) -> Result<()> {
+        if conflicts.is_empty() || self.conflicts != ConflictPolicy::Error {
+            return Ok(());
+        }
+        Err(self
+            .blame
+            .error(
+                "conflicts",
+                format!(
+                    "{} path(s) provided by more than one extension:\n  {}",
+                    conflicts.len(),
+                    conflicts.join("\n  ")
+                ),
+                "remove the duplicates, or set `conflicts: warn`",
+            )
+            .into())
+    }
+
+    /// Flattening could not place an extension (blamed on `flatten`).
+    pub fn flatten_refused(&self, message: String) -> Error {
+        self.blame
+            .error("flatten", message, "see docs/extensions.md")
+            .into()
+    }
+
+    /// The origin of the root, for messages and the manifest.
+    pub fn root_origin(&self) -> &Path {
+        &self.root.path
+    }
+}

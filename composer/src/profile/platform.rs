@@ -6,7 +6,7 @@
 //! `strata` works from any directory; a profile overrides what it sets.
 
 use crate::arch::Arch;
-use crate::error::{InputError, Result};
+use crate::error::InputError;
 use crate::profile::units::Size;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -119,48 +119,42 @@ pub fn names() -> Vec<&'static str> {
     BUILTIN.iter().map(|(n, _)| *n).collect()
 }
 
-/// Loads a built-in platform by name.
-pub fn load(name: &str) -> std::result::Result<Platform, String> {
-    let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-        format!(
-            "unknown platform `{name}`; available: {}",
-            names().join(", ")
-        )
-    })?;
-    serde_norway::from_str(text).map_err(|e| format!("built-in platform `{name}` is invalid: {e}"))
+/// Why a built-in platform cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// No platform of that name is built in.
+    #[error("unknown platform `{name}`; available: {available}")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The built-in names.
+        available: String,
+    },
+    /// A built-in file does not parse (a bug in strata).
+    #[error("built-in platform `{name}` is invalid")]
+    Invalid {
+        /// The platform.
+        name: String,
+        /// The YAML error.
+        #[source]
+        source: serde_norway::Error,
+    },
 }
 
-/// Loads the platforms a profile names, as errors positioned in the profile.
-pub fn for_profile(p: &crate::profile::LoadedProfile) -> Result<Vec<Platform>> {
-    let names = p.profile.platform.names();
-    let mut out: Vec<Platform> = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let field = if p.profile.platform.is_list() {
-            format!("platform[{i}]")
-        } else {
-            "platform".to_string()
-        };
-        let platform = load(name).map_err(|m| -> crate::error::Error {
-            p.error(&field, m, "pick a platform from `strata platforms`")
-                .into()
-        })?;
-        if out.iter().any(|o| o.name == platform.name) {
-            return Err(p
-                .error(
-                    &field,
-                    format!("platform `{name}` is listed twice"),
-                    "keep one",
-                )
-                .into());
-        }
-        out.push(platform);
-    }
-    if out.is_empty() {
-        return Err(p
-            .error("platform", "no platform given", "e.g. `platform: metal`")
-            .into());
-    }
-    Ok(out)
+/// Loads a built-in platform by name.
+pub fn load(name: &str) -> std::result::Result<Platform, PlatformError> {
+    let (_, text) =
+        BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| PlatformError::Unknown {
+                name: name.to_string(),
+                available: names().join(", "),
+            })?;
+    serde_norway::from_str(text).map_err(|source| PlatformError::Invalid {
+        name: name.to_string(),
+        source,
+    })
 }
 
 impl Platform {
@@ -213,6 +207,7 @@ mod tests {
     fn unknown_platforms_list_the_known_ones() {
         assert!(load("mars")
             .unwrap_err()
+            .to_string()
             .contains("available: aws, azure, gcp, metal, nocloud, vmware"));
     }
 }

@@ -1,0 +1,559 @@
+//! From profile to [`Plan`]: every path found, every file read and checked.
+//!
+//! Order: platforms and outputs, the kernel (control member only), the
+//! root filesystem (read into a tree, ELF architecture checked), the
+//! extensions (read, validated, architecture and module vermagic checked),
+//! then the guest init and the bootloader. The first write of a build —
+//! the scratch directory under the cache — comes only after the root has
+//! been read, so a broken root leaves the cache untouched.
+
+use super::{binaries, kernel, Blame, Options, Plan, PlatformPlan, RootPlan};
+use crate::arch::Arch;
+use crate::error::{Error, Result};
+use crate::extension::source::{self, Kind, Resolved};
+use crate::format::{self, Format, OutputKind};
+use crate::fs::squashfs::{SquashCompression, SquashOptions};
+use crate::fs::tree::Tree;
+use crate::profile::platform::{self, Platform};
+use crate::profile::units::Size;
+use crate::profile::{
+    self, ExtensionSource, ExtensionSpec, LoadedProfile, RootSource, SquashCompressor,
+};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Reads the profile and resolves and checks everything it names.
+/// Extension findings go to `progress`; nothing is written to the output
+/// directory, and the cache only receives a scratch directory (removed with
+/// the plan) and, for `image:` extensions, the pulled blobs.
+pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
+    let lp = profile::load(&opts.profile, opts.arch)?;
+    let blame = Blame::of(&lp);
+    let p = &lp.profile;
+    let platforms = platforms(&lp, &blame)?;
+    let kernel = kernel::resolve(&lp, &blame)?;
+    let (root_kind, root_path) = root_path(&lp, &blame)?;
+    let mut root_tree = read_root_tree(root_kind, &root_path, &blame)?;
+    if let Some(tree) = &root_tree {
+        binaries::check_tree_arch(tree, p.arch, "root filesystem", &root_path)?;
+    }
+    let cache = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(super::default_cache_dir);
+    let scratch = scratch_dir(&cache, opts.dry_run)?;
+    if root_kind == "squashfs" {
+        crate::fs::squashfs::inspect(&root_path).map_err(|e| -> Error {
+            blame
+                .error(
+                    "rootfs.squashfs",
+                    "not a usable squashfs image",
+                    "give a squashfs v4 image",
+                )
+                .caused_by(e)
+                .into()
+        })?;
+        if p.flatten {
+            let tree = crate::fs::squashfs_read::read_in(&root_path, scratch.path()).map_err(
+                |e| -> Error {
+                    blame
+                        .error(
+                            "rootfs.squashfs",
+                            "cannot read the image",
+                            "give a squashfs v4 image",
+                        )
+                        .caused_by(e)
+                        .into()
+                },
+            )?;
+            binaries::check_tree_arch(&tree, p.arch, "root filesystem", &root_path)?;
+            root_tree = Some(tree);
+        }
+    }
+    let host = host_release(
+        root_tree.as_ref(),
+        root_kind,
+        &root_path,
+        p.arch,
+        scratch.path(),
+    );
+    let (extensions, disabled): (Vec<Resolved>, Vec<Resolved>) = read_extensions(
+        &lp,
+        &blame,
+        opts,
+        &cache,
+        host.as_ref(),
+        scratch.path(),
+        progress,
+    )?
+    .into_iter()
+    .partition(|e| e.enabled);
+    for ext in extensions.iter().chain(&disabled) {
+        binaries::check_tree_arch(
+            &ext.tree,
+            p.arch,
+            &format!("extension `{}`", ext.name),
+            Path::new(&ext.origin),
+        )?;
+    }
+    if !disabled.is_empty() && root_kind == "squashfs" && !p.flatten {
+        return Err(blame
+            .error("rootfs.squashfs", "`enabled: false` extensions are shipped inside the root filesystem, which a prebuilt squashfs cannot take", "give the root as `dir` or `tar`, or use `flatten: true`")
+            .into());
+    }
+    let ext_modules = crate::assets::layers::extension_modules(&extensions, &kernel.release)
+        .map(|m| crate::assets::layers::module_names(&m))
+        .map_err(|e| -> Error {
+            blame
+                .error(
+                    "extensions",
+                    "an extension module does not fit the kernel",
+                    "build the extension's modules for the image's kernel",
+                )
+                .caused_by(e)
+                .into()
+        })?;
+    let bootloader =
+        binaries::find_bootloader(p.arch, p.bootloader.as_deref().map(|b| lp.resolve(b)))?;
+    let init = binaries::find_init(
+        p.arch,
+        opts.init
+            .clone()
+            .or_else(|| p.init.as_deref().map(|i| lp.resolve(i))),
+    )?;
+    binaries::check_init(&init, p.arch)?;
+    let epoch = opts.source_date_epoch.or(p.epoch).unwrap_or(0);
+    let seed = Sha256::new()
+        .chain_update(lp.source.as_bytes())
+        .chain_update(p.arch.debian())
+        .finalize()
+        .to_vec();
+    let disk_size = p.disk.map(|d| d.size).filter(|s| *s != Size::Auto);
+    let platforms = platforms
+        .into_iter()
+        .map(|pf| -> Result<PlatformPlan> {
+            let outputs = parse_outputs(&lp, &blame, &pf)?;
+            Ok(PlatformPlan {
+                modules: super::modules::wanted(pf.modules.get(p.arch), &p.kernel.modules),
+                cmdline: super::cmdline::cmdline(&pf, p.arch, &p.kernel.args),
+                disk_size: disk_size.unwrap_or(pf.disk.size),
+                outputs,
+                platform: pf,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Plan {
+        profile: lp.path.clone(),
+        name: p.name.clone(),
+        arch: p.arch,
+        os: (p.os.id.clone(), p.os.version.clone()),
+        kernel,
+        root: RootPlan {
+            kind: root_kind,
+            path: root_path,
+            tree: root_tree,
+        },
+        extensions,
+        disabled,
+        ext_modules,
+        flatten: p.flatten,
+        conflicts: p.conflicts,
+        platforms,
+        bootloader,
+        init,
+        epoch,
+        seed,
+        squash: SquashOptions {
+            compression: match p.rootfs.compression {
+                SquashCompressor::Zstd => SquashCompression::Zstd { level: 15 },
+                SquashCompressor::Xz => SquashCompression::Xz,
+            },
+            block_size: 128 * 1024,
+            mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
+        },
+        initramfs_compression: p.initramfs.compression,
+        esp_size: p.disk.map(|d| d.esp_size).unwrap_or_default(),
+        cache,
+        blame,
+        _scratch: Some(scratch),
+    })
+}
+
+/// Resolves a path the profile names and checks it is a file (or a directory).
+pub(crate) fn existing(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    field: &str,
+    p: &str,
+    want_dir: bool,
+    hint: &str,
+) -> Result<PathBuf> {
+    let path = lp.resolve(p);
+    let ok = if want_dir {
+        path.is_dir()
+    } else {
+        path.is_file()
+    };
+    if !ok {
+        let what = if want_dir { "directory" } else { "file" };
+        let found = if path.exists() {
+            format!("{} is not a {what}", path.display())
+        } else {
+            format!("{what} not found: {}", path.display())
+        };
+        return Err(blame.error(field, found, hint).into());
+    }
+    Ok(path)
+}
+
+/// The scratch directory for unpacked contents: under the cache, so large
+/// extensions do not fill a small /tmp.
+fn scratch_dir(cache: &Path, dry_run: bool) -> Result<tempfile::TempDir> {
+    if dry_run {
+        return tempfile::Builder::new()
+            .prefix("strata-plan-")
+            .tempdir()
+            .map_err(Error::io(
+                "creating a work directory in",
+                std::env::temp_dir(),
+            ));
+    }
+    let tmp = cache.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
+    tempfile::Builder::new()
+        .prefix("ext-")
+        .tempdir_in(&tmp)
+        .map_err(Error::io("creating a work directory in", cache))
+}
+
+/// The platforms a profile names, each loaded once.
+fn platforms(lp: &LoadedProfile, blame: &Blame) -> Result<Vec<Platform>> {
+    let p = &lp.profile;
+    let names = p.platform.names();
+    let mut out: Vec<Platform> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = if p.platform.is_list() {
+            format!("platform[{i}]")
+        } else {
+            "platform".to_string()
+        };
+        let platform = platform::load(name).map_err(|e| -> Error {
+            match e {
+                platform::PlatformError::Unknown { .. } => blame
+                    .error(
+                        &field,
+                        e.to_string(),
+                        "pick a platform from `strata platforms`",
+                    )
+                    .into(),
+                other => crate::error::Error::step(
+                    crate::error::ErrorKind::InvalidInput,
+                    "loading a built-in platform",
+                    other,
+                ),
+            }
+        })?;
+        if out.iter().any(|o| o.name == platform.name) {
+            return Err(blame
+                .error(
+                    &field,
+                    format!("platform `{name}` is listed twice"),
+                    "keep one",
+                )
+                .into());
+        }
+        out.push(platform);
+    }
+    if out.is_empty() {
+        return Err(blame
+            .error("platform", "no platform given", "e.g. `platform: metal`")
+            .into());
+    }
+    Ok(out)
+}
+
+fn root_path(lp: &LoadedProfile, blame: &Blame) -> Result<(&'static str, PathBuf)> {
+    let hint = "build it with `make rootfs`, or fix the path";
+    let (key, p) = lp.profile.rootfs.source.key_and_path();
+    let dir = matches!(lp.profile.rootfs.source, RootSource::Dir(_));
+    let path = existing(lp, blame, &format!("rootfs.{key}"), p, dir, hint)?;
+    Ok((key, path))
+}
+
+/// Reads a `dir` or `tar` root into a tree (a corrupt archive fails here,
+/// with the tar reader's reason as the cause); `None` for a squashfs.
+fn read_root_tree(kind: &str, path: &Path, blame: &Blame) -> Result<Option<Tree>> {
+    let read = match kind {
+        "dir" => Tree::from_dir(path),
+        "tar" => Tree::from_tar(path),
+        _ => return Ok(None),
+    };
+    read.map(Some).map_err(|e| -> Error {
+        let what = if kind == "tar" {
+            "cannot read the root filesystem archive"
+        } else {
+            "cannot read the root filesystem directory"
+        };
+        blame
+            .error(
+                &format!("rootfs.{kind}"),
+                what,
+                "give a readable tar (plain, xz or zstd) or directory; `tar -tf` shows where it breaks",
+            )
+            .caused_by(e)
+            .into()
+    })
+}
+
+/// The base's os-release, which sysext/confext images are matched against.
+fn host_release(
+    tree: Option<&Tree>,
+    kind: &str,
+    path: &Path,
+    arch: Arch,
+    scratch: &Path,
+) -> Option<crate::extension::sysext::HostRelease> {
+    let text = match (kind, tree) {
+        ("dir", _) => ["etc/os-release", "usr/lib/os-release"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(path.join(f)).ok()),
+        (_, Some(tree)) => os_release_of(tree),
+        _ => crate::fs::squashfs_read::read_in(path, scratch)
+            .ok()
+            .and_then(|tree| os_release_of(&tree)),
+    }?;
+    crate::extension::sysext::HostRelease::from_os_release(&text, arch.debian()).ok()
+}
+
+fn os_release_of(tree: &Tree) -> Option<String> {
+    ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|f| source::read_text(tree, Path::new(f)).ok())
+}
+
+/// Reads every extension from its source and validates it; the findings are
+/// printed, and any error stops the build before anything is written.
+fn read_extensions(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    opts: &Options,
+    cache_root: &Path,
+    host: Option<&crate::extension::sysext::HostRelease>,
+    scratch: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Resolved>> {
+    let p = &lp.profile;
+    // A dry run pulls into a store under the scratch directory, which vanishes with it.
+    let cache = if opts.dry_run && !opts.offline {
+        crate::source::oci::Cache::new(scratch.join("oci-cache"))
+    } else {
+        crate::source::oci::Cache::new(cache_root)
+    };
+    let pull = crate::source::oci::PullOptions {
+        insecure_registries: p.registries.insecure.clone(),
+        offline: opts.offline,
+        ..Default::default()
+    };
+    let env = source::Env {
+        arch: p.arch.debian(),
+        os_version: &p.os.version,
+        host,
+        pull: &pull,
+        cache: &cache,
+        scratch,
+    };
+    let mut out: Vec<Resolved> = Vec::new();
+    for (i, spec) in p.extensions.iter().enumerate() {
+        let field = format!("extensions[{i}].{}", spec.source.key());
+        let mut r = resolve_one(lp, blame, &field, spec, &env)?;
+        r.enabled = spec.enabled;
+        if let Some(prev) = out
+            .iter()
+            .position(|e| e.name == r.name && e.kind == r.kind)
+        {
+            return Err(blame
+                .error(
+                    &field,
+                    format!(
+                        "extension `{}` is listed twice (also extensions[{prev}])",
+                        r.name
+                    ),
+                    "keep one of them",
+                )
+                .into());
+        }
+        out.push(r);
+    }
+    let reports: Vec<_> = out.iter().map(|r| r.report.clone()).collect();
+    if reports.iter().any(|r| !r.findings.is_empty()) {
+        for line in crate::extension::findings::render_table(&reports).lines() {
+            progress(line);
+        }
+    }
+    if reports.iter().any(|r| r.has_errors()) {
+        return Err(blame
+            .error(
+                "extensions",
+                format!("extension validation failed:\n{}", crate::extension::findings::render_table(&reports)),
+                "fix the extensions named above (or extend `allow_paths`); `strata ext validate` shows the same table",
+            )
+            .into());
+    }
+    Ok(out)
+}
+
+/// One `extensions[i]` entry, read from its source; `field` is blamed.
+fn resolve_one(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    field: &str,
+    spec: &ExtensionSpec,
+    env: &source::Env<'_>,
+) -> Result<Resolved> {
+    let bad = |e: source::SourceError| -> Error {
+        blame
+            .error(
+                field,
+                "cannot use the extension",
+                "fix the source, or remove the extension",
+            )
+            .caused_by(e)
+            .into()
+    };
+    let unreadable = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| -> Error {
+        blame
+            .error(
+                field,
+                format!("cannot read the {what}"),
+                "fix the source, or remove the extension",
+            )
+            .caused_by(e)
+            .into()
+    };
+    let arch = env.arch;
+    let allow = &spec.allow_paths;
+    match &spec.source {
+        ExtensionSource::Dir(d) => {
+            let dir = existing(
+                lp,
+                blame,
+                field,
+                d,
+                true,
+                "fix the path, or remove the extension",
+            )?;
+            source::from_dir(&dir, allow, env).map_err(bad)
+        }
+        ExtensionSource::Image(img) => {
+            let reference = crate::source::oci::Reference::parse(img).map_err(|e| -> Error {
+                blame
+                    .error(
+                        field,
+                        "not an image reference",
+                        "write `host/repo:tag` or `host/repo@sha256:…`",
+                    )
+                    .caused_by(e)
+                    .into()
+            })?;
+            let image =
+                crate::source::oci::pull(&reference, arch, env.pull, env.cache).map_err(|e| {
+                    blame.source_failed(
+                    field,
+                    format!("cannot pull {img}"),
+                    "check the registry and the reference (or drop --offline after pulling once)",
+                    e,
+                )
+                })?;
+            source::from_image(image, allow, env).map_err(bad)
+        }
+        ExtensionSource::OciLayout { path, reference } => {
+            let dir = existing(
+                lp,
+                blame,
+                field,
+                path,
+                true,
+                "give an OCI image-layout directory",
+            )?;
+            let image = crate::source::oci::layout::read_image(&dir, reference.as_deref(), arch)
+                .map_err(|e| unreadable("OCI image layout", Box::new(e)))?;
+            source::from_image(image, allow, env).map_err(bad)
+        }
+        ExtensionSource::DockerArchive { path, reference } => {
+            let file = existing(
+                lp,
+                blame,
+                field,
+                path,
+                false,
+                "give a `docker save` tarball",
+            )?;
+            let image = crate::source::oci::archive::read_archive(
+                &file,
+                reference.as_deref(),
+                arch,
+                env.scratch,
+            )
+            .map_err(|e| unreadable("docker archive", Box::new(e)))?;
+            source::from_image(image, allow, env).map_err(bad)
+        }
+        ExtensionSource::Sysext(p) | ExtensionSource::Confext(p) => {
+            let kind = if matches!(spec.source, ExtensionSource::Sysext(_)) {
+                Kind::Sysext
+            } else {
+                Kind::Confext
+            };
+            let path = existing(lp, blame, field, p, false, "give a .raw image")?;
+            source::from_raw(&path, kind, env).map_err(bad)
+        }
+    }
+}
+
+/// Parses the requested outputs (the profile's, else the platform's) up front.
+fn parse_outputs(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    platform: &Platform,
+) -> Result<Vec<OutputKind>> {
+    let (names, from_profile) = match &lp.profile.outputs {
+        Some(list) => (list.clone(), true),
+        None => (platform.outputs.clone(), false),
+    };
+    let mut kinds = crate::format::output::requested(&names).map_err(|(i, m)| -> Error {
+        if from_profile {
+            blame
+                .error(
+                    &format!("outputs[{i}]"),
+                    m,
+                    format!("use one of: {}", format::NAMES),
+                )
+                .into()
+        } else {
+            platform::platform_error(&platform.name, "outputs", m).into()
+        }
+    })?;
+    if let Some(bytes) = lp.profile.qcow2_cluster_size {
+        if !(512..=(2 << 20)).contains(&bytes) || !bytes.is_power_of_two() {
+            return Err(blame
+                .error(
+                    "qcow2_cluster_size",
+                    format!("{bytes} is not a power of two between 512 B and 2 MiB"),
+                    "use e.g. 64 KiB (the default) or 8 KiB",
+                )
+                .into());
+        }
+        for k in kinds.iter_mut().filter(|k| k.format == Format::Qcow2) {
+            k.qcow2_cluster_bits = bytes.trailing_zeros();
+        }
+    }
+    if kinds.is_empty() {
+        return Err(blame
+            .error(
+                "outputs",
+                "no outputs requested",
+                "name at least one format, e.g. `outputs: [raw]`",
+            )
+            .into());
+    }
+    Ok(kinds)
+}
