@@ -38,16 +38,17 @@ pub enum ErrorKind {
 pub struct InputError {
     /// The file that holds the problem (profile, manifest, kernel…).
     pub file: PathBuf,
-    /// 1-based line and column, when known.
-    pub position: Option<(usize, usize)>,
+    /// 1-based line and column, when known (u32 keeps the error small).
+    pub position: Option<(u32, u32)>,
     /// The field in that file, e.g. `kernel.deb` (empty when the whole file is at fault).
     pub field: String,
     /// What is wrong.
     pub message: String,
     /// How to fix it.
     pub hint: String,
-    /// Why, when a reader or parser said so; shared so the error stays `Clone`.
-    pub source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Why, when a reader or parser said so; shared so the error stays
+    /// `Clone`, behind one thin pointer so it stays small.
+    pub source: Option<Arc<Cause>>,
 }
 
 impl InputError {
@@ -70,13 +71,14 @@ impl InputError {
 
     /// Attaches the position of the field.
     pub fn at(mut self, position: Option<(usize, usize)>) -> Self {
-        self.position = position;
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.position = position.map(|(l, c)| (narrow(l), narrow(c)));
         self
     }
 
     /// Attaches the cause (the reader's own error).
     pub fn caused_by(mut self, source: impl Into<Cause>) -> Self {
-        self.source = Some(Arc::from(source.into()));
+        self.source = Some(Arc::new(source.into()));
         self
     }
 }
@@ -99,7 +101,7 @@ impl std::error::Error for InputError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source
             .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
     }
 }
 
