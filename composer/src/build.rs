@@ -32,7 +32,7 @@ use crate::profile::platform::{self, PartitionKind, Platform};
 use crate::profile::units::Size;
 use crate::profile::ExtensionSpec;
 use crate::profile::{self, LoadedProfile, SquashCompressor};
-use crate::source::kernel::{self, Kernel, KernelMachine};
+use crate::source::kernel::{self, Kernel};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -789,11 +789,7 @@ fn load_kernel(inputs: &Inputs, cache: &Path) -> Result<Kernel> {
             )
             .into()
     })?;
-    let want = match inputs.lp.profile.arch {
-        Arch::Amd64 => KernelMachine::X86_64,
-        Arch::Arm64 => KernelMachine::Aarch64,
-    };
-    if k.machine != want {
+    if k.machine != inputs.lp.profile.arch {
         let field = if inputs.kernel_deb.is_some() {
             "kernel.deb"
         } else {
@@ -804,7 +800,7 @@ fn load_kernel(inputs: &Inputs, cache: &Path) -> Result<Kernel> {
             .error(
                 field,
                 format!(
-                    "the kernel {} is built for {:?}, but the profile's arch is {}",
+                    "the kernel {} is built for {}, but the profile's arch is {}",
                     k.vmlinuz.display(),
                     k.machine,
                     inputs.lp.profile.arch
@@ -1112,7 +1108,7 @@ fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension
         let flattened = c
             .flattened
             .iter()
-            .any(|f| f.name == e.name && f.kind == e.kind.as_str());
+            .any(|f| f.name == e.name && f.kind == e.kind);
         let image = match (e.kind, flattened) {
             (_, true) => String::new(),
             (source::Kind::Talos, false) => c
@@ -1127,7 +1123,7 @@ fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension
             name: e.name.clone(),
             version: e.version.clone(),
             image,
-            kind: e.kind.as_str().into(),
+            kind: e.kind,
             flattened,
             disabled: false,
         });
@@ -1137,7 +1133,7 @@ fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension
             name: m.name.clone(),
             version: m.version.clone(),
             image: m.image.clone(),
-            kind: "talos".into(),
+            kind: strata_proto::ExtensionKind::Talos,
             flattened: false,
             disabled: false,
         });
@@ -1153,7 +1149,7 @@ fn disabled_entries(disabled: &[Resolved]) -> Vec<manifest::Extension> {
             name: e.name.clone(),
             version: e.version.clone(),
             image: e.available_path(),
-            kind: e.kind.as_str().into(),
+            kind: e.kind,
             flattened: false,
             disabled: true,
         })
@@ -1176,56 +1172,27 @@ fn sysext_images(exts: &[Resolved], c: &Composed) -> Vec<(String, PathBuf)> {
 
 /// `extensions.yaml` in Talos' format: `layers: [{image, metadata}]`, lowest first.
 fn extensions_yaml(layers: &[Layer]) -> Result<String> {
-    #[derive(serde::Serialize)]
-    struct Entry<'a> {
-        image: &'a str,
-        metadata: &'a serde_norway::Value,
-    }
-    #[derive(serde::Serialize)]
-    struct Doc<'a> {
-        layers: Vec<Entry<'a>>,
-    }
-    let doc = Doc {
-        layers: layers
-            .iter()
-            .map(|l| Entry {
-                image: &l.image,
-                metadata: &l.metadata,
-            })
-            .collect(),
-    };
-    serde_norway::to_string(&doc).map_err(|e| Error::step("extensions.yaml", e))
+    crate::assets::guest_files::extensions_yaml(layers.iter().map(|l| (&*l.image, &l.metadata)))
+        .map_err(|e| Error::step("extensions.yaml", e))
 }
 
 /// Files the init reads from `/etc/strata`: `modules.check` (extension
-/// modules to load by name) and `extensions.json` (flattened extensions).
+/// modules to load by name) and `extensions.json` (flattened and disabled extensions).
 fn init_files(
     c: &Composed,
     disabled: &[Resolved],
     modules: Option<&crate::assets::layers::ModuleLayer>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    if let Some(m) = modules {
-        let mut text =
-            String::from("# written by strata: extension modules the init loads by name\n");
-        for n in &m.names {
-            text.push_str(n);
-            text.push('\n');
-        }
-        out.push(("etc/strata/modules.check".to_string(), text.into_bytes()));
-    }
-    if !c.flattened.is_empty() || !disabled.is_empty() {
-        let disabled: Vec<serde_json::Value> = disabled
-            .iter()
-            .map(|e| serde_json::json!({ "name": e.name, "version": e.version, "kind": e.kind.as_str(), "path": e.available_path() }))
-            .collect();
-        let doc = serde_json::json!({ "flattened": c.flattened, "disabled": disabled });
-        out.push((
-            "etc/strata/extensions.json".to_string(),
-            serde_json::to_vec_pretty(&doc).map_err(|e| Error::step("extensions.json", e))?,
-        ));
-    }
-    Ok(out)
+    use crate::assets::guest_files;
+    let disabled = disabled
+        .iter()
+        .map(|e| guest_files::disabled(e.kind, &e.name, &e.version, e.available_path()))
+        .collect();
+    let modules = modules.map(|m| guest_files::modules_check(&m.names));
+    Ok(modules
+        .into_iter()
+        .chain(guest_files::extensions_json(&c.flattened, disabled))
+        .collect())
 }
 
 /// The platform's arguments, then strata's, then the profile's (so the profile wins).

@@ -80,8 +80,8 @@ pub struct Extension {
     pub version: String,
     /// Layer file in the initramfs.
     pub image: String,
-    /// `talos`, `sysext` or `confext`.
-    pub kind: String,
+    /// `talos`, `sysext` or `confext` (the guest's report names the same kinds).
+    pub kind: strata_proto::ExtensionKind,
     /// Merged into the root at build time (`flatten: true`) rather than layered at boot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flattened: bool,

@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::After;
 
-use strata_boot::report::{Event, LayerKind};
+use strata_proto::report::Event;
+use strata_proto::ExtensionKind;
 use strata_qemu::{boot, find_firmware, Accel, Arch, BootSpec, Expected, ImageFormat, Media};
 
 /// A scratch directory; kept (and printed) when STRATA_KEEP_WORK=1, to look
@@ -36,7 +37,7 @@ fn layer(index: usize, name: &str, version: &str) -> Event {
     Event::Layer {
         index,
         image: format!("{index:02}-{name}.sqsh"),
-        kind: LayerKind::Talos,
+        kind: ExtensionKind::Talos,
         name: name.into(),
         version: version.into(),
         mounted: true,
@@ -76,12 +77,9 @@ fn expected(pairs: &[(&str, &str)]) -> Vec<Expected> {
 
 /// The inputs for `arch`, or `None` (after printing why) when the test
 /// should be skipped. Panics instead of skipping when STRATA_E2E=1.
-fn inputs_or_skip(arch: support::Arch) -> Option<support::Inputs> {
+fn inputs_or_skip(arch: Arch) -> Option<support::Inputs> {
     let strict = std::env::var("STRATA_E2E").is_ok_and(|v| v == "1");
-    let fw_arch = match arch {
-        support::Arch::Amd64 => Arch::Amd64,
-        support::Arch::Arm64 => Arch::Arm64,
-    };
+    let fw_arch = arch;
     let found = support::find_inputs(arch).and_then(|i| {
         find_firmware(fw_arch).map_err(|e| e.to_string())?;
         strata_qemu::host::find_qemu(fw_arch).map_err(|e| e.to_string())?;
@@ -113,8 +111,8 @@ fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
     }
 }
 
-fn assert_started(events: &[Event], arch: support::Arch) {
-    let machine = arch.uname_m();
+fn assert_started(events: &[Event], arch: Arch) {
+    let machine = arch.uname();
     match events.first() {
         Some(Event::Start {
             kernel, machine: m, ..
@@ -128,7 +126,7 @@ fn assert_started(events: &[Event], arch: support::Arch) {
 
 #[test]
 fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
-    let Some(inputs) = inputs_or_skip(support::Arch::Amd64) else {
+    let Some(inputs) = inputs_or_skip(Arch::Amd64) else {
         return;
     };
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,7 +159,7 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     assert_eq!(r.ended_by, "guest-poweroff");
     assert_eq!(r.shutdown_reason.as_deref(), Some("guest-shutdown"));
     assert!(!r.qemu_killed, "qemu ignored quit");
-    assert_started(&r.events, support::Arch::Amd64);
+    assert_started(&r.events, Arch::Amd64);
     let disks: Vec<&Event> = r
         .events
         .iter()
@@ -331,7 +329,7 @@ fn invalid_spec_is_refused_before_qemu_starts() {
 
 #[test]
 fn arm64_passes_with_its_layers() {
-    let Some(inputs) = inputs_or_skip(support::Arch::Arm64) else {
+    let Some(inputs) = inputs_or_skip(Arch::Arm64) else {
         return;
     };
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -359,7 +357,7 @@ fn arm64_passes_with_its_layers() {
         r.serial_log.display()
     );
     assert_eq!(r.ended_by, "guest-poweroff");
-    assert_started(&r.events, support::Arch::Arm64);
+    assert_started(&r.events, Arch::Arm64);
 }
 
 /// What a boot from one media must give.
@@ -373,7 +371,7 @@ enum Outcome {
 
 /// Boots the fixture from each disk media in `list`, then as an El Torito
 /// CD-ROM, and checks each outcome.
-fn boots_from(arch: support::Arch, list: &[(Media, Outcome)]) {
+fn boots_from(arch: Arch, list: &[(Media, Outcome)]) {
     let Some(inputs) = inputs_or_skip(arch) else {
         return;
     };
@@ -381,10 +379,7 @@ fn boots_from(arch: support::Arch, list: &[(Media, Outcome)]) {
     let dir = scratch();
     let disk = support::build_disk(&inputs, &report(), After::PowerOff, dir.path()).unwrap();
     let iso = support::build_iso(dir.path()).unwrap();
-    let qemu_arch = match arch {
-        support::Arch::Amd64 => Arch::Amd64,
-        support::Arch::Arm64 => Arch::Arm64,
-    };
+    let qemu_arch = arch;
     let mut wrong = Vec::new();
     for &(media, outcome) in list.iter().chain(&[(Media::Cdrom, Outcome::Pass)]) {
         let work = dir.path().join(format!("{media:?}"));
@@ -420,7 +415,7 @@ fn amd64_boots_from_every_media() {
         // virtio-blk view, the guest must still see the PVSCSI disk.
         (Media::Pvscsi, Outcome::Pass),
     ];
-    boots_from(support::Arch::Amd64, &list);
+    boots_from(Arch::Amd64, &list);
 }
 
 #[test]
@@ -440,5 +435,5 @@ fn arm64_boots_from_every_media() {
             Outcome::Fail("no disk reported through the vmw_pvscsi driver; disks seen: vda [virtio_blk, virtio-pci]"),
         ),
     ];
-    boots_from(support::Arch::Arm64, &list);
+    boots_from(Arch::Arm64, &list);
 }

@@ -31,35 +31,9 @@ use super::talos::rules::{self, read_text, TalosInput, Target, MANIFEST};
 use super::talos::service::{self, ServiceFile};
 use crate::fs::tree::{EntryKind, Tree, TreeError};
 
-/// The kind of extension being validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A Talos extension (`manifest.yaml` + `rootfs/`).
-    Talos,
-    /// A systemd system extension.
-    Sysext,
-    /// A systemd configuration extension.
-    Confext,
-}
-
-impl Kind {
-    /// `talos`, `sysext` or `confext`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Talos => "talos",
-            Kind::Sysext => "sysext",
-            Kind::Confext => "confext",
-        }
-    }
-
-    fn image_kind(self) -> Option<ImageKind> {
-        match self {
-            Kind::Talos => None,
-            Kind::Sysext => Some(ImageKind::Sysext),
-            Kind::Confext => Some(ImageKind::Confext),
-        }
-    }
-}
+/// The kind of extension being validated: the one kind every side of strata names
+/// (`talos`, `sysext`, `confext`).
+pub use strata_proto::ExtensionKind as Kind;
 
 /// What the extensions are validated against (from the profile and the base rootfs).
 #[derive(Debug, Clone, Default)]
@@ -376,7 +350,7 @@ pub fn validate_tree(
     tree: &Tree,
     ctx: &Context<'_>,
 ) -> Result<Report, ValidateError> {
-    let Some(image_kind) = kind.image_kind() else {
+    let Some(image_kind) = kind.class() else {
         return talos_tree(name, tree, ctx);
     };
     let host = ctx.host_release();

@@ -44,6 +44,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::arch::Arch;
 use crate::disk::{
     self,
     gpt::{GptPartition, GptRegions},
@@ -84,23 +85,14 @@ const README_NAME: &[u8] = b"README.TXT;1";
 /// What the volume descriptor says wrote the image.
 const APPLICATION_ID: &[u8] = b"STRATA";
 
-/// The machine the image is for. It only changes the README: El Torito has
-/// one platform id (0xEF) for every UEFI machine, and firmware picks its
-/// own loader (`BOOTX64.EFI`, `BOOTAA64.EFI`) from the ESP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IsoArch {
-    /// x86-64 UEFI.
-    X64,
-    /// AArch64 UEFI.
-    Aa64,
-}
-
-impl IsoArch {
-    fn describe(self) -> &'static str {
-        match self {
-            IsoArch::X64 => "x86-64",
-            IsoArch::Aa64 => "AArch64 (arm64)",
-        }
+/// How the README names the machine the image is for. The architecture only
+/// changes the README: El Torito has one platform id (0xEF) for every UEFI
+/// machine, and firmware picks its own loader (`BOOTX64.EFI`, `BOOTAA64.EFI`)
+/// from the ESP.
+fn describe(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x86-64",
+        Arch::Arm64 => "AArch64 (arm64)",
     }
 }
 
@@ -119,7 +111,7 @@ pub struct IsoOptions {
     /// Unique GUID of the ESP partition, in on-disk GPT byte order.
     pub esp_guid: [u8; 16],
     /// The machine the image is for.
-    pub arch: IsoArch,
+    pub arch: Arch,
 }
 
 /// What [`write`] produced.
@@ -539,14 +531,14 @@ fn dir_record(name: &[u8], extent: u64, len: u64, dir: bool, date: &Civil) -> Ve
 }
 
 /// The README shown on the disc.
-fn readme(arch: IsoArch) -> String {
+fn readme(arch: Arch) -> String {
     format!(
         "This is a strata UEFI boot image for {}.\n\n\
          It boots with UEFI from a CD/DVD (El Torito) and, written raw to a USB\n\
          stick or disk, from partition 1 of its GPT. Both are ESP.IMG, a FAT\n\
          file system holding the boot loader, the kernel and the initramfs.\n\
          BIOS (legacy) boot is not supported.\n",
-        arch.describe()
+        describe(arch)
     )
 }
 
@@ -719,7 +711,7 @@ mod tests {
             timestamp: 1_700_000_000,
             disk_guid: *b"disk-guid-012345",
             esp_guid: *b"esp-guid-0123456",
-            arch: IsoArch::X64,
+            arch: Arch::Amd64,
         }
     }
 
@@ -1021,7 +1013,7 @@ mod tests {
                 ..opts()
             },
             IsoOptions {
-                arch: IsoArch::Aa64,
+                arch: Arch::Arm64,
                 ..opts()
             },
         ];

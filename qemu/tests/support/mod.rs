@@ -15,45 +15,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A guest architecture as the fixture sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    fn deb_arch(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-    fn systemd_boot(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-            Arch::Arm64 => "/usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
-        }
-    }
-    fn removable_name(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "BOOTX64.EFI",
-            Arch::Arm64 => "BOOTAA64.EFI",
-        }
-    }
-    pub fn console(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "ttyS0",
-            Arch::Arm64 => "ttyAMA0",
-        }
-    }
-    pub fn uname_m(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64",
-            Arch::Arm64 => "aarch64",
-        }
-    }
-}
+/// The guest architecture: the one enum every strata crate shares.
+pub use strata_proto::Arch;
 
 /// Everything the fixture needs from the host, found.
 #[derive(Debug)]
@@ -119,7 +82,7 @@ fn glob(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
 
 /// Finds the inputs for `arch`, or says what is missing.
 pub fn find_inputs(arch: Arch) -> Result<Inputs, String> {
-    let a = arch.deb_arch();
+    let a = arch.debian();
     let mut missing = Vec::new();
     for (tool, package) in TOOLS {
         if !on_path(tool) {
@@ -487,7 +450,7 @@ pub fn build_disk(
     };
     copy(
         &inputs.systemd_boot,
-        &format!("::/EFI/BOOT/{}", arch.removable_name()),
+        &format!("::/EFI/BOOT/{}", arch.efi_boot_file()),
     )?;
     copy(&kernel, "::/vmlinuz")?;
     copy(&initrd, "::/initrd")?;

@@ -9,31 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kind::ExtensionKind;
+
 /// Marks a report line on the console.
 pub const PREFIX: &str = "STRATA ";
-
-/// What kind of image a layer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LayerKind {
-    /// A Talos extension (`manifest.yaml` + `rootfs/`), stacked over the root.
-    Talos,
-    /// A systemd system extension, merged on /usr and /opt.
-    Sysext,
-    /// A systemd configuration extension, merged on /etc.
-    Confext,
-}
-
-impl LayerKind {
-    /// The name as the report spells it: `talos`, `sysext`, `confext`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LayerKind::Talos => "talos",
-            LayerKind::Sysext => "sysext",
-            LayerKind::Confext => "confext",
-        }
-    }
-}
 
 /// One report event, as the guest saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +46,7 @@ pub enum Event {
         /// The image file the layer came from, e.g. `00-hello.sqsh` or `tools.raw`.
         image: String,
         /// Talos extension, sysext or confext.
-        kind: LayerKind,
+        kind: ExtensionKind,
         /// Talos: the name in its metadata. sysext/confext: the image name
         /// (file name without `.raw`).
         name: String,
@@ -202,7 +181,7 @@ mod tests {
         let ev = Event::Layer {
             index: 1,
             image: "01-hello.sqsh".into(),
-            kind: LayerKind::Talos,
+            kind: ExtensionKind::Talos,
             name: "hello".into(),
             version: "1.0.0".into(),
             mounted: true,
@@ -266,7 +245,7 @@ mod tests {
         assert!(matches!(
             Event::parse_line(line).unwrap().unwrap(),
             Event::Layer {
-                kind: LayerKind::Sysext,
+                kind: ExtensionKind::Sysext,
                 index: 2,
                 ..
             }
@@ -290,7 +269,7 @@ mod tests {
         let ev = Event::Layer {
             index: 3,
             image: "tools.raw".into(),
-            kind: LayerKind::Sysext,
+            kind: ExtensionKind::Sysext,
             name: "tools".into(),
             version: "2.0".into(),
             mounted: false,
@@ -303,16 +282,6 @@ mod tests {
         let line = ev.to_line();
         assert!(line.ends_with(r#""mounted":false,"visible":true,"probe":"/usr/lib/strata/extensions-available/tools.raw","disabled":true}"#), "{line}");
         assert_eq!(Event::parse_line(&line).unwrap().unwrap(), ev);
-    }
-
-    #[test]
-    fn kind_names_match_the_wire_form() {
-        for kind in [LayerKind::Talos, LayerKind::Sysext, LayerKind::Confext] {
-            assert_eq!(
-                serde_json::to_value(kind).unwrap(),
-                serde_json::Value::from(kind.as_str())
-            );
-        }
     }
 
     #[test]
