@@ -1117,7 +1117,7 @@ fn extension_entries(exts: &[Resolved], c: &Composed) -> Vec<manifest::Extension
                 .find(|l| l.name == e.name)
                 .map(|l| l.image.clone())
                 .unwrap_or_default(),
-            (k, false) => format!("{}/{}.raw", k.as_str(), e.name),
+            (k, false) => crate::assets::guest_files::image_name(k, &e.name).unwrap_or_default(),
         };
         out.push(manifest::Extension {
             name: e.name.clone(),
@@ -1163,9 +1163,8 @@ fn sysext_images(exts: &[Resolved], c: &Composed) -> Vec<(String, PathBuf)> {
     }
     exts.iter()
         .filter_map(|e| {
-            e.raw_image
-                .as_ref()
-                .map(|raw| (format!("{}/{}.raw", e.kind.as_str(), e.name), raw.clone()))
+            let name = crate::assets::guest_files::image_name(e.kind, &e.name)?;
+            Some((name, e.raw_image.clone()?))
         })
         .collect()
 }

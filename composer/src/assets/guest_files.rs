@@ -27,6 +27,13 @@ pub fn extensions_yaml<'a>(
     serde_norway::to_string(&doc)
 }
 
+/// Where a sysext/confext image goes in the initramfs archive (`sysext/<name>.raw`);
+/// `None` for a Talos extension, whose layers are named in `extensions.yaml`.
+pub fn image_name(kind: ExtensionKind, name: &str) -> Option<String> {
+    let path = initramfs::image_path(kind.class()?, name);
+    Some(archive_name(&path).to_string())
+}
+
 /// `etc/strata/modules.check`: the extension modules the init loads by name.
 pub fn modules_check(names: &[String]) -> (String, Vec<u8>) {
     (
@@ -130,6 +137,19 @@ mod tests {
             .unwrap()
             .starts_with("{\n  \"disabled\": [],\n"));
         assert!(extensions_json(&[], Vec::new()).is_none());
+    }
+
+    #[test]
+    fn images_go_where_the_init_looks() {
+        assert_eq!(
+            image_name(ExtensionKind::Sysext, "tools").as_deref(),
+            Some("sysext/tools.raw")
+        );
+        assert_eq!(
+            image_name(ExtensionKind::Confext, "cfg").as_deref(),
+            Some("confext/cfg.raw")
+        );
+        assert_eq!(image_name(ExtensionKind::Talos, "hello"), None);
     }
 
     #[test]
