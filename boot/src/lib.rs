@@ -35,3 +35,5 @@ pub mod shipped;
 pub mod switch;
 pub mod sys;
 pub mod sysext;
+#[cfg(test)]
+mod test_support;

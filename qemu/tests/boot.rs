@@ -3,7 +3,8 @@
 //! accelerator `Accel::Auto` picks (TCG on hosts without working KVM).
 //!
 //! Inputs missing (Debian debs, mtools, sgdisk, QEMU, firmware): the test
-//! prints why and passes, unless `STRATA_E2E=1`, where it fails instead.
+//! prints one `SKIPPED` line and passes, unless `STRATA_E2E=1`, where it
+//! fails instead (see `support::require`).
 
 mod support;
 
@@ -75,24 +76,16 @@ fn expected(pairs: &[(&str, &str)]) -> Vec<Expected> {
         .collect()
 }
 
-/// The inputs for `arch`, or `None` (after printing why) when the test
-/// should be skipped. Panics instead of skipping when STRATA_E2E=1.
+/// The inputs for `arch`, or `None` when the test declines to run (see
+/// `support::require`).
 fn inputs_or_skip(arch: Arch) -> Option<support::Inputs> {
-    let strict = std::env::var("STRATA_E2E").is_ok_and(|v| v == "1");
     let fw_arch = arch;
     let found = support::find_inputs(arch).and_then(|i| {
         find_firmware(fw_arch).map_err(|e| e.to_string())?;
         strata_qemu::host::find_qemu(fw_arch).map_err(|e| e.to_string())?;
         Ok(i)
     });
-    match found {
-        Ok(i) => Some(i),
-        Err(why) if strict => panic!("STRATA_E2E=1 but the {arch:?} boot test cannot run: {why}"),
-        Err(why) => {
-            println!("skipping the {arch:?} boot test: {why}");
-            None
-        }
-    }
+    support::require(found)
 }
 
 fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
@@ -210,20 +203,12 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     assert!(!r.layers[2].reported);
 }
 
-/// True when QEMU and firmware are present; prints why not otherwise.
+/// True when QEMU and firmware are present (see `support::require`).
 fn qemu_or_skip() -> bool {
-    let strict = std::env::var("STRATA_E2E").is_ok_and(|v| v == "1");
     let found = find_firmware(Arch::Amd64)
         .map_err(|e| e.to_string())
         .and_then(|_| strata_qemu::host::find_qemu(Arch::Amd64).map_err(|e| e.to_string()));
-    match found {
-        Ok(_) => true,
-        Err(why) if strict => panic!("STRATA_E2E=1 but the runner test cannot run: {why}"),
-        Err(why) => {
-            println!("skipping: {why}");
-            false
-        }
-    }
+    support::require(found).is_some()
 }
 
 /// A blank 4 MiB disk: nothing for the firmware to boot.

@@ -734,16 +734,16 @@ mod tests {
         (out.into_inner(), stats)
     }
 
-    /// Runs a tool; `None` (after saying why) when it is not installed.
+    /// Runs a tool; `None` when it is not installed (see `test_support::require_tool`).
     fn run(cmd: &mut Command) -> Option<Output> {
-        match cmd.output() {
-            Ok(out) => Some(out),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                eprintln!("skipping a judge: {:?} is not installed", cmd.get_program());
-                None
-            }
-            Err(err) => panic!("running {:?}: {err}", cmd.get_program()),
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        if !crate::test_support::require_tool(&program) {
+            return None;
         }
+        Some(
+            cmd.output()
+                .unwrap_or_else(|err| panic!("running {program}: {err}")),
+        )
     }
 
     fn text(out: &Output) -> String {
@@ -1135,22 +1135,6 @@ mod tests {
         assert!(a == b, "two writes differ");
     }
 
-    /// Debian packages the boot test uses: `STRATA_DEBIAN_CACHE`, or the
-    /// repository's `.cache/debian`.
-    fn debian_cache() -> PathBuf {
-        std::env::var_os("STRATA_DEBIAN_CACHE").map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/debian"),
-            PathBuf::from,
-        )
-    }
-
-    fn find_deb(prefix: &str) -> Option<PathBuf> {
-        let dir = fs::read_dir(debian_cache()).ok()?;
-        dir.filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-    }
-
     fn sh(script: &str) {
         let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
         assert!(out.status.success(), "{script}:\n{}", text(&out));
@@ -1227,34 +1211,28 @@ mod tests {
         secs
     }
 
+    /// Boots QEMU (TCG) several times: minutes, so only under `make test`.
     #[test]
-    #[ignore = "boots QEMU (TCG) five times: minutes"]
     fn boots_in_qemu_as_cdrom_and_as_disk() {
+        use crate::test_support::{busybox_deb, kernel_deb, require_e2e, require_input};
         let tools = [
             "qemu-system-x86_64",
             "mkfs.vfat",
+            "mmd",
             "mcopy",
             "cpio",
             "dpkg-deb",
         ];
-        for tool in tools {
-            if run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-                .is_none_or(|o| !o.status.success())
-            {
-                eprintln!("skipping the boot test: {tool} is not installed");
-                return;
-            }
-        }
-        let (Some(kernel), Some(busybox)) = (
-            find_deb("linux-image-6.1.0-56-amd64_"),
-            find_deb("busybox-static_"),
-        ) else {
-            eprintln!(
-                "skipping the boot test: no debs in {}",
-                debian_cache().display()
-            );
+        let (kernel, busybox) = (kernel_deb("amd64"), busybox_deb("amd64"));
+        if !require_e2e("slow: boots QEMU (TCG) several times")
+            || !crate::test_support::require_tools(&tools)
+            || !require_input(&kernel)
+            || !require_input(&busybox)
+            || !require_input(Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi"))
+            || !require_input(Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"))
+        {
             return;
-        };
+        }
         let cdrom = ["-drive", "file={iso},if=none,id=cd,media=cdrom,readonly=on"];
         let cdrom = [&cdrom[..], &["-device", "ide-cd,drive=cd"]].concat();
         let disk = ["-drive", "file={iso},if=none,id=d,format=raw,snapshot=on"];

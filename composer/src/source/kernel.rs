@@ -781,19 +781,15 @@ mod tests {
         );
     }
 
-    // ---- Real Debian packages (skipped when absent) ----
+    // ---- Real Debian packages (`make test-inputs`; see crate::test_support) ----
+    use crate::test_support;
 
-    const DEBS: &str = "/work/main/.cache/debian";
     const REQUEST: &str = "virtio_pci virtio_blk virtio_scsi nvme ahci sd_mod sr_mod cdrom isofs loop squashfs overlay vfat nls_cp437 nls_ascii";
 
-    fn real_deb(name: &str) -> Option<PathBuf> {
-        let path = Path::new(DEBS).join(name);
-        if path.exists() {
-            Some(path)
-        } else {
-            eprintln!("skipped: {} is absent", path.display());
-            None
-        }
+    /// Debian's current kernel package for `arch` (the release is read from it).
+    fn real_deb(arch: &str) -> Option<PathBuf> {
+        let path = test_support::kernel_deb(arch);
+        test_support::require_input(&path).then_some(path)
     }
 
     fn request() -> Vec<String> {
@@ -805,18 +801,16 @@ mod tests {
     fn depmod_deps(kernel: &Kernel) -> Option<BTreeMap<String, BTreeSet<String>>> {
         // modules_dir is <base>/lib/modules/<release>.
         let base = kernel.modules_dir.ancestors().nth(3).unwrap();
+        if !test_support::require_tool("depmod") {
+            return None;
+        }
         let status = Command::new("depmod")
             .arg("-b")
             .arg(base)
             .arg(&kernel.release)
-            .status();
-        match status {
-            Ok(status) => assert!(status.success(), "depmod failed: {status}"),
-            Err(e) => {
-                eprintln!("skipped depmod judge: cannot run depmod ({e})");
-                return None;
-            }
-        }
+            .status()
+            .expect("run depmod");
+        assert!(status.success(), "depmod failed: {status}");
         let text = fs::read_to_string(kernel.modules_dir.join("modules.dep")).unwrap();
         let name = |p: &str| {
             kmod::normalize(
@@ -895,8 +889,7 @@ mod tests {
 
     /// Judges direct dependencies of the closure's modules with `modinfo`.
     fn judge_with_modinfo(kernel: &Kernel, closure: &[kmod::ModuleRef]) {
-        if Command::new("modinfo").arg("--version").output().is_err() {
-            eprintln!("skipped modinfo judge: modinfo is not installed");
+        if !test_support::require_tool("modinfo") {
             return;
         }
         for module in closure {
@@ -966,14 +959,14 @@ mod tests {
 
     #[test]
     fn real_amd64_kernel_package() {
-        if let Some(deb) = real_deb("linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb") {
+        if let Some(deb) = real_deb("amd64") {
             real_kernel_closure(&deb, Arch::Amd64);
         }
     }
 
     #[test]
     fn real_arm64_kernel_package() {
-        if let Some(deb) = real_deb("linux-image-6.1.0-56-arm64_6.1.192-2_arm64.deb") {
+        if let Some(deb) = real_deb("arm64") {
             real_kernel_closure(&deb, Arch::Arm64);
         }
     }

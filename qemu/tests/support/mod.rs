@@ -34,6 +34,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("mmd", "mtools"),
     ("mcopy", "mtools"),
     ("sgdisk", "gdisk"),
+    ("xorriso", "xorriso"),
 ];
 
 /// Builds `dir/cd.iso` holding the ESP image that [`build_disk`] left in
@@ -60,9 +61,36 @@ fn on_path(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The cached Debian packages (`make` or the lead's setup fetches them).
-pub fn deb_cache() -> PathBuf {
+/// The Debian package cache `make test-inputs` fills (`scripts/fetch-debs.sh`),
+/// relative to the workspace root.
+pub fn debian_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/debian")
+}
+
+/// True under `make test`, which promises every tool and input (`STRATA_E2E=1`).
+pub fn e2e_required() -> bool {
+    std::env::var_os("STRATA_E2E").is_some_and(|v| v == "1")
+}
+
+/// The one way a test here declines to run: `found`'s value, or, when it
+/// says what is missing, a failure under `STRATA_E2E=1` (a skip there would
+/// hide a broken setup) and one `SKIPPED <test>: <why>` line otherwise.
+pub fn require<T>(found: Result<T, String>) -> Option<T> {
+    let why = match found {
+        Ok(value) => return Some(value),
+        Err(why) => why,
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    let fix = "make test-inputs (it runs make deps)";
+    assert!(
+        !e2e_required(),
+        "STRATA_E2E=1 but {test} cannot run: {why}; fix: {fix}"
+    );
+    eprintln!("SKIPPED {test}: {why} ({fix})");
+    None
 }
 
 /// The first file in `dir` whose name starts with `prefix` and ends with `suffix`.
@@ -89,14 +117,16 @@ pub fn find_inputs(arch: Arch) -> Result<Inputs, String> {
             missing.push(format!("`{tool}` (apt-get install {package})"));
         }
     }
-    let cache = deb_cache();
-    let kernel_deb = glob(&cache, "linux-image-", &format!("_{a}.deb"));
-    let busybox_deb = glob(&cache, "busybox-static_", &format!("_{a}.deb"));
+    // The stable names fetch-debs.sh links to Debian's current packages.
+    let cache = debian_cache();
+    let present = |p: PathBuf| p.is_file().then_some(p);
+    let kernel_deb = present(cache.join(format!("linux-image-{a}.deb")));
+    let busybox_deb = present(cache.join(format!("busybox-static-{a}.deb")));
     if kernel_deb.is_none() {
-        missing.push(format!("{}/linux-image-*-{a}_*_{a}.deb", cache.display()));
+        missing.push(format!("{}/linux-image-{a}.deb", cache.display()));
     }
     if busybox_deb.is_none() {
-        missing.push(format!("{}/busybox-static_*_{a}.deb", cache.display()));
+        missing.push(format!("{}/busybox-static-{a}.deb", cache.display()));
     }
     let systemd_boot = PathBuf::from(arch.systemd_boot());
     if !systemd_boot.is_file() {
