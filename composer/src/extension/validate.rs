@@ -421,39 +421,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
 
-    /// The repository root, found from this file's location or the crate's manifest dir.
-    fn repo_root() -> PathBuf {
-        let here = Path::new(file!());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let starts = [
-            if here.is_absolute() {
-                here.to_path_buf()
-            } else {
-                manifest.join(here)
-            },
-            manifest.to_path_buf(),
-        ];
-        for start in &starts {
-            for dir in start.ancestors() {
-                if dir.join("composer/src/extension").is_dir() && dir.join("tests").is_dir() {
-                    return dir.to_path_buf();
-                }
-            }
-        }
-        panic!(
-            "cannot find the repository root from {} or {}",
-            here.display(),
-            manifest.display()
-        );
-    }
-
-    fn corpus_dir() -> Option<PathBuf> {
-        let dir = match std::env::var_os("STRATA_CORPUS") {
-            Some(d) => PathBuf::from(d),
-            None => repo_root().join("../shared/corpus"),
-        };
-        dir.join("README.md").is_file().then_some(dir)
-    }
+    use crate::test_support::{corpus_dir, workspace_root as repo_root};
 
     fn flatcar_host() -> HostRelease {
         HostRelease::from_os_release(
@@ -556,7 +524,7 @@ mod tests {
     }
 
     const GOLDEN_HEADER: &str = "\
-# Findings of `strata ext validate` over ../shared/corpus, one line per finding:
+# Findings of `strata ext validate` over tests/corpus, one line per finding:
 # ENTRY  SEVERITY  RULE  PATH  (ENTRY ok when there is none). Talos entries are checked
 # against Talos 1.11.0 on amd64; sysext entries against a Flatcar host (ID=flatcar,
 # ID_LIKE=coreos, VERSION_ID=4230.2.0, SYSEXT_LEVEL=1.0, x86-64). Skipped:
@@ -598,10 +566,7 @@ mod tests {
 
     #[test]
     fn corpus_findings_match_the_golden_file() {
-        let Some(corpus) = corpus_dir() else {
-            println!("skipping: no corpus (set STRATA_CORPUS or provide ../shared/corpus)");
-            return;
-        };
+        let corpus = corpus_dir();
         let results = validate_corpus(&corpus);
         let text = render_golden(&results);
         let golden = repo_root().join("tests/fixtures/corpus-findings.txt");
@@ -627,10 +592,7 @@ mod tests {
 
     #[test]
     fn corpus_findings_include_the_known_tricky_cases() {
-        let Some(corpus) = corpus_dir() else {
-            println!("skipping: no corpus (set STRATA_CORPUS or provide ../shared/corpus)");
-            return;
-        };
+        let corpus = corpus_dir();
         let r = validate_corpus(&corpus);
         use Severity::{Error, Warning};
         // Every HEAD manifest is an unrendered template.
