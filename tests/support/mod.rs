@@ -44,12 +44,13 @@ pub fn require_tool(tool: &str) -> bool {
     found || decline(&format!("{tool} is not installed"), "make deps")
 }
 
-/// True when the input `path` exists; otherwise see [`decline`] (fix: `make test-inputs`).
+/// True when the input `path` exists; otherwise see [`decline`] (fix: `make
+/// test-inputs strata`, which make the inputs and the release binary).
 pub fn require_input(path: &Path) -> bool {
     path.exists()
         || decline(
             &format!("test input {} is missing", path.display()),
-            "make test-inputs",
+            "make test-inputs strata",
         )
 }
 
