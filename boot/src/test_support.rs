@@ -4,6 +4,8 @@
 //! because a skip there would hide a broken setup; in a bare `cargo test` the test prints
 //! one `SKIPPED <test>: <why>` line to stderr and returns.
 
+use std::io::Write as _;
+
 /// True when `ok`; otherwise panics under `STRATA_E2E=1` naming `why` and `fix`, or prints
 /// `SKIPPED <test>: <why> (<fix>)` and returns false.
 pub(crate) fn require(ok: bool, why: &str, fix: &str) -> bool {
@@ -19,6 +21,8 @@ pub(crate) fn require(ok: bool, why: &str, fix: &str) -> bool {
         !e2e,
         "STRATA_E2E=1 but {test} cannot run: {why}; fix: {fix}"
     );
-    eprintln!("SKIPPED {test}: {why} ({fix})");
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing
+    // tests, and a skip must show in every run.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} ({fix})");
     false
 }
