@@ -502,6 +502,49 @@ proptest! {
     }
 }
 
+/// A docker archive (`docker save` layout, Docker < 25 names) of one image with one layer.
+fn docker_archive() -> Vec<u8> {
+    use sha2::{Digest as _, Sha256};
+    let layer = tar_of(&[("etc/motd", b"hello\n")]);
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+    );
+    let config_name = format!("{}.json", hex::encode(Sha256::digest(config.as_bytes())));
+    let manifest = format!(
+        r#"[{{"Config":"{config_name}","RepoTags":["ext/k:v1"],"Layers":["0/layer.tar"]}}]"#
+    );
+    tar_of(&[
+        ("manifest.json", manifest.as_bytes()),
+        (config_name.as_str(), config.as_bytes()),
+        ("0/layer.tar", &layer),
+    ])
+}
+
+fn docker(bytes: Vec<u8>) {
+    within("oci::archive::read_archive", move || {
+        with_file("image.tar", &bytes, |path, dir| {
+            let _ = strata::source::oci::archive::read_archive(path, None, "amd64", dir);
+        })
+    });
+}
+
+#[test]
+fn the_docker_archive_sample_is_valid() {
+    with_file("image.tar", &docker_archive(), |path, dir| {
+        strata::source::oci::archive::read_archive(path, None, "amd64", dir).unwrap();
+    });
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    #[test]
+    fn docker_archive_reader_survives_mutation(e in edits()) {
+        docker(mutate(&docker_archive(), &e));
+    }
+}
+
 // ---- extension-release / os-release (samples from the corpus)
 
 fn release_samples() -> Vec<String> {
