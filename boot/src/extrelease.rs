@@ -605,11 +605,15 @@ mod tests {
                 0,
             )
         };
-        if ret != 0 {
-            eprintln!(
-                "skipped: cannot set user xattrs here: {}",
-                io::Error::last_os_error()
-            );
+        let why = format!(
+            "cannot set user xattrs here: {}",
+            io::Error::last_os_error()
+        );
+        if !crate::test_support::require(
+            ret == 0,
+            &why,
+            "run the tests on a filesystem with user xattrs",
+        ) {
             return;
         }
         assert_eq!(
@@ -651,11 +655,15 @@ mod tests {
                 0,
             )
         };
-        if ret != 0 {
-            eprintln!(
-                "skipped: cannot set user xattrs here: {}",
-                io::Error::last_os_error()
-            );
+        let why = format!(
+            "cannot set user xattrs here: {}",
+            io::Error::last_os_error()
+        );
+        if !crate::test_support::require(
+            ret == 0,
+            &why,
+            "run the tests on a filesystem with user xattrs",
+        ) {
             return;
         }
         let err = find_release_file(&img.0, Class::Sysext, "a_1").unwrap_err();
