@@ -203,7 +203,7 @@ fn the_valid_samples_parse() {
     let layout = oci_layout();
     strata::source::oci::layout::read_image(layout.path(), None, "amd64").unwrap();
     for text in release_samples() {
-        assert!(strata::extension::sysext::parse_release(&text)
+        assert!(strata_proto::osrelease::Release::parse(&text)
             .get("ID")
             .is_some());
     }
@@ -545,7 +545,8 @@ proptest! {
     }
 }
 
-// ---- extension-release / os-release (samples from the corpus)
+// ---- extension-release / os-release (strata_proto::osrelease, and composer's checks; samples
+// from the corpus)
 
 fn release_samples() -> Vec<String> {
     vec![
@@ -558,9 +559,9 @@ fn release_samples() -> Vec<String> {
 }
 
 fn release(text: String) {
-    use strata::extension::sysext::{check, parse_release, HostRelease, ImageKind};
+    use strata::extension::sysext::{check, HostRelease, ImageKind};
     within("extension-release parsers", move || {
-        let _ = parse_release(&text);
+        let _ = strata_proto::osrelease::Release::parse(&text);
         let host = HostRelease::from_os_release(&text, "amd64").ok();
         for kind in [ImageKind::Sysext, ImageKind::Confext] {
             let _ = check(kind, "x", "extension-release.x", &text, host.as_ref(), None);
