@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use strata_tests::*;
 
-/// Builds profiles/default.yaml once for all tests here; returns the output dir.
+/// Builds profiles/default.yaml once for all tests here; returns the output dir,
+/// or `None` when the inputs are missing (each test says so: see `have_inputs`).
 fn built() -> Option<&'static PathBuf> {
-    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    OUT.get_or_init(|| {
-        if !have_inputs("amd64") {
-            return None;
-        }
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    if !have_inputs("amd64") {
+        return None;
+    }
+    Some(OUT.get_or_init(|| {
         let out = repo().join("target/e2e/default-a");
         let _ = std::fs::remove_dir_all(&out);
         let o = strata(
@@ -24,9 +25,8 @@ fn built() -> Option<&'static PathBuf> {
             &shared_cache(),
         );
         assert!(o.status.success(), "build failed: {}", text(&o));
-        Some(out)
-    })
-    .as_ref()
+        out
+    }))
 }
 
 fn manifest(out: &Path) -> serde_json::Value {

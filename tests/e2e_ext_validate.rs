@@ -19,20 +19,9 @@ fn validate(args: &[&str]) -> (i32, String) {
     )
 }
 
-fn corpus() -> Option<std::path::PathBuf> {
-    let c = repo().join("../shared/corpus");
-    if c.is_dir() {
-        return Some(c);
-    }
-    assert!(!e2e_required(), "the corpus is missing at {}", c.display());
-    eprintln!("skipping: no corpus at {}", c.display());
-    None
-}
-
 #[test]
 fn the_demo_extensions_are_clean() {
-    if !strata_bin().exists() {
-        assert!(!e2e_required(), "strata is not built");
+    if !require_input(&strata_bin()) {
         return;
     }
     let (code, out) = validate(&[
@@ -49,7 +38,10 @@ fn the_demo_extensions_are_clean() {
 
 #[test]
 fn upstream_metadata_gets_the_expected_findings() {
-    let Some(c) = corpus() else { return };
+    if !require_input(&strata_bin()) {
+        return;
+    }
+    let c = corpus_dir();
     let talos = c.join("talos-extensions");
     let mdadm = talos.join("_historical/mdadm@caf79383");
     let zfs = talos.join("zfs");
@@ -82,8 +74,7 @@ fn upstream_metadata_gets_the_expected_findings() {
 
 #[test]
 fn malformed_extensions_are_refused_with_the_rule_named() {
-    if !strata_bin().exists() {
-        assert!(!e2e_required(), "strata is not built");
+    if !require_input(&strata_bin()) {
         return;
     }
     let f = repo().join("tests/fixtures/extensions/talos");

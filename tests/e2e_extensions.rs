@@ -22,13 +22,7 @@ struct Registry {
 
 impl Registry {
     fn start() -> Option<Registry> {
-        let bin = Path::new("/usr/bin/docker-registry");
-        if !bin.exists() {
-            assert!(
-                !e2e_required(),
-                "docker-registry is not installed (make deps)"
-            );
-            eprintln!("skipping: docker-registry is not installed");
+        if !require_tool("docker-registry") {
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
@@ -46,7 +40,7 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
+        let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
@@ -95,7 +89,7 @@ fn profile(
     let r = repo();
     let text = format!(
         "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.11.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\n  - dir: {motd}\n    enabled: false\noutputs: [raw]\n",
-        k = r.join(".cache/debian/linux-image-amd64.deb").display(),
+        k = kernel_deb("amd64").display(),
         root = r.join("build/rootfs-amd64").display(),
         svc = r.join("examples/extensions/hello-service").display(),
         module = r.join("build/ext-dummy-amd64").display(),
@@ -150,11 +144,8 @@ fn boot_passes(raw: &Path, cache: &Path) -> serde_json::Value {
 
 #[test]
 fn extensions_from_a_registry_boot_layered_and_flattened() {
-    if !have_inputs("amd64") || !repo().join("build/ext-dummy-amd64/manifest.yaml").exists() {
-        assert!(
-            !e2e_required(),
-            "build/ext-dummy-amd64 is missing (make test-inputs)"
-        );
+    if !have_inputs("amd64") || !require_input(&repo().join("build/ext-dummy-amd64/manifest.yaml"))
+    {
         return;
     }
     let Some(reg) = Registry::start() else { return };

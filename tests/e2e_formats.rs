@@ -6,17 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use strata_tests::*;
 
-/// Builds `profile` (for `arch`) once per test run into target/e2e/<dir>.
+/// Builds `profile` (for `arch`) once per test run into target/e2e/<dir>;
+/// `None` when the inputs are missing (each test says so: see `have_inputs`).
 fn build_once(
-    cell: &'static OnceLock<Option<PathBuf>>,
+    cell: &'static OnceLock<PathBuf>,
     profile: &str,
     arch: &str,
     dir: &str,
 ) -> Option<&'static PathBuf> {
-    cell.get_or_init(|| {
-        if !have_inputs(arch) {
-            return None;
-        }
+    if !have_inputs(arch) {
+        return None;
+    }
+    Some(cell.get_or_init(|| {
         let out = repo().join("target/e2e").join(dir);
         let _ = std::fs::remove_dir_all(&out);
         let o = strata(
@@ -35,13 +36,12 @@ fn build_once(
             "build of {profile} for {arch} failed: {}",
             text(&o)
         );
-        Some(out)
-    })
-    .as_ref()
+        out
+    }))
 }
 
 fn formats() -> Option<&'static PathBuf> {
-    static CELL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    static CELL: OnceLock<PathBuf> = OnceLock::new();
     build_once(&CELL, "tests/profiles/formats.yaml", "amd64", "formats")
 }
 
@@ -240,8 +240,8 @@ fn compressed_raw_images_decompress_to_the_raw_image() {
 }
 
 fn all_platforms(arch: &str) -> Option<&'static PathBuf> {
-    static AMD64: OnceLock<Option<PathBuf>> = OnceLock::new();
-    static ARM64: OnceLock<Option<PathBuf>> = OnceLock::new();
+    static AMD64: OnceLock<PathBuf> = OnceLock::new();
+    static ARM64: OnceLock<PathBuf> = OnceLock::new();
     let cell = if arch == "arm64" { &ARM64 } else { &AMD64 };
     build_once(
         cell,

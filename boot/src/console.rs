@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::report::Event;
+use strata_proto::report::Event;
 
 /// Where the kernel's console device lives.
 pub const CONSOLE_PATH: &str = "/dev/console";

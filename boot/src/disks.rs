@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::report::Event;
+use strata_proto::report::Event;
 
 /// Where the kernel lists block devices.
 pub const SYS_BLOCK: &str = "/sys/block";

@@ -12,14 +12,14 @@
 //! `metadata.version` (a YAML number such as `1.2` is accepted and shown as
 //! YAML reads it, so quote versions to keep them exact). Unknown keys are
 //! ignored. Not supported: images in subdirectories, other top-level formats.
+//! The types are [`strata_proto::initramfs::ExtensionsYaml`], which the
+//! composer serialises; the YAML parsing stays here.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer};
-
-/// Where the composer puts the file in the initramfs.
-pub const EXTENSIONS_YAML: &str = "/extensions.yaml";
+pub use strata_proto::initramfs::EXTENSIONS_YAML;
+use strata_proto::initramfs::{is_plain_name, ExtensionsYaml, LayerMetadata, YamlLayer};
 
 /// The file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,65 +56,11 @@ pub enum Error {
     },
 }
 
-/// The whole file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Extensions {
-    /// Layers, lowest first.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub layers: Vec<Layer>,
-}
+/// The whole file, as the guest reads it.
+pub type Extensions = ExtensionsYaml<LayerMetadata>;
 
-/// One extension layer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Layer {
-    /// The squashfs image's file name.
-    pub image: String,
-    /// The extension's manifest metadata (only what the report needs).
-    pub metadata: Metadata,
-}
-
-/// The part of an extension's metadata the report shows.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Metadata {
-    /// Extension name.
-    #[serde(deserialize_with = "scalar_string")]
-    pub name: String,
-    /// Extension version.
-    #[serde(deserialize_with = "scalar_string")]
-    pub version: String,
-}
-
-impl Layer {
-    /// Where the image sits in the initramfs.
-    pub fn image_path(&self) -> PathBuf {
-        Path::new("/").join(&self.image)
-    }
-}
-
-fn null_as_empty<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<Layer>, D::Error> {
-    Ok(Option::<Vec<Layer>>::deserialize(de)?.unwrap_or_default())
-}
-
-/// A YAML scalar as text: a string, or a number/bool YAML typed for us.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Text(String),
-    Unsigned(u64),
-    Signed(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-fn scalar_string<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
-    Ok(match Scalar::deserialize(de)? {
-        Scalar::Text(text) => text,
-        Scalar::Unsigned(n) => n.to_string(),
-        Scalar::Signed(n) => n.to_string(),
-        Scalar::Float(n) => n.to_string(),
-        Scalar::Bool(b) => b.to_string(),
-    })
-}
+/// One extension layer, as the guest reads it.
+pub type Layer = YamlLayer<LayerMetadata>;
 
 /// Parses the text; `file` only names the file in errors.
 pub fn parse(text: &str, file: &Path) -> Result<Extensions, Error> {
@@ -137,10 +83,6 @@ pub fn parse(text: &str, file: &Path) -> Result<Extensions, Error> {
         }
     }
     Ok(extensions)
-}
-
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 
 /// Reads and parses the file; a missing file means no extensions.

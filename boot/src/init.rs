@@ -37,11 +37,12 @@ use crate::modules::{self, Loaded};
 use crate::mountinfo::{self, MountEntry};
 use crate::mounts;
 use crate::overlay::{self, Layout, EXTENSIONS_TARGET};
-use crate::report::{Event, LayerKind};
 use crate::shipped::{self, Shipped};
 use crate::sys::{error_chain, uname};
 use crate::sysext::{self, Prepared};
 use crate::{disks, firmware, power, switch};
+use strata_proto::report::Event;
+use strata_proto::ExtensionKind;
 
 /// The root squashfs in the initramfs.
 pub const ROOTFS_IMAGE: &str = "/rootfs.sqsh";
@@ -55,7 +56,7 @@ struct Reporter {
     ok: bool,
     layers: usize,
     /// Kind and name of every layer reported mounted, for the disabled check.
-    active: Vec<(LayerKind, String)>,
+    active: Vec<(ExtensionKind, String)>,
     /// The disk scan, until its result is reported.
     disks: Option<DiskScan>,
 }
@@ -461,10 +462,7 @@ fn check_images(
             rep.emit(&Event::Layer {
                 index: rep.layers,
                 image: p.image.file_name(),
-                kind: match class {
-                    Class::Sysext => LayerKind::Sysext,
-                    Class::Confext => LayerKind::Confext,
-                },
+                kind: ExtensionKind::from(class),
                 name: p.image.name.clone(),
                 version: p.version.clone(),
                 mounted,
@@ -680,7 +678,7 @@ fn layer_event(index: usize, layer: &Layer, mounted: bool, vis: Visibility) -> E
     Event::Layer {
         index,
         image: layer.image.clone(),
-        kind: LayerKind::Talos,
+        kind: ExtensionKind::Talos,
         name: layer.metadata.name.clone(),
         version: layer.metadata.version.clone(),
         mounted,

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use crate::modules::module_name;
 use crate::rootpath;
 
-/// Where the composer puts the list of names, in the initramfs.
-pub const MODULES_CHECK: &str = "/etc/strata/modules.check";
+pub use strata_proto::initramfs::MODULES_CHECK;
+use strata_proto::initramfs::{is_module_name, list_entries};
 
 /// Reading the list or the index failed, or a name cannot be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -75,15 +75,11 @@ pub enum Error {
 /// Parses the list; `list` only names the file in errors.
 pub fn parse_check_list(text: &str, list: &Path) -> Result<Vec<String>, Error> {
     let mut names = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let entry = raw.trim();
-        if entry.is_empty() || entry.starts_with('#') {
-            continue;
-        }
-        if entry.contains(['/', ' ', '\t']) || entry.ends_with(".ko") {
+    for (line, entry) in list_entries(text) {
+        if !is_module_name(entry) {
             return Err(Error::BadName {
                 list: list.to_path_buf(),
-                line: index + 1,
+                line,
                 entry: entry.to_string(),
             });
         }

@@ -1,5 +1,7 @@
-//! What runs inside the guest: the strata init (PID 1 of the initramfs) and
-//! the report protocol it shares with the boot runner.
+//! What runs inside the guest: the strata init (PID 1 of the initramfs).
+//! What it shares with the composer and the boot runner (the report it
+//! prints, the initramfs files it reads, systemd's extension rules) is the
+//! `strata-proto` crate.
 //!
 //! The init's job, in order: mount the API file systems, load the listed
 //! kernel modules, stack the root squashfs and the extension squashfs images
@@ -28,10 +30,10 @@ pub mod mounts;
 pub mod osrelease;
 pub mod overlay;
 pub mod power;
-pub mod report;
 pub mod rootpath;
 pub mod shipped;
-pub mod strverscmp;
 pub mod switch;
 pub mod sys;
 pub mod sysext;
+#[cfg(test)]
+mod test_support;

@@ -13,8 +13,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Where the composer puts the list.
-pub const MODULES_LOAD: &str = "/etc/strata/modules.load";
+use strata_proto::initramfs::list_entries;
+pub use strata_proto::initramfs::MODULES_LOAD;
 
 /// Reading the list or loading a module failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,15 +82,11 @@ pub enum Loaded {
 /// Parses the list text; `list` only names the file in errors.
 pub fn parse_list(text: &str, list: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut paths = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let entry = raw.trim();
-        if entry.is_empty() || entry.starts_with('#') {
-            continue;
-        }
+    for (line, entry) in list_entries(text) {
         if !entry.starts_with('/') {
             return Err(Error::RelativePath {
                 list: list.to_path_buf(),
-                line: index + 1,
+                line,
                 entry: entry.to_string(),
             });
         }

@@ -1,83 +1,44 @@
-//! Resolving a path inside a tree that is not (yet) `/`, the way systemd's
-//! `chase(..., CHASE_PREFIX_ROOT)` does.
+//! Resolving a path inside the merged root or a mounted image while the
+//! init still runs in the initramfs: [`strata_proto::rootpath::chase`] over
+//! the real file system.
 //!
-//! The merged root is mounted on `/strata/root` while the init still runs
-//! in the initramfs, so its symlinks are relative to a root that is not
-//! ours: `/etc/os-release -> ../usr/lib/os-release` works as is, but
-//! `/lib -> /usr/lib` would leave the tree. Here absolute link targets and
-//! `..` are resolved against the tree's root and can never leave it.
-//!
-//! Supported: symlinks anywhere in the path (at most 40, like the kernel),
-//! `.` and `..`, components that do not exist (the rest is appended
-//! unresolved, so callers learn of absence when they open the result).
-//! Not supported: mount-point or `openat2(RESOLVE_IN_ROOT)` guarantees: a
-//! tree that changes while it is resolved could race (ours is read-only).
+//! The merged root is mounted on `/strata/root`, so its symlinks are
+//! relative to a root that is not ours: `/etc/os-release ->
+//! ../usr/lib/os-release` works as is, but `/lib -> /usr/lib` would leave
+//! the tree. The walk itself (and its rules) is the composer's too.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-/// Symlinks followed before giving up, as the kernel's limit.
-const MAX_LINKS: usize = 40;
+use strata_proto::rootpath::{chase, ChaseError, Node};
 
 /// Resolves `path` (as the tree sees it, absolute or not) inside `root`
 /// and returns the host path. Fails only on a symlink loop or an
-/// unreadable link.
+/// unreadable link; a missing component is kept, so callers learn of
+/// absence when they open the result.
 pub fn resolve(root: &Path, path: &Path) -> io::Result<PathBuf> {
-    let mut todo: VecDeque<OsString> = components(path).collect();
-    let mut done: Vec<OsString> = Vec::new();
-    let mut links = 0;
-    while let Some(name) = todo.pop_front() {
-        if name == ".." {
-            done.pop();
-            continue;
-        }
-        let candidate = joined(root, &done).join(&name);
-        match candidate.symlink_metadata() {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "too many levels of symbolic links at {}",
-                            candidate.display()
-                        ),
-                    ));
-                }
-                let target = std::fs::read_link(&candidate)?;
-                if target.is_absolute() {
-                    done.clear();
-                }
-                for (at, part) in components(&target).enumerate() {
-                    todo.insert(at, part);
-                }
-            }
-            Ok(_) => done.push(name),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                done.push(name);
-                done.extend(todo.drain(..).filter(|part| part != ".."));
-            }
-            Err(err) => return Err(err),
-        }
+    let host = |inside: &Path| root.join(inside.strip_prefix("/").unwrap_or(inside));
+    match chase(path, |inside| lookup(&host(inside))) {
+        Ok(chased) => Ok(host(&chased.path)),
+        Err(ChaseError::Lookup(err)) => Err(err),
+        Err(ChaseError::Loop(at)) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "too many levels of symbolic links at {}",
+                host(&at).display()
+            ),
+        )),
     }
-    Ok(joined(root, &done))
 }
 
-/// The normal and `..` components of `path`; the root and `.` vanish.
-fn components(path: &Path) -> impl Iterator<Item = OsString> + '_ {
-    path.components().filter_map(|component| match component {
-        Component::Normal(name) => Some(name.to_os_string()),
-        Component::ParentDir => Some(OsString::from("..")),
-        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-    })
-}
-
-fn joined(root: &Path, parts: &[OsString]) -> PathBuf {
-    let mut path = root.to_path_buf();
-    path.extend(parts);
-    path
+/// One path of the real file system, links not followed.
+fn lookup(path: &Path) -> io::Result<Node> {
+    match path.symlink_metadata() {
+        Ok(meta) if meta.file_type().is_symlink() => Ok(Node::Symlink(std::fs::read_link(path)?)),
+        Ok(_) => Ok(Node::Other),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Node::Missing),
+        Err(err) => Err(err),
+    }
 }
 
 #[cfg(test)]

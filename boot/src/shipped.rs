@@ -19,7 +19,8 @@
 //!   device and inode) and no layer of the same kind and name was mounted
 //!   in this boot.
 //!
-//! Both lists are optional (absent = empty); a missing file means neither.
+//! The types are [`strata_proto::initramfs::Shipped`], which the composer
+//! serialises. Both lists are optional (absent = empty); a missing file means neither.
 //! `version` is optional (empty). Unknown keys are ignored. Not supported:
 //! other probe digests, directories as probes.
 
@@ -28,15 +29,11 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
+pub use strata_proto::initramfs::{Disabled, Flattened, Probe, Shipped, EXTENSIONS_JSON};
 
 use crate::checks::Visibility;
-use crate::report::LayerKind;
 use crate::rootpath;
-
-/// Where the composer puts the file in the initramfs.
-pub const EXTENSIONS_JSON: &str = "/etc/strata/extensions.json";
 
 const CHUNK: usize = 64 * 1024;
 
@@ -92,64 +89,6 @@ pub enum Error {
         /// Which field.
         field: String,
     },
-}
-
-/// The whole file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Shipped {
-    /// Extensions merged into the root squashfs.
-    #[serde(default)]
-    pub flattened: Vec<Flattened>,
-    /// Extensions shipped as files, not activated.
-    #[serde(default)]
-    pub disabled: Vec<Disabled>,
-}
-
-/// An extension flattened into the root.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Flattened {
-    /// Extension name.
-    pub name: String,
-    /// Extension version.
-    #[serde(default)]
-    pub version: String,
-    /// What kind of extension it was.
-    pub kind: LayerKind,
-    /// The file that proves it is in the root.
-    pub probe: Probe,
-}
-
-/// A file and its expected digest.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Probe {
-    /// Absolute path in the booted system.
-    pub path: String,
-    /// Lowercase or uppercase hex sha256 of its content.
-    pub sha256: String,
-}
-
-/// An extension shipped but not activated.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Disabled {
-    /// Extension name.
-    pub name: String,
-    /// Extension version.
-    #[serde(default)]
-    pub version: String,
-    /// What kind of extension it is.
-    pub kind: LayerKind,
-    /// The image file, absolute in the booted system.
-    pub path: String,
-}
-
-impl Disabled {
-    /// The image's file name, as the report's `image`.
-    pub fn file_name(&self) -> String {
-        Path::new(&self.path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
 }
 
 /// Parses the text; `file` only names the file in errors.
@@ -360,6 +299,7 @@ mod tests {
     use crate::checks::tests::TestDir;
     use crate::sys::error_chain;
     use std::os::unix::fs::symlink;
+    use strata_proto::ExtensionKind;
 
     const FILE: &str = "/etc/strata/extensions.json";
     /// sha256("hello\n")
@@ -385,7 +325,7 @@ mod tests {
             [Flattened {
                 name: "hello".into(),
                 version: "1.0.0".into(),
-                kind: LayerKind::Talos,
+                kind: ExtensionKind::Talos,
                 probe: Probe {
                     path: "/usr/local/bin/hello".into(),
                     sha256: HELLO.into()
@@ -393,7 +333,7 @@ mod tests {
             }]
         );
         assert_eq!(s.disabled.len(), 1);
-        assert_eq!(s.disabled[0].kind, LayerKind::Sysext);
+        assert_eq!(s.disabled[0].kind, ExtensionKind::Sysext);
         assert_eq!(s.disabled[0].file_name(), "tools.raw");
         for empty in ["{}", r#"{"flattened":[]}"#, r#"{"disabled":[]}"#] {
             assert_eq!(parse_ok(empty), Shipped::default(), "{empty}");
@@ -464,7 +404,7 @@ mod tests {
         Flattened {
             name: "hello".into(),
             version: "1".into(),
-            kind: LayerKind::Talos,
+            kind: ExtensionKind::Talos,
             probe: Probe {
                 path: path.into(),
                 sha256: sha256.into(),
@@ -517,7 +457,7 @@ mod tests {
         Disabled {
             name: "tools".into(),
             version: "2.0".into(),
-            kind: LayerKind::Sysext,
+            kind: ExtensionKind::Sysext,
             path: path.into(),
         }
     }

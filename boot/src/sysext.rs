@@ -38,9 +38,9 @@ use crate::extrelease::{self, Class, Rejection};
 use crate::mountinfo::MountEntry;
 use crate::osrelease::{self, Release};
 use crate::overlay::{self, Layout};
-use crate::strverscmp::strverscmp_improved;
 use crate::sys::error_chain;
 use crate::{mounts, rootpath};
+use strata_proto::strverscmp::strverscmp_improved;
 
 /// The squashfs superblock magic, `hsqs`, at offset 0.
 const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
@@ -94,10 +94,7 @@ pub enum Error {
 
 /// Where the images of `class` are in the initramfs.
 pub fn images_dir(class: Class) -> &'static Path {
-    match class {
-        Class::Sysext => Path::new("/sysext"),
-        Class::Confext => Path::new("/confext"),
-    }
+    Path::new(strata_proto::initramfs::images_dir(class))
 }
 
 /// One image file.
@@ -309,7 +306,13 @@ fn validate_mounted(
     extrelease::check_content(root, image.class)?;
     let path = extrelease::find_release_file(root, image.class, &image.name)?;
     let release = osrelease::read(&path).map_err(Rejection::Release)?;
-    extrelease::validate(image.class, &host.release, &release, &path, machine)?;
+    extrelease::validate(
+        image.class,
+        (&host.release, &host.path),
+        &release,
+        &path,
+        machine,
+    )?;
     Ok(extrelease::shown_version(image.class, &release))
 }
 

@@ -24,6 +24,8 @@ pub mod par;
 pub mod plan;
 pub mod profile;
 pub mod source;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use arch::Arch;
 pub use error::{Error, ErrorKind, InputError, Result};

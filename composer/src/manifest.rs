@@ -89,8 +89,8 @@ pub struct Extension {
     pub version: String,
     /// Layer file in the initramfs.
     pub image: String,
-    /// `talos`, `sysext` or `confext`.
-    pub kind: String,
+    /// `talos`, `sysext` or `confext` (the guest's report names the same kinds).
+    pub kind: strata_proto::ExtensionKind,
     /// Merged into the root at build time (`flatten: true`) rather than layered at boot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flattened: bool,
@@ -283,7 +283,7 @@ fn extensions(plan: &Plan, c: &Composed) -> Vec<Extension> {
         let flattened = c
             .flattened
             .iter()
-            .any(|f| f.name == e.name && f.kind == e.kind.as_str());
+            .any(|f| f.name == e.name && f.kind == e.kind);
         let image = match (e.kind, flattened) {
             (_, true) => String::new(),
             (Kind::Talos, false) => c
@@ -292,13 +292,13 @@ fn extensions(plan: &Plan, c: &Composed) -> Vec<Extension> {
                 .find(|l| l.name == e.name)
                 .map(|l| l.image.clone())
                 .unwrap_or_default(),
-            (k, false) => format!("{}/{}.raw", k.as_str(), e.name),
+            (k, false) => crate::assets::guest_files::image_name(k, &e.name).unwrap_or_default(),
         };
         out.push(Extension {
             name: e.name.clone(),
             version: e.version.clone(),
             image,
-            kind: e.kind.as_str().into(),
+            kind: e.kind,
             flattened,
             disabled: false,
         });
@@ -308,7 +308,7 @@ fn extensions(plan: &Plan, c: &Composed) -> Vec<Extension> {
             name: m.name.clone(),
             version: m.version.clone(),
             image: m.image.clone(),
-            kind: "talos".into(),
+            kind: strata_proto::ExtensionKind::Talos,
             flattened: false,
             disabled: false,
         });
@@ -317,7 +317,7 @@ fn extensions(plan: &Plan, c: &Composed) -> Vec<Extension> {
         name: e.name.clone(),
         version: e.version.clone(),
         image: e.available_path(),
-        kind: e.kind.as_str().into(),
+        kind: e.kind,
         flattened: false,
         disabled: true,
     }));

@@ -118,7 +118,7 @@ fn plans_command_lines_boot_entries_and_extensions_yaml_match_the_goldens() {
                 Path::new("work"),
             )
             .unwrap();
-            let yaml = strata::assets::guest::extensions_yaml(&layers).unwrap();
+            let yaml = strata::assets::guest_files::layers_yaml(&layers).unwrap();
             check(
                 &format!("{base}.extensions.yaml"),
                 &clean(yaml),

@@ -1,6 +1,6 @@
 //! Boot-test runner: boots a strata image in QEMU under UEFI firmware and
 //! judges the boot from the guest's own report (`STRATA {json}` lines on the
-//! serial console, see [`strata_boot::report`]).
+//! serial console, see [`strata_proto::report`]).
 //!
 //! Supported: amd64 (`q35`) and arm64 (`virt`) guests, Debian's OVMF/AAVMF
 //! firmware, KVM when it really works and TCG otherwise, raw/qcow2/vmdk/vpc
@@ -35,21 +35,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-pub use strata_boot::report::{Event, LayerKind};
+pub use strata_proto::report::Event;
+pub use strata_proto::{Arch, ExtensionKind};
 
 pub use accel::kvm_usable;
 pub use firmware::{find_firmware, Firmware};
 pub use verdict::LayerVerdict;
-
-/// Guest architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// x86-64, `q35` machine.
-    Amd64,
-    /// AArch64, `virt` machine.
-    Arm64,
-}
 
 /// Which accelerator to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,7 +113,7 @@ pub struct Expected {
     pub version: String,
     /// The kind the guest must report; `None` accepts any (set it when a
     /// Talos extension and a sysext may share a name).
-    pub kind: Option<LayerKind>,
+    pub kind: Option<ExtensionKind>,
     /// Merged into the root squashfs at build time (no layer at boot).
     pub flattened: bool,
     /// Shipped as an image file but not activated.

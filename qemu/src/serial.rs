@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use strata_boot::report::Event;
+use strata_proto::report::Event;
 
 /// Reads complete lines appended to a file since the last call.
 #[derive(Debug)]

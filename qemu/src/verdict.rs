@@ -19,7 +19,8 @@
 //! report still fails. `reason` lists every problem found, `; `-separated.
 
 use serde::Serialize;
-use strata_boot::report::{Event, LayerKind};
+use strata_proto::report::Event;
+use strata_proto::ExtensionKind;
 
 use crate::serial::Console;
 use crate::Expected;
@@ -80,7 +81,7 @@ pub struct LayerVerdict {
     /// The path the guest checked for `visible`.
     pub probe: Option<String>,
     /// The kind the guest reported (or the expected one, when not reported).
-    pub kind: Option<LayerKind>,
+    pub kind: Option<ExtensionKind>,
     /// The guest reported it flattened into the root.
     pub flattened: bool,
     /// The guest reported it shipped disabled.
@@ -295,7 +296,7 @@ fn quoted(line: &str) -> String {
 /// The fields of one `layer` event that judging needs.
 #[derive(Debug, Clone, Copy)]
 struct Reported<'a> {
-    kind: LayerKind,
+    kind: ExtensionKind,
     name: &'a str,
     version: &'a str,
     mounted: bool,
@@ -485,13 +486,13 @@ fn layer_problem(want: &Expected, got: Option<Reported<'_>>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_boot::report::LayerKind;
+    use strata_proto::ExtensionKind;
 
     fn layer(name: &str, version: &str, mounted: bool, visible: bool) -> Event {
         Event::Layer {
             index: 0,
             image: format!("00-{name}.sqsh"),
-            kind: LayerKind::Talos,
+            kind: ExtensionKind::Talos,
             name: name.into(),
             version: version.into(),
             mounted,
@@ -532,7 +533,7 @@ mod tests {
     /// A `layer` event of any kind and state.
     #[allow(clippy::too_many_arguments)]
     fn shipped(
-        kind: LayerKind,
+        kind: ExtensionKind,
         name: &str,
         flattened: bool,
         disabled: bool,
@@ -559,7 +560,12 @@ mod tests {
         }
     }
 
-    fn expect(name: &str, kind: Option<LayerKind>, flattened: bool, disabled: bool) -> Expected {
+    fn expect(
+        name: &str,
+        kind: Option<ExtensionKind>,
+        flattened: bool,
+        disabled: bool,
+    ) -> Expected {
         Expected {
             name: name.into(),
             version: "1".into(),
@@ -571,7 +577,7 @@ mod tests {
 
     #[test]
     fn flattened_disabled_and_kinds_are_judged_by_their_own_rules() {
-        use LayerKind::{Sysext, Talos};
+        use ExtensionKind::{Sysext, Talos};
         let flat = |visible, detail| shipped(Talos, "hello", true, false, false, visible, detail);
         let off = |mounted, visible, detail| {
             shipped(Sysext, "tools", false, true, mounted, visible, detail)
@@ -675,13 +681,29 @@ mod tests {
     #[test]
     fn layer_verdicts_carry_kind_and_state() {
         let events = vec![
-            shipped(LayerKind::Talos, "hello", true, false, false, true, None),
-            shipped(LayerKind::Sysext, "hello", false, false, true, true, None),
+            shipped(
+                ExtensionKind::Talos,
+                "hello",
+                true,
+                false,
+                false,
+                true,
+                None,
+            ),
+            shipped(
+                ExtensionKind::Sysext,
+                "hello",
+                false,
+                false,
+                true,
+                true,
+                None,
+            ),
             done(true),
         ];
         let v = judge(
             &console(events),
-            &[expect("hello", Some(LayerKind::Talos), true, false)],
+            &[expect("hello", Some(ExtensionKind::Talos), true, false)],
             &OFF(),
         );
         assert!(v.pass, "{}", v.reason);
@@ -693,9 +715,9 @@ mod tests {
         assert_eq!(
             summary,
             [
-                (Some(LayerKind::Talos), true, false, true),
+                (Some(ExtensionKind::Talos), true, false, true),
                 // Same name, other kind: not what was expected.
-                (Some(LayerKind::Sysext), false, false, false),
+                (Some(ExtensionKind::Sysext), false, false, false),
             ]
         );
     }

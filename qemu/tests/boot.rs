@@ -3,7 +3,8 @@
 //! accelerator `Accel::Auto` picks (TCG on hosts without working KVM).
 //!
 //! Inputs missing (Debian debs, mtools, sgdisk, QEMU, firmware): the test
-//! prints why and passes, unless `STRATA_E2E=1`, where it fails instead.
+//! prints one `SKIPPED` line and passes, unless `STRATA_E2E=1`, where it
+//! fails instead (see `support::require`).
 
 mod support;
 
@@ -12,7 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::After;
 
-use strata_boot::report::{Event, LayerKind};
+use strata_proto::report::Event;
+use strata_proto::ExtensionKind;
 use strata_qemu::{boot, find_firmware, Accel, Arch, BootSpec, Expected, ImageFormat, Media};
 
 /// A scratch directory; kept (and printed) when STRATA_KEEP_WORK=1, to look
@@ -36,7 +38,7 @@ fn layer(index: usize, name: &str, version: &str) -> Event {
     Event::Layer {
         index,
         image: format!("{index:02}-{name}.sqsh"),
-        kind: LayerKind::Talos,
+        kind: ExtensionKind::Talos,
         name: name.into(),
         version: version.into(),
         mounted: true,
@@ -74,27 +76,16 @@ fn expected(pairs: &[(&str, &str)]) -> Vec<Expected> {
         .collect()
 }
 
-/// The inputs for `arch`, or `None` (after printing why) when the test
-/// should be skipped. Panics instead of skipping when STRATA_E2E=1.
-fn inputs_or_skip(arch: support::Arch) -> Option<support::Inputs> {
-    let strict = std::env::var("STRATA_E2E").is_ok_and(|v| v == "1");
-    let fw_arch = match arch {
-        support::Arch::Amd64 => Arch::Amd64,
-        support::Arch::Arm64 => Arch::Arm64,
-    };
+/// The inputs for `arch`, or `None` when the test declines to run (see
+/// `support::require`).
+fn inputs_or_skip(arch: Arch) -> Option<support::Inputs> {
+    let fw_arch = arch;
     let found = support::find_inputs(arch).and_then(|i| {
         find_firmware(fw_arch).map_err(|e| e.to_string())?;
         strata_qemu::host::find_qemu(fw_arch).map_err(|e| e.to_string())?;
         Ok(i)
     });
-    match found {
-        Ok(i) => Some(i),
-        Err(why) if strict => panic!("STRATA_E2E=1 but the {arch:?} boot test cannot run: {why}"),
-        Err(why) => {
-            println!("skipping the {arch:?} boot test: {why}");
-            None
-        }
-    }
+    support::require(found)
 }
 
 fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
@@ -113,8 +104,8 @@ fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
     }
 }
 
-fn assert_started(events: &[Event], arch: support::Arch) {
-    let machine = arch.uname_m();
+fn assert_started(events: &[Event], arch: Arch) {
+    let machine = arch.uname();
     match events.first() {
         Some(Event::Start {
             kernel, machine: m, ..
@@ -128,7 +119,7 @@ fn assert_started(events: &[Event], arch: support::Arch) {
 
 #[test]
 fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
-    let Some(inputs) = inputs_or_skip(support::Arch::Amd64) else {
+    let Some(inputs) = inputs_or_skip(Arch::Amd64) else {
         return;
     };
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,7 +152,7 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     assert_eq!(r.ended_by, "guest-poweroff");
     assert_eq!(r.shutdown_reason.as_deref(), Some("guest-shutdown"));
     assert!(!r.qemu_killed, "qemu ignored quit");
-    assert_started(&r.events, support::Arch::Amd64);
+    assert_started(&r.events, Arch::Amd64);
     let disks: Vec<&Event> = r
         .events
         .iter()
@@ -212,20 +203,12 @@ fn amd64_passes_with_its_layers_and_fails_on_a_missing_one() {
     assert!(!r.layers[2].reported);
 }
 
-/// True when QEMU and firmware are present; prints why not otherwise.
+/// True when QEMU and firmware are present (see `support::require`).
 fn qemu_or_skip() -> bool {
-    let strict = std::env::var("STRATA_E2E").is_ok_and(|v| v == "1");
     let found = find_firmware(Arch::Amd64)
         .map_err(|e| e.to_string())
         .and_then(|_| strata_qemu::host::find_qemu(Arch::Amd64).map_err(|e| e.to_string()));
-    match found {
-        Ok(_) => true,
-        Err(why) if strict => panic!("STRATA_E2E=1 but the runner test cannot run: {why}"),
-        Err(why) => {
-            println!("skipping: {why}");
-            false
-        }
-    }
+    support::require(found).is_some()
 }
 
 /// A blank 4 MiB disk: nothing for the firmware to boot.
@@ -331,7 +314,7 @@ fn invalid_spec_is_refused_before_qemu_starts() {
 
 #[test]
 fn arm64_passes_with_its_layers() {
-    let Some(inputs) = inputs_or_skip(support::Arch::Arm64) else {
+    let Some(inputs) = inputs_or_skip(Arch::Arm64) else {
         return;
     };
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -359,7 +342,7 @@ fn arm64_passes_with_its_layers() {
         r.serial_log.display()
     );
     assert_eq!(r.ended_by, "guest-poweroff");
-    assert_started(&r.events, support::Arch::Arm64);
+    assert_started(&r.events, Arch::Arm64);
 }
 
 /// What a boot from one media must give.
@@ -373,7 +356,7 @@ enum Outcome {
 
 /// Boots the fixture from each disk media in `list`, then as an El Torito
 /// CD-ROM, and checks each outcome.
-fn boots_from(arch: support::Arch, list: &[(Media, Outcome)]) {
+fn boots_from(arch: Arch, list: &[(Media, Outcome)]) {
     let Some(inputs) = inputs_or_skip(arch) else {
         return;
     };
@@ -381,10 +364,7 @@ fn boots_from(arch: support::Arch, list: &[(Media, Outcome)]) {
     let dir = scratch();
     let disk = support::build_disk(&inputs, &report(), After::PowerOff, dir.path()).unwrap();
     let iso = support::build_iso(dir.path()).unwrap();
-    let qemu_arch = match arch {
-        support::Arch::Amd64 => Arch::Amd64,
-        support::Arch::Arm64 => Arch::Arm64,
-    };
+    let qemu_arch = arch;
     let mut wrong = Vec::new();
     for &(media, outcome) in list.iter().chain(&[(Media::Cdrom, Outcome::Pass)]) {
         let work = dir.path().join(format!("{media:?}"));
@@ -420,7 +400,7 @@ fn amd64_boots_from_every_media() {
         // virtio-blk view, the guest must still see the PVSCSI disk.
         (Media::Pvscsi, Outcome::Pass),
     ];
-    boots_from(support::Arch::Amd64, &list);
+    boots_from(Arch::Amd64, &list);
 }
 
 #[test]
@@ -440,5 +420,5 @@ fn arm64_boots_from_every_media() {
             Outcome::Fail("no disk reported through the vmw_pvscsi driver; disks seen: vda [virtio_blk, virtio-pci]"),
         ),
     ];
-    boots_from(support::Arch::Arm64, &list);
+    boots_from(Arch::Arm64, &list);
 }

@@ -3,9 +3,13 @@
 //! and small readers for what the judges need (GPT offsets, cpio segments).
 //!
 //! End-to-end tests need the inputs `make test` prepares (kernel .deb,
-//! rootfs, guest init). Under `make test` (STRATA_E2E=1) a missing input is a
-//! failure; in a bare `cargo test` the tests say what is missing and skip.
+//! rootfs, guest init) and some tools. [`require_tool`] and [`require_input`]
+//! are the only way a test here declines to run: under `make test`
+//! (STRATA_E2E=1) a missing tool or input is a failure naming the fix; in a
+//! bare `cargo test` the test prints one `SKIPPED <test>: <why>` line and
+//! returns.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -19,30 +23,67 @@ pub fn e2e_required() -> bool {
     std::env::var_os("STRATA_E2E").is_some_and(|v| v == "1")
 }
 
-/// Returns false (and says why) when an end-to-end input is missing; panics
-/// instead under `make test`, where a skip would hide a broken setup.
+/// The one place a test declines: a failure under `STRATA_E2E=1`, where a
+/// skip would hide a broken setup; one `SKIPPED` line on stderr otherwise.
+fn decline(why: &str, fix: &str) -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    assert!(
+        !e2e_required(),
+        "STRATA_E2E=1 but {test} cannot run: {why}; fix: {fix}"
+    );
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing
+    // tests, and a skip must show in every run.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} ({fix})");
+    false
+}
+
+/// True when `tool` is on `PATH`; otherwise see [`decline`] (fix: `make deps`).
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    found || decline(&format!("{tool} is not installed"), "make deps")
+}
+
+/// True when the input `path` exists; otherwise see [`decline`] (fix: `make
+/// test-inputs strata`, which make the inputs and the release binary).
+pub fn require_input(path: &Path) -> bool {
+    path.exists()
+        || decline(
+            &format!("test input {} is missing", path.display()),
+            "make test-inputs strata",
+        )
+}
+
+/// The Debian package cache that `make test-inputs` fills.
+pub fn debian_cache() -> PathBuf {
+    repo().join(".cache/debian")
+}
+
+/// Debian's current kernel package for `arch`, under the stable name
+/// `scripts/fetch-debs.sh` links.
+pub fn kernel_deb(arch: &str) -> PathBuf {
+    debian_cache().join(format!("linux-image-{arch}.deb"))
+}
+
+/// The in-repository extension metadata corpus.
+pub fn corpus_dir() -> PathBuf {
+    repo().join("tests/corpus")
+}
+
+/// True when every end-to-end input for `arch` exists (the release `strata`,
+/// the kernel .deb, the rootfs, the guest init); see [`require_input`].
 pub fn have_inputs(arch: &str) -> bool {
-    let needs = [
+    [
         strata_bin(),
-        repo().join(format!(".cache/debian/linux-image-{arch}.deb")),
+        kernel_deb(arch),
         repo().join(format!("build/rootfs-{arch}")),
         repo().join(format!("target/{}/release/strata-init", musl_target(arch))),
-    ];
-    let missing: Vec<String> = needs
-        .iter()
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "end-to-end inputs missing: {} (run `make test`, which prepares them)",
-        missing.join(", ")
-    );
-    assert!(!e2e_required(), "{msg}");
-    eprintln!("skipping: {msg}");
-    false
+    ]
+    .iter()
+    .all(|p| require_input(p))
 }
 
 /// The Rust musl target of a Debian arch name.

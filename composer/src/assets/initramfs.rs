@@ -8,7 +8,8 @@
 //!    or zstd): the init, `/dev/console`, the module closure and
 //!    `/etc/strata/modules.load` (load order, dependencies first).
 //!
-//! The contract with the guest init is described in `boot/README.md`.
+//! The contract with the guest init is [`strata_proto::initramfs`] (described in
+//! `boot/README.md`).
 
 use crate::fs::cpio::CpioWriter;
 use crate::io::compress::{self, Compression, XzCheck};
@@ -17,6 +18,7 @@ use crate::profile::InitramfsCompressor;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use strata_proto::initramfs as guest;
 
 /// What goes into the initramfs.
 pub struct Contents<'a> {
@@ -106,7 +108,8 @@ fn write_stored<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<()> {
         cpio.file_from_path(name, path, 0o444)?;
     }
     let yaml = c.extensions_yaml.as_bytes();
-    cpio.file("extensions.yaml", 0o444, yaml.len() as u64, yaml)?;
+    let name = guest::archive_name(guest::EXTENSIONS_YAML);
+    cpio.file(name, 0o444, yaml.len() as u64, yaml)?;
     cpio.finish()?;
     Ok(())
 }
@@ -130,7 +133,7 @@ fn write_boot_part<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<W> {
     cpio.file_from_path("init", c.init, 0o755)?;
     let base = format!("lib/modules/{}", c.release);
     let mut dirs = std::collections::BTreeSet::new();
-    let mut load = String::from("# written by strata: modules to load, dependencies first\n");
+    let mut load = Vec::new();
     for m in c.modules {
         let target = format!("{base}/{}", m.rel_path.display());
         for anc in Path::new(&target).ancestors().skip(1) {
@@ -139,10 +142,9 @@ fn write_boot_part<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<W> {
                 dirs.insert(a.into_owned());
             }
         }
-        load.push('/');
-        load.push_str(&target);
-        load.push('\n');
+        load.push(format!("/{target}"));
     }
+    let load = guest::modules_load_text(&load);
     for d in &dirs {
         cpio.dir(d, 0o755)?;
     }
@@ -151,7 +153,7 @@ fn write_boot_part<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<W> {
         cpio.file_from_path(&target, c.modules_dir.join(&m.rel_path), 0o644)?;
     }
     cpio.file(
-        "etc/strata/modules.load",
+        guest::archive_name(guest::MODULES_LOAD),
         0o644,
         load.len() as u64,
         load.as_bytes(),

@@ -232,27 +232,9 @@ fn module_depends(entry: &Entry) -> std::result::Result<Vec<String>, crate::erro
     Ok(crate::kmod::modinfo(&path)?.depends)
 }
 
-/// A file the guest checks for a flattened extension.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Probe {
-    /// Path in the root.
-    pub path: String,
-    /// sha256 of its content.
-    pub sha256: String,
-}
-
-/// One entry of `/etc/strata/extensions.json`'s `flattened` list.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Flattened {
-    /// Extension name.
-    pub name: String,
-    /// Extension version.
-    pub version: String,
-    /// `talos`, `sysext` or `confext`.
-    pub kind: String,
-    /// What the guest checks.
-    pub probe: Probe,
-}
+/// The file the guest checks for a flattened extension, and the entry of
+/// `/etc/strata/extensions.json`'s `flattened` list (the guest's contract types).
+pub use strata_proto::initramfs::{Flattened, Probe};
 
 /// The layer an extension contributes when flattening: Talos over the whole
 /// root, sysext over /usr and /opt, confext over /etc (what systemd merges).
@@ -308,7 +290,7 @@ pub fn flatten_all(
         probes.push(Flattened {
             name: e.name.clone(),
             version: e.version.clone(),
-            kind: e.kind.as_str().into(),
+            kind: e.kind,
             probe,
         });
     }

@@ -1,13 +1,13 @@
 //! Boot assets made from the plan and the unpacked kernel: the squashfs
 //! [`layers`] of the root and the extensions, the files the guest reads
-//! ([`guest`]), the [`initramfs`] that carries them, and the [`esp`]
+//! ([`guest_files`]), the [`initramfs`] that carries them, and the [`esp`]
 //! contents (bootloader, kernel, BLS entry).
 //!
 //! [`make`] is the build's assets step. Everything it writes goes to the
 //! build's work directory under the cache; nothing here reads the profile.
 
 pub mod esp;
-pub mod guest;
+pub mod guest_files;
 pub mod initramfs;
 pub mod layers;
 
@@ -104,9 +104,9 @@ fn initramfs_per_platform(
         .iter()
         .map(|l| (l.image.clone(), l.path.clone()))
         .collect();
-    let ext_yaml = guest::extensions_yaml(&composed.layers)?;
-    let sysexts = guest::sysext_images(&plan.extensions, composed);
-    let files = guest::init_files(composed, &plan.disabled, module_layer)?;
+    let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
+    let sysexts = guest_files::sysext_images(&plan.extensions, composed);
+    let files = guest_files::init_files(composed, &plan.disabled, module_layer);
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut out = Vec::new();
     for pp in &plan.platforms {

@@ -106,10 +106,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
     let spec = BootSpec {
         image,
         format,
-        arch: match arch {
-            Arch::Amd64 => strata_qemu::Arch::Amd64,
-            Arch::Arm64 => strata_qemu::Arch::Arm64,
-        },
+        arch,
         media: media(&media_name)?,
         expected: build
             .extensions
@@ -117,11 +114,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             .map(|e| Expected {
                 name: e.name.clone(),
                 version: e.version.clone(),
-                kind: match e.kind.as_str() {
-                    "sysext" => Some(strata_boot::report::LayerKind::Sysext),
-                    "confext" => Some(strata_boot::report::LayerKind::Confext),
-                    _ => Some(strata_boot::report::LayerKind::Talos),
-                },
+                kind: Some(e.kind),
                 flattened: e.flattened,
                 disabled: e.disabled,
             })

@@ -234,21 +234,17 @@ mod tests {
         // The file is sparse: nothing but the GPT structures is allocated.
         use std::os::unix::fs::MetadataExt;
         assert!(f.metadata().unwrap().blocks() * 512 < MIB);
-        match std::process::Command::new("sgdisk")
-            .arg("-v")
-            .arg(&path)
-            .output()
-        {
-            Ok(out) => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    out.status.success() && text.contains("No problems found"),
-                    "{text}"
-                );
-            }
-            Err(_) => eprintln!(
-                "skipping the sgdisk judge: sgdisk is not installed (apt-get install gdisk)"
-            ),
+        if crate::test_support::require_tool("sgdisk") {
+            let out = std::process::Command::new("sgdisk")
+                .arg("-v")
+                .arg(&path)
+                .output()
+                .expect("run sgdisk");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("No problems found"),
+                "{text}"
+            );
         }
     }
 }

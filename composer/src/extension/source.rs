@@ -271,7 +271,7 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Sour
         ImageKind::Sysext
     };
     let findings = sysext::check_tree(image_kind, &name, &tree, env.host);
-    let version = release_version(&tree, kind, &name);
+    let version = release_version(&tree, image_kind, &name);
     let mut report = Report::new(name.clone(), kind.as_str());
     report.findings = findings;
     let digest = crate::io::hash::file_sha256(path).map_err(read_err(path))?;
@@ -310,28 +310,15 @@ pub fn read_image(path: &Path, scratch: &Path) -> Result<Tree, SourceError> {
     })
 }
 
-fn release_version(tree: &Tree, kind: Kind, name: &str) -> String {
-    let file = match kind {
-        Kind::Confext => format!("/etc/extension-release.d/extension-release.{name}"),
-        _ => format!("/usr/lib/extension-release.d/extension-release.{name}"),
-    };
+/// The version the guest's report will show for the image (the shared rule), so the
+/// manifest's expectation and the report agree.
+fn release_version(tree: &Tree, class: ImageKind, name: &str) -> String {
+    let file = format!("{}/extension-release.{name}", class.release_dir());
     let Ok(text) = read_text(tree, Path::new(&file)) else {
         return String::new();
     };
-    let rel = sysext::parse_release(&text);
-    let get = |k: &str| {
-        rel.entries
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
-    let own = if kind == Kind::Confext {
-        "CONFEXT_VERSION_ID"
-    } else {
-        "SYSEXT_VERSION_ID"
-    };
-    get(own).or_else(|| get("VERSION_ID")).unwrap_or_default()
+    let release = strata_proto::osrelease::Release::parse(&text);
+    strata_proto::extrelease::shown_version(class, &release)
 }
 
 fn manifest_metadata(text: &str) -> serde_norway::Value {

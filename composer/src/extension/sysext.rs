@@ -1,18 +1,16 @@
-//! systemd system and configuration extensions (sysext/confext): extension-release files and
-//! the rules `systemd-sysext`/`systemd-confext` apply before merging an image.
+//! systemd system and configuration extensions (sysext/confext), as the composer reports on
+//! them: the rules `systemd-sysext`/`systemd-confext` apply before merging an image, rendered
+//! as findings.
 //!
-//! Supported:
-//! - the os-release file format as systemd's `parse_env_file` reads it: `KEY=VALUE` lines,
-//!   `#`/`;` comment lines, single quotes (literal), double quotes (backslash escapes `"`, `\`,
-//!   `` ` ``, `$`), backslash escapes in unquoted values, line continuations, trailing
-//!   whitespace trimmed, quoted pieces concatenated (`'a' "b"` is `ab`) while quotes inside
-//!   an unquoted value stay literal, the last duplicate key winning ([`parse_release`]);
-//! - locating the release file in an image tree (`usr/lib/extension-release.d/` for sysext,
-//!   `etc/extension-release.d/` for confext), including systemd's fallback scan of that
-//!   directory (`_`/`+` name cut, `ENOTUNIQ` on several candidates) ([`check_tree`]);
-//! - `extension_release_validate`: empty release data, `SYSEXT_SCOPE`/`CONFEXT_SCOPE`,
-//!   `ARCHITECTURE`, `ID` (`_any`, `ID_LIKE`), `SYSEXT_LEVEL`/`CONFEXT_LEVEL` against
-//!   `VERSION_ID`, in systemd's order ([`check`]);
+//! The rules, the release file parser, the release file fallback and the in-image `chase()` are
+//! [`strata_proto::extrelease`], [`strata_proto::osrelease`] and [`strata_proto::rootpath`]:
+//! the guest init decides with the same code whether it merges the image, so what `strata ext
+//! validate` accepts is what the booted image merges. This module adds what only a composer
+//! can say before the image ships:
+//! - warnings systemd would not refuse on: release file syntax problems, a release file named
+//!   after the image only after the `_`/`+` cut or not at all (the xattr that would allow it is
+//!   not visible here), an unset `ARCHITECTURE`, keys of the other class, a non-boolean
+//!   `EXTENSION_RELOAD_MANAGER`;
 //! - contents: `/usr/lib/os-release` inside a sysext (refused by systemd), top-level content
 //!   outside the merged hierarchies (`/usr`, `/opt` for sysext, `/etc` for confext; ignored by
 //!   systemd), ELF files for another architecture.
@@ -26,434 +24,20 @@
 
 use std::path::{Path, PathBuf};
 
+use strata_proto::extrelease::{self as rules, Candidate, Mismatch, Pick, Strict};
+use strata_proto::extrelease::{is_valid_image_name, parse_boolean};
+pub use strata_proto::extrelease::{systemd_arch, Host as HostRelease};
+use strata_proto::osrelease::Release;
+use strata_proto::rootpath::{self, Node};
+
 use super::findings::Finding;
 use super::talos::paths::under;
 use super::talos::rules::{elf_arch_finding, read_text};
 use crate::binary::elf_machine_for_arch;
 use crate::fs::tree::{EntryKind, FileData, Tree};
 
-/// Errors from reading the host's os-release.
-#[derive(Debug, thiserror::Error)]
-pub enum SysextError {
-    /// The architecture name is not one strata can map to systemd's spelling.
-    #[error("architecture {0:?} is unknown; hint: use amd64 or arm64")]
-    Architecture(String),
-}
-
-/// System or configuration extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
-    /// `systemd-sysext`: merges `/usr` and `/opt`.
-    Sysext,
-    /// `systemd-confext`: merges `/etc`.
-    Confext,
-}
-
-impl ImageKind {
-    /// `sysext` or `confext`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageKind::Sysext => "sysext",
-            ImageKind::Confext => "confext",
-        }
-    }
-
-    /// Directory of the release file inside the image.
-    pub fn release_dir(self) -> &'static str {
-        match self {
-            ImageKind::Sysext => "/usr/lib/extension-release.d",
-            ImageKind::Confext => "/etc/extension-release.d",
-        }
-    }
-
-    /// The API level key compared with the host (`SYSEXT_LEVEL`/`CONFEXT_LEVEL`).
-    pub fn level_key(self) -> &'static str {
-        match self {
-            ImageKind::Sysext => "SYSEXT_LEVEL",
-            ImageKind::Confext => "CONFEXT_LEVEL",
-        }
-    }
-
-    /// The scope key (`SYSEXT_SCOPE`/`CONFEXT_SCOPE`).
-    pub fn scope_key(self) -> &'static str {
-        match self {
-            ImageKind::Sysext => "SYSEXT_SCOPE",
-            ImageKind::Confext => "CONFEXT_SCOPE",
-        }
-    }
-
-    /// Top-level directories systemd merges by default.
-    pub fn hierarchies(self) -> &'static [&'static str] {
-        match self {
-            ImageKind::Sysext => &["usr", "opt"],
-            ImageKind::Confext => &["etc"],
-        }
-    }
-
-    fn tool(self) -> &'static str {
-        match self {
-            ImageKind::Sysext => "systemd-sysext",
-            ImageKind::Confext => "systemd-confext",
-        }
-    }
-
-    fn other(self) -> ImageKind {
-        match self {
-            ImageKind::Sysext => ImageKind::Confext,
-            ImageKind::Confext => ImageKind::Sysext,
-        }
-    }
-}
-
-/// A parsed release file: assignments in file order plus syntax problems (1-based lines).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Release {
-    /// `(key, value)` in file order; later duplicates win in [`Release::get`].
-    pub entries: Vec<(String, String)>,
-    /// `(line, problem)` for lines systemd ignores or reads in a surprising way.
-    pub problems: Vec<(usize, String)>,
-}
-
-impl Release {
-    /// The value of `key` (the last assignment, as systemd's `strv_env_pairs_get`).
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The value of `key` when set and not empty.
-    fn non_empty(&self, key: &str) -> Option<&str> {
-        self.get(key).filter(|v| !v.is_empty())
-    }
-}
-
-/// Parser states of systemd's `parse_env_file_internal`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    PreKey,
-    Key,
-    PreValue,
-    Value,
-    ValueEscape,
-    Single,
-    Double,
-    DoubleEscape,
-    Comment,
-    CommentEscape,
-}
-
-/// Parses os-release/extension-release text the way systemd does.
-pub fn parse_release(text: &str) -> Release {
-    let mut p = Parser::default();
-    for c in text.chars() {
-        p.step(c);
-    }
-    p.finish()
-}
-
-#[derive(Default)]
-struct Parser {
-    state: Option<State>,
-    key: String,
-    value: String,
-    /// Length of `value` without unquoted trailing whitespace.
-    trimmed_len: usize,
-    line: usize,
-    key_line: usize,
-    out: Release,
-}
-
-impl Parser {
-    fn step(&mut self, raw: char) {
-        // systemd's NEWLINE is "\n\r": a carriage return ends a line too.
-        let c = if raw == '\r' { '\n' } else { raw };
-        let state = self.state.unwrap_or(State::PreKey);
-        let next = match state {
-            State::PreKey => self.pre_key(c),
-            State::Key => self.in_key(c),
-            State::PreValue => self.pre_value(c),
-            State::Value => self.in_value(c),
-            State::ValueEscape => self.value_escape(c),
-            State::Single => self.single(c),
-            State::Double => self.double(c),
-            State::DoubleEscape => self.double_escape(c),
-            State::Comment => match c {
-                '\\' => State::CommentEscape,
-                '\n' => State::PreKey,
-                _ => State::Comment,
-            },
-            State::CommentEscape => State::Comment,
-        };
-        if raw == '\n' {
-            self.line += 1;
-        }
-        self.state = Some(next);
-    }
-
-    fn pre_key(&mut self, c: char) -> State {
-        match c {
-            '#' | ';' => State::Comment,
-            c if c.is_whitespace() => State::PreKey,
-            c => {
-                self.key.clear();
-                self.key.push(c);
-                self.key_line = self.line + 1;
-                State::Key
-            }
-        }
-    }
-
-    fn in_key(&mut self, c: char) -> State {
-        match c {
-            '\n' => {
-                self.problem(format!(
-                    "line {:?} has no `=`; systemd ignores it",
-                    self.key.trim()
-                ));
-                State::PreKey
-            }
-            '=' => {
-                self.value.clear();
-                self.trimmed_len = 0;
-                State::PreValue
-            }
-            c => {
-                self.key.push(c);
-                State::Key
-            }
-        }
-    }
-
-    fn pre_value(&mut self, c: char) -> State {
-        match c {
-            '\n' => {
-                self.push();
-                State::PreKey
-            }
-            '\'' => State::Single,
-            '"' => State::Double,
-            '\\' => State::ValueEscape,
-            c if c.is_whitespace() => State::PreValue,
-            c => {
-                self.append(c, false);
-                State::Value
-            }
-        }
-    }
-
-    fn in_value(&mut self, c: char) -> State {
-        match c {
-            '\n' => {
-                self.push();
-                State::PreKey
-            }
-            '\\' => State::ValueEscape,
-            c => {
-                self.append(c, c.is_whitespace());
-                State::Value
-            }
-        }
-    }
-
-    fn value_escape(&mut self, c: char) -> State {
-        if c != '\n' {
-            self.append(c, false);
-        }
-        State::Value
-    }
-
-    fn single(&mut self, c: char) -> State {
-        if c == '\'' {
-            return State::PreValue;
-        }
-        self.append(c, false);
-        State::Single
-    }
-
-    fn double(&mut self, c: char) -> State {
-        match c {
-            '"' => State::PreValue,
-            '\\' => State::DoubleEscape,
-            c => {
-                self.append(c, false);
-                State::Double
-            }
-        }
-    }
-
-    fn double_escape(&mut self, c: char) -> State {
-        match c {
-            '"' | '\\' | '`' | '$' => self.append(c, false),
-            '\n' => {}
-            c => {
-                self.append('\\', false);
-                self.append(c, false);
-            }
-        }
-        State::Double
-    }
-
-    /// Appends to the value; unquoted whitespace is kept only if more text follows.
-    fn append(&mut self, c: char, is_trailing_ws: bool) {
-        self.value.push(c);
-        if !is_trailing_ws {
-            self.trimmed_len = self.value.len();
-        }
-    }
-
-    fn push(&mut self) {
-        let key = self.key.trim().to_string();
-        let value = self.value[..self.trimmed_len].to_string();
-        let valid_key = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_key {
-            self.problem(format!("{key:?} is not a valid variable name"));
-        }
-        if self.out.entries.iter().any(|(k, _)| *k == key) {
-            self.problem(format!("{key} is set more than once; the last value wins"));
-        }
-        self.out.entries.push((key, value));
-    }
-
-    fn problem(&mut self, message: String) {
-        self.out.problems.push((self.key_line, message));
-    }
-
-    fn finish(mut self) -> Release {
-        match self.state.unwrap_or(State::PreKey) {
-            State::PreKey | State::Comment | State::CommentEscape => {}
-            State::Key => self.problem(format!(
-                "line {:?} has no `=`; systemd ignores it",
-                self.key.trim()
-            )),
-            State::Single | State::Double | State::DoubleEscape => {
-                self.problem("unterminated quote at the end of the file".into());
-                self.push();
-            }
-            State::PreValue | State::Value | State::ValueEscape => self.push(),
-        }
-        self.out
-    }
-}
-
-/// The host side of the match: what the base image's os-release says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRelease {
-    /// `ID` (`linux` when unset, as os-release specifies).
-    pub id: String,
-    /// `ID_LIKE`, split at whitespace.
-    pub id_like: Vec<String>,
-    /// `VERSION_ID`.
-    pub version_id: Option<String>,
-    /// `SYSEXT_LEVEL`.
-    pub sysext_level: Option<String>,
-    /// `CONFEXT_LEVEL`.
-    pub confext_level: Option<String>,
-    /// Architecture in systemd's spelling (`x86-64`, `arm64`).
-    pub architecture: String,
-}
-
-impl HostRelease {
-    /// Reads the base rootfs' `/etc/os-release` (or `/usr/lib/os-release`) text; `arch` is
-    /// `amd64`/`arm64` or already systemd's spelling.
-    pub fn from_os_release(text: &str, arch: &str) -> Result<Self, SysextError> {
-        let release = parse_release(text);
-        let architecture =
-            systemd_arch(arch).ok_or_else(|| SysextError::Architecture(arch.to_string()))?;
-        let opt = |k: &str| release.non_empty(k).map(String::from);
-        Ok(Self {
-            id: opt("ID").unwrap_or_else(|| "linux".into()),
-            id_like: release
-                .get("ID_LIKE")
-                .map(|v| v.split_whitespace().map(String::from).collect())
-                .unwrap_or_default(),
-            version_id: opt("VERSION_ID"),
-            sysext_level: opt("SYSEXT_LEVEL"),
-            confext_level: opt("CONFEXT_LEVEL"),
-            architecture: architecture.to_string(),
-        })
-    }
-
-    fn level(&self, kind: ImageKind) -> Option<&str> {
-        match kind {
-            ImageKind::Sysext => self.sysext_level.as_deref(),
-            ImageKind::Confext => self.confext_level.as_deref(),
-        }
-    }
-}
-
-/// systemd's architecture name for a Debian/uname/systemd spelling.
-pub fn systemd_arch(arch: &str) -> Option<&'static str> {
-    Some(match arch {
-        "amd64" | "x86_64" | "x86-64" => "x86-64",
-        "arm64" | "aarch64" => "arm64",
-        "riscv64" => "riscv64",
-        "s390x" => "s390x",
-        "ppc64el" | "ppc64le" | "ppc64-le" => "ppc64-le",
-        "i386" | "x86" => "x86",
-        "armhf" | "arm" => "arm",
-        _ => return None,
-    })
-}
-
-/// Architecture names systemd knows (`architecture_to_string`).
-const SYSTEMD_ARCHES: &[&str] = &[
-    "x86",
-    "x86-64",
-    "ppc",
-    "ppc-le",
-    "ppc64",
-    "ppc64-le",
-    "ia64",
-    "parisc",
-    "parisc64",
-    "s390",
-    "s390x",
-    "sparc",
-    "sparc64",
-    "mips",
-    "mips-le",
-    "mips64",
-    "mips64-le",
-    "alpha",
-    "arm",
-    "arm-be",
-    "arm64",
-    "arm64-be",
-    "sh",
-    "sh64",
-    "m68k",
-    "tilegx",
-    "cris",
-    "nios2",
-    "riscv32",
-    "riscv64",
-    "arc",
-    "arc-be",
-    "loongarch64",
-];
-
-/// `image_name_is_valid`: a file name without control characters, not starting with `.#`.
-pub fn image_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.starts_with(".#")
-        && !name.chars().any(char::is_control)
-}
-
-/// The image name cut at the first `_` or `+` (`foo_1.2_x86-64+3` → `foo`).
-fn cut_name(name: &str) -> &str {
-    name.split(['_', '+']).next().unwrap_or(name)
-}
+/// System or configuration extension: the systemd class of an extension kind.
+pub type ImageKind = strata_proto::extrelease::Class;
 
 /// Checks one image's release file against the host, and its contents when the tree is given.
 ///
@@ -473,7 +57,7 @@ pub fn check(
     };
     let mut out = Vec::new();
     check_names(kind, image_name, release_file_name, &label, &mut out);
-    let release = parse_release(release_text);
+    let release = Release::parse(release_text);
     for (line, problem) in &release.problems {
         out.push(Finding::warning(
             label.clone(),
@@ -482,18 +66,28 @@ pub fn check(
             "write KEY=VALUE lines, quoting values with spaces",
         ));
     }
-    if release.entries.is_empty() {
-        out.push(skip(
-            kind,
-            &label,
-            "sysext.release-empty",
-            "it carries no release data".into(),
-            "add at least ID=...",
-        ));
+    if release.is_empty() {
+        out.push(refusal(kind, &label, Mismatch::Empty));
     } else {
-        check_scope(kind, &release, &label, &mut out);
-        check_arch(kind, &release, host, &label, &mut out);
-        check_identity(kind, &release, host, &label, &mut out);
+        let unset = release.non_empty("ARCHITECTURE").is_none();
+        if kind == ImageKind::Sysext && unset {
+            out.push(Finding::warning(
+                &label,
+                "sysext.architecture-unset",
+                "no ARCHITECTURE: systemd merges the image on every architecture",
+                "set ARCHITECTURE=x86-64 or arm64 (or _any if it holds no binaries)",
+            ));
+        }
+        // Each rule on its own, so one report names every reason; the guest stops at the first.
+        let host_arch = host.map(|h| h.architecture.as_str());
+        let broken = [
+            rules::check_scope(kind, &release),
+            rules::check_architecture(&release, host_arch),
+            rules::check_identity(kind, host, &release),
+        ];
+        for m in broken.into_iter().filter_map(Result::err) {
+            out.push(refusal(kind, &label, m));
+        }
         check_keys(kind, &release, &label, &mut out);
     }
     if let Some(tree) = tree {
@@ -512,6 +106,97 @@ fn skip(kind: ImageKind, label: &str, rule: &'static str, why: String, hint: &st
     )
 }
 
+/// The finding for a broken rule: the rule id, what systemd does, and the fix.
+fn refusal(kind: ImageKind, label: &str, m: Mismatch) -> Finding {
+    match m {
+        Mismatch::Empty => skip(
+            kind,
+            label,
+            "sysext.release-empty",
+            "it carries no release data".into(),
+            "add at least ID=...",
+        ),
+        Mismatch::Scope { key, scope } => Finding::error(
+            label,
+            "sysext.scope",
+            format!(
+                "{key}={scope:?} excludes `system`: strata's init merges for the booted system \
+                 and skips this image, as {} would",
+                kind.tool()
+            ),
+            format!("add system to {key} (e.g. {key}=\"system portable\")"),
+        ),
+        Mismatch::UnknownArchitecture { image } => {
+            let spelled = systemd_arch(&image)
+                .map(|s| format!("systemd spells it {s}"))
+                .unwrap_or_else(|| "use systemd's spelling: x86-64, arm64, ...".into());
+            skip(
+                kind,
+                label,
+                "sysext.architecture",
+                format!("ARCHITECTURE={image} is not an architecture name systemd knows"),
+                &spelled,
+            )
+        }
+        Mismatch::Architecture { image, host } => skip(
+            kind,
+            label,
+            "sysext.architecture",
+            format!("it is for architecture {image}, the host is {host}"),
+            "use the image built for the target architecture",
+        ),
+        Mismatch::NoId => skip(
+            kind,
+            label,
+            "sysext.id",
+            "it has no ID".into(),
+            "add ID=<os id> (or ID=_any for images that fit every OS)",
+        ),
+        Mismatch::HostId => skip(
+            kind,
+            label,
+            "sysext.os-id",
+            "the base's os-release sets no ID, and systemd merges no extension then".into(),
+            "set ID in the base root file system's os-release",
+        ),
+        Mismatch::Id { image, host, like } => {
+            let like = if like.is_empty() {
+                String::new()
+            } else {
+                format!(" (like {})", like.join(" "))
+            };
+            skip(
+                kind,
+                label,
+                "sysext.os-id",
+                format!("it is for OS {image:?}, the host is {host:?}{like}"),
+                "use ID=_any or the host's ID",
+            )
+        }
+        Mismatch::Level { key, image, host } => skip(
+            kind,
+            label,
+            "sysext.level",
+            format!("it is for {key} {image}, the host has {key} {host}"),
+            &format!("build the image for {key}={host}"),
+        ),
+        Mismatch::NoVersionId { key, host } => skip(
+            kind,
+            label,
+            "sysext.version-id",
+            format!("it has neither {key} nor VERSION_ID, and the host's VERSION_ID is {host}"),
+            &format!("set {key} to the host's level, VERSION_ID={host}, or ID=_any"),
+        ),
+        Mismatch::VersionId { image, host } => skip(
+            kind,
+            label,
+            "sysext.version-id",
+            format!("it is for VERSION_ID {image}, the host has VERSION_ID {host}"),
+            "use the image built for this OS release, or a level/_any image",
+        ),
+    }
+}
+
 fn check_names(
     kind: ImageKind,
     image_name: &str,
@@ -519,7 +204,7 @@ fn check_names(
     label: &str,
     out: &mut Vec<Finding>,
 ) {
-    if !image_name_ok(image_name) {
+    if !is_valid_image_name(image_name) {
         out.push(skip(
             kind,
             label,
@@ -541,7 +226,7 @@ fn check_names(
     if suffix == image_name {
         return;
     }
-    if suffix == cut_name(image_name) {
+    if suffix == rules::base_name(image_name) {
         out.push(Finding::warning(
             label,
             "sysext.release-name",
@@ -564,156 +249,6 @@ fn check_names(
         ),
         format!("rename the file to extension-release.{image_name} (or the image to {suffix})"),
     ));
-}
-
-fn check_scope(kind: ImageKind, release: &Release, label: &str, out: &mut Vec<Finding>) {
-    let key = kind.scope_key();
-    let Some(scope) = release.get(key) else {
-        return;
-    };
-    if !scope.split_whitespace().any(|s| s == "system") {
-        out.push(Finding::error(
-            label,
-            "sysext.scope",
-            format!(
-                "{key}={scope:?} excludes `system`: strata's init merges for the booted system \
-                 and skips this image, as {} would",
-                kind.tool()
-            ),
-            format!("add system to {key} (e.g. {key}=\"system portable\")"),
-        ));
-    }
-}
-
-fn check_arch(
-    kind: ImageKind,
-    release: &Release,
-    host: Option<&HostRelease>,
-    label: &str,
-    out: &mut Vec<Finding>,
-) {
-    let arch = release.non_empty("ARCHITECTURE");
-    match arch {
-        None if kind == ImageKind::Sysext => out.push(Finding::warning(
-            label,
-            "sysext.architecture-unset",
-            "no ARCHITECTURE: systemd merges the image on every architecture",
-            "set ARCHITECTURE=x86-64 or arm64 (or _any if it holds no binaries)",
-        )),
-        None | Some("_any") => {}
-        Some(a) if !SYSTEMD_ARCHES.contains(&a) => {
-            let spelled = systemd_arch(a)
-                .map(|s| format!("systemd spells it {s}"))
-                .unwrap_or_else(|| "use systemd's spelling: x86-64, arm64, ...".into());
-            out.push(skip(
-                kind,
-                label,
-                "sysext.architecture",
-                format!("ARCHITECTURE={a} is not an architecture name systemd knows"),
-                &spelled,
-            ));
-        }
-        Some(a) => {
-            if let Some(host) = host.filter(|h| h.architecture != a) {
-                out.push(skip(
-                    kind,
-                    label,
-                    "sysext.architecture",
-                    format!(
-                        "it is for architecture {a}, the host is {}",
-                        host.architecture
-                    ),
-                    "use the image built for the target architecture",
-                ));
-            }
-        }
-    }
-}
-
-fn check_identity(
-    kind: ImageKind,
-    release: &Release,
-    host: Option<&HostRelease>,
-    label: &str,
-    out: &mut Vec<Finding>,
-) {
-    let Some(id) = release.non_empty("ID") else {
-        out.push(skip(
-            kind,
-            label,
-            "sysext.id",
-            "it has no ID".into(),
-            "add ID=<os id> (or ID=_any for images that fit every OS)",
-        ));
-        return;
-    };
-    let Some(host) = host else { return };
-    if id == "_any" {
-        return;
-    }
-    if id != host.id && !host.id_like.iter().any(|l| l == id) {
-        let like = if host.id_like.is_empty() {
-            String::new()
-        } else {
-            format!(" (like {})", host.id_like.join(" "))
-        };
-        out.push(skip(
-            kind,
-            label,
-            "sysext.os-id",
-            format!("it is for OS {id:?}, the host is {:?}{like}", host.id),
-            "use ID=_any or the host's ID",
-        ));
-        return;
-    }
-    check_version(kind, release, host, label, out);
-}
-
-/// The version part of `extension_release_validate`, including its quirk that a host with a
-/// level but no VERSION_ID accepts an image without a level.
-fn check_version(
-    kind: ImageKind,
-    release: &Release,
-    host: &HostRelease,
-    label: &str,
-    out: &mut Vec<Finding>,
-) {
-    let key = kind.level_key();
-    let host_level = host.level(kind).filter(|l| !l.is_empty());
-    let host_version = host.version_id.as_deref().filter(|v| !v.is_empty());
-    if host_level.is_none() && host_version.is_none() {
-        return;
-    }
-    if let (Some(hl), Some(el)) = (host_level, release.non_empty(key)) {
-        if hl != el {
-            out.push(skip(
-                kind,
-                label,
-                "sysext.level",
-                format!("it is for {key} {el}, the host has {key} {hl}"),
-                &format!("build the image for {key}={hl}"),
-            ));
-        }
-        return;
-    }
-    let Some(hv) = host_version else { return };
-    match release.non_empty("VERSION_ID") {
-        None => out.push(skip(
-            kind,
-            label,
-            "sysext.version-id",
-            format!("it has neither {key} nor VERSION_ID, and the host's VERSION_ID is {hv}"),
-            &format!("set {key} to the host's level, VERSION_ID={hv}, or ID=_any"),
-        )),
-        Some(v) if v != hv => out.push(skip(
-            kind,
-            label,
-            "sysext.version-id",
-            format!("it is for VERSION_ID {v}, the host has VERSION_ID {hv}"),
-            "use the image built for this OS release, or a level/_any image",
-        )),
-        Some(_) => {}
-    }
 }
 
 fn check_keys(kind: ImageKind, release: &Release, label: &str, out: &mut Vec<Finding>) {
@@ -751,15 +286,6 @@ fn check_keys(kind: ImageKind, release: &Release, label: &str, out: &mut Vec<Fin
     }
 }
 
-/// systemd's `parse_boolean`.
-pub fn parse_boolean(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
-        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 fn check_contents(
     kind: ImageKind,
     release: &Release,
@@ -767,9 +293,12 @@ fn check_contents(
     tree: &Tree,
     out: &mut Vec<Finding>,
 ) {
-    if kind == ImageKind::Sysext && tree.get("/usr/lib/os-release").is_some() {
+    for forbidden in rules::forbidden_content(kind) {
+        if chase(tree, Path::new(forbidden)).is_none() {
+            continue;
+        }
         out.push(Finding::error(
-            "/usr/lib/os-release",
+            *forbidden,
             "sysext.os-release",
             "systemd-sysext refuses an image that contains /usr/lib/os-release",
             "remove usr/lib/os-release from the image (the release file goes to \
@@ -880,26 +409,35 @@ fn locate<'t>(
         return Ok((exact, data));
     }
     let dir = chase(tree, &dir).unwrap_or(dir);
-    let candidates: Vec<(String, &FileData)> = tree
+    let files: Vec<(String, &FileData)> = tree
         .iter()
         .filter(|(p, _)| p.parent() == Some(dir.as_path()))
         .filter_map(|(p, e)| {
             let name = p.file_name()?.to_string_lossy().into_owned();
-            let suffix = name.strip_prefix("extension-release.")?;
             let EntryKind::File(data) = &e.kind else {
                 return None;
             };
-            image_name_ok(suffix).then_some((name, data))
+            name.starts_with("extension-release.")
+                .then_some((name, data))
         })
         .collect();
-    let matching: Vec<&(String, &FileData)> = candidates
+    // Images held in memory carry no xattrs: whether a file may apply under another
+    // name is for the booted system to see.
+    let candidates: Vec<Candidate> = files
         .iter()
-        .filter(|(n, _)| n["extension-release.".len()..] == *cut_name(image_name))
+        .map(|(file_name, _)| Candidate {
+            file_name: file_name.clone(),
+            strict: Strict::Unknown,
+        })
         .collect();
+    let data_of = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, d)| *d);
     let label = format!("{}/{exact}", kind.release_dir());
-    match (matching.as_slice(), candidates.as_slice()) {
-        ([one], _) => Ok((one.0.clone(), one.1)),
-        ([_, _, ..], _) => Err(skip(
+    match rules::pick_release_file(image_name, &candidates) {
+        Pick::Found(name) | Pick::Unverified(name) => match data_of(&name) {
+            Some(data) => Ok((name, data)),
+            None => Err(missing(kind, image_name, &label, tree)),
+        },
+        Pick::NotUnique(_) => Err(skip(
             kind,
             &label,
             "sysext.release-ambiguous",
@@ -909,15 +447,13 @@ fn locate<'t>(
             ),
             "keep exactly one extension-release file",
         )),
-        ([], [one]) => Ok((one.0.clone(), one.1)),
-        ([], []) => Err(missing(kind, image_name, &label, tree)),
-        ([], _) => Err(skip(
+        Pick::Missing { candidates: 0 } => Err(missing(kind, image_name, &label, tree)),
+        Pick::Missing { candidates } => Err(skip(
             kind,
             &label,
             "sysext.release-name",
             format!(
-                "none of the {} release files in {} is named for {image_name:?}",
-                candidates.len(),
+                "none of the {candidates} release files in {} is named for {image_name:?}",
                 kind.release_dir()
             ),
             &format!("keep exactly one file, named {exact}"),
@@ -926,44 +462,20 @@ fn locate<'t>(
 }
 
 /// Resolves symlinks in `path` inside the image, as systemd's `chase()` with the image as
-/// root: absolute targets start at the image root, `..` stops there, at most 40 links.
-/// `None` when a component is missing or the links loop.
+/// root (the guest's walk: [`strata_proto::rootpath::chase`]). `None` when a component is
+/// missing or the links loop.
 pub fn chase(tree: &Tree, path: &Path) -> Option<PathBuf> {
-    let mut pending: Vec<String> = components(path).into_iter().rev().collect();
-    let mut done = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            done.pop();
-            continue;
-        }
-        let next = done.join(&name);
-        match &tree.get(&next)?.kind {
-            EntryKind::Symlink(target) => {
-                links += 1;
-                if links > 40 {
-                    return None;
-                }
-                if target.is_absolute() {
-                    done = PathBuf::from("/");
-                }
-                pending.extend(components(target).into_iter().rev());
-            }
-            _ => done = next,
-        }
-    }
-    Some(done)
-}
-
-/// Normal and `..` components of a path, as strings (`.` and `/` dropped).
-fn components(path: &Path) -> Vec<String> {
-    path.components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-            std::path::Component::ParentDir => Some("..".into()),
-            _ => None,
+    let lookup = |p: &Path| {
+        Ok::<_, std::convert::Infallible>(match tree.get(p).map(|e| &e.kind) {
+            None => Node::Missing,
+            Some(EntryKind::Symlink(target)) => Node::Symlink(target.clone()),
+            Some(_) => Node::Other,
         })
-        .collect()
+    };
+    rootpath::chase(path, lookup)
+        .ok()
+        .filter(|c| c.complete)
+        .map(|c| c.path)
 }
 
 fn regular_file<'t>(tree: &'t Tree, path: &Path) -> Option<&'t FileData> {
@@ -1018,37 +530,6 @@ mod tests {
     }
 
     #[test]
-    fn release_files_parse_like_systemd() {
-        let text = "# comment\n; also comment\n\nID='flatcar'\nA=\"x \\\"q\\\" \\n \\$y\"\nB = plain value   \nC='a'b\"c\"\nG='x' \"y\"\nD=a\\ b\nE=line\\\ncontinued\nF=\nnoequals\nA=second\n";
-        let r = parse_release(text);
-        assert_eq!(r.get("ID"), Some("flatcar"));
-        assert_eq!(r.get("A"), Some("second"));
-        assert_eq!(r.entries[1].1, "x \"q\" \\n $y");
-        assert_eq!(r.get("B"), Some("plain value"));
-        assert_eq!(
-            r.get("C"),
-            Some("ab\"c\""),
-            "quotes inside an unquoted value are literal"
-        );
-        assert_eq!(r.get("G"), Some("xy"));
-        assert_eq!(r.get("D"), Some("a b"));
-        assert_eq!(r.get("E"), Some("linecontinued"));
-        assert_eq!(r.get("F"), Some(""));
-        let problems: Vec<&str> = r.problems.iter().map(|(_, p)| p.as_str()).collect();
-        assert_eq!(
-            problems,
-            [
-                "line \"noequals\" has no `=`; systemd ignores it",
-                "A is set more than once; the last value wins"
-            ]
-        );
-        assert_eq!((r.problems[0].0, r.problems[1].0), (13, 14));
-        let r = parse_release("ID=\"open");
-        assert_eq!(r.get("ID"), Some("open"));
-        assert_eq!(r.problems.len(), 1);
-    }
-
-    #[test]
     fn host_release_reads_os_release() {
         let h = flatcar();
         assert_eq!(h.id, "flatcar");
@@ -1056,9 +537,63 @@ mod tests {
         assert_eq!(h.version_id.as_deref(), Some("4230.2.0"));
         assert_eq!(h.architecture, "x86-64");
         assert!(HostRelease::from_os_release("", "sparc").is_err());
+        // systemd merges nothing for a base without ID (the guest refuses every image).
+        let bare = HostRelease::from_os_release("", "arm64").unwrap();
+        assert_eq!(bare.id, "");
         assert_eq!(
-            HostRelease::from_os_release("", "arm64").unwrap().id,
-            "linux"
+            skip_rules(ImageKind::Sysext, "ID=_any\n", &bare),
+            ["sysext.os-id"]
+        );
+    }
+
+    /// Compose-time validation and the guest's merge decision on one table: the composer
+    /// reports no refusal exactly when the guest's rules (`strata_proto::extrelease::validate`,
+    /// what the init calls with the merged root's os-release) accept the image.
+    #[test]
+    fn the_composer_accepts_exactly_what_the_guest_merges() {
+        let hosts = [
+            flatcar(),
+            HostRelease::from_os_release("ID=debian\nVERSION_ID=12\n", "arm64").unwrap(),
+            HostRelease::from_os_release("ID=arch\n", "amd64").unwrap(),
+            HostRelease::from_os_release("VERSION_ID=1\n", "amd64").unwrap(),
+        ];
+        let releases = [
+            "",
+            "# nothing\n",
+            "bad-key=1\n",
+            "ID=_any\n",
+            "ID=_any\nARCHITECTURE=arm64\n",
+            "ID=_any\nARCHITECTURE=x86-64\n",
+            "ID=_any\nARCHITECTURE=x86_64\n",
+            "ID=_any\nSYSEXT_SCOPE=initrd\n",
+            "ID=_any\nCONFEXT_SCOPE=\"initrd system\"\n",
+            "ID=\n",
+            "ID=flatcar\nSYSEXT_LEVEL=1.0\n",
+            "ID=flatcar\nSYSEXT_LEVEL=2.0\nVERSION_ID=4230.2.0\n",
+            "ID=coreos\nVERSION_ID=4230.2.0\n",
+            "ID=flatcar\n",
+            "ID=debian\nVERSION_ID=12\n",
+            "ID=debian\nVERSION_ID='11'\n",
+            "ID=\"debian\" VERSION_ID=12\n",
+            "ID=arch\nARCHITECTURE=_any\n",
+            "ID=linux\n",
+            "ID=debian\nVERSION_ID=1\\\n2\n",
+        ];
+        let mut both = [0, 0];
+        for host in &hosts {
+            for kind in [ImageKind::Sysext, ImageKind::Confext] {
+                for text in releases {
+                    let composer = skip_rules(kind, text, host).is_empty();
+                    let release = strata_proto::osrelease::Release::parse(text);
+                    let guest = strata_proto::extrelease::validate(kind, host, &release).is_ok();
+                    assert_eq!(composer, guest, "{kind:?} {text:?} on {host:?}");
+                    both[usize::from(guest)] += 1;
+                }
+            }
+        }
+        assert!(
+            both[0] > 10 && both[1] > 10,
+            "the table must exercise both outcomes: {both:?}"
         );
     }
 

@@ -31,35 +31,9 @@ use super::talos::rules::{self, read_text, TalosInput, Target, MANIFEST};
 use super::talos::service::{self, ServiceFile};
 use crate::fs::tree::{EntryKind, Tree, TreeError};
 
-/// The kind of extension being validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A Talos extension (`manifest.yaml` + `rootfs/`).
-    Talos,
-    /// A systemd system extension.
-    Sysext,
-    /// A systemd configuration extension.
-    Confext,
-}
-
-impl Kind {
-    /// `talos`, `sysext` or `confext`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Talos => "talos",
-            Kind::Sysext => "sysext",
-            Kind::Confext => "confext",
-        }
-    }
-
-    fn image_kind(self) -> Option<ImageKind> {
-        match self {
-            Kind::Talos => None,
-            Kind::Sysext => Some(ImageKind::Sysext),
-            Kind::Confext => Some(ImageKind::Confext),
-        }
-    }
-}
+/// The kind of extension being validated: the one kind every side of strata names
+/// (`talos`, `sysext`, `confext`).
+pub use strata_proto::ExtensionKind as Kind;
 
 /// What the extensions are validated against (from the profile and the base rootfs).
 #[derive(Debug, Clone, Default)]
@@ -376,7 +350,7 @@ pub fn validate_tree(
     tree: &Tree,
     ctx: &Context<'_>,
 ) -> Result<Report, ValidateError> {
-    let Some(image_kind) = kind.image_kind() else {
+    let Some(image_kind) = kind.class() else {
         return talos_tree(name, tree, ctx);
     };
     let host = ctx.host_release();
@@ -447,39 +421,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
 
-    /// The repository root, found from this file's location or the crate's manifest dir.
-    fn repo_root() -> PathBuf {
-        let here = Path::new(file!());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let starts = [
-            if here.is_absolute() {
-                here.to_path_buf()
-            } else {
-                manifest.join(here)
-            },
-            manifest.to_path_buf(),
-        ];
-        for start in &starts {
-            for dir in start.ancestors() {
-                if dir.join("composer/src/extension").is_dir() && dir.join("tests").is_dir() {
-                    return dir.to_path_buf();
-                }
-            }
-        }
-        panic!(
-            "cannot find the repository root from {} or {}",
-            here.display(),
-            manifest.display()
-        );
-    }
-
-    fn corpus_dir() -> Option<PathBuf> {
-        let dir = match std::env::var_os("STRATA_CORPUS") {
-            Some(d) => PathBuf::from(d),
-            None => repo_root().join("../shared/corpus"),
-        };
-        dir.join("README.md").is_file().then_some(dir)
-    }
+    use crate::test_support::{corpus_dir, workspace_root as repo_root};
 
     fn flatcar_host() -> HostRelease {
         HostRelease::from_os_release(
@@ -582,7 +524,7 @@ mod tests {
     }
 
     const GOLDEN_HEADER: &str = "\
-# Findings of `strata ext validate` over ../shared/corpus, one line per finding:
+# Findings of `strata ext validate` over tests/corpus, one line per finding:
 # ENTRY  SEVERITY  RULE  PATH  (ENTRY ok when there is none). Talos entries are checked
 # against Talos 1.11.0 on amd64; sysext entries against a Flatcar host (ID=flatcar,
 # ID_LIKE=coreos, VERSION_ID=4230.2.0, SYSEXT_LEVEL=1.0, x86-64). Skipped:
@@ -624,10 +566,7 @@ mod tests {
 
     #[test]
     fn corpus_findings_match_the_golden_file() {
-        let Some(corpus) = corpus_dir() else {
-            println!("skipping: no corpus (set STRATA_CORPUS or provide ../shared/corpus)");
-            return;
-        };
+        let corpus = corpus_dir();
         let results = validate_corpus(&corpus);
         let text = render_golden(&results);
         let golden = repo_root().join("tests/fixtures/corpus-findings.txt");
@@ -653,10 +592,7 @@ mod tests {
 
     #[test]
     fn corpus_findings_include_the_known_tricky_cases() {
-        let Some(corpus) = corpus_dir() else {
-            println!("skipping: no corpus (set STRATA_CORPUS or provide ../shared/corpus)");
-            return;
-        };
+        let corpus = corpus_dir();
         let r = validate_corpus(&corpus);
         use Severity::{Error, Warning};
         // Every HEAD manifest is an unrendered template.

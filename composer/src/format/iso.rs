@@ -44,6 +44,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::arch::Arch;
 use crate::disk::{
     self,
     gpt::{GptPartition, GptRegions},
@@ -84,23 +85,14 @@ const README_NAME: &[u8] = b"README.TXT;1";
 /// What the volume descriptor says wrote the image.
 const APPLICATION_ID: &[u8] = b"STRATA";
 
-/// The machine the image is for. It only changes the README: El Torito has
-/// one platform id (0xEF) for every UEFI machine, and firmware picks its
-/// own loader (`BOOTX64.EFI`, `BOOTAA64.EFI`) from the ESP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IsoArch {
-    /// x86-64 UEFI.
-    X64,
-    /// AArch64 UEFI.
-    Aa64,
-}
-
-impl IsoArch {
-    fn describe(self) -> &'static str {
-        match self {
-            IsoArch::X64 => "x86-64",
-            IsoArch::Aa64 => "AArch64 (arm64)",
-        }
+/// How the README names the machine the image is for. The architecture only
+/// changes the README: El Torito has one platform id (0xEF) for every UEFI
+/// machine, and firmware picks its own loader (`BOOTX64.EFI`, `BOOTAA64.EFI`)
+/// from the ESP.
+fn describe(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x86-64",
+        Arch::Arm64 => "AArch64 (arm64)",
     }
 }
 
@@ -119,7 +111,7 @@ pub struct IsoOptions {
     /// Unique GUID of the ESP partition, in on-disk GPT byte order.
     pub esp_guid: [u8; 16],
     /// The machine the image is for.
-    pub arch: IsoArch,
+    pub arch: Arch,
 }
 
 /// What [`write`] produced.
@@ -539,14 +531,14 @@ fn dir_record(name: &[u8], extent: u64, len: u64, dir: bool, date: &Civil) -> Ve
 }
 
 /// The README shown on the disc.
-fn readme(arch: IsoArch) -> String {
+fn readme(arch: Arch) -> String {
     format!(
         "This is a strata UEFI boot image for {}.\n\n\
          It boots with UEFI from a CD/DVD (El Torito) and, written raw to a USB\n\
          stick or disk, from partition 1 of its GPT. Both are ESP.IMG, a FAT\n\
          file system holding the boot loader, the kernel and the initramfs.\n\
          BIOS (legacy) boot is not supported.\n",
-        arch.describe()
+        describe(arch)
     )
 }
 
@@ -719,7 +711,7 @@ mod tests {
             timestamp: 1_700_000_000,
             disk_guid: *b"disk-guid-012345",
             esp_guid: *b"esp-guid-0123456",
-            arch: IsoArch::X64,
+            arch: Arch::Amd64,
         }
     }
 
@@ -742,16 +734,16 @@ mod tests {
         (out.into_inner(), stats)
     }
 
-    /// Runs a tool; `None` (after saying why) when it is not installed.
+    /// Runs a tool; `None` when it is not installed (see `test_support::require_tool`).
     fn run(cmd: &mut Command) -> Option<Output> {
-        match cmd.output() {
-            Ok(out) => Some(out),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                eprintln!("skipping a judge: {:?} is not installed", cmd.get_program());
-                None
-            }
-            Err(err) => panic!("running {:?}: {err}", cmd.get_program()),
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        if !crate::test_support::require_tool(&program) {
+            return None;
         }
+        Some(
+            cmd.output()
+                .unwrap_or_else(|err| panic!("running {program}: {err}")),
+        )
     }
 
     fn text(out: &Output) -> String {
@@ -1021,7 +1013,7 @@ mod tests {
                 ..opts()
             },
             IsoOptions {
-                arch: IsoArch::Aa64,
+                arch: Arch::Arm64,
                 ..opts()
             },
         ];
@@ -1143,22 +1135,6 @@ mod tests {
         assert!(a == b, "two writes differ");
     }
 
-    /// Debian packages the boot test uses: `STRATA_DEBIAN_CACHE`, or the
-    /// repository's `.cache/debian`.
-    fn debian_cache() -> PathBuf {
-        std::env::var_os("STRATA_DEBIAN_CACHE").map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/debian"),
-            PathBuf::from,
-        )
-    }
-
-    fn find_deb(prefix: &str) -> Option<PathBuf> {
-        let dir = fs::read_dir(debian_cache()).ok()?;
-        dir.filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-    }
-
     fn sh(script: &str) {
         let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
         assert!(out.status.success(), "{script}:\n{}", text(&out));
@@ -1235,34 +1211,28 @@ mod tests {
         secs
     }
 
+    /// Boots QEMU (TCG) several times: minutes, so only under `make test`.
     #[test]
-    #[ignore = "boots QEMU (TCG) five times: minutes"]
     fn boots_in_qemu_as_cdrom_and_as_disk() {
+        use crate::test_support::{busybox_deb, kernel_deb, require_e2e, require_input};
         let tools = [
             "qemu-system-x86_64",
             "mkfs.vfat",
+            "mmd",
             "mcopy",
             "cpio",
             "dpkg-deb",
         ];
-        for tool in tools {
-            if run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-                .is_none_or(|o| !o.status.success())
-            {
-                eprintln!("skipping the boot test: {tool} is not installed");
-                return;
-            }
-        }
-        let (Some(kernel), Some(busybox)) = (
-            find_deb("linux-image-6.1.0-56-amd64_"),
-            find_deb("busybox-static_"),
-        ) else {
-            eprintln!(
-                "skipping the boot test: no debs in {}",
-                debian_cache().display()
-            );
+        let (kernel, busybox) = (kernel_deb("amd64"), busybox_deb("amd64"));
+        if !require_e2e("slow: boots QEMU (TCG) several times")
+            || !crate::test_support::require_tools(&tools)
+            || !require_input(&kernel)
+            || !require_input(&busybox)
+            || !require_input(Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi"))
+            || !require_input(Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"))
+        {
             return;
-        };
+        }
         let cdrom = ["-drive", "file={iso},if=none,id=cd,media=cdrom,readonly=on"];
         let cdrom = [&cdrom[..], &["-device", "ide-cd,drive=cd"]].concat();
         let disk = ["-drive", "file={iso},if=none,id=d,format=raw,snapshot=on"];

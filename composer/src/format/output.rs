@@ -176,10 +176,7 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 populated_bytes: stats.populated_bytes,
                 cpus: 2,
                 memory_mib: 2048,
-                arch: match ctx.arch {
-                    Arch::Amd64 => format::ova::OvaArch::Amd64,
-                    Arch::Arm64 => format::ova::OvaArch::Arm64,
-                },
+                arch: ctx.arch,
                 mtime: ctx.epoch,
             };
             format::ova::write(&vmdk, dest, &opts)
@@ -199,10 +196,7 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 timestamp: i64::try_from(ctx.epoch).unwrap_or(i64::MAX),
                 disk_guid: ctx.guids.0.to_disk(),
                 esp_guid: ctx.guids.1.to_disk(),
-                arch: match ctx.arch {
-                    Arch::Amd64 => format::iso::IsoArch::X64,
-                    Arch::Arm64 => format::iso::IsoArch::Aa64,
-                },
+                arch: ctx.arch,
             };
             format::iso::write(&esp, &mut f, &opts)
                 .map_err(|e| Error::format("writing the iso image", e))?;

@@ -19,6 +19,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::arch::Arch;
+
 /// Largest member ustar can describe (11 octal digits).
 const USTAR_MAX: u64 = (1 << 33) - 1;
 
@@ -59,31 +61,20 @@ pub enum OvaError {
     },
 }
 
-/// CPU architecture of the virtual machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OvaArch {
-    /// x86-64.
-    Amd64,
-    /// AArch64 (ESXi-Arm).
-    Arm64,
+/// Virtual hardware version: the oldest that has what the descriptor uses (EFI, pvscsi,
+/// VMXNET3 and the guest type) on that architecture (arm64: ESXi-Arm).
+fn hardware_version(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "vmx-15",
+        Arch::Arm64 => "vmx-19",
+    }
 }
 
-impl OvaArch {
-    /// Virtual hardware version: the oldest that has what the descriptor uses (EFI, pvscsi,
-    /// VMXNET3 and the guest type) on that architecture.
-    fn hardware_version(self) -> &'static str {
-        match self {
-            OvaArch::Amd64 => "vmx-15",
-            OvaArch::Arm64 => "vmx-19",
-        }
-    }
-
-    /// VMware guest OS identifier: generic 64-bit Linux (kernel 4.x+ for amd64).
-    fn os_type(self) -> &'static str {
-        match self {
-            OvaArch::Amd64 => "other4xLinux64Guest",
-            OvaArch::Arm64 => "arm-other5xlinux-64",
-        }
+/// VMware guest OS identifier: generic 64-bit Linux (kernel 4.x+ for amd64).
+fn os_type(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "other4xLinux64Guest",
+        Arch::Arm64 => "arm-other5xlinux-64",
     }
 }
 
@@ -101,7 +92,7 @@ pub struct OvaOptions {
     /// Memory in MiB.
     pub memory_mib: u64,
     /// CPU architecture.
-    pub arch: OvaArch,
+    pub arch: Arch,
     /// Modification time of the tar members, seconds since 1970 (for example
     /// `SOURCE_DATE_EPOCH`).
     pub mtime: u64,
@@ -134,7 +125,7 @@ pub fn ovf(opts: &OvaOptions, vmdk_size: u64) -> String {
     let disk = vmdk_name(name);
     let (cap, pop) = (opts.capacity_bytes, opts.populated_bytes);
     let (cpus, mem) = (opts.cpus, opts.memory_mib);
-    let (hw, os) = (opts.arch.hardware_version(), opts.arch.os_type());
+    let (hw, os) = (hardware_version(opts.arch), os_type(opts.arch));
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -283,7 +274,7 @@ mod tests {
     use super::*;
     use crate::io::sparse::testutil::{self, MIB};
 
-    fn opts(arch: OvaArch) -> OvaOptions {
+    fn opts(arch: Arch) -> OvaOptions {
         OvaOptions {
             name: "strata-test".into(),
             capacity_bytes: 64 * MIB,
@@ -311,7 +302,7 @@ mod tests {
         let o = OvaOptions {
             capacity_bytes: stats.capacity_bytes,
             populated_bytes: stats.populated_bytes,
-            ..opts(OvaArch::Amd64)
+            ..opts(Arch::Amd64)
         };
         let size = write(disk.path(), &ova, &o).unwrap();
         assert_eq!(size, std::fs::metadata(&ova).unwrap().len());
@@ -398,7 +389,7 @@ mod tests {
 
     #[test]
     fn descriptor_names_the_hardware() {
-        for arch in [OvaArch::Amd64, OvaArch::Arm64] {
+        for arch in [Arch::Amd64, Arch::Arm64] {
             let text = ovf(&opts(arch), 1234);
             assert_xml_well_formed(&text);
             for want in [
@@ -409,7 +400,7 @@ mod tests {
                 r#"vmw:key="firmware" vmw:value="efi""#,
                 r#"vmw:key="disk.EnableUUID" vmw:value="TRUE""#,
                 r#"ovf:capacity="67108864""#,
-                arch.hardware_version(),
+                hardware_version(arch),
             ] {
                 assert!(text.contains(want), "{want} missing for {arch:?}");
             }
@@ -421,8 +412,8 @@ mod tests {
         let (disk, _) = make_vmdk();
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.ova"), dir.path().join("b.ova"));
-        write(disk.path(), &a, &opts(OvaArch::Arm64)).unwrap();
-        write(disk.path(), &b, &opts(OvaArch::Arm64)).unwrap();
+        write(disk.path(), &a, &opts(Arch::Arm64)).unwrap();
+        write(disk.path(), &b, &opts(Arch::Arm64)).unwrap();
         assert_eq!(testutil::bytes(&a), testutil::bytes(&b));
     }
 
@@ -437,7 +428,7 @@ mod tests {
         let o = OvaOptions {
             capacity_bytes: stats.capacity_bytes,
             populated_bytes: stats.populated_bytes,
-            ..opts(OvaArch::Amd64)
+            ..opts(Arch::Amd64)
         };
         let ova = dir.path().join("big.ova");
         write(&disk, &ova, &o).unwrap();

@@ -738,11 +738,7 @@ mod tests {
     }
 
     fn gnu_cpio() -> bool {
-        let ok = Command::new("cpio").arg("--version").output().is_ok();
-        if !ok {
-            println!("skipping the GNU cpio judge: cpio is not installed (apt-get install cpio)");
-        }
-        ok
+        crate::test_support::require_tool("cpio")
     }
 
     fn run_cpio(args: &[&str], input: &[u8], cwd: &Path) -> (String, String) {

@@ -802,11 +802,20 @@ mod tests {
              umount m
              mount -t overlay ov -o ro,lowerdir=l2:l1:base chk"
         );
-        if !sh(&setup) {
+        if !crate::test_support::require_root("the overlayfs judge") {
+            return;
+        }
+        let mounted = sh(&setup);
+        if !mounted {
             let _ = sh(&format!(
                 "umount {d}/m 2>/dev/null; umount {d}/chk 2>/dev/null"
             ));
-            println!("skipping the overlayfs judge: mounting overlayfs failed (needs root)");
+        }
+        if !crate::test_support::require(
+            mounted,
+            "mounting overlayfs failed",
+            "run the tests as root where overlayfs mounts are allowed",
+        ) {
             return;
         }
         let mounted = Tree::from_dir(dir.path().join("chk"));

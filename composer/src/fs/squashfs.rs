@@ -802,11 +802,7 @@ mod tests {
     }
 
     fn have(tool: &str) -> bool {
-        let found = Command::new(tool).arg("-version").output().is_ok();
-        if !found {
-            println!("skipping the {tool} judge: {tool} is not installed");
-        }
-        found
+        crate::test_support::require_tool(tool)
     }
 
     /// `ls -l` style type and permission string.

@@ -971,6 +971,9 @@ mod tests {
         fs::hard_link(src.join("suid"), src.join("suid-link")).unwrap();
         std::os::unix::fs::symlink("suid", src.join("sym")).unwrap();
         let from_dir = Tree::from_dir(&src).unwrap();
+        if !crate::test_support::require_tool("tar") {
+            return;
+        }
         for format in ["gnu", "pax", "ustar"] {
             let archive = dir.path().join(format!("{format}.tar"));
             let status = Command::new("tar")
@@ -980,11 +983,8 @@ mod tests {
                 .arg("-cf")
                 .arg(&archive)
                 .arg(".")
-                .status();
-            let Ok(status) = status else {
-                println!("skipping the GNU tar judge: tar is not installed");
-                return;
-            };
+                .status()
+                .expect("run tar");
             if format == "ustar" {
                 // ustar cannot store the 120-byte name: tar must fail, not truncate.
                 assert!(!status.success());

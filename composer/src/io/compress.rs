@@ -347,16 +347,16 @@ mod tests {
 
     /// Runs `tool args` with `input` on stdin; `None` (and a printed reason) if absent.
     fn pipe(tool: &str, args: &[&str], input: &[u8]) -> Option<Vec<u8>> {
-        let child = Command::new(tool)
+        if !crate::test_support::require_tool(tool) {
+            return None;
+        }
+        let mut child = Command::new(tool)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn();
-        let Ok(mut child) = child else {
-            println!("skipping the {tool} judge: {tool} is not installed");
-            return None;
-        };
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
         let mut stdin = child.stdin.take().unwrap();
         let input = input.to_vec();
         let feeder = std::thread::spawn(move || stdin.write_all(&input));

@@ -387,13 +387,9 @@ pub mod testutil {
         raw_image(size, &data, &[(300 * MIB, 8 * MIB)])
     }
 
-    /// True if `tool` runs; prints why a judge is skipped otherwise.
+    /// True if `tool` is installed; see [`crate::test_support::require_tool`].
     pub fn have(tool: &str) -> bool {
-        let ok = Command::new(tool).arg("--version").output().is_ok();
-        if !ok {
-            eprintln!("skipping judge: {tool} is not installed");
-        }
-        ok
+        crate::test_support::require_tool(tool)
     }
 
     /// Run `cmd args`, panicking with its output if it fails.

@@ -907,9 +907,6 @@ mod tests {
     use std::process::Command;
     use std::time::Instant;
 
-    const DEBS: &str = "/work/main/.cache/debian";
-    const RELEASE: &str = "6.1.0-56-amd64";
-
     fn write(path: &Path, bytes: &[u8]) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, bytes).unwrap();
@@ -1165,44 +1162,42 @@ mod tests {
     /// modprobe must then resolve dependencies from our files alone.
     #[test]
     fn matches_depmod_on_the_debian_kernel() {
-        let deb = match fs::read_dir(DEBS) {
-            Ok(dir) => dir
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.to_string_lossy().contains("linux-image-6.1.0-56-amd64_")),
-            Err(_) => None,
-        };
-        let Some(deb) = deb else {
-            println!("skipping the depmod judge: no linux-image-{RELEASE} package in {DEBS}");
-            return;
-        };
-        if !sh("command -v depmod && command -v dpkg-deb >/dev/null") {
-            println!("skipping the depmod judge: depmod or dpkg-deb is not installed");
+        use crate::test_support::{kernel_deb, require_input, require_tools};
+        let deb = kernel_deb("amd64");
+        if !require_input(&deb) || !require_tools(&["depmod", "modprobe", "dpkg-deb", "xz"]) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let ours = dir.path().join("ours");
         let theirs = dir.path().join("theirs");
         let d = dir.path().display();
-        let rel = format!("lib/modules/{RELEASE}");
+        assert!(sh(&format!("dpkg-deb -x {} {d}/ours", deb.display())));
+        // The release is the package's own: its one directory under lib/modules.
+        let releases: Vec<String> = fs::read_dir(ours.join("lib/modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let [release] = releases.as_slice() else {
+            panic!("{}: lib/modules holds {releases:?}", deb.display());
+        };
+        let rel = format!("lib/modules/{release}");
         assert!(sh(&format!(
-            "dpkg-deb -x {} {d}/ours
-             cd {d}/ours/{rel}
+            "cd {d}/ours/{rel}
              mkdir -p extra updates/x
              cp kernel/fs/fat/vfat.ko extra/ext-vfat.ko
              xz -1 -c kernel/fs/fat/msdos.ko > extra/ext-msdos.ko.xz
              cp kernel/drivers/block/zram/zram.ko updates/x/zram.ko
-             cp -al {d}/ours {d}/theirs",
-            deb.display()
+             cp -al {d}/ours {d}/theirs"
         )));
         let start = Instant::now();
-        let meta = generate(&ours.join(&rel), RELEASE).unwrap();
-        println!("generate for {} modules: {:?}", 4026, start.elapsed());
+        let meta = generate(&ours.join(&rel), release).unwrap();
+        println!("generate for {rel}: {:?}", start.elapsed());
         // depmod sorts modules missing from modules.order by hash order; give it ours.
         let order = theirs.join(&rel).join("modules.order");
         fs::remove_file(&order).unwrap();
         fs::write(&order, meta.get("modules.order").unwrap()).unwrap();
         let start = Instant::now();
-        assert!(sh(&format!("depmod -b {d}/theirs {RELEASE}")));
+        assert!(sh(&format!("depmod -b {d}/theirs {release}")));
         println!("depmod for the same tree: {:?}", start.elapsed());
         for name in COMPARED {
             let want = fs::read(theirs.join(&rel).join(name)).unwrap();
@@ -1240,7 +1235,7 @@ mod tests {
                     "-d",
                     &format!("{d}/ours"),
                     "-S",
-                    RELEASE,
+                    release,
                     "--show-depends",
                     module,
                 ])
@@ -1267,12 +1262,12 @@ mod tests {
             show("fs-vfat").contains("kernel/fs/fat/fat.ko"),
             "alias lookup"
         );
-        busybox_modprobe(dir.path(), &ours);
+        busybox_modprobe(dir.path(), &ours, release);
 
         // The tree variant reads the same modules through their FileData.
         let tree = Tree::from_dir(&ours).unwrap();
         let start = Instant::now();
-        let files = generate_for_tree(&tree, RELEASE).unwrap();
+        let files = generate_for_tree(&tree, release).unwrap();
         println!("generate_for_tree: {:?}", start.elapsed());
         for (path, bytes) in &files {
             let name = path.file_name().unwrap().to_str().unwrap();
@@ -1283,17 +1278,12 @@ mod tests {
 
     /// busybox's modprobe (the guest's) reads modules.dep as text: chroot into the tree with
     /// the modules directory under the host's release name, which busybox takes from uname.
-    fn busybox_modprobe(scratch: &Path, root: &Path) {
-        let deb = fs::read_dir(DEBS).ok().and_then(|dir| {
-            dir.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-                p.to_string_lossy().contains("busybox-static_")
-                    && p.to_string_lossy().contains("amd64")
-            })
-        });
-        let Some(deb) = deb else {
-            println!("skipping busybox modprobe: no busybox-static package in {DEBS}");
+    fn busybox_modprobe(scratch: &Path, root: &Path, release: &str) {
+        use crate::test_support::{busybox_deb, require, require_input, require_root};
+        let deb = busybox_deb("amd64");
+        if !require_input(&deb) || !require_root("busybox modprobe in a chroot") {
             return;
-        };
+        }
         let bb = scratch.join("bb");
         let host_release =
             String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
@@ -1301,7 +1291,7 @@ mod tests {
         let ok = sh(&format!(
             "dpkg-deb -x {} {bb}
              mkdir -p {root}/bin && cp {bb}/bin/busybox {root}/bin/busybox
-             [ -e {root}/lib/modules/{host_release} ] || ln -s {RELEASE} {root}/lib/modules/{host_release}",
+             [ -e {root}/lib/modules/{host_release} ] || ln -s {release} {root}/lib/modules/{host_release}",
             deb.display(),
             bb = bb.display(),
             root = root.display()
@@ -1311,12 +1301,18 @@ mod tests {
             .arg(root)
             .args(["/bin/busybox", "modprobe", "-D", "ext-vfat"])
             .output()
-            .ok()
-            .filter(|o| o.status.success());
-        let Some(out) = out else {
-            println!("skipping busybox modprobe: chroot failed (needs root)");
+            .expect("run chroot");
+        if !require(
+            out.status.success(),
+            &format!(
+                "chroot {} busybox modprobe failed: {}",
+                root.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            "run the tests as root where chroot is allowed",
+        ) {
             return;
-        };
+        }
         let shown = String::from_utf8_lossy(&out.stdout);
         assert!(
             shown.contains("kernel/fs/fat/fat.ko") && shown.contains("extra/ext-vfat.ko"),

@@ -189,11 +189,7 @@ mod tests {
     #[test]
     fn wrong_arch_efi_is_refused_with_both_arches() {
         let x64 = Path::new(Arch::Amd64.systemd_boot());
-        if !x64.exists() {
-            eprintln!(
-                "skipping: {} is absent (apt-get install systemd-boot-efi)",
-                x64.display()
-            );
+        if !crate::test_support::require_input(x64) {
             return;
         }
         let e = check_efi(x64, Arch::Arm64, "bootloader")

@@ -12,7 +12,7 @@ use super::Blame;
 use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::profile::{KernelSource, LoadedProfile};
-use crate::source::kernel::{self, Kernel, KernelMachine};
+use crate::source::kernel::{self, Kernel};
 use std::path::{Path, PathBuf};
 
 /// Where the kernel comes from.
@@ -77,7 +77,7 @@ pub(crate) fn resolve(lp: &LoadedProfile, blame: &Blame) -> Result<KernelPlan> {
                 true,
                 "give the kernel's lib/modules/<release> directory",
             )?;
-            let machine = KernelMachine::detect(&v).map_err(|e| -> Error {
+            let machine = kernel::detect_machine(&v).map_err(|e| -> Error {
                 blame
                     .error(
                         "kernel.vmlinuz",
@@ -161,25 +161,15 @@ fn deb_release(deb: &Path, arch: Arch, blame: &Blame) -> Result<String> {
     Ok(release.to_string())
 }
 
-fn check_machine(
-    found: KernelMachine,
-    arch: Arch,
-    image: &Path,
-    field: &str,
-    blame: &Blame,
-) -> Result<()> {
-    let want = match arch {
-        Arch::Amd64 => KernelMachine::X86_64,
-        Arch::Arm64 => KernelMachine::Aarch64,
-    };
-    if found == want {
+fn check_machine(found: Arch, arch: Arch, image: &Path, field: &str, blame: &Blame) -> Result<()> {
+    if found == arch {
         return Ok(());
     }
     Err(blame
         .error(
             field,
             format!(
-                "the kernel {} is built for {found:?}, but the profile's arch is {arch}",
+                "the kernel {} is built for {found}, but the profile's arch is {arch}",
                 image.display()
             ),
             "use the linux-image package of the profile's arch",

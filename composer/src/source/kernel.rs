@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::deb;
+use crate::arch::Arch;
 use crate::kmod::{self, ModuleIndex};
 
 /// Bumped whenever `kernel.json` or the index changes shape, so old cache
@@ -83,7 +84,7 @@ pub enum Error {
     Modules(#[from] kmod::Error),
     /// A module is built for another architecture than the image.
     #[error(
-        "{} is built for ELF machine {found} but the kernel image is {machine:?} (ELF machine {}); hint: use the modules of the same architecture as the kernel",
+        "{} is built for ELF machine {found} but the kernel image is {machine} (ELF machine {}); hint: use the modules of the same architecture as the kernel",
         module.display(),
         machine.elf_machine()
     )]
@@ -93,7 +94,7 @@ pub enum Error {
         /// The module's ELF `e_machine`.
         found: u16,
         /// The image's architecture.
-        machine: KernelMachine,
+        machine: Arch,
     },
     /// A module's vermagic names another kernel release.
     #[error(
@@ -144,30 +145,6 @@ pub enum Error {
 /// Result of this module's functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The CPU architecture a kernel image runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum KernelMachine {
-    /// x86_64 (bzImage).
-    X86_64,
-    /// arm64 (Image, optionally EFI zboot).
-    Aarch64,
-}
-
-impl KernelMachine {
-    /// The ELF `e_machine` of modules built for this architecture.
-    pub fn elf_machine(self) -> u16 {
-        match self {
-            KernelMachine::X86_64 => 62,
-            KernelMachine::Aarch64 => 183,
-        }
-    }
-
-    /// Detects the architecture from the image's header.
-    pub fn detect(vmlinuz: &Path) -> Result<Self> {
-        Ok(inspect_image(vmlinuz)?.0)
-    }
-}
-
 /// A kernel ready to be put into an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kernel {
@@ -182,7 +159,7 @@ pub struct Kernel {
     /// Hex SHA-256 of the `.deb`, or of `vmlinuz` for a user-given kernel.
     pub source_digest: String,
     /// The architecture the image runs on.
-    pub machine: KernelMachine,
+    pub machine: Arch,
 }
 
 /// The cache entry's `kernel.json`; paths are relative to the entry.
@@ -192,8 +169,33 @@ struct CacheMeta {
     release: String,
     vmlinuz: PathBuf,
     modules_dir: PathBuf,
-    machine: KernelMachine,
+    /// Written as the first cache format spelled it (`X86_64`, `Aarch64`), so entries
+    /// made before [`Arch`] was shared stay valid.
+    #[serde(with = "cached_machine")]
+    machine: Arch,
     index: ModuleIndex,
+}
+
+/// The cache's spelling of a kernel's architecture.
+mod cached_machine {
+    use super::Arch;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const NAMES: [(Arch, &str); 2] = [(Arch::Amd64, "X86_64"), (Arch::Arm64, "Aarch64")];
+
+    pub fn serialize<S: Serializer>(arch: &Arch, s: S) -> Result<S::Ok, S::Error> {
+        let name = NAMES.iter().find(|(a, _)| a == arch).map(|(_, n)| *n);
+        s.serialize_str(name.unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
+        let name = String::deserialize(d)?;
+        NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(a, _)| *a)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown machine {name:?}")))
+    }
 }
 
 impl CacheMeta {
@@ -379,9 +381,15 @@ fn commit(partial: tempfile::TempDir, entry: &Path) -> Result<()> {
     }
 }
 
+/// The architecture a kernel image is built for, read from its header: the
+/// plan checks it before anything is unpacked or copied.
+pub fn detect_machine(vmlinuz: &Path) -> Result<Arch> {
+    Ok(inspect_image(vmlinuz)?.0)
+}
+
 /// Reads the image header: the machine, and for a bzImage the release
 /// string it embeds.
-fn inspect_image(path: &Path) -> Result<(KernelMachine, Option<String>)> {
+fn inspect_image(path: &Path) -> Result<(Arch, Option<String>)> {
     let image_error = |source| Error::Image {
         path: path.to_path_buf(),
         source,
@@ -395,7 +403,7 @@ fn inspect_image(path: &Path) -> Result<(KernelMachine, Option<String>)> {
         problem,
         hint,
     })?;
-    let release = (machine == KernelMachine::X86_64)
+    let release = (machine == Arch::Amd64)
         .then(|| bzimage_release(&head))
         .flatten();
     Ok((machine, release))
@@ -403,12 +411,12 @@ fn inspect_image(path: &Path) -> Result<(KernelMachine, Option<String>)> {
 
 /// Identifies the architecture from the boot protocol magics (x86 boot
 /// protocol, arm64 booting.rst) or, failing those, the PE header.
-fn machine_of(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)> {
+fn machine_of(head: &[u8]) -> Result<Arch, (&'static str, &'static str)> {
     if head.get(0x202..0x206) == Some(b"HdrS") {
-        return Ok(KernelMachine::X86_64);
+        return Ok(Arch::Amd64);
     }
     if head.get(0x38..0x3c) == Some(b"ARM\x64") {
-        return Ok(KernelMachine::Aarch64);
+        return Ok(Arch::Arm64);
     }
     if head.starts_with(b"MZ") {
         return pe_machine(head);
@@ -426,19 +434,17 @@ fn machine_of(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)
 }
 
 /// The machine of an EFI-stub kernel, through the one PE reader.
-fn pe_machine(head: &[u8]) -> Result<KernelMachine, (&'static str, &'static str)> {
-    match crate::binary::pe_machine(head) {
-        Some(m) if m == crate::arch::Arch::Arm64.pe_machine() => Ok(KernelMachine::Aarch64),
-        Some(m) if m == crate::arch::Arch::Amd64.pe_machine() => Ok(KernelMachine::X86_64),
-        Some(_) => Err((
-            "a PE image for an unsupported machine",
-            "strata supports x86_64 and arm64 kernels",
-        )),
-        None => Err((
+fn pe_machine(head: &[u8]) -> Result<Arch, (&'static str, &'static str)> {
+    let Some(machine) = crate::binary::pe_machine(head) else {
+        return Err((
             "an MZ file without a PE header",
             "pass the vmlinuz file from /boot of the kernel package",
-        )),
-    }
+        ));
+    };
+    Arch::from_pe_machine(machine).ok_or((
+        "a PE image for an unsupported machine",
+        "strata supports x86_64 and arm64 kernels",
+    ))
 }
 
 /// The first word of the bzImage's version string (`kernel_version` at
@@ -460,7 +466,7 @@ fn bzimage_release(head: &[u8]) -> Option<String> {
 fn check_consistency(
     image: &Path,
     image_release: Option<String>,
-    machine: KernelMachine,
+    machine: Arch,
     index: &ModuleIndex,
 ) -> Result<()> {
     let release = index.release();
@@ -498,6 +504,32 @@ mod tests {
     use super::*;
     use crate::kmod::test_support::{fake_ko, EM_X86_64};
     use std::collections::{BTreeMap, BTreeSet};
+
+    /// Cache entries written before the shared `Arch` still load, and new ones are spelled
+    /// the same way.
+    #[test]
+    fn cached_machines_keep_their_first_spelling() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Meta {
+            #[serde(with = "cached_machine")]
+            machine: Arch,
+        }
+        for (arch, json) in [
+            (Arch::Amd64, r#"{"machine":"X86_64"}"#),
+            (Arch::Arm64, r#"{"machine":"Aarch64"}"#),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&Meta { machine: arch }).unwrap(),
+                json
+            );
+            assert_eq!(serde_json::from_str::<Meta>(json).unwrap().machine, arch);
+        }
+        let err = serde_json::from_str::<Meta>(r#"{"machine":"amd64"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown machine \"amd64\""),
+            "{err}"
+        );
+    }
     use std::process::Command;
     use std::time::Instant;
 
@@ -593,7 +625,7 @@ mod tests {
         let cache = dir.path().join("cache");
         let cold = from_deb(&deb, &cache).unwrap();
         assert_eq!(cold.release, "1.0-test");
-        assert_eq!(cold.machine, KernelMachine::X86_64);
+        assert_eq!(cold.machine, Arch::Amd64);
         assert_eq!(cold.source_digest, sha256_file(&deb).unwrap());
         let entry = cache.join("kernels").join(&cold.source_digest);
         assert_eq!(cold.vmlinuz, entry.join("boot/vmlinuz-1.0-test"));
@@ -649,17 +681,17 @@ mod tests {
 
     #[test]
     fn detects_machines_from_headers() {
-        assert_eq!(machine_of(&fake_bzimage("x")), Ok(KernelMachine::X86_64));
+        assert_eq!(machine_of(&fake_bzimage("x")), Ok(Arch::Amd64));
         assert_eq!(
             bzimage_release(&fake_bzimage("6.1.0-56-amd64")).as_deref(),
             Some("6.1.0-56-amd64")
         );
-        assert_eq!(machine_of(&fake_arm64_image()), Ok(KernelMachine::Aarch64));
+        assert_eq!(machine_of(&fake_arm64_image()), Ok(Arch::Arm64));
         let mut zboot = fake_arm64_image();
         zboot[0x38..0x3c].copy_from_slice(b"zimg");
-        assert_eq!(machine_of(&zboot), Ok(KernelMachine::Aarch64));
+        assert_eq!(machine_of(&zboot), Ok(Arch::Arm64));
         zboot[0x44..0x46].copy_from_slice(&0x8664u16.to_le_bytes());
-        assert_eq!(machine_of(&zboot), Ok(KernelMachine::X86_64));
+        assert_eq!(machine_of(&zboot), Ok(Arch::Amd64));
         zboot[0x44..0x46].copy_from_slice(&0x14cu16.to_le_bytes());
         assert!(machine_of(&zboot).is_err());
         assert!(machine_of(b"\x1f\x8b\x08\0")
@@ -718,7 +750,7 @@ mod tests {
                 err,
                 Error::ModuleMachine {
                     found: 62,
-                    machine: KernelMachine::Aarch64,
+                    machine: Arch::Arm64,
                     ..
                 }
             ),
@@ -755,19 +787,15 @@ mod tests {
         );
     }
 
-    // ---- Real Debian packages (skipped when absent) ----
+    // ---- Real Debian packages (`make test-inputs`; see crate::test_support) ----
+    use crate::test_support;
 
-    const DEBS: &str = "/work/main/.cache/debian";
     const REQUEST: &str = "virtio_pci virtio_blk virtio_scsi nvme ahci sd_mod sr_mod cdrom isofs loop squashfs overlay vfat nls_cp437 nls_ascii";
 
-    fn real_deb(name: &str) -> Option<PathBuf> {
-        let path = Path::new(DEBS).join(name);
-        if path.exists() {
-            Some(path)
-        } else {
-            eprintln!("skipped: {} is absent", path.display());
-            None
-        }
+    /// Debian's current kernel package for `arch` (the release is read from it).
+    fn real_deb(arch: &str) -> Option<PathBuf> {
+        let path = test_support::kernel_deb(arch);
+        test_support::require_input(&path).then_some(path)
     }
 
     fn request() -> Vec<String> {
@@ -779,18 +807,16 @@ mod tests {
     fn depmod_deps(kernel: &Kernel) -> Option<BTreeMap<String, BTreeSet<String>>> {
         // modules_dir is <base>/lib/modules/<release>.
         let base = kernel.modules_dir.ancestors().nth(3).unwrap();
+        if !test_support::require_tool("depmod") {
+            return None;
+        }
         let status = Command::new("depmod")
             .arg("-b")
             .arg(base)
             .arg(&kernel.release)
-            .status();
-        match status {
-            Ok(status) => assert!(status.success(), "depmod failed: {status}"),
-            Err(e) => {
-                eprintln!("skipped depmod judge: cannot run depmod ({e})");
-                return None;
-            }
-        }
+            .status()
+            .expect("run depmod");
+        assert!(status.success(), "depmod failed: {status}");
         let text = fs::read_to_string(kernel.modules_dir.join("modules.dep")).unwrap();
         let name = |p: &str| {
             kmod::normalize(
@@ -869,8 +895,7 @@ mod tests {
 
     /// Judges direct dependencies of the closure's modules with `modinfo`.
     fn judge_with_modinfo(kernel: &Kernel, closure: &[kmod::ModuleRef]) {
-        if Command::new("modinfo").arg("--version").output().is_err() {
-            eprintln!("skipped modinfo judge: modinfo is not installed");
+        if !test_support::require_tool("modinfo") {
             return;
         }
         for module in closure {
@@ -900,7 +925,7 @@ mod tests {
         }
     }
 
-    fn real_kernel_closure(deb: &Path, machine: KernelMachine) {
+    fn real_kernel_closure(deb: &Path, machine: Arch) {
         let cache = tempfile::tempdir().unwrap();
         let start = Instant::now();
         let cold = from_deb(deb, cache.path()).unwrap();
@@ -940,15 +965,15 @@ mod tests {
 
     #[test]
     fn real_amd64_kernel_package() {
-        if let Some(deb) = real_deb("linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb") {
-            real_kernel_closure(&deb, KernelMachine::X86_64);
+        if let Some(deb) = real_deb("amd64") {
+            real_kernel_closure(&deb, Arch::Amd64);
         }
     }
 
     #[test]
     fn real_arm64_kernel_package() {
-        if let Some(deb) = real_deb("linux-image-6.1.0-56-arm64_6.1.192-2_arm64.deb") {
-            real_kernel_closure(&deb, KernelMachine::Aarch64);
+        if let Some(deb) = real_deb("arm64") {
+            real_kernel_closure(&deb, Arch::Arm64);
         }
     }
 }

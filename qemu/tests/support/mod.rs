@@ -15,45 +15,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A guest architecture as the fixture sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    fn deb_arch(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-    fn systemd_boot(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-            Arch::Arm64 => "/usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
-        }
-    }
-    fn removable_name(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "BOOTX64.EFI",
-            Arch::Arm64 => "BOOTAA64.EFI",
-        }
-    }
-    pub fn console(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "ttyS0",
-            Arch::Arm64 => "ttyAMA0",
-        }
-    }
-    pub fn uname_m(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64",
-            Arch::Arm64 => "aarch64",
-        }
-    }
-}
+/// The guest architecture: the one enum every strata crate shares.
+pub use strata_proto::Arch;
 
 /// Everything the fixture needs from the host, found.
 #[derive(Debug)]
@@ -71,6 +34,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("mmd", "mtools"),
     ("mcopy", "mtools"),
     ("sgdisk", "gdisk"),
+    ("xorriso", "xorriso"),
 ];
 
 /// Builds `dir/cd.iso` holding the ESP image that [`build_disk`] left in
@@ -97,9 +61,38 @@ fn on_path(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The cached Debian packages (`make` or the lead's setup fetches them).
-pub fn deb_cache() -> PathBuf {
+/// The Debian package cache `make test-inputs` fills (`scripts/fetch-debs.sh`),
+/// relative to the workspace root.
+pub fn debian_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/debian")
+}
+
+/// True under `make test`, which promises every tool and input (`STRATA_E2E=1`).
+pub fn e2e_required() -> bool {
+    std::env::var_os("STRATA_E2E").is_some_and(|v| v == "1")
+}
+
+/// The one way a test here declines to run: `found`'s value, or, when it
+/// says what is missing, a failure under `STRATA_E2E=1` (a skip there would
+/// hide a broken setup) and one `SKIPPED <test>: <why>` line otherwise.
+pub fn require<T>(found: Result<T, String>) -> Option<T> {
+    let why = match found {
+        Ok(value) => return Some(value),
+        Err(why) => why,
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    let fix = "make test-inputs (it runs make deps)";
+    assert!(
+        !e2e_required(),
+        "STRATA_E2E=1 but {test} cannot run: {why}; fix: {fix}"
+    );
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing
+    // tests, and a skip must show in every run.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} ({fix})");
+    None
 }
 
 /// The first file in `dir` whose name starts with `prefix` and ends with `suffix`.
@@ -119,21 +112,23 @@ fn glob(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
 
 /// Finds the inputs for `arch`, or says what is missing.
 pub fn find_inputs(arch: Arch) -> Result<Inputs, String> {
-    let a = arch.deb_arch();
+    let a = arch.debian();
     let mut missing = Vec::new();
     for (tool, package) in TOOLS {
         if !on_path(tool) {
             missing.push(format!("`{tool}` (apt-get install {package})"));
         }
     }
-    let cache = deb_cache();
-    let kernel_deb = glob(&cache, "linux-image-", &format!("_{a}.deb"));
-    let busybox_deb = glob(&cache, "busybox-static_", &format!("_{a}.deb"));
+    // The stable names fetch-debs.sh links to Debian's current packages.
+    let cache = debian_cache();
+    let present = |p: PathBuf| p.is_file().then_some(p);
+    let kernel_deb = present(cache.join(format!("linux-image-{a}.deb")));
+    let busybox_deb = present(cache.join(format!("busybox-static-{a}.deb")));
     if kernel_deb.is_none() {
-        missing.push(format!("{}/linux-image-*-{a}_*_{a}.deb", cache.display()));
+        missing.push(format!("{}/linux-image-{a}.deb", cache.display()));
     }
     if busybox_deb.is_none() {
-        missing.push(format!("{}/busybox-static_*_{a}.deb", cache.display()));
+        missing.push(format!("{}/busybox-static-{a}.deb", cache.display()));
     }
     let systemd_boot = PathBuf::from(arch.systemd_boot());
     if !systemd_boot.is_file() {
@@ -487,7 +482,7 @@ pub fn build_disk(
     };
     copy(
         &inputs.systemd_boot,
-        &format!("::/EFI/BOOT/{}", arch.removable_name()),
+        &format!("::/EFI/BOOT/{}", arch.efi_boot_file()),
     )?;
     copy(&kernel, "::/vmlinuz")?;
     copy(&initrd, "::/initrd")?;

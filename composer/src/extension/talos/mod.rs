@@ -2,8 +2,8 @@
 //!
 //! The manifest (`version: v1alpha1`, `metadata.{name,version,author,
 //! description,compatibility}`) is kept whole, because `extensions.yaml`
-//! carries it into the image for the guest to report. See
-//! `../shared/research/extension-rules.md` for Talos' rules.
+//! carries it into the image for the guest to report. Talos' rules are in
+//! [`rules`].
 
 pub mod paths;
 pub mod rules;

@@ -1,7 +1,7 @@
 //! Talos extension rules: layout, manifest and rootfs contents, checked at compose time.
 //!
 //! The rules follow Talos (`pkg/machinery/extensions`) and its build-time extensions-validator,
-//! described in `shared/research/extension-rules.md`, with three deliberate differences:
+//! as the project's extension-rules research describes them, with three deliberate differences:
 //! - allowed paths match by whole path component: `/usr/localx/…`, `/etc/vulkansc/…`,
 //!   `/usr/lib/modules-load.d/…` and `/etc/ld.so.conf.d/…` are refused although Talos' plain
 //!   string-prefix check lets them through (the finding says so);

@@ -703,7 +703,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;
 
-    const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+    const REGISTRY_BIN: &str = "docker-registry";
 
     /// A docker-registry process on a free local port, killed when dropped (also on panic).
     struct TestRegistry {
@@ -713,20 +713,15 @@ mod tests {
     }
 
     impl TestRegistry {
-        /// Starts the registry, or returns `None` (after saying why) when it is not installed
-        /// and `STRATA_E2E` is not `1`.
+        /// Starts the registry, or returns `None` when it is not installed (see
+        /// [`crate::test_support::require_tool`]).
         fn start() -> Option<Self> {
             Self::start_with(None)
         }
 
         /// Starts the registry; with `tls` = (certificate, key) it serves HTTPS only.
         fn start_with(tls: Option<(&Path, &Path)>) -> Option<Self> {
-            if !Path::new(REGISTRY_BIN).exists() {
-                assert!(
-                    std::env::var("STRATA_E2E").as_deref() != Ok("1"),
-                    "STRATA_E2E=1 but {REGISTRY_BIN} is missing: apt-get install docker-registry"
-                );
-                println!("skipping the registry test: {REGISTRY_BIN} is missing (apt-get install docker-registry)");
+            if !crate::test_support::require_tool("docker-registry") {
                 return None;
             }
             let dir = tempfile::tempdir().unwrap();
@@ -1035,6 +1030,9 @@ mod tests {
             "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
+        if !crate::test_support::require_tool("openssl") {
+            return None;
+        }
         let run = |args: &[&str]| {
             Command::new("openssl")
                 .args(args)
@@ -1058,11 +1056,7 @@ mod tests {
             "-subj",
             "/CN=strata-test-ca",
         ]);
-        let Ok(status) = ca_made else {
-            println!("skipping the TLS registry test: openssl is not installed");
-            return None;
-        };
-        assert!(status.success());
+        assert!(ca_made.expect("run openssl").success());
         for args in [
             &[
                 "req",

@@ -1,0 +1,316 @@
+//! The guest's report: the only thing a boot verdict may rest on.
+//!
+//! The init writes one line per event to the console, `STRATA ` followed by a
+//! single-line JSON object tagged by `event`. The runner (`strata-qemu`) scans
+//! the serial log for the prefix anywhere in a line (kernel messages may be
+//! interleaved on the same console) and parses the JSON that follows it.
+//!
+//! Both sides use these types, so the format cannot drift between them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kind::ExtensionKind;
+
+/// Marks a report line on the console.
+pub const PREFIX: &str = "STRATA ";
+
+/// One report event, as the guest saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The init started: what kernel and command line it runs under.
+    Start {
+        /// `uname -r` of the running kernel.
+        kernel: String,
+        /// `uname -m` of the running kernel.
+        machine: String,
+        /// The kernel command line, as /proc/cmdline shows it.
+        cmdline: String,
+    },
+    /// A kernel module the init loaded (or failed to).
+    Module {
+        /// Module name (underscores).
+        name: String,
+        /// True when the module is loaded or was already present.
+        loaded: bool,
+        /// The error, when it could not be loaded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// One extension layer and what the guest checked about it.
+    Layer {
+        /// Talos layers: position in `extensions.yaml` (0 = lowest). Sysext
+        /// then confext images continue the numbering in merge order
+        /// (sorted by name, lowest first), rejected images included.
+        index: usize,
+        /// The image file the layer came from, e.g. `00-hello.sqsh` or `tools.raw`.
+        image: String,
+        /// Talos extension, sysext or confext.
+        kind: ExtensionKind,
+        /// Talos: the name in its metadata. sysext/confext: the image name
+        /// (file name without `.raw`).
+        name: String,
+        /// Talos: the version in its metadata. sysext/confext:
+        /// `SYSEXT_VERSION_ID` (`CONFEXT_VERSION_ID`), else `VERSION_ID`,
+        /// else empty.
+        version: String,
+        /// Talos: the layer is part of the root overlay; sysext/confext:
+        /// of the overlay on every hierarchy it was merged into; both per
+        /// /proc/self/mountinfo. Flattened: always false (no layer).
+        /// Disabled: true when the shipped image is active anyway (a loop
+        /// device backs onto it, or a layer of that kind and name is mounted).
+        mounted: bool,
+        /// A file the layer ships is visible, with the same content, in
+        /// the merged root. Flattened: the probe file has the recorded
+        /// sha256. Disabled: the image file is present in the merged root.
+        visible: bool,
+        /// The path that was checked for `visible`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probe: Option<String>,
+        /// Why a check failed, when one did (or a note).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// The extension was merged into the root squashfs at build time:
+        /// no layer at boot, only its probe file to check.
+        #[serde(default, skip_serializing_if = "is_false")]
+        flattened: bool,
+        /// The extension ships in the image without being activated: its
+        /// image file must be present and not mounted.
+        #[serde(default, skip_serializing_if = "is_false")]
+        disabled: bool,
+    },
+    /// A block device the guest saw, and the drivers behind it: proof of
+    /// the device model a boot really used.
+    Disk {
+        /// The kernel's name, e.g. `sda`, `vda`, `nvme0n1`, `sr0`.
+        name: String,
+        /// The `driver` of each device from the disk up its sysfs path,
+        /// nearest first, e.g. `["sd", "vmw_pvscsi"]`,
+        /// `["virtio_blk", "virtio-pci"]`, `["nvme"]`.
+        #[serde(default)]
+        drivers: Vec<String>,
+        /// Size in bytes (`/sys/block/<name>/size` times 512).
+        size_bytes: u64,
+        /// The kernel flags the medium as removable (optical drives).
+        #[serde(default)]
+        removable: bool,
+    },
+    /// The merged root's firmware directory, handed to the kernel's
+    /// firmware loader (`firmware_class.path`) before extension modules load.
+    Firmware {
+        /// The directory as the init sees it (under the merged root's mount
+        /// point); empty when the merged root has no firmware directory.
+        path: String,
+        /// True when the kernel parameter now holds `path`.
+        set: bool,
+        /// Why it was not set, when it was not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A kernel module an extension ships, loaded by name (from
+    /// `/etc/strata/modules.check`) out of the merged root.
+    ExtModule {
+        /// The name or alias as listed.
+        name: String,
+        /// The module file, as the booted system sees it
+        /// (`/usr/lib/modules/<release>/kernel/...`); absent when the
+        /// name is built into the kernel or was never found.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// The other modules loaded for it, in load order: `pre:` soft
+        /// dependencies, dependencies, further alias matches.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deps: Vec<String>,
+        /// True when the module (and every hard dependency) is in the kernel.
+        loaded: bool,
+        /// Why not, when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A step failed; the boot cannot be trusted past this point.
+    Error {
+        /// Which step, e.g. `mount-root`.
+        stage: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The report is complete.
+    Done {
+        /// True when every step and every layer check succeeded.
+        ok: bool,
+        /// How many layers were reported.
+        layers: usize,
+        /// True when the init will power off (strata.smoke=1) instead of switching root.
+        smoke: bool,
+    },
+}
+
+/// For `skip_serializing_if`: a false flag is left out of the line.
+fn is_false(flag: &bool) -> bool {
+    !*flag
+}
+
+impl Event {
+    /// Renders the event as one console line, prefix included, newline excluded.
+    pub fn to_line(&self) -> String {
+        // Serialising these plain structs cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
+        format!("{PREFIX}{json}")
+    }
+
+    /// Finds a report in one console line. `None` when the line holds no
+    /// report; `Some(Err)` when it holds a prefix followed by JSON we cannot read.
+    pub fn parse_line(line: &str) -> Option<Result<Event, serde_json::Error>> {
+        let at = line.find(PREFIX)?;
+        let rest = line[at + PREFIX.len()..].trim_end_matches(['\r', '\n']);
+        if !rest.starts_with('{') {
+            return None;
+        }
+        // Trailing noise after the object (an interleaved kernel message) is ignored.
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Event>();
+        stream.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_a_console_line() {
+        let ev = Event::Layer {
+            index: 1,
+            image: "01-hello.sqsh".into(),
+            kind: ExtensionKind::Talos,
+            name: "hello".into(),
+            version: "1.0.0".into(),
+            mounted: true,
+            visible: true,
+            probe: Some("/usr/local/bin/hello".into()),
+            detail: None,
+            flattened: false,
+            disabled: false,
+        };
+        let line = format!("[    3.1] noise {}\r\n", ev.to_line());
+        assert_eq!(Event::parse_line(&line).unwrap().unwrap(), ev);
+    }
+
+    #[test]
+    fn lines_without_a_report_are_skipped() {
+        assert!(Event::parse_line("[    0.0] Linux version 6.1").is_none());
+        assert!(Event::parse_line("STRATA said hello").is_none());
+    }
+
+    #[test]
+    fn a_damaged_report_is_an_error() {
+        assert!(Event::parse_line("STRATA {\"event\":\"done\",\"ok\":tr")
+            .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn new_events_have_a_stable_wire_form() {
+        let ev = Event::ExtModule {
+            name: "macvtap".into(),
+            path: Some("/usr/lib/modules/6.1/kernel/drivers/net/macvtap.ko".into()),
+            deps: vec!["tap".into(), "macvlan".into()],
+            loaded: true,
+            error: None,
+        };
+        assert_eq!(
+            ev.to_line(),
+            r#"STRATA {"event":"ext_module","name":"macvtap","path":"/usr/lib/modules/6.1/kernel/drivers/net/macvtap.ko","deps":["tap","macvlan"],"loaded":true}"#
+        );
+        let line = r#"STRATA {"event":"ext_module","name":"x","loaded":false,"error":"gone"}"#;
+        assert_eq!(
+            Event::parse_line(line).unwrap().unwrap(),
+            Event::ExtModule {
+                name: "x".into(),
+                path: None,
+                deps: Vec::new(),
+                loaded: false,
+                error: Some("gone".into())
+            }
+        );
+        let ev = Event::Firmware {
+            path: "/strata/root/usr/lib/firmware".into(),
+            set: true,
+            detail: None,
+        };
+        assert_eq!(
+            ev.to_line(),
+            r#"STRATA {"event":"firmware","path":"/strata/root/usr/lib/firmware","set":true}"#
+        );
+        let line = r#"STRATA {"event":"layer","index":2,"image":"a.raw","kind":"sysext","name":"a","version":"","mounted":true,"visible":true}"#;
+        assert!(matches!(
+            Event::parse_line(line).unwrap().unwrap(),
+            Event::Layer {
+                kind: ExtensionKind::Sysext,
+                index: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn flattened_and_disabled_layers_keep_old_lines_readable() {
+        let old = r#"STRATA {"event":"layer","index":0,"image":"a.sqsh","kind":"talos","name":"a","version":"1","mounted":true,"visible":true}"#;
+        let ev = Event::parse_line(old).unwrap().unwrap();
+        assert!(matches!(
+            ev,
+            Event::Layer {
+                flattened: false,
+                disabled: false,
+                ..
+            }
+        ));
+        // False flags are left out, so an enabled layer's line is unchanged.
+        assert_eq!(ev.to_line(), old);
+        let ev = Event::Layer {
+            index: 3,
+            image: "tools.raw".into(),
+            kind: ExtensionKind::Sysext,
+            name: "tools".into(),
+            version: "2.0".into(),
+            mounted: false,
+            visible: true,
+            probe: Some("/usr/lib/strata/extensions-available/tools.raw".into()),
+            detail: None,
+            flattened: false,
+            disabled: true,
+        };
+        let line = ev.to_line();
+        assert!(line.ends_with(r#""mounted":false,"visible":true,"probe":"/usr/lib/strata/extensions-available/tools.raw","disabled":true}"#), "{line}");
+        assert_eq!(Event::parse_line(&line).unwrap().unwrap(), ev);
+    }
+
+    #[test]
+    fn disks_have_a_stable_wire_form() {
+        let ev = Event::Disk {
+            name: "sda".into(),
+            drivers: vec!["sd".into(), "vmw_pvscsi".into()],
+            size_bytes: 1 << 30,
+            removable: false,
+        };
+        let line = ev.to_line();
+        assert_eq!(
+            line,
+            r#"STRATA {"event":"disk","name":"sda","drivers":["sd","vmw_pvscsi"],"size_bytes":1073741824,"removable":false}"#
+        );
+        assert_eq!(Event::parse_line(&line).unwrap().unwrap(), ev);
+    }
+
+    #[test]
+    fn done_has_a_stable_wire_form() {
+        let line = Event::Done {
+            ok: true,
+            layers: 2,
+            smoke: false,
+        }
+        .to_line();
+        assert_eq!(
+            line,
+            r#"STRATA {"event":"done","ok":true,"layers":2,"smoke":false}"#
+        );
+    }
+}
