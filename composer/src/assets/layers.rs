@@ -20,6 +20,7 @@
 //! checks one file it provided (a probe with its sha256).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::extension::modules::{extension_modules, module_names, ModuleError};
 use crate::extension::source::{Kind, Resolved};
 use crate::fs::squashfs::SquashOptions;
 use crate::fs::tree::{Entry, EntryKind, FileData, Tree};
@@ -30,27 +31,9 @@ use std::path::{Path, PathBuf};
 /// Why the module layer or the flattened root could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    /// An extension ships a module under another kernel's directory.
-    #[error("extension `{ext}` ships {} for kernel {found}, but the image's kernel is {release}", path.display())]
-    Release {
-        /// The extension.
-        ext: String,
-        /// The module's path in it.
-        path: PathBuf,
-        /// The release directory it sits in.
-        found: String,
-        /// The image's kernel release.
-        release: String,
-    },
-    /// An extension module's vermagic names another kernel.
-    #[error("extension `{ext}` ships a module for another kernel")]
-    Vermagic {
-        /// The extension.
-        ext: String,
-        /// The module reader's finding.
-        #[source]
-        source: crate::kmod::depmod::KmodMetaError,
-    },
+    /// An extension module does not fit the kernel.
+    #[error(transparent)]
+    Modules(#[from] ModuleError),
     /// A module's `.modinfo` could not be read.
     #[error("cannot read the module information of {}", path.display())]
     ModInfo {
@@ -83,49 +66,6 @@ pub struct ModuleLayer {
     pub tree: Tree,
     /// Extension module names, for `/etc/strata/modules.check`.
     pub names: Vec<String>,
-}
-
-/// The `.ko` files extensions ship, each checked against `release` (its
-/// directory and its vermagic): what the plan runs before the kernel is
-/// unpacked. Returns them as (path below the release directory, entry).
-pub fn extension_modules(
-    exts: &[Resolved],
-    release: &str,
-) -> std::result::Result<Vec<(PathBuf, Entry)>, LayerError> {
-    let mut ext_modules: Vec<(PathBuf, Entry)> = Vec::new();
-    for e in exts {
-        for (path, entry) in e.tree.iter() {
-            let Some((rel_release, rest)) = module_rel_path(path) else {
-                continue;
-            };
-            if !matches!(entry.kind, EntryKind::File(_)) || !is_module(path) {
-                continue;
-            }
-            if rel_release != *release {
-                return Err(LayerError::Release {
-                    ext: e.name.clone(),
-                    path: path.to_path_buf(),
-                    found: rel_release,
-                    release: release.to_string(),
-                });
-            }
-            if let EntryKind::File(data) = &entry.kind {
-                crate::kmod::depmod::check_vermagic_data(path, data, release).map_err(
-                    |source| LayerError::Vermagic {
-                        ext: e.name.clone(),
-                        source,
-                    },
-                )?;
-            }
-            ext_modules.push((rest, entry.clone()));
-        }
-    }
-    Ok(ext_modules)
-}
-
-/// The names the guest loads for `modules` (as [`extension_modules`] returns them).
-pub fn module_names(modules: &[(PathBuf, Entry)]) -> Vec<String> {
-    modules.iter().map(|(p, _)| module_name(p)).collect()
 }
 
 /// Builds the module layer from the kernel: the base modules extension
@@ -183,36 +123,6 @@ pub fn module_layer(
     }
     layer.all_root();
     Ok(Some(ModuleLayer { tree: layer, names }))
-}
-
-/// `(release, path below the release dir)` for a path under `/usr/lib/modules/<r>/` or `/lib/modules/<r>/`.
-fn module_rel_path(path: &Path) -> Option<(String, PathBuf)> {
-    let rest = path
-        .strip_prefix("/usr/lib/modules")
-        .or_else(|_| path.strip_prefix("/lib/modules"))
-        .ok()?;
-    let mut parts = rest.components();
-    let release = parts.next()?.as_os_str().to_string_lossy().into_owned();
-    let below: PathBuf = parts.collect();
-    (!below.as_os_str().is_empty()).then_some((release, below))
-}
-
-fn is_module(path: &Path) -> bool {
-    let n = path.to_string_lossy();
-    n.ends_with(".ko") || n.ends_with(".ko.xz") || n.ends_with(".ko.zst")
-}
-
-fn module_name(rel: &Path) -> String {
-    let f = rel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = [".ko.xz", ".ko.zst", ".ko"]
-        .iter()
-        .find_map(|s| f.strip_suffix(s))
-        .unwrap_or(&f)
-        .to_string();
-    crate::kmod::normalize(&stem)
 }
 
 /// `depends=` of a module given as tree data.
@@ -528,24 +438,6 @@ fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn module_paths_are_recognised() {
-        assert_eq!(
-            module_rel_path(Path::new(
-                "/usr/lib/modules/6.1.0-56-amd64/kernel/drivers/net/dummy.ko"
-            )),
-            Some((
-                "6.1.0-56-amd64".into(),
-                PathBuf::from("kernel/drivers/net/dummy.ko")
-            ))
-        );
-        assert_eq!(
-            module_rel_path(Path::new("/usr/lib/modules-load.d/x.conf")),
-            None
-        );
-        assert_eq!(module_name(Path::new("kernel/a/tcp-bbr.ko.xz")), "tcp_bbr");
-    }
 
     #[test]
     fn probes_skip_files_a_later_layer_replaced() {

@@ -5,6 +5,7 @@
 //! profile order, listed in `extensions.yaml` as Talos does.
 
 pub mod findings;
+pub mod modules;
 pub mod pack;
 pub mod source;
 pub mod sysext;

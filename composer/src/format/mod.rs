@@ -146,6 +146,24 @@ impl fmt::Display for OutputKind {
     }
 }
 
+/// Parses a list of output names (the profile's, else the platform's); on error,
+/// the index of the offending name and why. Two names that would write the same
+/// file are refused.
+pub fn requested(names: &[String]) -> std::result::Result<Vec<OutputKind>, (usize, String)> {
+    let mut out: Vec<OutputKind> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let k = OutputKind::parse(n).map_err(|m| (i, m))?;
+        if out.iter().any(|o| o.extension() == k.extension()) {
+            return Err((
+                i,
+                format!("`{n}` would write the same file as an earlier output"),
+            ));
+        }
+        out.push(k);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,19 +333,3 @@ pub fn write_platform(
 fn is_plain_raw(k: &OutputKind) -> bool {
     k.format == Format::Raw && k.wrap.is_none()
 }
-
-/// The outputs a build writes: the profile's list, else the platform's.
-pub fn requested(names: &[String]) -> std::result::Result<Vec<OutputKind>, (usize, String)> {
-    let mut out: Vec<OutputKind> = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        let k = OutputKind::parse(n).map_err(|m| (i, m))?;
-        if out.iter().any(|o| o.extension() == k.extension()) {
-            return Err((
-                i,
-                format!("`{n}` would write the same file as an earlier output"),
-            ));
-        }
-        out.push(k);
-    }
-    Ok(out)
-}

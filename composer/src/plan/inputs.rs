@@ -101,8 +101,8 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
             .error("rootfs.squashfs", "`enabled: false` extensions are shipped inside the root filesystem, which a prebuilt squashfs cannot take", "give the root as `dir` or `tar`, or use `flatten: true`")
             .into());
     }
-    let ext_modules = crate::assets::layers::extension_modules(&extensions, &kernel.release)
-        .map(|m| crate::assets::layers::module_names(&m))
+    let ext_modules = crate::extension::modules::extension_modules(&extensions, &kernel.release)
+        .map(|m| crate::extension::modules::module_names(&m))
         .map_err(|e| -> Error {
             blame
                 .error(
@@ -179,33 +179,6 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
     })
 }
 
-/// Resolves a path the profile names and checks it is a file (or a directory).
-pub(crate) fn existing(
-    lp: &LoadedProfile,
-    blame: &Blame,
-    field: &str,
-    p: &str,
-    want_dir: bool,
-    hint: &str,
-) -> Result<PathBuf> {
-    let path = lp.resolve(p);
-    let ok = if want_dir {
-        path.is_dir()
-    } else {
-        path.is_file()
-    };
-    if !ok {
-        let what = if want_dir { "directory" } else { "file" };
-        let found = if path.exists() {
-            format!("{} is not a {what}", path.display())
-        } else {
-            format!("{what} not found: {}", path.display())
-        };
-        return Err(blame.error(field, found, hint).into());
-    }
-    Ok(path)
-}
-
 /// The scratch directory for unpacked contents: under the cache, so large
 /// extensions do not fill a small /tmp.
 fn scratch_dir(cache: &Path, dry_run: bool) -> Result<tempfile::TempDir> {
@@ -276,7 +249,7 @@ fn root_path(lp: &LoadedProfile, blame: &Blame) -> Result<(&'static str, PathBuf
     let hint = "build it with `make rootfs`, or fix the path";
     let (key, p) = lp.profile.rootfs.source.key_and_path();
     let dir = matches!(lp.profile.rootfs.source, RootSource::Dir(_));
-    let path = existing(lp, blame, &format!("rootfs.{key}"), p, dir, hint)?;
+    let path = blame.existing(lp, &format!("rootfs.{key}"), p, dir, hint)?;
     Ok((key, path))
 }
 
@@ -434,14 +407,8 @@ fn resolve_one(
     let allow = &spec.allow_paths;
     match &spec.source {
         ExtensionSource::Dir(d) => {
-            let dir = existing(
-                lp,
-                blame,
-                field,
-                d,
-                true,
-                "fix the path, or remove the extension",
-            )?;
+            let dir =
+                blame.existing(lp, field, d, true, "fix the path, or remove the extension")?;
             source::from_dir(&dir, allow, env).map_err(bad)
         }
         ExtensionSource::Image(img) => {
@@ -467,27 +434,14 @@ fn resolve_one(
             source::from_image(image, allow, env).map_err(bad)
         }
         ExtensionSource::OciLayout { path, reference } => {
-            let dir = existing(
-                lp,
-                blame,
-                field,
-                path,
-                true,
-                "give an OCI image-layout directory",
-            )?;
+            let dir =
+                blame.existing(lp, field, path, true, "give an OCI image-layout directory")?;
             let image = crate::source::oci::layout::read_image(&dir, reference.as_deref(), arch)
                 .map_err(|e| unreadable("OCI image layout", Box::new(e)))?;
             source::from_image(image, allow, env).map_err(bad)
         }
         ExtensionSource::DockerArchive { path, reference } => {
-            let file = existing(
-                lp,
-                blame,
-                field,
-                path,
-                false,
-                "give a `docker save` tarball",
-            )?;
+            let file = blame.existing(lp, field, path, false, "give a `docker save` tarball")?;
             let image = crate::source::oci::archive::read_archive(
                 &file,
                 reference.as_deref(),
@@ -503,7 +457,7 @@ fn resolve_one(
             } else {
                 Kind::Confext
             };
-            let path = existing(lp, blame, field, p, false, "give a .raw image")?;
+            let path = blame.existing(lp, field, p, false, "give a .raw image")?;
             source::from_raw(&path, kind, env).map_err(bad)
         }
     }
@@ -519,7 +473,7 @@ fn parse_outputs(
         Some(list) => (list.clone(), true),
         None => (platform.outputs.clone(), false),
     };
-    let mut kinds = crate::format::output::requested(&names).map_err(|(i, m)| -> Error {
+    let mut kinds = crate::format::requested(&names).map_err(|(i, m)| -> Error {
         if from_profile {
             blame
                 .error(

@@ -53,7 +53,7 @@ pub(crate) fn resolve(lp: &LoadedProfile, blame: &Blame) -> Result<KernelPlan> {
     let arch = lp.profile.arch;
     let (input, release, field) = match &lp.profile.kernel.source {
         KernelSource::Deb(d) => {
-            let deb = super::inputs::existing(lp, blame, "kernel.deb", d, false, DEB_HINT)?;
+            let deb = blame.existing(lp, "kernel.deb", d, false, DEB_HINT)?;
             let release = deb_release(&deb, arch, blame)?;
             (KernelInput::Deb(deb), release, "kernel.deb")
         }
@@ -61,17 +61,15 @@ pub(crate) fn resolve(lp: &LoadedProfile, blame: &Blame) -> Result<KernelPlan> {
             vmlinuz,
             modules_dir,
         } => {
-            let v = super::inputs::existing(
+            let v = blame.existing(
                 lp,
-                blame,
                 "kernel.vmlinuz",
                 vmlinuz,
                 false,
                 "give the path of a kernel image",
             )?;
-            let m = super::inputs::existing(
+            let m = blame.existing(
                 lp,
-                blame,
                 "kernel.modules_dir",
                 modules_dir,
                 true,

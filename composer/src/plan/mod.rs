@@ -158,6 +158,33 @@ pub(crate) struct Blame {
 }
 
 impl Blame {
+    /// Resolves a path the profile names and checks it is a file (or a directory).
+    pub(crate) fn existing(
+        &self,
+        lp: &LoadedProfile,
+        field: &str,
+        p: &str,
+        want_dir: bool,
+        hint: &str,
+    ) -> Result<PathBuf> {
+        let path = lp.resolve(p);
+        let ok = if want_dir {
+            path.is_dir()
+        } else {
+            path.is_file()
+        };
+        if !ok {
+            let what = if want_dir { "directory" } else { "file" };
+            let found = if path.exists() {
+                format!("{} is not a {what}", path.display())
+            } else {
+                format!("{what} not found: {}", path.display())
+            };
+            return Err(self.error(field, found, hint).into());
+        }
+        Ok(path)
+    }
+
     pub(crate) fn of(lp: &LoadedProfile) -> Blame {
         Blame {
             path: lp.path.clone(),
