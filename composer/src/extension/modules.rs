@@ -118,10 +118,10 @@ mod tests {
     fn module_paths_are_recognised() {
         assert_eq!(
             module_rel_path(Path::new(
-                "/usr/lib/modules/6.1.0-56-amd64/kernel/drivers/net/dummy.ko"
+                "/usr/lib/modules/6.1.0-test-amd64/kernel/drivers/net/dummy.ko"
             )),
             Some((
-                "6.1.0-56-amd64".into(),
+                "6.1.0-test-amd64".into(),
                 PathBuf::from("kernel/drivers/net/dummy.ko")
             ))
         );

@@ -40,7 +40,7 @@ use crate::fs::squashfs::SquashOptions;
 use crate::fs::tree::Tree;
 use crate::profile::platform::Platform;
 use crate::profile::units::Size;
-use crate::profile::{yamlpos, ConflictPolicy, InitramfsCompressor, LoadedProfile};
+use crate::profile::{ConflictPolicy, InitramfsCompressor, LoadedProfile};
 use std::path::{Path, PathBuf};
 
 pub use inputs::plan;
@@ -199,8 +199,7 @@ impl Blame {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) -> InputError {
-        InputError::new(&self.path, field, message, hint)
-            .at(yamlpos::locate(&self.source, &yamlpos::path(field)))
+        crate::profile::field_error(&self.path, &self.source, field, message, hint)
     }
 
     /// A source (registry, pull) that failed for `field`: exit code of a

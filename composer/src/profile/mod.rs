@@ -578,6 +578,18 @@ fn section_error(path: &Path, source: &str, e: &serde_norway::Error, message: &s
     InputError::new(path, field, text, hint).at(position)
 }
 
+/// An input error about `field` of the profile at `path` whose text is `source`,
+/// positioned at the field: the one way a profile field is blamed.
+pub fn field_error(
+    path: &Path,
+    source: &str,
+    field: &str,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> InputError {
+    InputError::new(path, field, message, hint).at(yamlpos::locate(source, &yamlpos::path(field)))
+}
+
 impl LoadedProfile {
     /// An input error about `field` of this profile, positioned in its text.
     pub fn error(
@@ -586,8 +598,7 @@ impl LoadedProfile {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) -> InputError {
-        InputError::new(&self.path, field, message, hint)
-            .at(yamlpos::locate(&self.source, &yamlpos::path(field)))
+        field_error(&self.path, &self.source, field, message, hint)
     }
 
     /// Resolves a path the profile names: `${arch}` substituted, relative to the profile's directory.

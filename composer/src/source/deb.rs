@@ -147,7 +147,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The identifying fields of a package's `control` file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebInfo {
-    /// `Package:` (e.g. `linux-image-6.1.0-56-amd64`).
+    /// `Package:` (e.g. `linux-image-<release>`).
     pub package: String,
     /// `Version:` (e.g. `6.1.192-2`).
     pub version: String,
