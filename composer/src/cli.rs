@@ -70,6 +70,9 @@ pub enum Command {
         /// Device model [default: the platform's]: virtio-blk, nvme, ahci, pvscsi, virtio-scsi, cdrom.
         #[arg(long)]
         media: Option<String>,
+        /// Boot even if the artefact's size or sha256 differs from manifest.json.
+        #[arg(long)]
+        no_verify: bool,
     },
     /// List the built-in platforms.
     Platforms,

@@ -28,6 +28,9 @@ pub struct BootOptions {
     pub memory_mib: Option<u32>,
     /// Overrides the platform's device model.
     pub media: Option<String>,
+    /// Check the artefact's size and sha256 against `manifest.json` before booting
+    /// (`--no-verify` turns this off for an artefact changed on purpose).
+    pub verify: bool,
 }
 
 /// Boots the artefact; `Ok` carries the verdict (pass or fail), `Err` means QEMU could not run.
@@ -96,6 +99,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         )
         .into()
     })?;
+    if opts.verify {
+        verify(art, output)?;
+    }
     let work = work_dir(art);
     std::fs::create_dir_all(&work).map_err(Error::io("creating", &work))?;
     let unpack_dir = tempfile::Builder::new()
@@ -133,6 +139,38 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         message: e.to_string(),
         hint: "see the message; `make deps` installs QEMU and the firmware".into(),
     })
+}
+
+/// Refuses an artefact whose size or sha256 differs from what the build recorded, so a
+/// truncated or altered file never reaches QEMU (where it would fail in some confusing way,
+/// or worse, pass while not being what was built). The size is checked first: it is free.
+pub fn verify(art: &Path, output: &crate::manifest::Output) -> Result<()> {
+    let mismatch = |what: &str, expected: String, actual: String| -> Error {
+        InputError::new(
+            art,
+            "",
+            format!(
+                "the artefact does not match manifest.json: {what} is {actual}, the build recorded {expected}"
+            ),
+            "rebuild it with `strata build` (or pass --no-verify to boot a file changed on purpose)",
+        )
+        .into()
+    };
+    let size = std::fs::metadata(art)
+        .map_err(Error::io("reading", art))?
+        .len();
+    if size != output.size {
+        return Err(mismatch(
+            "its size",
+            format!("{} bytes", output.size),
+            format!("{size} bytes"),
+        ));
+    }
+    let sum = crate::io::hash::file_sha256(art).map_err(Error::io("reading", art))?;
+    if sum != output.sha256 {
+        return Err(mismatch("its sha256", output.sha256.clone(), sum));
+    }
+    Ok(())
 }
 
 /// Where the serial log and the result of booting `art` are kept.
@@ -194,4 +232,80 @@ pub fn summary(art: &Path, r: &BootResult) -> String {
         r.ended_by,
         r.serial_log.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// A directory holding `disk.raw` and a manifest that records `recorded` as its contents.
+    fn built(recorded: &[u8], actual: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let art = dir.path().join("disk.raw");
+        std::fs::write(&art, actual).unwrap();
+        let manifest = serde_json::json!({
+            "strata": "0", "name": "t",
+            "builds": [{
+                "arch": "amd64", "platform": "metal",
+                "os": {"id": "x", "version": "1"},
+                "cmdline": "", "kernel_release": "", "inputs": [], "extensions": [],
+                "modules": [], "boot_test": {"media": "virtio-blk", "memory_mib": 256},
+                "epoch": 0,
+                "outputs": [{"file": "disk.raw", "format": "raw", "size": recorded.len(),
+                             "sha256": crate::io::hash::bytes_sha256(recorded)}]
+            }]
+        });
+        std::fs::write(
+            dir.path().join(crate::manifest::FILE_NAME),
+            manifest.to_string(),
+        )
+        .unwrap();
+        (dir, art)
+    }
+
+    fn opts(art: &Path) -> BootOptions {
+        BootOptions {
+            artefact: art.to_path_buf(),
+            timeout: Duration::from_secs(1),
+            accel: Accel::Tcg,
+            memory_mib: None,
+            media: None,
+            verify: true,
+        }
+    }
+
+    #[test]
+    fn a_truncated_artefact_never_reaches_qemu() {
+        let (_dir, art) = built(b"the whole disk", b"the whole");
+        let err = boot(&opts(&art)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let msg = err.to_string();
+        assert!(msg.contains("disk.raw"), "{msg}");
+        assert!(msg.contains("9 bytes") && msg.contains("14 bytes"), "{msg}");
+        assert!(!work_dir(&art).exists(), "boot went on to prepare a run");
+    }
+
+    #[test]
+    fn an_altered_artefact_of_the_right_size_is_refused_with_both_sums() {
+        let (_dir, art) = built(b"the whole disk", b"the WHOLE disk");
+        let msg = boot(&opts(&art)).unwrap_err().to_string();
+        assert!(
+            msg.contains(&crate::io::hash::bytes_sha256(b"the whole disk"))
+                && msg.contains(&crate::io::hash::bytes_sha256(b"the WHOLE disk")),
+            "{msg}"
+        );
+        assert!(!work_dir(&art).exists());
+    }
+
+    #[test]
+    fn no_verify_skips_the_check() {
+        let (_dir, art) = built(b"the whole disk", b"the whole");
+        let mut o = opts(&art);
+        o.verify = false;
+        // Past the check, unpacking or QEMU fail on this 9-byte file: but not on its sum.
+        if let Err(e) = boot(&o) {
+            assert!(!e.to_string().contains("manifest.json"), "{e}");
+        }
+    }
 }
