@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tempfile::TempDir;
 
 use super::image::{
-    self, hash_reader, io_err, parse_json, Digest, HashWriter, ImageConfig, ImageError, LayerBlob,
+    self, io_err, parse_json, Digest, HashWriter, ImageConfig, ImageError, LayerBlob,
     Platform, PulledImage, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, OCI_LAYER_GZIP, OCI_LAYER_TAR,
     OCI_LAYER_ZSTD,
 };
@@ -432,21 +432,13 @@ fn verify_layers(
     let mut layers = Vec::with_capacity(image.layers.len());
     for (i, (member, diff_id)) in image.layers.iter().zip(diff_ids).enumerate() {
         let (path, digest) = &extracted[&needed[member]];
-        let mut reader = open_decompressed(path).map_err(|e| io_err("open", path, e))?;
-        let (actual, _) = hash_reader(&mut reader).map_err(|e| io_err("decompress", path, e))?;
-        if actual != *diff_id {
-            return Err(ImageError::DigestMismatch {
-                what: format!(
-                    "layer {member} ({} of {}) of docker archive {}",
-                    i + 1,
-                    image.layers.len(),
-                    archive.display()
-                ),
-                expected: diff_id.clone(),
-                actual,
-            }
-            .into());
-        }
+        let what = format!(
+            "layer {member} ({} of {}) of docker archive {}",
+            i + 1,
+            image.layers.len(),
+            archive.display()
+        );
+        super::image::check_diff_id(path, diff_id, &what)?;
         layers.push(LayerBlob {
             path: path.clone(),
             media_type: media_type_of(path)?,
@@ -613,7 +605,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with(&format!("layer bbb/layer.tar (2 of 3) of docker archive {} is corrupt: expected digest sha256:", path.display())),
+            err.starts_with(&format!("layer bbb/layer.tar (2 of 3) of docker archive {} (uncompressed, against its config's diff_id) is corrupt: expected digest sha256:", path.display())),
             "{err}"
         );
         let cfg = config("amd64", vec![]);

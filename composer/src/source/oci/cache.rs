@@ -106,12 +106,32 @@ impl Cache {
         path.is_file().then_some(path)
     }
 
+    /// The blob's path if it is in the cache and still hashes to `desc`. A damaged entry
+    /// (cut short by a crash or a full disk, changed by hand) is removed and returned as the
+    /// mismatch, so the caller fetches it again or, offline, names the damage: it is never
+    /// used. Costs one read of the blob, which is small next to unpacking it.
+    pub fn get_verified(
+        &self,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<Option<PathBuf>, ImageError> {
+        let Some(path) = self.get(&desc.digest) else {
+            return Ok(None);
+        };
+        let (digest, size) = image::hash_file(&path)?;
+        if let Err(damage) = image::check_blob(desc, &digest, size, &format!("cached {what}")) {
+            fs::remove_file(&path).map_err(|e| image::io_err("remove damaged", &path, e))?;
+            return Err(damage);
+        }
+        Ok(Some(path))
+    }
+
     /// Starts writing the blob `desc`; nothing appears in the cache until
     /// [`BlobWriter::finish`] has verified it. `what` names the blob in errors.
     pub fn writer(&self, desc: &Descriptor, what: &str) -> Result<BlobWriter, CacheError> {
         let tmp_dir = self.root.join("tmp");
         fs::create_dir_all(&tmp_dir).map_err(|e| io_err("create directory", &tmp_dir, e))?;
-        let file = NamedTempFile::with_prefix_in("blob-", &tmp_dir)
+        let file = NamedTempFile::with_prefix_in(crate::signals::temp_prefix("blob-"), &tmp_dir)
             .map_err(|e| io_err("create a temporary file in", &tmp_dir, e))?;
         let out = BufWriter::with_capacity(1 << 20, file);
         Ok(BlobWriter {

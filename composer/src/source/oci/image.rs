@@ -166,6 +166,18 @@ pub enum ImageError {
         /// The version found.
         version: u32,
     },
+    /// The manifest lists another number of layers than the config has `diff_ids`.
+    #[error(
+        "image {image} lists {layers} layers but its config has {diff_ids} diff_ids; the image          is inconsistent; hint: rebuild or re-export the image"
+    )]
+    LayerCount {
+        /// The image.
+        image: String,
+        /// Layers in the manifest.
+        layers: usize,
+        /// Entries in `rootfs.diff_ids`.
+        diff_ids: usize,
+    },
     /// The image's config names another platform than the one wanted.
     #[error(
         "image {image} is for {found}, but {wanted} was asked for; hint: use an image built for \
@@ -596,6 +608,7 @@ fn resolve_manifest<S: BlobSource>(
             size: layer.size,
         });
     }
+    check_diff_ids(image, &layers, &config.rootfs.diff_ids)?;
     Ok(PulledImage {
         source: image.to_string(),
         digest: digest.clone(),
@@ -605,6 +618,52 @@ fn resolve_manifest<S: BlobSource>(
         platform,
         scratch: None,
     })
+}
+
+/// Checks each layer's uncompressed stream against the config's `rootfs.diff_ids`.
+///
+/// The descriptor digest only vouches for the compressed bytes the manifest names; the
+/// diff_id is what the config (and so the image digest) commits to for the layer's
+/// contents. A layout or archive whose layer was swapped along with its descriptor, or whose
+/// config belongs to other layers, is caught only here. Every source calls this once.
+pub fn check_diff_ids(
+    image: &str,
+    layers: &[LayerBlob],
+    diff_ids: &[Digest],
+) -> Result<(), ImageError> {
+    if diff_ids.len() != layers.len() {
+        return Err(ImageError::LayerCount {
+            image: image.to_string(),
+            layers: layers.len(),
+            diff_ids: diff_ids.len(),
+        });
+    }
+    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
+        let what = format!(
+            "layer {} ({} of {}) of image {image}",
+            layer.digest,
+            i + 1,
+            layers.len()
+        );
+        check_diff_id(&layer.path, diff_id, &what)?;
+    }
+    Ok(())
+}
+
+/// Checks that the layer blob at `path`, decompressed, hashes to `diff_id`.
+pub fn check_diff_id(path: &Path, diff_id: &Digest, what: &str) -> Result<(), ImageError> {
+    let mut reader = crate::io::decompress::open(path)
+        .map(|(_, r)| r)
+        .map_err(|e| io_err("open", path, e))?;
+    let (actual, _) = hash_reader(&mut reader).map_err(|e| io_err("decompress", path, e))?;
+    if actual != *diff_id {
+        return Err(ImageError::DigestMismatch {
+            what: format!("{what} (uncompressed, against its config's diff_id)"),
+            expected: diff_id.clone(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// Reads a whole (small) file, refusing more than `limit` bytes.
@@ -790,5 +849,76 @@ mod tests {
         );
         let back: Descriptor = serde_json::from_str(&json).unwrap();
         assert_eq!(back, desc);
+    }
+
+    /// Blobs in a directory, named by digest; documents served from memory.
+    struct DirSource(PathBuf, BTreeMap<Digest, Vec<u8>>);
+
+    impl BlobSource for DirSource {
+        type Error = ImageError;
+        fn manifest(&mut self, desc: &Descriptor, _: &str) -> Result<Vec<u8>, ImageError> {
+            Ok(self.1[&desc.digest].clone())
+        }
+        fn blob(&mut self, desc: &Descriptor, _: &str) -> Result<PathBuf, ImageError> {
+            Ok(self.0.join(desc.digest.hex()))
+        }
+    }
+
+    /// Resolves an image of one gzip layer holding `layer`, whose config claims `diff_ids`.
+    fn resolve_with(layer: &[u8], diff_ids: Vec<Digest>) -> Result<PulledImage, ImageError> {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(layer).unwrap();
+        let gz = gz.finish().unwrap();
+        let config = to_json(&ImageConfig {
+            architecture: "amd64".into(),
+            created: None,
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids,
+            },
+            variant: None,
+        });
+        let blob = |bytes: &[u8], media_type: &str| {
+            let desc = Descriptor::new(media_type, Digest::of_bytes(bytes), bytes.len() as u64);
+            std::fs::write(dir.path().join(desc.digest.hex()), bytes).unwrap();
+            desc
+        };
+        let manifest = to_json(&ImageManifest {
+            schema_version: 2,
+            media_type: OCI_MANIFEST.into(),
+            config: blob(&config, OCI_CONFIG),
+            layers: vec![blob(&gz, OCI_LAYER_GZIP)],
+            annotations: BTreeMap::new(),
+        });
+        let top = Descriptor::new(OCI_MANIFEST, Digest::of_bytes(&manifest), manifest.len() as u64);
+        let mut source = DirSource(
+            dir.path().to_path_buf(),
+            BTreeMap::from([(top.digest.clone(), manifest)]),
+        );
+        let r = resolve(&mut source, "test-image", &top, "amd64");
+        drop(dir);
+        r
+    }
+
+    #[test]
+    fn a_layer_that_does_not_match_its_diff_id_is_refused() {
+        let layer = b"the layer tar".as_slice();
+        assert!(resolve_with(layer, vec![Digest::of_bytes(layer)]).is_ok());
+        let err = resolve_with(layer, vec![Digest::of_bytes(b"another layer")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("layer sha256:") && err.contains("(1 of 1) of image test-image"),
+            "{err}"
+        );
+        assert!(
+            err.contains("against its config's diff_id) is corrupt: expected digest"),
+            "{err}"
+        );
+        let err = resolve_with(layer, vec![]).unwrap_err().to_string();
+        assert!(err.contains("lists 1 layers but its config has 0 diff_ids"), "{err}");
     }
 }
