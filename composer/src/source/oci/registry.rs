@@ -19,7 +19,7 @@
 //! on a private single-threaded tokio runtime and exposes a blocking API.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,6 +104,22 @@ pub enum RegistryError {
         /// What to check.
         hint: String,
     },
+    /// The registry stopped answering: no connection, or no bytes for too long.
+    #[error(
+        "cannot {op} {target}: the registry {registry} did not answer within {secs} s; hint: \
+         check that the registry is up and reachable, or set STRATA_REGISTRY_TIMEOUT (seconds) \
+         for a slow one"
+    )]
+    Timeout {
+        /// What was attempted.
+        op: &'static str,
+        /// The reference or blob.
+        target: String,
+        /// The registry host.
+        registry: String,
+        /// The limit that passed.
+        secs: u64,
+    },
     /// The reference pins a digest the pushed image does not have.
     #[error("cannot push to {reference}: the image to push has digest {actual}; hint: drop the @digest part")]
     PushDigest {
@@ -125,6 +141,30 @@ pub fn pull(
     opts: &PullOptions,
     cache: &Cache,
 ) -> Result<PulledImage, RegistryError> {
+    pull_within(reference, arch, opts, cache, timeout_from_env())
+}
+
+/// How long a registry may stay silent (connecting, or between two reads of a body) before
+/// the pull fails; a manifest or index must also arrive whole within it.
+/// `STRATA_REGISTRY_TIMEOUT` (seconds) overrides the default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn timeout_from_env() -> Duration {
+    std::env::var("STRATA_REGISTRY_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&secs| secs > 0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// [`pull`] with an explicit silence limit (tests use a short one).
+fn pull_within(
+    reference: &Reference,
+    arch: &str,
+    opts: &PullOptions,
+    cache: &Cache,
+    timeout: Duration,
+) -> Result<PulledImage, RegistryError> {
     image::Platform::linux(arch)?;
     if opts.offline {
         let top = offline_top(reference, cache)?;
@@ -134,7 +174,7 @@ pub fn pull(
         };
         return resolve(&mut source, &reference.to_string(), &top, arch);
     }
-    let session = Session::new(reference, opts)?;
+    let session = Session::new(reference, opts, timeout)?;
     let top = session.fetch_top(reference, cache)?;
     let mut source = CacheSource {
         cache,
@@ -185,14 +225,25 @@ fn describe(bytes: &[u8], what: &str) -> Result<Descriptor, ImageError> {
 struct Session {
     runtime: Runtime,
     client: Client,
+    /// For manifests only: oci-client reads a whole manifest body into memory before any
+    /// check, so an endless body would exhaust it; this one is read with a limit.
+    http: reqwest::Client,
+    scheme: &'static str,
+    /// The `Authorization` of manifest requests, found on first use (none: anonymous).
+    authorization: std::cell::OnceCell<Option<http::HeaderValue>>,
     auth: RegistryAuth,
     registry: String,
     repository: String,
     hint: String,
+    timeout: Duration,
 }
 
 impl Session {
-    fn new(reference: &Reference, opts: &PullOptions) -> Result<Self, RegistryError> {
+    fn new(
+        reference: &Reference,
+        opts: &PullOptions,
+        timeout: Duration,
+    ) -> Result<Self, RegistryError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -203,29 +254,47 @@ impl Session {
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
             platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(120)),
+            connect_timeout: Some(timeout),
+            read_timeout: Some(timeout),
             ..ClientConfig::default()
         };
         let target = reference.to_string();
-        let client = Client::try_from(config).map_err(|source| RegistryError::Remote {
+        let setup_err = |source: OciDistributionError| RegistryError::Remote {
             op: "set up an HTTP client for",
             target: target.clone(),
             detail: error_chain(&source),
             source: Box::new(source),
             hint: "check the system's TLS setup".to_string(),
-        })?;
+        };
+        let client = Client::try_from(config).map_err(setup_err)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| setup_err(e.into()))?;
         let (auth, config_path) = credentials(opts.docker_config.as_deref(), &reference.registry)?;
         let insecure = opts.insecure_registries.contains(&reference.registry);
         let hint = remote_hint(&reference.registry, insecure, config_path.as_deref());
-        Ok(Self {
+        let session = Self {
             runtime,
             client,
+            http,
+            scheme: if insecure { "http" } else { "https" },
+            authorization: std::cell::OnceCell::new(),
             auth,
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             hint,
-        })
+            timeout,
+        };
+        // Only remembers the credentials (no request), so blob pulls use them too.
+        let oci_ref = session.oci_ref(None, None);
+        session.runtime.block_on(
+            session
+                .client
+                .store_auth_if_needed(oci_ref.resolve_registry(), &session.auth),
+        );
+        Ok(session)
     }
 
     fn oci_ref(&self, tag: Option<&str>, digest: Option<&Digest>) -> oci_client::Reference {
@@ -253,6 +322,9 @@ impl Session {
             }
             .into();
         }
+        if is_timeout(&err) {
+            return self.timed_out(op, target);
+        }
         RegistryError::Remote {
             op,
             target,
@@ -260,6 +332,107 @@ impl Session {
             source: Box::new(err),
             hint: self.hint.clone(),
         }
+    }
+
+    fn timed_out(&self, op: &'static str, target: String) -> RegistryError {
+        RegistryError::Timeout {
+            op,
+            target,
+            registry: self.registry.clone(),
+            secs: self.timeout.as_secs(),
+        }
+    }
+
+    /// GETs manifest or index `oci_ref`, holding at most [`MAX_MANIFEST_SIZE`] bytes of its
+    /// body and giving up when it has not arrived whole within the timeout (a registry that
+    /// drips bytes never trips the per-read timeout).
+    fn get_manifest(
+        &self,
+        oci_ref: &oci_client::Reference,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let fetch = async {
+            let authorization = self.authorization(oci_ref, what).await?;
+            let name = oci_ref.digest().or(oci_ref.tag()).unwrap_or("latest");
+            let url = format!(
+                "{}://{}/v2/{}/manifests/{name}",
+                self.scheme,
+                oci_ref.resolve_registry(),
+                oci_ref.repository()
+            );
+            let mut request = self
+                .http
+                .get(&url)
+                .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+            if let Some(value) = authorization {
+                request = request.header(http::header::AUTHORIZATION, value);
+            }
+            let remote = |e: reqwest::Error| self.remote_err("pull", what.to_string(), e.into());
+            let mut response = request.send().await.map_err(remote)?;
+            let status = response.status();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(remote)? {
+                if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+                    return Err(ImageError::TooLarge {
+                        what: what.to_string(),
+                        size: (body.len() + chunk.len()) as u64,
+                        limit: MAX_MANIFEST_SIZE,
+                    }
+                    .into());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                return Err(self.status_err(status.as_u16(), url, &body, what));
+            }
+            Ok(body)
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, fetch).await })
+            .unwrap_or_else(|_| Err(self.timed_out("pull", what.to_string())))
+    }
+
+    /// The header that authorises manifest requests: the Bearer token oci-client obtains
+    /// (and caches for its blob requests), else the configured Basic credentials.
+    async fn authorization(
+        &self,
+        oci_ref: &oci_client::Reference,
+        what: &str,
+    ) -> Result<Option<http::HeaderValue>, RegistryError> {
+        if let Some(found) = self.authorization.get() {
+            return Ok(found.clone());
+        }
+        let token = self
+            .client
+            .auth(oci_ref, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| self.remote_err("pull", what.to_string(), e))?;
+        let value = match (token, &self.auth) {
+            (Some(token), _) => http::HeaderValue::from_str(&format!("Bearer {token}")).ok(),
+            (None, RegistryAuth::Basic(user, pass)) => {
+                let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                http::HeaderValue::from_str(&format!("Basic {pair}")).ok()
+            }
+            (None, _) => None,
+        };
+        Ok(self.authorization.get_or_init(|| value).clone())
+    }
+
+    /// A refused manifest request, as oci-client would report it.
+    fn status_err(&self, code: u16, url: String, body: &[u8], what: &str) -> RegistryError {
+        let err = match code {
+            401 => OciDistributionError::UnauthorizedError { url },
+            404 => OciDistributionError::ImageManifestNotFoundError(format!(
+                "{url}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            )),
+            _ => OciDistributionError::ServerError {
+                code,
+                url,
+                message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+            },
+        };
+        self.remote_err("pull", what.to_string(), err)
     }
 
     /// The reference's top-level manifest or index, verified and stored in the cache.
@@ -277,13 +450,7 @@ impl Session {
         }
         let oci_ref = self.oci_ref(reference.tag.as_deref(), reference.digest.as_ref());
         let what = format!("manifest of {reference}");
-        let (bytes, _) = self
-            .runtime
-            .block_on(
-                self.client
-                    .pull_manifest_raw(&oci_ref, &self.auth, &MANIFEST_MEDIA_TYPES),
-            )
-            .map_err(|e| self.remote_err("pull", what.clone(), e))?;
+        let bytes = self.get_manifest(&oci_ref, &what)?;
         let desc = describe(&bytes, &what)?;
         if let Some(expected) = &reference.digest {
             if *expected != desc.digest {
@@ -313,15 +480,9 @@ impl Session {
             return Err(too_large(what, desc.size).into());
         }
         let oci_ref = self.oci_ref(None, Some(&desc.digest));
-        let (bytes, _) = self
-            .runtime
-            .block_on(
-                self.client
-                    .pull_manifest_raw(&oci_ref, &self.auth, &MANIFEST_MEDIA_TYPES),
-            )
-            .map_err(|e| self.remote_err("pull", what.to_string(), e))?;
+        let bytes = self.get_manifest(&oci_ref, what)?;
         cache.insert_bytes(desc, &bytes, what)?;
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// Streams blob `desc` into the cache, verifying it on the way.
@@ -460,8 +621,12 @@ impl BlobSource for CacheSource<'_> {
     }
 
     fn blob(&mut self, desc: &Descriptor, what: &str) -> Result<PathBuf, RegistryError> {
-        if let Some(path) = self.cache.get(&desc.digest) {
-            return Ok(path);
+        match self.cache.get_verified(desc, what) {
+            Ok(Some(path)) => return Ok(path),
+            Ok(None) => {}
+            // The damaged entry is gone; the registry has the real one.
+            Err(_) if self.remote.is_some() => {}
+            Err(damage) => return Err(damage.into()),
         }
         match self.remote {
             Some(session) => session.fetch_blob(desc, what, self.cache),
@@ -489,7 +654,7 @@ pub fn push(
             });
         }
     }
-    let session = Session::new(reference, opts)?;
+    let session = Session::new(reference, opts, timeout_from_env())?;
     let target_ref = session.oci_ref(reference.tag.as_deref(), reference.digest.as_ref());
     session
         .runtime
@@ -560,7 +725,7 @@ impl Pusher<'_> {
         let file = File::open(&path).map_err(|e| image::io_err("open", &path, e))?;
         let stream = futures_util::stream::unfold(file, |mut file| async move {
             let mut buf = vec![0u8; PUSH_CHUNK];
-            match read_up_to(&mut file, &mut buf) {
+            match crate::io::read_up_to(&mut file, &mut buf) {
                 Ok(0) => None,
                 Ok(n) => {
                     buf.truncate(n);
@@ -604,18 +769,26 @@ fn http_header(media_type: &str) -> Option<http::HeaderValue> {
     http::HeaderValue::from_str(media_type).ok()
 }
 
-/// Reads until `buf` is full or the input ends.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Whether a timeout (reqwest's, or a socket's) is somewhere in `err`'s chain.
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let reqwest_timeout = |e: &(dyn std::error::Error + 'static)| {
+            e.downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout)
+        };
+        // io::Error's source() skips the error it wraps, so look inside it too.
+        let timed_out = reqwest_timeout(e)
+            || e.downcast_ref::<io::Error>().is_some_and(|io| {
+                io.kind() == io::ErrorKind::TimedOut
+                    || io.get_ref().is_some_and(|inner| reqwest_timeout(inner))
+            });
+        if timed_out {
+            return true;
         }
+        cur = e.source();
     }
-    Ok(filled)
+    false
 }
 
 /// Credentials for `registry` from the Docker config, and the file they came from.
@@ -1251,5 +1424,132 @@ mod tests {
             t.elapsed(),
             unpacked.tree.len()
         );
+    }
+
+    /// How a hostile registry answers a manifest request.
+    #[derive(Clone, Copy)]
+    enum Hostile {
+        /// 200 and a chunked body that never ends.
+        EndlessBody,
+        /// Accepts the connection, reads the request, never answers.
+        Silent,
+        /// Sends the headers and one byte, then nothing more.
+        Stalls,
+    }
+
+    /// A registry on 127.0.0.1 that answers `/v2/` politely and manifests with `how`.
+    fn hostile_registry(how: Hostile) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                            line.clear();
+                        }
+                        if !request_line.contains("/manifests/") {
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                            );
+                            continue;
+                        }
+                        match how {
+                            Hostile::Silent => std::thread::sleep(Duration::from_secs(30)),
+                            Hostile::Stalls => {
+                                let _ = conn.write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{",
+                                );
+                                std::thread::sleep(Duration::from_secs(30));
+                            }
+                            Hostile::EndlessBody => {
+                                let _ = conn.write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                );
+                                let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+                                while conn.write_all(chunk.as_bytes()).is_ok() {}
+                            }
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Pulls from a hostile registry on another thread; panics if that takes over 20 s.
+    fn pull_hostile(how: Hostile) -> (RegistryError, Duration) {
+        let addr = hostile_registry(how);
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path().join("cache"));
+        let reference = Reference::parse(&format!("{addr}/evil/image:1")).unwrap();
+        let opts = PullOptions {
+            insecure_registries: vec![addr],
+            docker_config: Some(tmp.path().join("no-config.json")),
+            offline: false,
+        };
+        std::fs::write(tmp.path().join("no-config.json"), "{}").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = pull_within(&reference, "amd64", &opts, &cache, Duration::from_secs(1));
+            let _ = tx.send((r.map(|_| ()), t.elapsed()));
+        });
+        let (result, took) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the pull did not end within 20 s");
+        (result.expect_err("a hostile registry was accepted"), took)
+    }
+
+    #[test]
+    fn an_endless_manifest_body_is_cut_off_at_the_limit() {
+        let (err, _) = pull_hostile(Hostile::EndlessBody);
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                RegistryError::Image(ImageError::TooLarge { size, limit: MAX_MANIFEST_SIZE, .. })
+                    if size < 2 * MAX_MANIFEST_SIZE
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("manifest of 127.0.0.1:"), "{msg}");
+    }
+
+    #[test]
+    fn a_silent_or_stalling_registry_times_out_with_a_clear_error() {
+        for how in [Hostile::Silent, Hostile::Stalls] {
+            let (err, took) = pull_hostile(how);
+            let msg = err.to_string();
+            assert!(matches!(err, RegistryError::Timeout { secs: 1, .. }), "{msg}");
+            assert!(msg.contains("did not answer within 1 s"), "{msg}");
+            assert!(took < Duration::from_secs(10), "{took:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_cached_blob_is_refused_offline_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path().join("cache"));
+        let data = b"layer bytes".to_vec();
+        let desc = Descriptor::new(image::OCI_LAYER_TAR, Digest::of_bytes(&data), data.len() as u64);
+        let path = cache.insert_bytes(&desc, &data, "blob").unwrap();
+        std::fs::write(&path, b"layer").unwrap(); // cut short, as by a crash
+        let mut source = CacheSource {
+            cache: &cache,
+            remote: None,
+        };
+        let err = source.blob(&desc, "layer 1 of x").unwrap_err().to_string();
+        assert!(err.contains("cached layer 1 of x is corrupt"), "{err}");
+        assert!(!path.exists(), "the damaged entry was left to be used again");
     }
 }
