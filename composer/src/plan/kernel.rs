@@ -187,6 +187,11 @@ impl KernelPlan {
             } => kernel::from_parts(vmlinuz, modules_dir),
         }
         .map_err(|e| -> Error {
+            if e.is_cache_fault() {
+                let what = format!("unpacking the kernel into the cache {}", cache.display());
+                return Error::step(crate::error::ErrorKind::Io, what, e)
+                    .with_hint("free space in the cache directory or give another with --cache");
+            }
             self.blame
                 .error(
                     self.field,

@@ -193,6 +193,10 @@ fn with_member<T>(
         deb: deb.to_path_buf(),
         source,
     })?;
+    check_whole_archive(&file).map_err(|source| Error::Read {
+        deb: deb.to_path_buf(),
+        source,
+    })?;
     let mut archive = ar::Archive::new(BufReader::with_capacity(1 << 20, file));
     let mut first = true;
     while let Some(entry) = archive.next_entry() {
@@ -261,6 +265,39 @@ fn read_member(deb: &Path, member: &str, source: io::Error) -> Error {
         member: member.to_string(),
         source,
     }
+}
+
+/// Walks the ar headers (60 bytes each, the size in decimal at bytes 48..58) and checks that
+/// the file holds every member whole. A package cut short by a failed download can otherwise
+/// still yield a plausible tree: the ar and tar readers both stop quietly at the end of input.
+fn check_whole_archive(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut pos = 8u64; // "!<arch>\n"
+    while pos < len {
+        let mut header = [0u8; 60];
+        let got = file.read_at(&mut header, pos)?;
+        let size = std::str::from_utf8(&header[48..58])
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let Some(size) = size.filter(|_| got == 60) else {
+            // Not a header the ar reader accepts either: it reports the problem itself.
+            return Ok(());
+        };
+        let end = pos + 60 + size;
+        if end > len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the package is truncated: its member at byte {pos} needs {size} bytes, \
+                     the file ends {} bytes short",
+                    end - len
+                ),
+            ));
+        }
+        pos = end + (size & 1);
+    }
+    Ok(())
 }
 
 /// Wraps a member in the decoder its extension names (dpkg trusts the name, so do we); xz
@@ -425,13 +462,37 @@ impl<'a> Unpacker<'a> {
             .header()
             .mode()
             .map_err(|source| read_member(self.deb, &raw, source))?;
+        let size = entry
+            .header()
+            .entry_size()
+            .map_err(|source| read_member(self.deb, &raw, source))?;
         let unpacked = entry
             .unpack_in(self.dest)
             .map_err(|source| self.unpack_error(&raw, source))?;
         if !unpacked {
             return Err(self.escape(&raw, "was skipped by the tar reader as unsafe"));
         }
+        if matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            self.check_whole(&raw, &rel, size)?;
+        }
         self.record(rel, kind, mode)
+    }
+
+    /// The tar reader stops quietly where a truncated archive ends: a file written shorter
+    /// than its header says is a truncated package, never a shorter file.
+    fn check_whole(&self, raw: &str, rel: &Path, size: u64) -> Result<()> {
+        let path = self.dest.join(rel);
+        let written = fs::symlink_metadata(&path)
+            .map_err(|source| self.unpack_error(raw, source))?
+            .len();
+        if written == size {
+            return Ok(());
+        }
+        let short = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the data ends after {written} of its {size} bytes: the package is truncated"),
+        );
+        Err(read_member(self.deb, raw, short))
     }
 
     /// Devices and FIFOs make no sense in an image built without root.
@@ -825,6 +886,24 @@ mod tests {
         let missing = dir.path().join("missing.deb");
         let err = read_control(&missing).unwrap_err();
         assert!(matches!(err, Error::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn truncated_and_damaged_packages_are_refused_naming_the_cause() {
+        for compression in [Compression::None, Compression::Xz] {
+            let dir = tempfile::tempdir().unwrap();
+            let deb = write_deb(dir.path(), &sample_members(), compression);
+            let whole = fs::read(&deb).unwrap();
+            for keep in [whole.len() - 700, whole.len() - 40, whole.len() / 2, 100] {
+                fs::write(&deb, &whole[..keep]).unwrap();
+                let dest = dir.path().join(format!("out-{keep}"));
+                fs::create_dir(&dest).unwrap();
+                let err = extract(&deb, &dest, |_| true)
+                    .expect_err(&format!("{compression:?} cut at {keep} was accepted"));
+                let msg = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+                assert!(msg.contains(&*deb.to_string_lossy()), "{msg}");
+            }
+        }
     }
 
     #[test]

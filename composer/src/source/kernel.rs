@@ -20,12 +20,20 @@
 //! into place, so after a crash it either exists complete or not at all (the
 //! files are not fsynced: power loss is not covered). A crashed run may
 //! leave a `.partial-*` directory behind; it is never read and safe to delete.
+//!
+//! `kernel.json` also records the size and sha256 of every unpacked file. A
+//! cache entry whose files no longer have their recorded sizes, or whose
+//! image no longer hashes to its sum, is discarded and unpacked again, so a
+//! file truncated by a full disk or a crash is never used; the modules an
+//! image ships are hashed against their sums before the image is written
+//! ([`Kernel::verify_shipped`]), so a modified module is refused too.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::deb;
 use crate::arch::Arch;
@@ -33,7 +41,7 @@ use crate::kmod::{self, ModuleIndex};
 
 /// Bumped whenever `kernel.json` or the index changes shape, so old cache
 /// entries are rebuilt instead of misread.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 
 /// Name of the metadata file that completes a cache entry.
 const CACHE_META: &str = "kernel.json";
@@ -78,6 +86,22 @@ pub enum Error {
         image_release: String,
         /// The modules directory's release.
         release: String,
+    },
+    /// A file of the kernel cache no longer matches what was unpacked.
+    #[error(
+        "{} in the kernel cache is damaged: {what} is {actual}, it was {expected} when unpacked; \
+         hint: the entry was removed, run the build again to unpack the package afresh",
+        path.display()
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// `its size` or `its sha256`.
+        what: &'static str,
+        /// What was recorded.
+        expected: String,
+        /// What was found.
+        actual: String,
     },
     /// Scanning or reading modules failed.
     #[error(transparent)]
@@ -142,6 +166,28 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the cache, not the kernel given, is at fault: it cannot be written (full disk,
+    /// permissions, read-only) or was damaged. Such errors must not blame the profile's kernel
+    /// field.
+    pub fn is_cache_fault(&self) -> bool {
+        let cache_side = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull
+                    | io::ErrorKind::QuotaExceeded
+                    | io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::ReadOnlyFilesystem
+            )
+        };
+        match self {
+            Error::Cache { .. } | Error::Damaged { .. } => true,
+            Error::Deb(deb::Error::Unpack { source, .. }) => cache_side(source),
+            _ => false,
+        }
+    }
+}
+
 /// Result of this module's functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -160,6 +206,67 @@ pub struct Kernel {
     pub source_digest: String,
     /// The architecture the image runs on.
     pub machine: Arch,
+    /// Size and sha256 of every file of a cache entry (absolute paths); empty for a
+    /// user-given kernel, whose files strata did not write.
+    pub sums: BTreeMap<PathBuf, FileSum>,
+}
+
+/// A file's size and hex sha256, as unpacked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    /// Length in bytes.
+    pub size: u64,
+    /// Hex sha256.
+    pub sha256: String,
+}
+
+impl Kernel {
+    /// Hashes the modules an image ships (`rel_paths` below the modules directory) against
+    /// the sums recorded at unpack time. A damaged file discards the whole cache entry, so
+    /// the next build unpacks it again. Does nothing for a user-given kernel.
+    pub fn verify_shipped<'a>(&self, rel_paths: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+        for rel in rel_paths {
+            let path = self.modules_dir.join(rel);
+            if let Some(sum) = self.sums.get(&path) {
+                if let Err(e) = check_sum(&path, sum, true) {
+                    if let Some(entry) = self.modules_dir.ancestors().find(|a| a.join(CACHE_META).is_file()) {
+                        discard(entry)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks `path` against `sum`: always its size, its sha256 when `hash`.
+fn check_sum(path: &Path, sum: &FileSum, hash: bool) -> Result<()> {
+    let damaged = |what, expected: String, actual: String| Error::Damaged {
+        path: path.to_path_buf(),
+        what,
+        expected,
+        actual,
+    };
+    let size = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return Err(damaged("its type", "a file".into(), "not a file".into())),
+        Err(e) => return Err(damaged("its state", "present".into(), e.to_string())),
+    };
+    if size != sum.size {
+        return Err(damaged(
+            "its size",
+            format!("{} bytes", sum.size),
+            format!("{size} bytes"),
+        ));
+    }
+    if hash {
+        let actual = sha256_file(path)?;
+        if actual != sum.sha256 {
+            return Err(damaged("its sha256", sum.sha256.clone(), actual));
+        }
+    }
+    Ok(())
 }
 
 /// The cache entry's `kernel.json`; paths are relative to the entry.
@@ -174,6 +281,8 @@ struct CacheMeta {
     #[serde(with = "cached_machine")]
     machine: Arch,
     index: ModuleIndex,
+    /// Every unpacked file (relative to the entry): size and sha256.
+    files: BTreeMap<PathBuf, FileSum>,
 }
 
 /// The cache's spelling of a kernel's architecture.
@@ -210,6 +319,11 @@ impl CacheMeta {
             index,
             source_digest,
             machine: self.machine,
+            sums: self
+                .files
+                .into_iter()
+                .map(|(rel, sum)| (entry.join(rel), sum))
+                .collect(),
         }
     }
 }
@@ -226,7 +340,7 @@ pub fn from_deb(deb: &Path, cache_root: &Path) -> Result<Kernel> {
         return Ok(meta.into_kernel(&entry, digest));
     }
     let partial = tempfile::Builder::new()
-        .prefix(".partial-")
+        .prefix(&crate::signals::temp_prefix(".partial-"))
         .tempdir_in(&kernels)
         .map_err(|source| cache_error(&kernels, source))?;
     let meta = populate(deb, partial.path())?;
@@ -249,6 +363,7 @@ pub fn from_parts(vmlinuz: &Path, modules_dir: &Path) -> Result<Kernel> {
         index,
         source_digest: sha256_file(vmlinuz)?,
         machine,
+        sums: BTreeMap::new(),
     })
 }
 
@@ -281,13 +396,23 @@ fn load_cached(entry: &Path) -> Result<Option<CacheMeta>> {
     match serde_json::from_slice::<CacheMeta>(&bytes) {
         Ok(meta)
             if meta.format == CACHE_FORMAT
-                && entry.join(&meta.vmlinuz).is_file()
-                && entry.join(&meta.modules_dir).is_dir() =>
+                && entry.join(&meta.modules_dir).is_dir()
+                && intact(entry, &meta) =>
         {
             Ok(Some(meta))
         }
         _ => discard(entry),
     }
+}
+
+/// Whether every recorded file still has its size, and the image its sha256 (cheap: a stat
+/// per file and one hash of a few MiB; the shipped modules are hashed later).
+fn intact(entry: &Path, meta: &CacheMeta) -> bool {
+    meta.files.contains_key(&meta.vmlinuz)
+        && meta.files.iter().all(|(rel, sum)| {
+            let path = entry.join(rel);
+            check_sum(&path, sum, *rel == meta.vmlinuz).is_ok()
+        })
 }
 
 fn discard(entry: &Path) -> Result<Option<CacheMeta>> {
@@ -332,6 +457,7 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
     let (machine, image_release) = inspect_image(&dir.join(&vmlinuz))?;
     let index = ModuleIndex::scan(&dir.join(&modules_dir))?;
     check_consistency(&dir.join(&vmlinuz), image_release, machine, &index)?;
+    let files = sums_of(dir, &extracted)?;
     let meta = CacheMeta {
         format: CACHE_FORMAT,
         release,
@@ -339,9 +465,30 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
         modules_dir,
         machine,
         index,
+        files,
     };
     write_meta(dir, &meta)?;
     Ok(meta)
+}
+
+/// Size and sha256 of each regular file among `extracted` (paths relative to `dir`).
+fn sums_of(dir: &Path, extracted: &[PathBuf]) -> Result<BTreeMap<PathBuf, FileSum>> {
+    let mut sums = BTreeMap::new();
+    for rel in extracted {
+        let path = dir.join(rel);
+        let read_error = |source| Error::Read {
+            path: path.clone(),
+            source,
+        };
+        if !fs::symlink_metadata(&path).map_err(read_error)?.is_file() {
+            continue;
+        }
+        let (sha256, size) = File::open(&path)
+            .and_then(|mut f| crate::io::hash::reader_sha256(&mut f))
+            .map_err(read_error)?;
+        sums.insert(rel.clone(), FileSum { size, sha256 });
+    }
+    Ok(sums)
 }
 
 /// The package's modules directory (classic or merged-/usr layout); a kernel
@@ -641,17 +788,64 @@ mod tests {
         let names: Vec<&str> = closure.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["cdrom", "sr_mod", "isofs"]);
 
-        // A warm load must come from kernel.json, not a new scan: a module
-        // removed from the tree is still in the index.
-        fs::remove_file(cold.modules_dir.join("kernel/isofs.ko")).unwrap();
+        // A warm load comes from kernel.json, not a new unpack.
+        let stamp = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+        let written = stamp(&entry.join(CACHE_META));
         let warm = from_deb(&deb, &cache).unwrap();
         assert_eq!(warm, cold);
+        assert_eq!(stamp(&entry.join(CACHE_META)), written);
 
         // A damaged entry is rebuilt.
         fs::write(entry.join(CACHE_META), b"{").unwrap();
         let rebuilt = from_deb(&deb, &cache).unwrap();
         assert_eq!(rebuilt, cold);
         assert!(rebuilt.modules_dir.join("kernel/isofs.ko").is_file());
+    }
+
+    #[test]
+    fn a_truncated_or_missing_cache_file_is_unpacked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("k.deb");
+        fake_kernel_deb(&deb, "", &["1.0-test"]);
+        let cache = dir.path().join("cache");
+        let cold = from_deb(&deb, &cache).unwrap();
+        let whole = fs::read(&cold.vmlinuz).unwrap();
+        fs::write(&cold.vmlinuz, &whole[..100]).unwrap();
+        assert_eq!(from_deb(&deb, &cache).unwrap(), cold);
+        assert_eq!(fs::read(&cold.vmlinuz).unwrap(), whole);
+        // Same size, other bytes: the image is hashed on every load.
+        let mut flipped = whole.clone();
+        flipped[0x700] ^= 1;
+        fs::write(&cold.vmlinuz, &flipped).unwrap();
+        from_deb(&deb, &cache).unwrap();
+        assert_eq!(fs::read(&cold.vmlinuz).unwrap(), whole);
+        let isofs = cold.modules_dir.join("kernel/isofs.ko");
+        fs::remove_file(&isofs).unwrap();
+        from_deb(&deb, &cache).unwrap();
+        assert!(isofs.is_file());
+    }
+
+    #[test]
+    fn a_modified_module_is_refused_before_it_is_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("k.deb");
+        fake_kernel_deb(&deb, "", &["1.0-test"]);
+        let cache = dir.path().join("cache");
+        let kernel = from_deb(&deb, &cache).unwrap();
+        let shipped = [Path::new("kernel/cdrom.ko"), Path::new("kernel/isofs.ko")];
+        kernel.verify_shipped(shipped).unwrap();
+        let isofs = kernel.modules_dir.join("kernel/isofs.ko");
+        let mut bytes = fs::read(&isofs).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&isofs, &bytes).unwrap();
+        let err = kernel.verify_shipped(shipped).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Damaged { what: "its sha256", .. }), "{msg}");
+        assert!(msg.contains("isofs.ko in the kernel cache is damaged"), "{msg}");
+        assert!(!kernel.modules_dir.exists(), "the damaged entry was kept");
+        let again = from_deb(&deb, &cache).unwrap();
+        again.verify_shipped(shipped).unwrap();
     }
 
     #[test]
