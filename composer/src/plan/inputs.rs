@@ -43,7 +43,8 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         .unwrap_or_else(super::default_cache_dir);
     let scratch = scratch_dir(&cache, opts.dry_run)?;
     if root_kind == "squashfs" {
-        crate::fs::squashfs::inspect(&root_path).map_err(|e| -> Error {
+        // Every table and block, not only the superblock: the image is shipped as it is.
+        crate::fs::squashfs_read::verify(&root_path).map_err(|e| -> Error {
             blame
                 .error(
                     "rootfs.squashfs",
