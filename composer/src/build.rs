@@ -63,6 +63,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let mut steps = Vec::new();
     let mut timed = |name: &'static str, t: Instant| steps.push((name, t.elapsed()));
 
+    let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    crate::signals::watch(&cache.join("tmp"), false);
+    crate::signals::watch(&cache.join("kernels"), false);
     let t = Instant::now();
     let plan = plan::plan(&plan_options(opts), progress)?;
     progress(&format!(
@@ -85,6 +88,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let work = work_dir(&plan)?;
     let t = Instant::now();
     let assets = crate::assets::make(&plan, &kernel, work.path(), progress)?;
+    verify_shipped_modules(&kernel, &assets)?;
     timed("squashfs+initramfs", t);
 
     // Every platform's disk is planned before anything is written: a
@@ -116,6 +120,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&plan.name));
+    crate::signals::watch(&out_dir, !out_dir.exists());
     let out = OutDir::open(&out_dir)?;
     let pending = plan
         .platforms
@@ -173,7 +178,23 @@ fn work_dir(plan: &Plan) -> Result<tempfile::TempDir> {
     let tmp = plan.cache.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
     tempfile::Builder::new()
-        .prefix("build-")
+        .prefix(&crate::signals::temp_prefix("build-"))
         .tempdir_in(&tmp)
         .map_err(Error::io("creating a work directory in", &plan.cache))
+}
+
+/// The kernel cache's modules that went into an initramfs still hash to what was unpacked
+/// (a modified module must not ship); checked before any output is written.
+fn verify_shipped_modules(
+    kernel: &crate::source::kernel::Kernel,
+    assets: &crate::assets::Assets,
+) -> Result<()> {
+    let shipped = assets
+        .platforms
+        .iter()
+        .flat_map(|p| &p.modules)
+        .map(|m| m.rel_path.as_path());
+    kernel
+        .verify_shipped(shipped)
+        .map_err(|e| Error::step(ErrorKind::Io, "checking the kernel modules from the cache", e))
 }

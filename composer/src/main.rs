@@ -11,6 +11,12 @@ use strata::{boot, build, Arch, Error, ErrorKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Build { .. }) {
+        // Before any thread exists: see strata::signals.
+        if let Err(e) = strata::signals::install() {
+            eprintln!("warning: cannot watch for SIGINT/SIGTERM ({e}); an interrupted build may leave temporary files until the next one");
+        }
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -129,6 +135,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             accel,
             memory,
             media,
+            no_verify,
         } => {
             let opts = boot::BootOptions {
                 artefact: artefact.clone(),
@@ -140,6 +147,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 },
                 memory_mib: memory,
                 media,
+                verify: !no_verify,
             };
             let result = boot::boot(&opts)?;
             if json {

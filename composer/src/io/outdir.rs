@@ -35,7 +35,7 @@ impl OutDir {
     /// A new temporary file in the directory (same filesystem: the rename is atomic).
     pub fn temp_file(&self) -> Result<NamedTempFile> {
         tempfile::Builder::new()
-            .prefix(".strata-")
+            .prefix(&crate::signals::temp_prefix(".strata-"))
             .suffix(".tmp")
             .tempfile_in(&self.path)
             .map_err(Error::io("creating a file in", &self.path))

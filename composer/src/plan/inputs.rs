@@ -195,7 +195,7 @@ fn scratch_dir(cache: &Path, dry_run: bool) -> Result<tempfile::TempDir> {
     let tmp = cache.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
     tempfile::Builder::new()
-        .prefix("ext-")
+        .prefix(&crate::signals::temp_prefix("ext-"))
         .tempdir_in(&tmp)
         .map_err(Error::io("creating a work directory in", cache))
 }
