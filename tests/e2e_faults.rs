@@ -51,7 +51,10 @@ fn interrupt(child: Child, signal: i32, ready: impl Fn(u32) -> bool) -> (Option<
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(300);
     while !ready(pid) {
-        assert!(Instant::now() < deadline, "the build never reached the point to interrupt");
+        assert!(
+            Instant::now() < deadline,
+            "the build never reached the point to interrupt"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let ok = Command::new("kill")
@@ -61,7 +64,10 @@ fn interrupt(child: Child, signal: i32, ready: impl Fn(u32) -> bool) -> (Option<
         .success();
     assert!(ok, "kill -{signal} {pid} failed");
     let o = child.wait_with_output().unwrap();
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -124,8 +130,16 @@ fn signals_leave_no_temporary_files_and_the_next_build_is_identical() {
     // ... until the next build into the same directory, which gives the clean build's bytes.
     let o = start(&p, &out, &cache).wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(temps_of(&out, pid), Vec::<String>::new(), "stale output temporaries");
-    assert_eq!(temps_of(&tmp, pid), Vec::<String>::new(), "stale cache temporaries");
+    assert_eq!(
+        temps_of(&out, pid),
+        Vec::<String>::new(),
+        "stale output temporaries"
+    );
+    assert_eq!(
+        temps_of(&tmp, pid),
+        Vec::<String>::new(),
+        "stale cache temporaries"
+    );
     let (a, b) = (read_all(&clean), read_all(&out));
     assert_eq!(
         a.iter().map(|f| &f.0).collect::<Vec<_>>(),
@@ -152,7 +166,10 @@ fn boot_refuses_a_truncated_artefact(out: &Path) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(err.contains("metal-amd64.raw"), "{err}");
-    assert!(err.contains("does not match manifest.json: its size is"), "{err}");
+    assert!(
+        err.contains("does not match manifest.json: its size is"),
+        "{err}"
+    );
     assert!(err.contains("--no-verify"), "{err}");
     let work: PathBuf = out.join("metal-amd64.raw.boot");
     assert!(!work.exists(), "boot went on to prepare QEMU");
@@ -175,7 +192,10 @@ fn a_full_disk_names_its_cause() {
         .unwrap()
         .success();
     if !mounted {
-        assert!(!e2e_required(), "cannot mount a tmpfs (needs root) for the full-disk test");
+        assert!(
+            !e2e_required(),
+            "cannot mount a tmpfs (needs root) for the full-disk test"
+        );
         eprintln!("SKIPPED a_full_disk_names_its_cause: cannot mount a tmpfs (not root)");
         return;
     }
@@ -196,10 +216,17 @@ fn a_full_disk_names_its_cause() {
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains(cache.to_str().unwrap()), "{err}");
-    assert!(!err.contains("kernel.deb:"), "the kernel package is blamed:\n{err}");
+    assert!(
+        !err.contains("kernel.deb:"),
+        "the kernel package is blamed:\n{err}"
+    );
     assert!(!dir.path().join("out").exists());
     let leftover: Vec<String> = std::fs::read_dir(cache.join("tmp"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     assert_eq!(leftover, Vec::<String>::new());
 }
@@ -215,7 +242,14 @@ fn a_corrupt_prebuilt_root_squashfs_is_refused_at_plan_time() {
     let ok = Command::new("mksquashfs")
         .arg(repo().join("build/rootfs-amd64"))
         .arg(&img)
-        .args(["-comp", "zstd", "-noappend", "-quiet", "-no-progress", "-all-root"])
+        .args([
+            "-comp",
+            "zstd",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+        ])
         .status()
         .unwrap()
         .success();
@@ -237,7 +271,10 @@ fn a_corrupt_prebuilt_root_squashfs_is_refused_at_plan_time() {
     let o = start(&path, &out, &cache).wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("rootfs.squashfs: not a usable squashfs image"), "{err}");
+    assert!(
+        err.contains("rootfs.squashfs: not a usable squashfs image"),
+        "{err}"
+    );
     assert!(err.contains("root.squashfs"), "{err}");
     assert!(!out.exists(), "output directory created");
 }

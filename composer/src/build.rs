@@ -194,7 +194,11 @@ fn verify_shipped_modules(
         .iter()
         .flat_map(|p| &p.modules)
         .map(|m| m.rel_path.as_path());
-    kernel
-        .verify_shipped(shipped)
-        .map_err(|e| Error::step(ErrorKind::Io, "checking the kernel modules from the cache", e))
+    kernel.verify_shipped(shipped).map_err(|e| {
+        Error::step(
+            ErrorKind::Io,
+            "checking the kernel modules from the cache",
+            e,
+        )
+    })
 }

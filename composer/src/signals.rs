@@ -138,7 +138,11 @@ mod tests {
     fn owners_are_read_from_strata_names_only() {
         assert_eq!(owner("build-4242-AbCdEf"), Some(4242));
         assert_eq!(owner(".strata-7-x.tmp"), Some(7));
-        assert_eq!(owner("build-AbCdEf"), None, "names without a pid are not ours to judge");
+        assert_eq!(
+            owner("build-AbCdEf"),
+            None,
+            "names without a pid are not ours to judge"
+        );
         assert_eq!(owner("build-12-"), None);
         assert_eq!(owner("blobs"), None);
         assert_eq!(owner("metal-amd64.raw"), None);

@@ -249,7 +249,12 @@ pub fn verify(path: &Path) -> Result<()> {
         let InnerNode::File(file) = &node.inner else {
             continue;
         };
-        let run = (file.blocks_start(), file.frag_index(), file.block_offset(), file.file_len());
+        let run = (
+            file.blocks_start(),
+            file.frag_index(),
+            file.block_offset(),
+            file.file_len(),
+        );
         if !seen.insert(run) {
             continue;
         }
@@ -527,7 +532,14 @@ mod verify_tests {
         let ok = std::process::Command::new("mksquashfs")
             .arg(&src)
             .arg(&img)
-            .args(["-comp", "zstd", "-exports", "-noappend", "-quiet", "-no-progress"])
+            .args([
+                "-comp",
+                "zstd",
+                "-exports",
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+            ])
             .status()
             .unwrap()
             .success();
@@ -564,11 +576,24 @@ mod verify_tests {
         assert!(err.contains("root.damaged"), "{err}");
         // Inode, directory, fragment, export and id tables (superblock offsets 64, 72, 80,
         // 88, 48): each pointer's table is damaged in place.
-        for (table, at) in [("inode", 64), ("directory", 72), ("fragment", 80), ("export", 88), ("id", 48)] {
+        for (table, at) in [
+            ("inode", 64),
+            ("directory", 72),
+            ("fragment", 80),
+            ("export", 88),
+            ("id", 48),
+        ] {
             let start = sb_u64(&img, at);
-            let len = if table == "inode" || table == "directory" { 16 } else { 8 };
+            let len = if table == "inode" || table == "directory" {
+                16
+            } else {
+                8
+            };
             let bad = damaged(&img, start, len);
-            assert!(verify(&bad).is_err(), "damage to the {table} table was not noticed");
+            assert!(
+                verify(&bad).is_err(),
+                "damage to the {table} table was not noticed"
+            );
         }
         // Truncated: the superblock says more bytes than the file has.
         let bytes = fs::read(&img).unwrap();

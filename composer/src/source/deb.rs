@@ -900,7 +900,12 @@ mod tests {
                 fs::create_dir(&dest).unwrap();
                 let err = extract(&deb, &dest, |_| true)
                     .expect_err(&format!("{compression:?} cut at {keep} was accepted"));
-                let msg = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+                let msg = format!(
+                    "{err}: {}",
+                    std::error::Error::source(&err)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                );
                 assert!(msg.contains(&*deb.to_string_lossy()), "{msg}");
             }
         }

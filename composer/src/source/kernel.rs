@@ -229,7 +229,11 @@ impl Kernel {
             let path = self.modules_dir.join(rel);
             if let Some(sum) = self.sums.get(&path) {
                 if let Err(e) = check_sum(&path, sum, true) {
-                    if let Some(entry) = self.modules_dir.ancestors().find(|a| a.join(CACHE_META).is_file()) {
+                    if let Some(entry) = self
+                        .modules_dir
+                        .ancestors()
+                        .find(|a| a.join(CACHE_META).is_file())
+                    {
                         discard(entry)?;
                     }
                     return Err(e);
@@ -841,8 +845,20 @@ mod tests {
         fs::write(&isofs, &bytes).unwrap();
         let err = kernel.verify_shipped(shipped).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, Error::Damaged { what: "its sha256", .. }), "{msg}");
-        assert!(msg.contains("isofs.ko in the kernel cache is damaged"), "{msg}");
+        assert!(
+            matches!(
+                err,
+                Error::Damaged {
+                    what: "its sha256",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("isofs.ko in the kernel cache is damaged"),
+            "{msg}"
+        );
         assert!(!kernel.modules_dir.exists(), "the damaged entry was kept");
         let again = from_deb(&deb, &cache).unwrap();
         again.verify_shipped(shipped).unwrap();

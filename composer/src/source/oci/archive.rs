@@ -24,9 +24,8 @@ use serde::Deserialize;
 use tempfile::TempDir;
 
 use super::image::{
-    self, io_err, parse_json, Digest, HashWriter, ImageConfig, ImageError, LayerBlob,
-    Platform, PulledImage, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, OCI_LAYER_GZIP, OCI_LAYER_TAR,
-    OCI_LAYER_ZSTD,
+    self, io_err, parse_json, Digest, HashWriter, ImageConfig, ImageError, LayerBlob, Platform,
+    PulledImage, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
 };
 use super::reference::Reference;
 use super::unpack::open_decompressed;

@@ -893,7 +893,11 @@ mod tests {
             layers: vec![blob(&gz, OCI_LAYER_GZIP)],
             annotations: BTreeMap::new(),
         });
-        let top = Descriptor::new(OCI_MANIFEST, Digest::of_bytes(&manifest), manifest.len() as u64);
+        let top = Descriptor::new(
+            OCI_MANIFEST,
+            Digest::of_bytes(&manifest),
+            manifest.len() as u64,
+        );
         let mut source = DirSource(
             dir.path().to_path_buf(),
             BTreeMap::from([(top.digest.clone(), manifest)]),
@@ -919,6 +923,9 @@ mod tests {
             "{err}"
         );
         let err = resolve_with(layer, vec![]).unwrap_err().to_string();
-        assert!(err.contains("lists 1 layers but its config has 0 diff_ids"), "{err}");
+        assert!(
+            err.contains("lists 1 layers but its config has 0 diff_ids"),
+            "{err}"
+        );
     }
 }

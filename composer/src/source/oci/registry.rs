@@ -410,7 +410,8 @@ impl Session {
         let value = match (token, &self.auth) {
             (Some(token), _) => http::HeaderValue::from_str(&format!("Bearer {token}")).ok(),
             (None, RegistryAuth::Basic(user, pass)) => {
-                let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                let pair =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 http::HeaderValue::from_str(&format!("Basic {pair}")).ok()
             }
             (None, _) => None,
@@ -1457,17 +1458,15 @@ mod tests {
                             line.clear();
                         }
                         if !request_line.contains("/manifests/") {
-                            let _ = conn.write_all(
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
-                            );
+                            let _ =
+                                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
                             continue;
                         }
                         match how {
                             Hostile::Silent => std::thread::sleep(Duration::from_secs(30)),
                             Hostile::Stalls => {
-                                let _ = conn.write_all(
-                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{",
-                                );
+                                let _ = conn
+                                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{");
                                 std::thread::sleep(Duration::from_secs(30));
                             }
                             Hostile::EndlessBody => {
@@ -1530,7 +1529,10 @@ mod tests {
         for how in [Hostile::Silent, Hostile::Stalls] {
             let (err, took) = pull_hostile(how);
             let msg = err.to_string();
-            assert!(matches!(err, RegistryError::Timeout { secs: 1, .. }), "{msg}");
+            assert!(
+                matches!(err, RegistryError::Timeout { secs: 1, .. }),
+                "{msg}"
+            );
             assert!(msg.contains("did not answer within 1 s"), "{msg}");
             assert!(took < Duration::from_secs(10), "{took:?}");
         }
@@ -1541,7 +1543,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::new(tmp.path().join("cache"));
         let data = b"layer bytes".to_vec();
-        let desc = Descriptor::new(image::OCI_LAYER_TAR, Digest::of_bytes(&data), data.len() as u64);
+        let desc = Descriptor::new(
+            image::OCI_LAYER_TAR,
+            Digest::of_bytes(&data),
+            data.len() as u64,
+        );
         let path = cache.insert_bytes(&desc, &data, "blob").unwrap();
         std::fs::write(&path, b"layer").unwrap(); // cut short, as by a crash
         let mut source = CacheSource {
@@ -1550,6 +1556,9 @@ mod tests {
         };
         let err = source.blob(&desc, "layer 1 of x").unwrap_err().to_string();
         assert!(err.contains("cached layer 1 of x is corrupt"), "{err}");
-        assert!(!path.exists(), "the damaged entry was left to be used again");
+        assert!(
+            !path.exists(),
+            "the damaged entry was left to be used again"
+        );
     }
 }
