@@ -231,6 +231,17 @@ fn a_full_disk_names_its_cause() {
         })
         .unwrap_or_default();
     assert_eq!(leftover, Vec::<String>::new());
+
+    // An output directory on the full disk (the kernel comes from the shared cache): an I/O
+    // error naming the artefact being written, not a format limit; nothing left there.
+    let out = small.join("out");
+    let o = start(&p, &out, &shared_cache()).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains(out.to_str().unwrap()), "{err}");
+    assert!(err.contains("fix: free space"), "{err}");
+    assert!(!out.exists(), "{} left behind", out.display());
 }
 
 /// A prebuilt root squashfs with a damaged directory table is refused by the plan.

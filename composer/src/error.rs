@@ -186,8 +186,16 @@ impl Error {
         }
     }
 
-    /// A format writer could not make an output (`writing the vhd image`).
+    /// A format writer could not make an output (`writing the vhd image`). A full, read-only
+    /// or forbidden disk underneath is an I/O failure (exit 4), not a limit of the format: the
+    /// fix is space or permissions, not another format.
     pub fn format(context: impl Into<String>, source: impl Into<Cause>) -> Error {
+        let source = source.into();
+        if disk_fault(&*source) {
+            return Error::step(ErrorKind::Io, context, source).with_hint(
+                "free space (or fix permissions) where the output directory is, then build again",
+            );
+        }
         Error::step(ErrorKind::Format, context, source)
     }
 
@@ -219,6 +227,25 @@ impl Error {
         }
         out
     }
+}
+
+/// Whether an `io::Error` somewhere in `err`'s chain says the disk is full, read-only or
+/// not ours to write.
+fn disk_fault(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::PermissionDenied
+            ) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }
 
 impl From<InputError> for Error {
@@ -267,6 +294,11 @@ mod tests {
         );
         let s = Error::format("writing the vhd image", "too large".to_string());
         assert_eq!(s.kind(), ErrorKind::Format);
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let wrapped = InputError::new("x", "", "stream failed", "").caused_by(full);
+        let e = Error::format("writing the EFI system partition", wrapped);
+        assert_eq!(e.kind(), ErrorKind::Io, "a full disk is not a format limit");
+        assert!(e.hint().is_some_and(|h| h.contains("free space")));
         assert_eq!(s.chain(), vec!["writing the vhd image", "too large"]);
     }
 }

@@ -136,8 +136,10 @@ pub fn write(
     for p in &layout.partitions {
         if p.kind == PartitionKind::Esp {
             let mut win = crate::io::Window::new(&mut file, p.offset, p.size);
-            crate::fs::fat::write(&mut win, p.size, esp_files, fat)
-                .map_err(|e| Error::format("writing the EFI system partition", e))?;
+            crate::fs::fat::write(&mut win, p.size, esp_files, fat).map_err(|e| {
+                let what = format!("writing the EFI system partition of {}", path.display());
+                Error::format(what, e)
+            })?;
         }
     }
     file.sync_all().map_err(Error::io("syncing", path))?;
