@@ -145,7 +145,7 @@ fn unchecked(
                 "ID, VERSION_ID and {} were not checked: no host os-release",
                 kind.level_key()
             ),
-            "give the base system's os-release (`--os-release FILE`, or --os-id and              --os-version)",
+            "give the base system's os-release (`--os-release FILE`, or --os-id and --os-version)",
         ));
     }
     let arch = release.non_empty("ARCHITECTURE").filter(|a| *a != "_any");
