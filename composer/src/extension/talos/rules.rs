@@ -931,7 +931,12 @@ mod tests {
     fn template_version_is_not_also_a_format_warning() {
         let text = GOOD.replace("1.0.0", "\"{{ .VERSION }}\"");
         let (_, out) = check_manifest(&text, MANIFEST, Some("hello"), None);
-        assert_eq!(rules(&out), ["talos.template-placeholder"]);
+        // Without a Talos version the range is named as not checked, never passed.
+        assert_eq!(
+            rules(&out),
+            ["talos.template-placeholder", "talos.compatibility"]
+        );
+        assert_eq!(out[1].severity, Severity::NotChecked);
     }
 
     #[test]
@@ -1085,7 +1090,7 @@ mod tests {
             "{}",
             out[1].message
         );
-        assert!(out[2]
+        assert!(out[3]
             .message
             .contains("built for arm64, but the target architecture is x86-64"));
     }
@@ -1097,7 +1102,11 @@ mod tests {
             t.insert(format!("/etc/x{i:02}"), Entry::bytes_file("x", 0o644))
                 .unwrap();
         }
-        let out = check_contents(&t, &Target::default());
+        let target = Target {
+            arch: Some("amd64"),
+            ..Target::default()
+        };
+        let out = check_contents(&t, &target);
         assert_eq!(out.len(), MAX_PER_RULE + 1);
         assert!(
             out[MAX_PER_RULE].message.starts_with("5 more paths"),
