@@ -2,6 +2,8 @@
 # Downloads Debian's kernel and busybox-static packages for one architecture
 # into a cache directory, and links them under stable names:
 #   DIR/linux-image-ARCH.deb  DIR/busybox-static-ARCH.deb
+# For amd64 also QEMU, the hypervisor extension of the end-to-end tests:
+#   DIR/qemu-system-x86-amd64.deb  DIR/qemu-system-data.deb (Architecture: all)
 # Usage: fetch-debs.sh ARCH DIR
 set -euo pipefail
 arch=$1
@@ -21,13 +23,13 @@ if [[ -z $kernel ]]; then
 fi
 [[ -n $kernel ]] || { echo "fetch-debs: cannot resolve linux-image-$arch (is arm64 added with dpkg --add-architecture?)" >&2; exit 1; }
 
-fetch() { # package link-name
-  local pkg=$1 link=$2 file
-  file=$(ls -1 "${pkg%%:*}"_*_"$arch".deb 2>/dev/null | sort -V | tail -n1 || true)
+fetch() { # package link-name [package-architecture]
+  local pkg=$1 link=$2 pkg_arch=${3:-$arch} file
+  file=$(ls -1 "${pkg%%:*}"_*_"$pkg_arch".deb 2>/dev/null | sort -V | tail -n1 || true)
   if [[ -z $file ]]; then
     # apt's sandbox user cannot write here; download as root without it.
-    apt-get download -q -o APT::Sandbox::User=root "$pkg:$arch" >/dev/null
-    file=$(ls -1 "${pkg%%:*}"_*_"$arch".deb | sort -V | tail -n1)
+    apt-get download -q -o APT::Sandbox::User=root "$pkg:$pkg_arch" >/dev/null
+    file=$(ls -1 "${pkg%%:*}"_*_"$pkg_arch".deb | sort -V | tail -n1)
   fi
   ln -sfn "$file" "$link"
   echo "$dir/$link -> $file"
@@ -35,3 +37,7 @@ fetch() { # package link-name
 
 fetch "$kernel" "linux-image-$arch.deb"
 fetch busybox-static "busybox-static-$arch.deb"
+if [[ $arch == amd64 ]]; then
+  fetch qemu-system-x86 qemu-system-x86-amd64.deb
+  fetch qemu-system-data qemu-system-data.deb all
+fi

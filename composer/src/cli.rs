@@ -88,12 +88,20 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ExtCommand {
     /// Check extensions against Talos' and systemd-sysext's rules, as the
-    /// build would: a table of findings; exit 1 if any is an error.
+    /// build would: a table of findings. Exit 0 clean, 1 if any finding is
+    /// an error, 2 if an input could not be validated at all.
     Validate {
-        /// Talos extension directories, sysext/confext trees or
+        /// Talos extension directories, sysext/confext trees or .raw images
+        /// (squashfs, erofs), OCI image layouts, docker archives, or
         /// extension-release files.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "images")]
         paths: Vec<PathBuf>,
+        /// An image in a registry (host/repo:tag or host/repo@sha256:…); repeatable.
+        #[arg(long = "image", value_name = "REF")]
+        images: Vec<String>,
+        /// The image to pick from an OCI layout or docker archive holding several.
+        #[arg(long = "ref", value_name = "REF")]
+        reference: Option<String>,
         /// The OS version extensions must be compatible with (Talos ranges, sysext VERSION_ID).
         #[arg(long)]
         os_version: Option<String>,
@@ -103,19 +111,26 @@ pub enum ExtCommand {
         /// The base system's os-release file (sysext matching: ID, VERSION_ID, SYSEXT_LEVEL).
         #[arg(long)]
         os_release: Option<PathBuf>,
-        /// Target architecture (amd64, arm64): ELF files and sysext ARCHITECTURE are checked.
+        /// Target architecture (amd64, arm64): ELF programs and sysext ARCHITECTURE are checked.
         #[arg(long)]
         arch: Option<String>,
         /// Extra paths Talos extensions may ship (matched by path component).
         #[arg(long = "allow-path")]
         allow_paths: Vec<String>,
-        /// Treat a bare extension-release file as a confext's.
+        /// Treat a bare extension-release file or a .raw image as a confext.
         #[arg(long)]
         confext: bool,
+        /// Registries reached over plain HTTP (host:port), for --image.
+        #[arg(long)]
+        insecure: Vec<String>,
+        /// Cache directory for pulled blobs [default: $XDG_CACHE_HOME/strata].
+        #[arg(long, env = "STRATA_CACHE")]
+        cache: Option<PathBuf>,
     },
     /// Make an extension without Docker: a Talos extension directory becomes
     /// an OCI image (in a layout, optionally pushed); a tree becomes a
-    /// sysext/confext .raw image.
+    /// sysext/confext .raw image. The extension is validated first, and any
+    /// error refuses the pack.
     Pack {
         /// A Talos extension directory, or (with --sysext/--confext) a tree of usr/, opt/ or etc/.
         dir: PathBuf,
@@ -140,9 +155,9 @@ pub enum ExtCommand {
         /// sysext/confext: the image name (default: the output file name without .raw).
         #[arg(long)]
         name: Option<String>,
-        /// sysext/confext: release ID (`_any` matches every OS).
-        #[arg(long, default_value = "_any")]
-        id: String,
+        /// sysext/confext: release ID [default: _any, which matches every OS].
+        #[arg(long)]
+        id: Option<String>,
         /// sysext/confext: VERSION_ID the image is tied to.
         #[arg(long)]
         version_id: Option<String>,
@@ -152,9 +167,10 @@ pub enum ExtCommand {
         /// sysext/confext: the extension's own version.
         #[arg(long)]
         extension_version: Option<String>,
-        /// Target architecture (amd64, arm64).
-        #[arg(long, default_value = "amd64")]
-        arch: String,
+        /// Target architecture (amd64, arm64) [default: the ELF programs' own; amd64 for a
+        /// Talos image without programs; ARCHITECTURE=_any for a sysext without programs].
+        #[arg(long)]
+        arch: Option<String>,
     },
 }
 

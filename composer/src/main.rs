@@ -171,22 +171,44 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             command:
                 ExtCommand::Validate {
                     paths,
+                    images,
+                    reference,
                     os_version,
                     os_id,
                     os_release,
                     arch,
                     allow_paths,
                     confext,
+                    insecure,
+                    cache,
                 },
-        } => ext_validate(
-            &paths,
-            os_version,
-            os_id,
-            os_release,
-            arch,
-            allow_paths,
-            confext,
-        ),
+        } => {
+            let inputs = paths
+                .into_iter()
+                .map(strata::extension::validate::Input::Path)
+                .chain(
+                    images
+                        .into_iter()
+                        .map(strata::extension::validate::Input::Image),
+                )
+                .collect();
+            let opts = ValidateOptions {
+                reference,
+                os_version,
+                os_id,
+                os_release,
+                arch,
+                allow_paths,
+                confext,
+                insecure,
+                cache,
+            };
+            // Whatever went wrong before a table could be made, the input was unusable: 2.
+            Ok(ext_validate(inputs, opts).unwrap_or_else(|e| {
+                eprint!("{}", report(&e));
+                ExitCode::from(2)
+            }))
+        }
         Command::Ext {
             command:
                 ExtCommand::Pack {
@@ -205,10 +227,13 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                     arch,
                 },
         } => {
-            let arch = parse_arch(&arch)?;
+            let arch = arch.as_deref().map(parse_arch).transpose()?;
             let epoch = source_date_epoch()?.unwrap_or(0);
-            let bad = |m: String| -> Error {
-                strata::InputError::new(&dir, "", m, "see `strata ext pack --help`").into()
+            let fields = strata::extension::pack::ReleaseFields {
+                id,
+                version_id,
+                level,
+                extension_version,
             };
             if let Some((out, kind)) = sysext
                 .map(|o| (o, strata::extension::source::Kind::Sysext))
@@ -221,15 +246,16 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                         .unwrap_or_default();
                     f.strip_suffix(".raw").unwrap_or(&f).to_string()
                 });
-                let fields = strata::extension::pack::ReleaseFields {
-                    id,
-                    version_id,
-                    level,
-                    extension_version,
+                let packed = strata::extension::pack::tree_to_raw(
+                    &dir,
+                    &out,
+                    &image_name,
+                    kind,
+                    &fields,
                     arch,
-                };
-                strata::extension::pack::tree_to_raw(&dir, &out, &image_name, kind, &fields, epoch)
-                    .map_err(bad)?;
+                    epoch,
+                )?;
+                tell_packed(&packed);
                 println!("{}", out.display());
                 return Ok(ExitCode::SUCCESS);
             }
@@ -242,8 +268,10 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                     own_layout.path().to_path_buf()
                 }
             };
-            let digest = strata::extension::pack::talos_to_layout(&dir, &layout, &tag, arch, epoch)
-                .map_err(bad)?;
+            let packed =
+                strata::extension::pack::talos_to_layout(&dir, &layout, &tag, arch, epoch)?;
+            tell_packed(&packed);
+            let digest = packed.result;
             if let Some(r) = push {
                 let reference =
                     strata::source::oci::Reference::parse(&r).map_err(|e| -> Error {
@@ -303,59 +331,121 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
     }
 }
 
-/// `strata ext validate`: one report per path, rendered as a table.
-fn ext_validate(
-    paths: &[std::path::PathBuf],
+/// `strata ext pack`'s decisions and its validation findings, on stderr (stdout carries the
+/// result for scripts).
+fn tell_packed(packed: &strata::extension::pack::Packed) {
+    for note in &packed.notes {
+        eprintln!("note: {note}");
+    }
+    if !packed.report.findings.is_empty() {
+        eprint!(
+            "{}",
+            strata::extension::findings::render_table(std::slice::from_ref(&packed.report))
+        );
+    }
+}
+
+/// The options of `strata ext validate` besides its inputs.
+struct ValidateOptions {
+    reference: Option<String>,
     os_version: Option<String>,
     os_id: Option<String>,
     os_release: Option<std::path::PathBuf>,
     arch: Option<String>,
     allow_paths: Vec<String>,
     confext: bool,
+    insecure: Vec<String>,
+    cache: Option<std::path::PathBuf>,
+}
+
+/// The os-release given with `--os-release`, refused unless it is a regular file.
+fn read_os_release(
+    p: &std::path::Path,
+    arch: Option<Arch>,
+) -> Result<strata::extension::sysext::HostRelease, Error> {
+    let meta = std::fs::metadata(p).map_err(Error::io("reading", p))?;
+    if !meta.is_file() {
+        return Err(strata::InputError::new(
+            p,
+            "",
+            "not a regular file (a FIFO, device or directory): refused without opening it",
+            "give the base system's os-release file",
+        )
+        .into());
+    }
+    let text = std::fs::read_to_string(p).map_err(Error::io("reading", p))?;
+    let a = arch.unwrap_or(Arch::Amd64);
+    strata::extension::sysext::HostRelease::from_os_release(&text, a.debian()).map_err(|e| {
+        strata::InputError::new(p, "", "not an os-release file", "give an os-release file")
+            .caused_by(e)
+            .into()
+    })
+}
+
+/// `strata ext validate`: one report per input, rendered as a table. Exit 0 clean, 1 if
+/// any finding is an error, 2 if an input could not be validated (named on stderr; the
+/// others are still checked).
+fn ext_validate(
+    inputs: Vec<strata::extension::validate::Input>,
+    o: ValidateOptions,
 ) -> Result<ExitCode, Error> {
-    use strata::extension::{findings, sysext::HostRelease, validate};
-    let arch = match arch {
-        Some(a) => Some(parse_arch(&a)?),
-        None => None,
-    };
-    let host = match &os_release {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(Error::io("reading", p))?;
-            let a = arch.unwrap_or(Arch::Amd64);
-            Some(
-                HostRelease::from_os_release(&text, a.debian()).map_err(|e| -> Error {
-                    strata::InputError::new(
-                        p,
-                        "",
-                        "not an os-release file",
-                        "give an os-release file",
-                    )
-                    .caused_by(e)
-                    .into()
-                })?,
-            )
-        }
-        None => None,
-    };
+    use strata::extension::{findings, validate};
+    let arch = o.arch.as_deref().map(parse_arch).transpose()?;
+    let host = o
+        .os_release
+        .as_deref()
+        .map(|p| read_os_release(p, arch))
+        .transpose()?;
     let ctx = validate::Context {
-        os_id,
-        os_version,
+        os_id: o.os_id,
+        os_version: o.os_version,
         arch: arch.map(|a| a.debian()),
-        allow_paths,
+        allow_paths: o.allow_paths,
         host,
     };
-    let kind = confext.then_some(validate::Kind::Confext);
+    let cache_root = o.cache.unwrap_or_else(strata::plan::default_cache_dir);
+    let cache = strata::source::oci::Cache::new(&cache_root);
+    let pull = strata::source::oci::PullOptions {
+        insecure_registries: o.insecure,
+        ..Default::default()
+    };
+    let scratch = tempfile::tempdir().map_err(Error::io("creating", std::env::temp_dir()))?;
+    let fetch = validate::Fetch {
+        pull: &pull,
+        cache: &cache,
+        scratch: scratch.path(),
+        reference: o.reference.as_deref(),
+    };
+    let kind = o.confext.then_some(validate::Kind::Confext);
     let mut reports = Vec::new();
-    for p in paths {
-        let r = validate::validate_path_as(p, kind, &ctx).map_err(|e| -> Error {
-            strata::InputError::new(p, "", "cannot validate", "give a Talos extension directory, a sysext/confext tree or an extension-release file")
+    let mut unusable = false;
+    for input in &inputs {
+        match validate::validate_input(input, kind, &ctx, &fetch) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                unusable = true;
+                let e: Error = strata::InputError::new(
+                    input.label(),
+                    "",
+                    "cannot validate",
+                    "give an extension directory, a .raw image, an OCI layout, a docker archive, an extension-release file or --image REF",
+                )
                 .caused_by(e)
-                .into()
-        })?;
-        reports.push(r);
+                .into();
+                // Causes may quote names from inside an untrusted image.
+                let text = report(&e);
+                for line in text.lines() {
+                    eprintln!("{}", findings::escape(line));
+                }
+            }
+        }
     }
-    print!("{}", findings::render_table(&reports));
-    Ok(if reports.iter().any(|r| r.has_errors()) {
+    if !reports.is_empty() {
+        print!("{}", findings::render_table(&reports));
+    }
+    Ok(if unusable {
+        ExitCode::from(2)
+    } else if reports.iter().any(|r| r.has_errors()) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -559,12 +559,13 @@ fn release_samples() -> Vec<String> {
 }
 
 fn release(text: String) {
-    use strata::extension::sysext::{check, HostRelease, ImageKind};
+    use strata::extension::sysext::{check, HostRelease, ImageKind, Target};
     within("extension-release parsers", move || {
         let _ = strata_proto::osrelease::Release::parse(&text);
         let host = HostRelease::from_os_release(&text, "amd64").ok();
         for kind in [ImageKind::Sysext, ImageKind::Confext] {
-            let _ = check(kind, "x", "extension-release.x", &text, host.as_ref(), None);
+            let target = Target::of_host(host.as_ref());
+            let _ = check(kind, "x", "extension-release.x", &text, &target, None);
         }
     });
 }

@@ -4,6 +4,7 @@
 //! `rootfs/`). Each becomes one squashfs layer stacked over the root in
 //! profile order, listed in `extensions.yaml` as Talos does.
 
+pub mod arch;
 pub mod findings;
 pub mod modules;
 pub mod pack;

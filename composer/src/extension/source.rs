@@ -175,13 +175,7 @@ pub fn from_image(
 ) -> Result<Resolved, SourceError> {
     let origin = image.source.clone();
     let digest = image.digest.to_string();
-    let unpacked =
-        oci::unpack(&image.layers, env.scratch).map_err(|source| SourceError::Unpack {
-            origin: origin.clone(),
-            source,
-        })?;
-    let mut tree = unpacked.tree;
-    tree.hold_scratch(unpacked.contents);
+    let tree = image_tree(&image, env.scratch)?;
     let top: Vec<String> = tree
         .iter()
         .filter(|(p, _)| p.components().count() == 2)
@@ -212,6 +206,19 @@ pub fn from_image(
         allow_paths,
         env,
     )
+}
+
+/// The filesystem of an OCI image (registry, layout or docker archive): its layers unpacked
+/// below `scratch` with the hostile-layer checks of [`oci::unpack`]. `strata ext validate`
+/// reads images through here too, so it refuses what the build refuses.
+pub fn image_tree(image: &oci::PulledImage, scratch: &Path) -> Result<Tree, SourceError> {
+    let unpacked = oci::unpack(&image.layers, scratch).map_err(|source| SourceError::Unpack {
+        origin: image.source.clone(),
+        source,
+    })?;
+    let mut tree = unpacked.tree;
+    tree.hold_scratch(unpacked.contents);
+    Ok(tree)
 }
 
 fn talos(
@@ -270,7 +277,11 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Sour
     } else {
         ImageKind::Sysext
     };
-    let findings = sysext::check_tree(image_kind, &name, &tree, env.host);
+    let target = sysext::Target {
+        host: env.host,
+        arch: sysext::systemd_arch(env.arch),
+    };
+    let findings = sysext::check_tree_for(image_kind, &name, &tree, &target);
     let version = release_version(&tree, image_kind, &name);
     let mut report = Report::new(name.clone(), kind.as_str());
     report.findings = findings;

@@ -13,7 +13,11 @@
 //!   `EXTENSION_RELOAD_MANAGER`;
 //! - contents: `/usr/lib/os-release` inside a sysext (refused by systemd), top-level content
 //!   outside the merged hierarchies (`/usr`, `/opt` for sysext, `/etc` for confext; ignored by
-//!   systemd), ELF files for another architecture.
+//!   systemd), ELF programs for another architecture (the shared rule of
+//!   [`crate::extension::arch`]; foreign ELF data such as QEMU's firmware is only noted);
+//! - what could not be checked: without a host OS the `ID`/`VERSION_ID`/level rules, without
+//!   a target architecture `ARCHITECTURE` and the ELF programs — each a "not checked" row
+//!   naming what to give.
 //!
 //! Scope: strata merges extensions from its own init into the final root, so the host scope
 //! is `system`; the init skips an image whose scope excludes `system`, as `systemd-sysext`
@@ -30,27 +34,56 @@ pub use strata_proto::extrelease::{systemd_arch, Host as HostRelease};
 use strata_proto::osrelease::Release;
 use strata_proto::rootpath::{self, Node};
 
-use super::findings::Finding;
-use super::talos::paths::under;
-use super::talos::rules::{elf_arch_finding, read_text};
+use super::arch::elf_finding;
+use super::findings::{Finding, Severity};
+use super::talos::rules::read_text;
 use crate::binary::elf_machine_for_arch;
 use crate::fs::tree::{EntryKind, FileData, Tree};
 
 /// System or configuration extension: the systemd class of an extension kind.
 pub type ImageKind = strata_proto::extrelease::Class;
 
-/// Checks one image's release file against the host, and its contents when the tree is given.
+/// What an image is checked against: the host OS and the target architecture, each when
+/// known.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    /// The base's os-release (ID, VERSION_ID, levels, and its architecture).
+    pub host: Option<&'a HostRelease>,
+    /// The target architecture in systemd's spelling (`x86-64`, `arm64`); the host's when
+    /// `None`.
+    pub arch: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// The target of a build: the host and its architecture.
+    pub fn of_host(host: Option<&'a HostRelease>) -> Self {
+        Target { host, arch: None }
+    }
+
+    /// The target architecture in systemd's spelling, when known.
+    pub fn architecture(&self) -> Option<&'a str> {
+        self.arch.or_else(|| {
+            self.host
+                .map(|h| h.architecture.as_str())
+                .filter(|a| !a.is_empty())
+        })
+    }
+}
+
+/// Checks one image's release file against the target, and its contents when the tree is
+/// given.
 ///
-/// `release_file_name` is the file's name (`extension-release.NAME`), `host` the target OS
-/// (without one, only what does not depend on the host is checked).
+/// `release_file_name` is the file's name (`extension-release.NAME`); without a host or an
+/// architecture in `target`, the checks that need them are reported as not checked.
 pub fn check(
     kind: ImageKind,
     image_name: &str,
     release_file_name: &str,
     release_text: &str,
-    host: Option<&HostRelease>,
+    target: &Target<'_>,
     tree: Option<&Tree>,
 ) -> Vec<Finding> {
+    let host = target.host;
     let label = match tree {
         Some(_) => format!("{}/{release_file_name}", kind.release_dir()),
         None => release_file_name.to_string(),
@@ -79,21 +112,51 @@ pub fn check(
             ));
         }
         // Each rule on its own, so one report names every reason; the guest stops at the first.
-        let host_arch = host.map(|h| h.architecture.as_str());
         let broken = [
             rules::check_scope(kind, &release),
-            rules::check_architecture(&release, host_arch),
+            rules::check_architecture(&release, target.architecture()),
             rules::check_identity(kind, host, &release),
         ];
         for m in broken.into_iter().filter_map(Result::err) {
             out.push(refusal(kind, &label, m));
         }
         check_keys(kind, &release, &label, &mut out);
+        unchecked(kind, &release, target, &label, &mut out);
     }
     if let Some(tree) = tree {
-        check_contents(kind, &release, host, tree, &mut out);
+        check_contents(kind, &release, target, tree, &mut out);
     }
     out
+}
+
+/// "Not checked" findings for the release rules that had nothing to compare with.
+fn unchecked(
+    kind: ImageKind,
+    release: &Release,
+    target: &Target<'_>,
+    label: &str,
+    out: &mut Vec<Finding>,
+) {
+    if target.host.is_none() && release.non_empty("ID").is_some_and(|id| id != "_any") {
+        out.push(Finding::not_checked(
+            label,
+            "sysext.os-id",
+            format!(
+                "ID, VERSION_ID and {} were not checked: no host os-release",
+                kind.level_key()
+            ),
+            "give the base system's os-release (`--os-release FILE`, or --os-id and --os-version)",
+        ));
+    }
+    let arch = release.non_empty("ARCHITECTURE").filter(|a| *a != "_any");
+    if let (Some(arch), None) = (arch, target.architecture()) {
+        out.push(Finding::not_checked(
+            label,
+            "sysext.architecture",
+            format!("ARCHITECTURE={arch} was not compared with a target: no architecture"),
+            "give the target architecture (`--arch amd64` or `--arch arm64`)",
+        ));
+    }
 }
 
 /// An error finding for a reason systemd skips the image.
@@ -289,7 +352,7 @@ fn check_keys(kind: ImageKind, release: &Release, label: &str, out: &mut Vec<Fin
 fn check_contents(
     kind: ImageKind,
     release: &Release,
-    host: Option<&HostRelease>,
+    target: &Target<'_>,
     tree: &Tree,
     out: &mut Vec<Finding>,
 ) {
@@ -336,52 +399,71 @@ fn check_contents(
     let arch = release
         .non_empty("ARCHITECTURE")
         .filter(|a| *a != "_any")
-        .or(host.map(|h| h.architecture.as_str()));
-    if let Some(machine) = arch.and_then(elf_machine_for_arch) {
-        elf_findings(tree, machine, out);
+        .or(target.architecture());
+    match arch.and_then(elf_machine_for_arch) {
+        Some(machine) => elf_findings(tree, machine, out),
+        None => out.push(Finding::not_checked(
+            "/",
+            "sysext.elf-arch",
+            "the architecture of ELF programs was not checked: neither the image's \
+             ARCHITECTURE nor a target names one",
+            "give the target architecture (`--arch amd64` or `--arch arm64`)",
+        )),
     }
 }
 
+/// At most this many findings of each severity of the ELF rule are listed.
+const MAX_ELF_LISTED: usize = 20;
+
 fn elf_findings(tree: &Tree, machine: u16, out: &mut Vec<Finding>) {
-    let mut listed = 0;
+    let mut found: Vec<Finding> = Vec::new();
     for (path, entry) in tree.iter() {
         let EntryKind::File(data) = &entry.kind else {
             continue;
         };
         let text = path.to_string_lossy();
-        if under(&text, "/usr/lib/firmware") || under(&text, "/lib/firmware") {
-            continue;
-        }
-        if let Some(f) = elf_arch_finding(&text, data, machine, "sysext.elf-arch") {
-            listed += 1;
-            if listed <= 20 {
-                out.push(f);
-            }
+        if let Some(f) = elf_finding(&text, &text, data, machine, "sysext.elf-arch") {
+            found.push(f);
         }
     }
-    if listed > 20 {
-        out.push(Finding::error(
-            "/",
-            "sysext.elf-arch",
-            format!(
-                "{} more ELF files are for another architecture",
-                listed - 20
-            ),
-            "use the image built for the target architecture",
-        ));
+    for severity in [Severity::Error, Severity::Info] {
+        let of: Vec<&Finding> = found.iter().filter(|f| f.severity == severity).collect();
+        out.extend(of.iter().take(MAX_ELF_LISTED).map(|f| (*f).clone()));
+        if of.len() > MAX_ELF_LISTED {
+            let more = of.len() - MAX_ELF_LISTED;
+            out.push(Finding::new(
+                severity,
+                "/",
+                of[0].rule,
+                format!("{more} more ELF files like these for another architecture"),
+                of[0].hint.clone(),
+            ));
+        }
     }
 }
 
-/// Locates the release file in an image tree as systemd does and checks the image.
+/// Locates the release file in an image tree as systemd does and checks the image against
+/// `host` and its architecture (the build's view).
 pub fn check_tree(
     kind: ImageKind,
     image_name: &str,
     tree: &Tree,
     host: Option<&HostRelease>,
 ) -> Vec<Finding> {
+    check_tree_for(kind, image_name, tree, &Target::of_host(host))
+}
+
+/// [`check_tree`] against a target whose host or architecture may be unknown
+/// (`strata ext validate`).
+pub fn check_tree_for(
+    kind: ImageKind,
+    image_name: &str,
+    tree: &Tree,
+    target: &Target<'_>,
+) -> Vec<Finding> {
     match locate(kind, image_name, tree) {
         Ok((file_name, data)) => match read_text(data) {
-            Ok(text) => check(kind, image_name, &file_name, &text, host, Some(tree)),
+            Ok(text) => check(kind, image_name, &file_name, &text, target, Some(tree)),
             Err(e) => vec![Finding::error(
                 format!("{}/{file_name}", kind.release_dir()),
                 "sysext.release-syntax",
@@ -391,7 +473,7 @@ pub fn check_tree(
         },
         Err(f) => {
             let mut out = vec![f];
-            check_contents(kind, &Release::default(), host, tree, &mut out);
+            check_contents(kind, &Release::default(), target, tree, &mut out);
             out
         }
     }
@@ -598,11 +680,18 @@ mod tests {
     }
 
     fn skip_rules(kind: ImageKind, text: &str, host: &HostRelease) -> Vec<&'static str> {
-        check(kind, "x", "extension-release.x", text, Some(host), None)
-            .into_iter()
-            .filter(|f| f.is_error())
-            .map(|f| f.rule)
-            .collect()
+        check(
+            kind,
+            "x",
+            "extension-release.x",
+            text,
+            &Target::of_host(Some(host)),
+            None,
+        )
+        .into_iter()
+        .filter(|f| f.is_error())
+        .map(|f| f.rule)
+        .collect()
     }
 
     #[test]
@@ -670,7 +759,7 @@ mod tests {
     fn warnings_cover_reload_manager_names_and_keys() {
         let h = flatcar();
         let warn = |kind, name: &str, file: &str, text: &str| -> Vec<(&'static str, String)> {
-            check(kind, name, file, text, Some(&h), None)
+            check(kind, name, file, text, &Target::of_host(Some(&h)), None)
                 .into_iter()
                 .filter(|f| !f.is_error())
                 .map(|f| (f.rule, f.message))
@@ -829,6 +918,7 @@ mod tests {
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[5] = 1;
+        elf[16] = 2;
         elf[18] = 183;
         let mut t = image(&[(
             "/usr/lib/extension-release.d/extension-release.d",
@@ -839,10 +929,45 @@ mod tests {
         t.insert("/usr/lib/firmware/dsp.elf", Entry::bytes_file(elf, 0o644))
             .unwrap();
         let f = check_tree(ImageKind::Sysext, "d", &t, None);
-        assert_eq!(f.len(), 1, "{f:?}");
+        let got: Vec<(&str, &str, bool)> = f
+            .iter()
+            .filter(|f| f.severity != Severity::NotChecked)
+            .map(|f| (f.rule, f.path.as_str(), f.is_error()))
+            .collect();
         assert_eq!(
-            (f[0].rule, f[0].path.as_str()),
-            ("sysext.elf-arch", "/usr/bin/dockerd")
+            got,
+            [
+                ("sysext.elf-arch", "/usr/bin/dockerd", true),
+                ("content.foreign-elf", "/usr/lib/firmware/dsp.elf", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn unchecked_rules_are_named_with_the_option_that_enables_them() {
+        let t = image(&[(
+            "/usr/lib/extension-release.d/extension-release.d",
+            "ID=fedora\nARCHITECTURE=arm64\n",
+        )]);
+        let f = check_tree_for(ImageKind::Sysext, "d", &t, &Target::default());
+        let unchecked: Vec<(&str, &str)> = f
+            .iter()
+            .filter(|f| f.severity == Severity::NotChecked)
+            .map(|f| (f.rule, f.hint.as_str()))
+            .collect();
+        assert_eq!(unchecked.len(), 2, "{f:?}");
+        assert!(unchecked[0].1.contains("--os-release"), "{unchecked:?}");
+        assert!(unchecked[1].1.contains("--arch"), "{unchecked:?}");
+        // `--arch` alone judges ARCHITECTURE.
+        let amd64 = Target {
+            host: None,
+            arch: Some("x86-64"),
+        };
+        let f = check_tree_for(ImageKind::Sysext, "d", &t, &amd64);
+        assert!(
+            f.iter()
+                .any(|f| f.rule == "sysext.architecture" && f.is_error()),
+            "{f:?}"
         );
     }
 }

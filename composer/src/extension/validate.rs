@@ -1,9 +1,15 @@
-//! Entry points of `strata ext validate`: validate an extension given as a path or a tree and
-//! collect the findings in a [`Report`].
+//! Entry points of `strata ext validate`: validate an extension given as a path, an image
+//! reference or a tree and collect the findings in a [`Report`].
 //!
-//! Accepted by [`validate_path`]:
+//! Accepted by [`validate_input`] — every source the build accepts, read by the build's own
+//! code so that what the build refuses shows up here:
 //! - a Talos extension directory (`manifest.yaml` + `rootfs/`): layout, manifest, contents,
 //!   services;
+//! - an OCI image: an image-layout directory (`oci-layout` + `index.json`), a `docker save`
+//!   archive, or a registry reference ([`Input::Image`]); unpacked by
+//!   [`source::image_tree`], whose refusals (path escapes, device nodes, hard links out of the
+//!   root, …) become `source.unpack` findings;
+//! - a sysext/confext `.raw` image, opened by [`source::read_image`] (what the build opens);
 //! - a Talos metadata directory without `rootfs/`, as upstream repositories and the test corpus
 //!   hold them: `manifest.yaml` (or another YAML file carrying `version` + `metadata`, reported
 //!   because Talos only loads `manifest.yaml`), `vars.yaml` (ignored: template variables) and
@@ -15,21 +21,23 @@
 //!   publishes `NAME-VERSION-ARCH.raw` and links `/etc/extensions/NAME.raw` to it);
 //! - a single `manifest.yaml` or service spec `*.yaml`.
 //!
-//! Raw images and OCI references are turned into a [`Tree`] by the caller and passed to
-//! [`validate_tree`]: for Talos the tree root holds `/manifest.yaml` and `/rootfs/...`, for
-//! sysext/confext the tree root is the image root.
+//! Files given directly are opened only when they are regular files (a FIFO or device node is
+//! refused without being opened, so validation cannot hang), and a release file given directly
+//! must not be a symlink.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde_norway::Value;
 
 use super::findings::{Finding, Report};
+use super::source::{self, SourceError};
 use super::sysext::{self, HostRelease, ImageKind};
-use super::talos::rules::{self, read_text, TalosInput, Target, MANIFEST};
+use super::talos::rules::{self, read_text, TalosInput, Target, MANIFEST, MAX_TEXT};
 use super::talos::service::{self, ServiceFile};
 use crate::fs::tree::{EntryKind, Tree, TreeError};
+use crate::source::oci;
 
 /// The kind of extension being validated: the one kind every side of strata names
 /// (`talos`, `sysext`, `confext`).
@@ -80,13 +88,53 @@ impl Context<'_> {
             allow_paths: &self.allow_paths,
         }
     }
+
+    /// The architecture an OCI index is resolved for: the target's, else this machine's.
+    fn image_arch(&self) -> &str {
+        self.arch.unwrap_or(if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            "amd64"
+        })
+    }
 }
 
-/// Errors that stop validation before any finding can be made.
+/// One thing to validate.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A directory or file; its kind is detected.
+    Path(PathBuf),
+    /// An image in a registry (`host/repo:tag` or `host/repo@sha256:…`).
+    Image(String),
+}
+
+impl Input {
+    /// How the input is named in messages.
+    pub fn label(&self) -> String {
+        match self {
+            Input::Path(p) => p.display().to_string(),
+            Input::Image(r) => r.clone(),
+        }
+    }
+}
+
+/// Where OCI images are fetched to and unpacked, as the build does it.
+pub struct Fetch<'a> {
+    /// Registry options (insecure registries, offline).
+    pub pull: &'a oci::PullOptions,
+    /// The blob cache.
+    pub cache: &'a oci::Cache,
+    /// Scratch directory for unpacked contents.
+    pub scratch: &'a Path,
+    /// The image to pick from an OCI layout or docker archive holding several (`ref`).
+    pub reference: Option<&'a str>,
+}
+
+/// Errors that stop validation before any finding can be made: the input is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
     /// Reading the path failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -101,11 +149,20 @@ pub enum ValidateError {
     #[error(
         "{path} is not an extension strata recognises; hint: give a Talos extension directory \
          (manifest.yaml + rootfs/), a sysext/confext directory (usr/lib/extension-release.d/ \
-         or etc/extension-release.d/), or an extension-release.NAME file"
+         or etc/extension-release.d/), an extension-release.NAME file, a .raw image, an OCI \
+         image layout, a docker archive, or --image REF"
     )]
     Unrecognized {
         /// The path.
         path: PathBuf,
+    },
+    /// The path is a FIFO, socket, device node or (for a release file) a symlink.
+    #[error("{path} is {what}, not a regular file: refused without opening it")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// `a FIFO`, `a device node`, `a symlink to …`.
+        what: String,
     },
     /// The kind forced by the caller does not fit the path.
     #[error("{path} cannot be validated as a {kind} extension; hint: {hint}")]
@@ -117,11 +174,34 @@ pub enum ValidateError {
         /// What to do instead.
         hint: &'static str,
     },
+    /// An OCI image, a `.raw` image or a registry could not be read.
+    #[error("cannot read the {what} {origin}")]
+    Source {
+        /// `OCI image layout`, `docker archive`, `image`, `.raw image`.
+        what: &'static str,
+        /// The path or reference.
+        origin: String,
+        /// The reader's error.
+        #[source]
+        source: crate::error::Cause,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ValidateError + '_ {
     move |source| ValidateError::Io {
         path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn source_err(
+    what: &'static str,
+    origin: impl Into<String>,
+) -> impl FnOnce(crate::error::Cause) -> ValidateError {
+    let origin = origin.into();
+    move |source| ValidateError::Source {
+        what,
+        origin,
         source,
     }
 }
@@ -132,7 +212,8 @@ pub fn validate_path(path: &Path, ctx: &Context<'_>) -> Result<Report, ValidateE
 }
 
 /// Validates the extension at `path`; `kind` forces the kind where the layout cannot tell
-/// (a bare release file is a sysext unless `Some(Kind::Confext)`).
+/// (a bare release file is a sysext unless `Some(Kind::Confext)`). Paths that need fetching
+/// or unpacking (images) are refused here; see [`validate_input`].
 pub fn validate_path_as(
     path: &Path,
     kind: Option<Kind>,
@@ -144,6 +225,211 @@ pub fn validate_path_as(
     } else {
         validate_file(path, kind, ctx)
     }
+}
+
+/// Validates one input of any kind the build accepts; OCI images are unpacked below
+/// `fetch.scratch` and `.raw` images read as the build reads them.
+pub fn validate_input(
+    input: &Input,
+    kind: Option<Kind>,
+    ctx: &Context<'_>,
+    fetch: &Fetch<'_>,
+) -> Result<Report, ValidateError> {
+    let path = match input {
+        Input::Image(r) => return validate_registry_image(r, ctx, fetch),
+        Input::Path(p) => p,
+    };
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if meta.is_dir() {
+        if path.join("oci-layout").is_file() {
+            let image =
+                oci::layout::read_image(path, fetch.reference, ctx.image_arch()).map_err(|e| {
+                    source_err("OCI image layout", path.display().to_string())(e.into())
+                })?;
+            return validate_image(&image, kind, ctx, fetch.scratch);
+        }
+        return validate_dir(path, kind, ctx);
+    }
+    regular_file(path, &meta)?;
+    let name = file_name(path);
+    if name.starts_with("extension-release.") || name.ends_with(".yaml") {
+        return validate_file(path, kind, ctx);
+    }
+    if is_tar(path)? {
+        let image =
+            oci::archive::read_archive(path, fetch.reference, ctx.image_arch(), fetch.scratch)
+                .map_err(|e| source_err("docker archive", path.display().to_string())(e.into()))?;
+        return validate_image(&image, kind, ctx, fetch.scratch);
+    }
+    validate_raw(path, kind, ctx, fetch.scratch)
+}
+
+/// Pulls `reference` as the build does (into the blob cache) and validates the image.
+fn validate_registry_image(
+    reference: &str,
+    ctx: &Context<'_>,
+    fetch: &Fetch<'_>,
+) -> Result<Report, ValidateError> {
+    let parsed = oci::Reference::parse(reference)
+        .map_err(|e| source_err("image reference", reference)(e.into()))?;
+    let image = oci::pull(&parsed, ctx.image_arch(), fetch.pull, fetch.cache)
+        .map_err(|e| source_err("image", reference)(e.into()))?;
+    validate_image(&image, Some(Kind::Talos), ctx, fetch.scratch)
+}
+
+/// An OCI image's layers unpacked with the build's checks, then validated as a tree; a layer
+/// the build refuses is a `source.unpack` error finding.
+fn validate_image(
+    image: &oci::PulledImage,
+    kind: Option<Kind>,
+    ctx: &Context<'_>,
+    scratch: &Path,
+) -> Result<Report, ValidateError> {
+    match source::image_tree(image, scratch) {
+        Ok(tree) => {
+            let kind = kind
+                .or_else(|| detect_tree_kind(&tree))
+                .unwrap_or(Kind::Talos);
+            validate_tree(kind, &image.source, &tree, ctx)
+        }
+        Err(SourceError::Unpack { source, .. }) if !is_io(&source) => {
+            let mut report =
+                Report::new(image.source.clone(), kind.unwrap_or(Kind::Talos).as_str());
+            report.findings.push(Finding::error(
+                image.source.clone(),
+                "source.unpack",
+                format!("the build refuses this image: {}", chain(&source)),
+                "rebuild the image from a clean tree (`strata ext pack` makes one)",
+            ));
+            Ok(report)
+        }
+        Err(e) => Err(source_err("image", image.source.clone())(e.into())),
+    }
+}
+
+fn is_io(e: &oci::unpack::UnpackError) -> bool {
+    matches!(e, oci::unpack::UnpackError::Io { .. })
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// A sysext/confext `.raw` image read by the build's reader; the image name is the file name
+/// without `.raw`, as in the build.
+fn validate_raw(
+    path: &Path,
+    kind: Option<Kind>,
+    ctx: &Context<'_>,
+    scratch: &Path,
+) -> Result<Report, ValidateError> {
+    let tree = source::read_image(path, scratch).map_err(|e| match e {
+        SourceError::NotAnImage { .. } => ValidateError::Unrecognized {
+            path: path.to_path_buf(),
+        },
+        other => source_err(".raw image", path.display().to_string())(other.into()),
+    })?;
+    let file = file_name(path);
+    let name = file.strip_suffix(".raw").unwrap_or(&file);
+    if kind == Some(Kind::Talos) {
+        return Err(ValidateError::KindMismatch {
+            path: path.to_path_buf(),
+            kind: "talos",
+            hint: ".raw images are sysext or confext images",
+        });
+    }
+    let kind = kind
+        .or_else(|| detect_tree_kind(&tree).filter(|k| *k != Kind::Talos))
+        .unwrap_or(Kind::Sysext);
+    validate_tree(kind, name, &tree, ctx)
+}
+
+/// Refuses anything but a regular file (after following symlinks) without opening it.
+fn regular_file(path: &Path, meta: &fs::Metadata) -> Result<(), ValidateError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device node"
+    } else {
+        "not a file"
+    };
+    Err(ValidateError::NotRegular {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    })
+}
+
+/// Reads at most [`MAX_TEXT`] + 1 bytes of a regular file, opened non-blocking and checked
+/// on the open descriptor, so a FIFO swapped in after the check cannot hang the read.
+fn read_small(path: &Path, follow: bool) -> Result<Vec<u8>, ValidateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let link = fs::symlink_metadata(path).map_err(io_err(path))?;
+    if !follow && link.file_type().is_symlink() {
+        let target = fs::read_link(path).map_err(io_err(path))?;
+        return Err(ValidateError::NotRegular {
+            path: path.to_path_buf(),
+            what: format!(
+                "a symlink to {:?} (give the file itself)",
+                target.display().to_string()
+            ),
+        });
+    }
+    let mut flags = libc::O_NONBLOCK;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(io_err(path))?;
+    regular_file(path, &file.metadata().map_err(io_err(path))?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TEXT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+/// Reads a small text file (manifest, service spec) through [`read_small`].
+fn read_small_text(path: &Path) -> Result<String, ValidateError> {
+    let bytes = read_small(path, true)?;
+    String::from_utf8(bytes).map_err(|_| ValidateError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"),
+    })
+}
+
+/// Whether the file is a tar archive (`ustar` at offset 257), or one compressed with gzip,
+/// zstd or xz (which no `.raw` image is): a `docker save` archive.
+fn is_tar(path: &Path) -> Result<bool, ValidateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err(path))?;
+    regular_file(path, &f.metadata().map_err(io_err(path))?)?;
+    let mut head = [0u8; 262];
+    let got = crate::io::read_up_to(&mut f, &mut head).map_err(io_err(path))?;
+    let compressed = [&b"\x1f\x8b"[..], b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\0"]
+        .iter()
+        .any(|m| head[..got].starts_with(m));
+    Ok(compressed || (got == head.len() && &head[257..262] == b"ustar"))
 }
 
 fn file_name(path: &Path) -> String {
@@ -166,7 +452,7 @@ fn validate_file(
             path: path.to_path_buf(),
         });
     }
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let text = read_small_text(path)?;
     if name == MANIFEST || looks_like_manifest(&text) {
         let (info, findings) = rules::check_manifest(&text, &name, None, ctx.os_version.as_deref());
         let mut report = Report::new(info.name.unwrap_or(name), Kind::Talos.as_str());
@@ -201,21 +487,39 @@ fn release_file_report(
             })
         }
     };
-    let bytes = fs::read(path).map_err(io_err(path))?;
+    let bytes = read_small(path, false)?;
     let label = file_name(path);
     let host = ctx.host_release();
-    let findings = match String::from_utf8(bytes) {
-        Ok(text) => sysext::check(kind, image, &label, &text, host.as_ref(), None),
-        Err(_) => vec![Finding::error(
+    let target = sysext_target(ctx, host.as_ref());
+    let findings = if bytes.len() as u64 > MAX_TEXT {
+        vec![Finding::error(
             label,
             "sysext.release-syntax",
-            "the release file is not valid UTF-8: systemd refuses it",
-            "write the release file as UTF-8 text",
-        )],
+            format!("the release file is larger than {MAX_TEXT} bytes"),
+            "keep the release file to KEY=VALUE lines",
+        )]
+    } else {
+        match String::from_utf8(bytes) {
+            Ok(text) => sysext::check(kind, image, &label, &text, &target, None),
+            Err(_) => vec![Finding::error(
+                label,
+                "sysext.release-syntax",
+                "the release file is not valid UTF-8: systemd refuses it",
+                "write the release file as UTF-8 text",
+            )],
+        }
     };
     let mut report = Report::new(image, kind.as_str());
     report.findings = findings;
     Ok(report)
+}
+
+/// The sysext target of a validation: the host and the `--arch` in systemd's spelling.
+fn sysext_target<'h>(ctx: &Context<'_>, host: Option<&'h HostRelease>) -> sysext::Target<'h> {
+    sysext::Target {
+        host,
+        arch: ctx.arch.and_then(sysext::systemd_arch),
+    }
 }
 
 fn validate_dir(
@@ -299,7 +603,7 @@ fn metadata_dir_report(
         .filter(|f| f.ends_with(".yaml") && *f != "vars.yaml")
     {
         let path = dir.join(file);
-        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let text = read_small_text(&path)?;
         if file == MANIFEST || looks_like_manifest(&text) {
             if file != MANIFEST {
                 findings.push(Finding::warning(
@@ -355,7 +659,8 @@ pub fn validate_tree(
     };
     let host = ctx.host_release();
     let mut report = Report::new(name, kind.as_str());
-    report.findings = sysext::check_tree(image_kind, name, tree, host.as_ref());
+    let target = sysext_target(ctx, host.as_ref());
+    report.findings = sysext::check_tree_for(image_kind, name, tree, &target);
     Ok(report)
 }
 

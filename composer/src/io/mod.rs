@@ -4,6 +4,7 @@ pub mod compress;
 pub mod decompress;
 pub mod hash;
 pub mod outdir;
+pub mod perm;
 
 pub mod sparse;
 pub mod window;

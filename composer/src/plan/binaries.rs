@@ -4,7 +4,7 @@
 //! architectures, before anything is written.
 
 use crate::arch::Arch;
-use crate::binary::{file_elf_machine, pe_machine};
+use crate::binary::pe_machine;
 use crate::error::{Error, InputError, Result};
 use object::Object;
 use std::path::{Path, PathBuf};
@@ -143,39 +143,41 @@ pub fn find_bootloader(arch: Arch, explicit: Option<PathBuf>) -> Result<PathBuf>
     Ok(path)
 }
 
-/// Refuses a tree (root filesystem or extension) holding ELF files built for
-/// another architecture, naming the first such file and both architectures.
-/// Only the ELF header of each regular file is read; the extension rules report the same
-/// mismatch as findings through the same reader ([`crate::binary::file_elf_machine`]).
+/// Refuses a tree (root filesystem or extension) holding ELF programs built for another
+/// architecture, naming the first such file and both architectures. The rule is the one of
+/// [`crate::binary::judge_elf`], shared with the extension rules: only programs where the
+/// target runs them count; foreign ELF data (QEMU's firmware for emulated machines under
+/// `/usr/share/qemu`) is not refused. Only the ELF header of each regular file is read.
 pub fn check_tree_arch(
     tree: &crate::fs::tree::Tree,
     arch: Arch,
     what: &str,
     origin: &Path,
 ) -> Result<()> {
+    use crate::binary::{judge_elf, ElfVerdict};
     use crate::fs::tree::{EntryKind, FileData};
     for (path, entry) in tree.iter() {
         let EntryKind::File(data) = &entry.kind else {
             continue;
         };
-        let machine = file_elf_machine(data).map_err(|e| match data {
-            FileData::Host(host) => Error::io("reading", host)(e),
-            FileData::Bytes(_) => Error::io("reading", path)(e),
-        })?;
-        if let Some(machine) = machine {
-            if machine != arch.elf_machine() {
-                return Err(InputError::new(
-                    origin,
-                    "",
-                    format!(
-                        "{what} holds {} built for {}, but the profile's arch is {arch}",
-                        path.display(),
-                        Arch::name_elf_machine(machine)
-                    ),
-                    format!("use the {arch} build of the {what}"),
-                )
-                .into());
-            }
+        let verdict = judge_elf(&path.to_string_lossy(), data, arch.elf_machine()).map_err(
+            |e| match data {
+                FileData::Host(host) => Error::io("reading", host)(e),
+                FileData::Bytes(_) => Error::io("reading", path)(e),
+            },
+        )?;
+        if let ElfVerdict::ForeignProgram(machine) = verdict {
+            return Err(InputError::new(
+                origin,
+                "",
+                format!(
+                    "{what} holds {} built for {}, but the profile's arch is {arch}",
+                    path.display(),
+                    Arch::name_elf_machine(machine)
+                ),
+                format!("use the {arch} build of the {what}"),
+            )
+            .into());
         }
     }
     Ok(())
@@ -211,6 +213,12 @@ mod tests {
         tree.insert(
             "/usr/share/doc.txt",
             Entry::bytes_file(b"\x7fELF".to_vec(), 0o644),
+        )
+        .unwrap();
+        // Firmware QEMU loads into an emulated PowerPC machine is data, not a program.
+        tree.insert(
+            "/usr/share/qemu/openbios-ppc",
+            Entry::bytes_file(crate::binary::test_elf(20, true), 0o644),
         )
         .unwrap();
         let e = check_tree_arch(&tree, Arch::Amd64, "extension `x`", Path::new("ext/x"))

@@ -12,9 +12,12 @@
 //!
 //! Also checked: YAML types (an unquoted `version: 4.2` is a float, and `1.10` would become
 //! `1.1`), unknown keys (Talos ignores them silently), the compatibility range against the
-//! target Talos version, ELF files built for another architecture (firmware directories are
-//! exempt: they legitimately hold ELF images for GPUs and DSPs), setuid/setgid files, and every
-//! service spec in `/usr/local/etc/containers` (see `service`).
+//! target Talos version, ELF programs built for another architecture (the shared rule of
+//! [`crate::extension::arch`]: ELF files outside the program directories, such as firmware for
+//! GPUs, DSPs or emulated machines, are only noted), setuid/setgid files, and every service
+//! spec in `/usr/local/etc/containers` (see `service`). A check that cannot run for want of a
+//! target (no Talos version for a compatibility range, no architecture) is reported as
+//! "not checked".
 //!
 //! Not checked: symlink targets (Talos does not either; links into `/usr/local` are common),
 //! kernel module vermagic, and duplicates across extensions.
@@ -29,8 +32,9 @@ use super::service;
 use super::yaml::{
     find_placeholders, first_document, placeholder_finding, scalar_or_type, type_name, unknown_keys,
 };
-use crate::binary::{elf_machine_for_arch, elf_machine_name, file_elf_machine};
-use crate::extension::findings::Finding;
+use crate::binary::elf_machine_for_arch;
+use crate::extension::arch::elf_finding;
+use crate::extension::findings::{Finding, Severity};
 use crate::fs::tree::{EntryKind, FileData, Tree};
 
 /// The manifest file name at the top of a Talos extension.
@@ -85,9 +89,6 @@ pub const ALLOWED_PATHS_BEFORE_1_10: &[&str] = &[
     "/usr/share/egl",
     "/etc/vulkan",
 ];
-
-/// Directories whose ELF files are firmware for other processors, exempt from the arch check.
-const FIRMWARE_DIRS: &[&str] = &["/usr/lib/firmware", "/lib/firmware"];
 
 /// At most this many findings of one content rule are listed; the rest are counted.
 const MAX_PER_RULE: usize = 20;
@@ -333,8 +334,15 @@ fn check_metadata(
         }
     }
     info.constraint = compatibility(meta, label, out);
-    if let (Some(constraint), Some(os)) = (&info.constraint, os_version) {
-        check_constraint(constraint, os, label, out);
+    match (&info.constraint, os_version) {
+        (Some(constraint), Some(os)) => check_constraint(constraint, os, label, out),
+        (Some(constraint), None) => out.push(Finding::not_checked(
+            label,
+            "talos.compatibility",
+            format!("the compatibility range {constraint:?} was not checked: no Talos version"),
+            "give the target Talos version (`strata ext validate --os-version 1.11.0`)",
+        )),
+        (None, _) => {}
     }
 }
 
@@ -530,8 +538,8 @@ pub fn check_contents(rootfs: &Tree, target: &Target<'_>) -> Vec<Finding> {
                 for f in file_mode_findings(&shown, entry.mode) {
                     limiter.push(f);
                 }
-                if let Some(m) = machine.filter(|_| !under_any(&text, FIRMWARE_DIRS)) {
-                    if let Some(f) = elf_arch_finding(&shown, data, m, "talos.arch") {
+                if let Some(m) = machine {
+                    if let Some(f) = elf_finding(&shown, &text, data, m, "talos.arch") {
                         limiter.push(f);
                     }
                 }
@@ -539,6 +547,14 @@ pub fn check_contents(rootfs: &Tree, target: &Target<'_>) -> Vec<Finding> {
         }
     }
     let mut out = limiter.finish();
+    if machine.is_none() && regular_files > 0 {
+        out.push(Finding::not_checked(
+            "rootfs",
+            "talos.arch",
+            "the architecture of ELF programs was not checked: no target architecture",
+            "give the target architecture (`--arch amd64` or `--arch arm64`)",
+        ));
+    }
     if regular_files == 0 {
         out.push(Finding::warning(
             "rootfs",
@@ -595,10 +611,6 @@ fn normalize_allow(p: &str) -> String {
     } else {
         format!("/{trimmed}")
     }
-}
-
-fn under_any(path: &str, bases: &[&str]) -> bool {
-    bases.iter().any(|b| under(path, b))
 }
 
 fn path_finding(shown: &str, path: &str, allowed: &[&str], extra: &[String]) -> Option<Finding> {
@@ -690,51 +702,31 @@ impl Limiter {
 
     fn finish(mut self) -> Vec<Finding> {
         for (rule, n) in self.dropped {
-            let severity_error = self.kept.iter().any(|k| k.rule == rule && k.is_error());
-            let message = format!(
-                "{n} more paths break this rule (only the first {MAX_PER_RULE} are listed)"
-            );
-            let hint = "fix the listed paths the same way";
-            self.kept.push(if severity_error {
-                Finding::error("rootfs", rule, message, hint)
+            let severity = self
+                .kept
+                .iter()
+                .filter(|k| k.rule == rule)
+                .map(|k| k.severity)
+                .min()
+                .unwrap_or(Severity::Warning);
+            let (message, hint) = if severity == Severity::Info {
+                (
+                    format!("{n} more paths like these (only the first {MAX_PER_RULE} are listed)"),
+                    "",
+                )
             } else {
-                Finding::warning("rootfs", rule, message, hint)
-            });
+                (
+                    format!(
+                        "{n} more paths break this rule (only the first {MAX_PER_RULE} are listed)"
+                    ),
+                    "fix the listed paths the same way",
+                )
+            };
+            self.kept
+                .push(Finding::new(severity, "rootfs", rule, message, hint));
         }
         self.kept
     }
-}
-
-/// An error finding when `data` is an ELF file for a machine other than `want`.
-pub(crate) fn elf_arch_finding(
-    shown: &str,
-    data: &FileData,
-    want: u16,
-    rule: &'static str,
-) -> Option<Finding> {
-    let got = match file_elf_machine(data) {
-        Ok(got) => got?,
-        Err(e) => {
-            return Some(Finding::error(
-                shown,
-                "content.unreadable",
-                format!("cannot read the file to check its architecture: {e}"),
-                "check the file's permissions",
-            ))
-        }
-    };
-    (got != want).then(|| {
-        Finding::error(
-            shown,
-            rule,
-            format!(
-                "ELF file is built for {}, but the target architecture is {}",
-                elf_machine_name(got),
-                elf_machine_name(want)
-            ),
-            "use the extension build for the target architecture",
-        )
-    })
 }
 
 /// A file's contents as text, refusing files above [`MAX_TEXT`] bytes and invalid UTF-8.
@@ -939,7 +931,12 @@ mod tests {
     fn template_version_is_not_also_a_format_warning() {
         let text = GOOD.replace("1.0.0", "\"{{ .VERSION }}\"");
         let (_, out) = check_manifest(&text, MANIFEST, Some("hello"), None);
-        assert_eq!(rules(&out), ["talos.template-placeholder"]);
+        // Without a Talos version the range is named as not checked, never passed.
+        assert_eq!(
+            rules(&out),
+            ["talos.template-placeholder", "talos.compatibility"]
+        );
+        assert_eq!(out[1].severity, Severity::NotChecked);
     }
 
     #[test]
@@ -1052,6 +1049,12 @@ mod tests {
                     "talos.allowed-path",
                     true
                 ),
+                // Firmware for a GPU is data: noted, not refused.
+                (
+                    "rootfs/usr/lib/firmware/gpu.elf".to_string(),
+                    "content.foreign-elf",
+                    false
+                ),
                 ("rootfs/usr/local/bin/arm".to_string(), "talos.arch", true),
                 (
                     "rootfs/usr/local/bin/suid".to_string(),
@@ -1087,7 +1090,7 @@ mod tests {
             "{}",
             out[1].message
         );
-        assert!(out[2]
+        assert!(out[3]
             .message
             .contains("built for arm64, but the target architecture is x86-64"));
     }
@@ -1099,7 +1102,11 @@ mod tests {
             t.insert(format!("/etc/x{i:02}"), Entry::bytes_file("x", 0o644))
                 .unwrap();
         }
-        let out = check_contents(&t, &Target::default());
+        let target = Target {
+            arch: Some("amd64"),
+            ..Target::default()
+        };
+        let out = check_contents(&t, &target);
         assert_eq!(out.len(), MAX_PER_RULE + 1);
         assert!(
             out[MAX_PER_RULE].message.starts_with("5 more paths"),

@@ -22,8 +22,6 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use tempfile::NamedTempFile;
-
 use super::image::{
     self, check_blob, hash_file, io_err, read_limited, to_json, BlobSource, Descriptor, Digest,
     HashWriter, ImageConfig, ImageError, ImageIndex, ImageManifest, Platform, PulledImage, RootFs,
@@ -406,7 +404,7 @@ fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<Descriptor, 
 /// Writes a file through a temporary file and a rename, so readers never see half of it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = NamedTempFile::with_prefix_in(".tmp-", parent)
+    let mut tmp = crate::io::perm::temp_file_in(parent, ".tmp-")
         .map_err(|e| io_err("create a temporary file in", parent, e))?;
     tmp.write_all(bytes)
         .map_err(|e| io_err("write", tmp.path(), e))?;
@@ -422,7 +420,7 @@ fn write_layer(
     created: u64,
 ) -> Result<(Descriptor, Digest), LayoutError> {
     let blobs = dir.join("blobs/sha256");
-    let tmp = NamedTempFile::with_prefix_in(".layer-", &blobs)
+    let tmp = crate::io::perm::temp_file_in(&blobs, ".layer-")
         .map_err(|e| io_err("create a temporary file in", &blobs, e))?;
     let tmp_path = tmp.path().to_path_buf();
     let gz = flate2::GzBuilder::new()
