@@ -21,7 +21,7 @@
 //! <https://dr-emann.github.io/squashfs/squashfs.html>.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use backhand::compression::{CompressionOptions, Compressor, Zstd};
@@ -574,14 +574,25 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SquashInfo> {
         path: path.to_path_buf(),
         source,
     };
+    let file_len = std::fs::metadata(path).map_err(io_err)?.len();
+    inspect_at(path, 0, file_len)
+}
+
+/// [`inspect`] for an image of `len` bytes at byte `offset` of `path` (a disk image's partition).
+pub fn inspect_at(path: impl AsRef<Path>, offset: u64, len: u64) -> Result<SquashInfo> {
+    let path = path.as_ref();
+    let io_err = |source| SquashError::InspectIo {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(io_err)?;
-    let file_len = file.metadata().map_err(io_err)?.len();
     let mut sb = [0u8; SUPERBLOCK_LEN];
-    if file_len < SUPERBLOCK_LEN as u64 {
-        return Err(not_squashfs(path, format!("only {file_len} bytes long")));
+    if len < SUPERBLOCK_LEN as u64 {
+        return Err(not_squashfs(path, format!("only {len} bytes long")));
     }
+    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     file.read_exact(&mut sb).map_err(io_err)?;
-    Superblock(&sb).validate(path, file_len)
+    Superblock(&sb).validate(path, len)
 }
 
 fn not_squashfs(path: &Path, reason: String) -> SquashError {

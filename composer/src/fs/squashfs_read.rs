@@ -7,8 +7,11 @@
 //! in the image (hard links, and duplicates mksquashfs or strata stored once) are extracted
 //! once and referenced by every entry.
 //!
-//! Compression: whatever backhand was built with (xz and zstd in strata; gzip and lz4 too if
-//! its `gzip`/`lz4` features are enabled). Other images are refused with a hint to rebuild them.
+//! Compression: all five codecs a squashfs 4.0 image can use and Linux mounts (gzip, the
+//! default of mksquashfs, lzo, xz, lz4, zstd): backhand is built with each of them.
+//!
+//! [`read_range_in`] reads an image that is one partition of a disk image (a DDI's `usr` or
+//! `root` partition): the squashfs lies at an offset, with a length it must fit in.
 //!
 //! Not supported: extended attributes (dropped), timestamps (a tree has none), squashfs 3.x and
 //! big-endian images, and images with names a tree refuses (`..`, NUL bytes).
@@ -36,9 +39,10 @@ pub enum SqfsReadError {
         #[source]
         source: SquashError,
     },
-    /// The image is compressed with a codec backhand was built without.
+    /// The image is compressed with a codec backhand cannot decompress (the superblock names
+    /// one of the five, so only a backhand without that feature gets here).
     #[error(
-        "squashfs image {path} is {codec}-compressed, which strata cannot read; \
+        "squashfs image {path} is {codec}-compressed, which this strata cannot read; \
          hint: rebuild it with `mksquashfs ... -comp zstd` (or -comp xz)"
     )]
     Codec {
@@ -103,12 +107,22 @@ pub fn read(path: &Path) -> Result<Tree> {
 /// temporary directory below `scratch_parent` (pick one on the same disk as the build output for
 /// large images). The directory lives as long as the tree or any clone of it.
 pub fn read_in(path: &Path, scratch_parent: &Path) -> Result<Tree> {
-    let info = squashfs::inspect(path).map_err(|source| SqfsReadError::Inspect {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let len = std::fs::metadata(path)
+        .map_err(|source| io_err("stat", path, source))?
+        .len();
+    read_range_in(path, 0, len, scratch_parent)
+}
+
+/// [`read_in`] for the squashfs image of `len` bytes at byte `offset` of `path` (a partition of
+/// a disk image); the image must fit in that range.
+pub fn read_range_in(path: &Path, offset: u64, len: u64, scratch_parent: &Path) -> Result<Tree> {
+    let info =
+        squashfs::inspect_at(path, offset, len).map_err(|source| SqfsReadError::Inspect {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let file = File::open(path).map_err(|source| io_err("open", path, source))?;
-    let fs = FilesystemReader::from_reader(BufReader::new(file))
+    let fs = FilesystemReader::from_reader_with_offset(BufReader::new(file), offset)
         .map_err(|e| backhand_error(path, info.compression, e))?;
     let scratch = TempDir::with_prefix_in("strata-sqfs-", scratch_parent)
         .map_err(|source| io_err("create a temporary directory in", scratch_parent, source))?;
@@ -435,7 +449,8 @@ mod tests {
         if !crate::test_support::require_tool("mksquashfs") {
             return;
         }
-        for comp in ["zstd", "xz"] {
+        // Every codec Linux mounts; gzip is mksquashfs' default.
+        for comp in ["gzip", "lzo", "lz4", "xz", "zstd"] {
             let image = dir.path().join(format!("{comp}.raw"));
             let status = Command::new("mksquashfs")
                 .arg(&src)
@@ -479,33 +494,84 @@ mod tests {
     }
 
     #[test]
-    fn refuses_gzip_images_with_a_hint_and_garbage_naming_the_file() {
+    fn reads_an_image_inside_a_larger_file_by_its_range() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
-        fs::create_dir_all(src.join("a")).unwrap();
-        fs::write(src.join("a/f"), b"x").unwrap();
-        let image = dir.path().join("gz.raw");
-        if crate::test_support::require_tool("mksquashfs") {
-            let status = Command::new("mksquashfs")
-                .arg(&src)
-                .arg(&image)
-                .args(["-comp", "gzip", "-noappend", "-quiet", "-no-progress"])
-                .status()
-                .expect("run mksquashfs");
-            assert!(status.success(), "mksquashfs -comp gzip: {status}");
-            match read(&image) {
-                // backhand built with its gzip feature reads it: fine too.
-                Ok(tree) => assert!(tree.get("/a/f").is_some()),
-                Err(err) => {
-                    let text = err.to_string();
-                    println!("gzip image refused: {text}");
-                    assert!(
-                        text.contains("gzip-compressed") && text.contains("hint:"),
-                        "{text}"
-                    );
-                }
-            }
+        fs::create_dir(&src).unwrap();
+        sample_dir(&src);
+        let tree = Tree::from_dir(&src).unwrap();
+        let image = dir.path().join("s.img");
+        squashfs::write_file(&tree, &image, &squashfs::SquashOptions::default()).unwrap();
+        let bytes = fs::read(&image).unwrap();
+        let mut disk = vec![0xa5u8; 1 << 20];
+        disk.extend_from_slice(&bytes);
+        disk.extend(vec![0x5au8; 4096]);
+        let disk_path = dir.path().join("disk");
+        fs::write(&disk_path, &disk).unwrap();
+        let back =
+            read_range_in(&disk_path, 1 << 20, bytes.len() as u64 + 4096, dir.path()).unwrap();
+        assert_eq!(describe(&back), describe(&tree));
+        // A range shorter than the image is refused: the partition is cut.
+        let err =
+            read_range_in(&disk_path, 1 << 20, bytes.len() as u64 - 1, dir.path()).unwrap_err();
+        assert!(
+            error_chain(&err).contains("truncated"),
+            "{}",
+            error_chain(&err)
+        );
+    }
+
+    fn error_chain(err: &dyn std::error::Error) -> String {
+        let mut text = err.to_string();
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
         }
+        text
+    }
+
+    /// Corrupt inputs end in an error naming the image, never a panic or a partial tree, and
+    /// leave no scratch directory behind.
+    #[test]
+    fn refuses_damaged_tables_truncation_and_garbage_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new();
+        for i in 0..400 {
+            let name = format!("/usr/share/many/file-with-a-long-name-{i:04}");
+            tree.insert(&name, Entry::bytes_file(format!("{i}").into_bytes(), 0o644))
+                .unwrap();
+        }
+        let image = dir.path().join("t.raw");
+        squashfs::write_file(&tree, &image, &squashfs::SquashOptions::default()).unwrap();
+        let pristine = fs::read(&image).unwrap();
+        let le64 =
+            |at: usize| u64::from_le_bytes(pristine[at..at + 8].try_into().unwrap()) as usize;
+        let scratch = dir.path().join("scratch");
+        fs::create_dir(&scratch).unwrap();
+        // Damage the inode table, the directory table and the id table in turn.
+        for (table, at) in [
+            ("inode", le64(64)),
+            ("directory", le64(72)),
+            ("id", le64(48)),
+        ] {
+            let mut bytes = pristine.clone();
+            for b in &mut bytes[at + 2..(at + 34).min(pristine.len())] {
+                *b ^= 0x5a;
+            }
+            fs::write(&image, &bytes).unwrap();
+            let err = read_in(&image, &scratch).unwrap_err();
+            let text = error_chain(&err);
+            assert!(text.contains("t.raw"), "{table} table: {text}");
+            assert_eq!(
+                fs::read_dir(&scratch).unwrap().count(),
+                0,
+                "{table}: scratch left"
+            );
+        }
+        fs::write(&image, &pristine[..pristine.len() / 2]).unwrap();
+        let err = error_chain(&read_in(&image, &scratch).unwrap_err());
+        assert!(err.contains("t.raw") && err.contains("truncated"), "{err}");
         let junk = dir.path().join("junk.raw");
         fs::write(&junk, vec![7u8; 4096]).unwrap();
         let err = read(&junk).unwrap_err().to_string();
