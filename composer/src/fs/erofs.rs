@@ -4,6 +4,9 @@
 //! permission bits, uid, gid, symlink target and device numbers; regular file contents are
 //! streamed into a temporary directory the returned tree owns (hard links are extracted once).
 //!
+//! [`read_range_in`] reads an image that is one partition of a disk image (a DDI's `usr` or
+//! `root` partition); every read stays inside the partition.
+//!
 //! Supported (the format as `mkfs.erofs` writes it, see
 //! <https://docs.kernel.org/filesystems/erofs.html> and erofs-utils' `include/erofs_fs.h`):
 //! - superblock at byte 1024 (magic `0xE0F5E1E2`), block sizes from 512 B to 64 KiB;
@@ -166,7 +169,16 @@ pub fn read(path: &Path) -> Result<Tree> {
 /// Reads the erofs image at `path` into a tree whose file contents are extracted into a new
 /// temporary directory below `scratch_parent`; it lives as long as the tree or a clone of it.
 pub fn read_in(path: &Path, scratch_parent: &Path) -> Result<Tree> {
-    let image = Image::open(path)?;
+    let len = std::fs::metadata(path)
+        .map_err(|source| io_err("stat", path, source))?
+        .len();
+    read_range_in(path, 0, len, scratch_parent)
+}
+
+/// [`read_in`] for the erofs image of `len` bytes at byte `offset` of `path` (a partition of a
+/// disk image): every read stays inside that range.
+pub fn read_range_in(path: &Path, offset: u64, len: u64, scratch_parent: &Path) -> Result<Tree> {
+    let image = Image::open_range(path, offset, len)?;
     let scratch = TempDir::with_prefix_in("strata-erofs-", scratch_parent)
         .map_err(|source| io_err("create a temporary directory in", scratch_parent, source))?;
     let mut walk = Walk {
@@ -209,6 +221,8 @@ fn le64(b: &[u8], at: usize) -> u64 {
 struct Image {
     file: File,
     path: PathBuf,
+    /// Where the image starts in the file (a disk image's partition), and its length.
+    base: u64,
     len: u64,
     blkszbits: u32,
     meta_blkaddr: u64,
@@ -217,12 +231,28 @@ struct Image {
 }
 
 impl Image {
+    #[cfg(test)]
     fn open(path: &Path) -> Result<Self> {
+        let len = std::fs::metadata(path)
+            .map_err(|source| io_err("stat", path, source))?
+            .len();
+        Self::open_range(path, 0, len)
+    }
+
+    fn open_range(path: &Path, base: u64, len: u64) -> Result<Self> {
         let file = File::open(path).map_err(|source| io_err("open", path, source))?;
-        let len = file
+        let file_len = file
             .metadata()
             .map_err(|source| io_err("stat", path, source))?
             .len();
+        if base.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(ErofsError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "{len} bytes at offset {base} lie beyond the end of the file ({file_len} bytes)"
+                ),
+            });
+        }
         let not_erofs = |reason: String| ErofsError::NotErofs {
             path: path.to_path_buf(),
             reason,
@@ -231,7 +261,7 @@ impl Image {
             return Err(not_erofs(format!("only {len} bytes long")));
         }
         let mut sb = [0u8; 128];
-        file.read_exact_at(&mut sb, SUPERBLOCK_OFFSET)
+        file.read_exact_at(&mut sb, base + SUPERBLOCK_OFFSET)
             .map_err(|source| io_err("read", path, source))?;
         let magic = le32(&sb, 0);
         if magic != MAGIC {
@@ -241,6 +271,7 @@ impl Image {
         }
         let image = Self {
             path: path.to_path_buf(),
+            base,
             len,
             blkszbits: u32::from(sb[12]),
             root_nid: u64::from(le16(&sb, 14)),
@@ -307,7 +338,7 @@ impl Image {
         }
         let mut buf = vec![0u8; len as usize];
         self.file
-            .read_exact_at(&mut buf, offset)
+            .read_exact_at(&mut buf, self.base + offset)
             .map_err(|source| io_err("read", &self.path, source))?;
         Ok(buf)
     }
@@ -1294,6 +1325,39 @@ mod tests {
             err.contains("is corrupt") && err.contains("beyond the end"),
             "{err}"
         );
+    }
+
+    /// An image inside a larger file (a disk image's partition) reads the same, and a range
+    /// that cuts it short is refused instead of reading what lies beyond.
+    #[test]
+    fn reads_an_image_inside_a_larger_file_by_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("d/f"), text(50_000)).unwrap();
+        fs::write(src.join("d/g"), noise(9000, 3)).unwrap();
+        let image = dir.path().join("i.erofs");
+        if mkfs(&image, &src, &["-zlz4hc"]).is_none() {
+            return;
+        }
+        let want = describe(&read(&image).unwrap());
+        let bytes = fs::read(&image).unwrap();
+        let mut disk = noise(1 << 20, 5);
+        disk.extend_from_slice(&bytes);
+        disk.extend(noise(8192, 6));
+        let disk_path = dir.path().join("disk");
+        fs::write(&disk_path, &disk).unwrap();
+        let len = bytes.len() as u64;
+        let back = read_range_in(&disk_path, 1 << 20, len, dir.path()).unwrap();
+        assert_eq!(describe(&back), want);
+        let err = read_range_in(&disk_path, 1 << 20, len - 4096, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("beyond the end of the image"), "{err}");
+        let err = read_range_in(&disk_path, 1 << 20, disk.len() as u64, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("beyond the end of the file"), "{err}");
     }
 
     #[test]
