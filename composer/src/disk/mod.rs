@@ -6,6 +6,7 @@
 //! takes space: the file is extended with `set_len`, so unwritten ranges
 //! stay holes.
 
+pub mod ddi;
 pub mod gpt;
 pub mod guid;
 
