@@ -88,7 +88,7 @@ pub fn sysext_images(exts: &[Resolved], c: &Composed) -> Vec<(String, PathBuf)> 
         return Vec::new();
     }
     exts.iter()
-        .filter_map(|e| Some((image_name(e.kind, &e.name)?, e.raw_image.clone()?)))
+        .filter_map(|e| Some((image_name(e.kind, &e.name)?, c.image_file(e)?)))
         .collect()
 }
 

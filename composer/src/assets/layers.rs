@@ -18,6 +18,15 @@
 //! confext images over `/etc`, and then the module layer. One squashfs
 //! results, and no overlay is needed at boot. For each extension the guest
 //! checks one file it provided (a probe with its sha256).
+//!
+//! **sysext/confext images.** A bare squashfs or erofs image ships as it is: the guest mounts
+//! the very bytes that were published. A GPT disk image (DDI) does not: its file system is one
+//! partition, and a `usr` partition's file system is the extension's `/usr`, which the guest
+//! (like any loop mount) would put at `/`. So strata writes the tree it read and checked from
+//! that partition ([`Resolved::tree`], already moved below `/usr`) as a squashfs of its own
+//! and ships that ([`Composed::ddi_images`]); the guest mounts it like any bare image. A
+//! disabled DDI is placed in the root whole, for systemd-sysext to dissect on the booted
+//! system.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::extension::modules::{extension_modules, module_names, ModuleError};
@@ -262,6 +271,23 @@ pub struct Composed {
     pub flattened: Vec<Flattened>,
     /// Flatten conflicts, one line each.
     pub conflicts: Vec<String>,
+    /// The squashfs written for each enabled DDI extension, by kind and name (layered only).
+    pub ddi_images: Vec<(Kind, String, PathBuf)>,
+}
+
+impl Composed {
+    /// The file the initramfs carries for sysext/confext `e`: the squashfs strata wrote for a
+    /// DDI, else the image as it was given.
+    pub fn image_file(&self, e: &Resolved) -> Option<PathBuf> {
+        if e.partition.is_some() {
+            let (_, _, file) = self
+                .ddi_images
+                .iter()
+                .find(|(kind, name, _)| *kind == e.kind && *name == e.name)?;
+            return Some(file.clone());
+        }
+        e.raw_image.clone()
+    }
 }
 
 /// Writes the root and the extension layers (the root on its own thread),
@@ -290,6 +316,7 @@ pub fn squash_all(
             layers: Vec::new(),
             flattened,
             conflicts,
+            ddi_images: Vec::new(),
         });
     }
     let planned = layer_list(plan, modules.map(|_| release), work)?;
@@ -300,6 +327,7 @@ pub fn squash_all(
         for (layer, tree) in planned.iter().zip(trees) {
             write_squashfs(tree, &layer.path, &plan.squash)?;
         }
+        let ddi_images = squash_ddis(plan, work)?;
         let root_path = root.join().map_err(|_| {
             Error::step(
                 ErrorKind::Io,
@@ -312,8 +340,21 @@ pub fn squash_all(
             layers: planned,
             flattened: Vec::new(),
             conflicts: Vec::new(),
+            ddi_images,
         })
     })
+}
+
+/// Writes the tree of each enabled DDI extension as a squashfs in `work` (see the module
+/// documentation): (kind, extension name, file).
+fn squash_ddis(plan: &Plan, work: &Path) -> Result<Vec<(Kind, String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in plan.extensions.iter().filter(|e| e.partition.is_some()) {
+        let file = work.join(format!("ddi-{}-{}.sqsh", e.kind.as_str(), e.name));
+        write_squashfs(&e.tree, &file, &plan.squash)?;
+        out.push((e.kind, e.name.clone(), file));
+    }
+    Ok(out)
 }
 
 /// The layers of a layered (not flattened) build, lowest first: each Talos
