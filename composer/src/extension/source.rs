@@ -302,7 +302,9 @@ pub fn from_raw(path: &Path, kind: Kind, env: &Env<'_>) -> Result<Resolved, Sour
         arch: sysext::systemd_arch(env.arch),
     };
     let mut findings = raw.findings;
-    findings.extend(sysext::check_tree_for(image_kind, &name, &raw.tree, &target));
+    findings.extend(sysext::check_tree_for(
+        image_kind, &name, &raw.tree, &target,
+    ));
     let version = release_version(&raw.tree, image_kind, &name);
     let mut report = Report::new(name.clone(), kind.as_str());
     report.findings = findings;
