@@ -9,7 +9,7 @@
 //!   archive, or a registry reference ([`Input::Image`]); unpacked by
 //!   [`source::image_tree`], whose refusals (path escapes, device nodes, hard links out of the
 //!   root, …) become `source.unpack` findings;
-//! - a sysext/confext `.raw` image, opened by [`source::read_image`] (what the build opens);
+//! - a sysext/confext `.raw` image, opened by [`source::open_raw`] (what the build opens: bare squashfs/erofs or a DDI);
 //! - a Talos metadata directory without `rootfs/`, as upstream repositories and the test corpus
 //!   hold them: `manifest.yaml` (or another YAML file carrying `version` + `metadata`, reported
 //!   because Talos only loads `manifest.yaml`), `vars.yaml` (ignored: template variables) and
@@ -331,14 +331,6 @@ fn validate_raw(
     ctx: &Context<'_>,
     scratch: &Path,
 ) -> Result<Report, ValidateError> {
-    let tree = source::read_image(path, scratch).map_err(|e| match e {
-        SourceError::NotAnImage { .. } => ValidateError::Unrecognized {
-            path: path.to_path_buf(),
-        },
-        other => source_err(".raw image", path.display().to_string())(other.into()),
-    })?;
-    let file = file_name(path);
-    let name = file.strip_suffix(".raw").unwrap_or(&file);
     if kind == Some(Kind::Talos) {
         return Err(ValidateError::KindMismatch {
             path: path.to_path_buf(),
@@ -346,10 +338,37 @@ fn validate_raw(
             hint: ".raw images are sysext or confext images",
         });
     }
+    let class = match kind {
+        Some(Kind::Confext) => ImageKind::Confext,
+        _ => ImageKind::Sysext,
+    };
+    let raw = source::open_raw(path, class, raw_arch(ctx), scratch).map_err(|e| match e {
+        SourceError::NotAnImage { .. } => ValidateError::Unrecognized {
+            path: path.to_path_buf(),
+        },
+        other => source_err(".raw image", path.display().to_string())(other.into()),
+    })?;
+    let file = file_name(path);
+    let name = file.strip_suffix(".raw").unwrap_or(&file);
     let kind = kind
-        .or_else(|| detect_tree_kind(&tree).filter(|k| *k != Kind::Talos))
+        .or_else(|| detect_tree_kind(&raw.tree).filter(|k| *k != Kind::Talos))
         .unwrap_or(Kind::Sysext);
-    validate_tree(kind, name, &tree, ctx)
+    let mut report = validate_tree(kind, name, &raw.tree, ctx)?;
+    report.findings.splice(0..0, raw.findings);
+    Ok(report)
+}
+
+/// The architecture whose DDI partitions are looked for: `--arch`, else the machine's own
+/// (a DDI carries one partition per architecture; a bare image ignores it).
+fn raw_arch(ctx: &Context<'_>) -> crate::arch::Arch {
+    let native = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    crate::arch::Arch::parse(ctx.arch.unwrap_or(native))
+        .or_else(|| crate::arch::Arch::parse(native))
+        .expect("amd64 and arm64 are known architectures")
 }
 
 /// Refuses anything but a regular file (after following symlinks) without opening it.
