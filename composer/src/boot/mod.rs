@@ -31,6 +31,9 @@ pub struct BootOptions {
     /// Check the artefact's size and sha256 against `manifest.json` before booting
     /// (`--no-verify` turns this off for an artefact changed on purpose).
     pub verify: bool,
+    /// Let the guest write to the artefact (persistent state survives
+    /// into the next boot); by default its writes are thrown away.
+    pub keep_writes: bool,
 }
 
 /// Boots the artefact; `Ok` carries the verdict (pass or fail), `Err` means QEMU could not run.
@@ -132,7 +135,10 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         work_dir: work_dir(art),
         checks: strata_qemu::GuestChecks {
             modules: build.ext_modules.clone(),
+            files: build.files.clone(),
+            state: Some(build.state),
         },
+        keep_writes: opts.keep_writes,
     };
     std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
     strata_qemu::boot(&spec).map_err(|e| Error::Environment {
