@@ -268,6 +268,7 @@ fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<Pa
     let merged = layout.merged();
     overlay::mount_merged(&lower, &layout.rootfs(), &merged, &state)
         .map_err(|err| rep.fatal("mount-overlay", &err))?;
+    report_state(rep, guest.state, &state, &merged);
     // Before the bind: a confext overlay on /etc would hide it.
     let images = merge_images(rep, layout, &merged, files.as_deref());
     if let Err(err) = overlay::bind_extensions_list(Path::new(extensions::EXTENSIONS_YAML), &merged)
@@ -530,12 +531,36 @@ fn prepare_state(
         }
         Err(err) => return Err(rep.fatal("state", &err)),
     };
+    Ok(prepared)
+}
+
+/// Reports the writable layer once the root is merged; persistent state
+/// also counts this boot in it (and syncs, so the count survives a
+/// power-off without shutdown).
+fn report_state(rep: &mut Reporter, mode: StateMode, prepared: &state::Prepared, merged: &Path) {
+    let boots = match (mode, &prepared.device) {
+        (StateMode::Persistent, Some(_)) => match state::count_boot(merged) {
+            Ok(n) => Some(n),
+            Err(err) => {
+                rep.error(
+                    "state",
+                    format!("cannot count the boot in {}: {err}", state::BOOT_COUNT),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     rep.emit(&Event::State {
-        mode,
+        mode: if prepared.device.is_some() {
+            StateMode::Persistent
+        } else {
+            StateMode::Tmpfs
+        },
         device: prepared.device.as_ref().map(|d| d.display().to_string()),
         formatted: prepared.formatted,
+        boots,
     });
-    Ok(prepared)
 }
 
 /// Reports each profile file as the merged root shows it.

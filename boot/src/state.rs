@@ -110,6 +110,26 @@ pub fn prepare(mode: StateMode, layout: &Layout) -> Result<Prepared, Error> {
     })
 }
 
+/// Where persistent state counts the boots that used it, in the merged root.
+pub const BOOT_COUNT: &str = "/var/lib/strata/boot-count";
+
+/// Adds this boot to the count in `merged` (a missing or unreadable count
+/// is 0), writes it back and syncs; the new count.
+pub fn count_boot(merged: &Path) -> std::io::Result<u64> {
+    let path = merged.join(BOOT_COUNT.trim_start_matches('/'));
+    let before: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, format!("{}\n", before + 1))?;
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    Ok(before + 1)
+}
+
 /// Polls `sys_class_block` until a partition named `name` shows up;
 /// returns its `/dev` node.
 pub fn wait_for_partition(
@@ -238,6 +258,17 @@ mod tests {
         assert_eq!(
             wait_for_partition(&sys.0, "DATA", Duration::ZERO).unwrap(),
             PathBuf::from("/dev/vda2")
+        );
+    }
+
+    #[test]
+    fn boots_are_counted_in_the_merged_root() {
+        let root = TestDir::new("state-count");
+        assert_eq!(count_boot(&root.0).unwrap(), 1);
+        assert_eq!(count_boot(&root.0).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(root.0.join("var/lib/strata/boot-count")).unwrap(),
+            "2\n"
         );
     }
 

@@ -120,9 +120,13 @@ pub fn run() -> ! {
     .map(|out| failed_units(&out))
     .unwrap_or_else(|err| vec![format!("(systemctl list-units failed: {err})")]);
     let (seen, missing) = check_probes(Path::new("/run/strata/probes.json"), Path::new("/"));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     console.emit(&Event::System {
         state,
         multi_user,
+        hostname,
         failed,
         seen,
         missing,

@@ -138,6 +138,11 @@ pub enum Event {
         /// True when the init wrote a fresh file system on it this boot.
         #[serde(default, skip_serializing_if = "is_false")]
         formatted: bool,
+        /// Persistent state: how many boots used it, this one included
+        /// (`/var/lib/strata/boot-count` in the merged root, which the init
+        /// reads and writes back through the overlay).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boots: Option<u64>,
     },
     /// One of the profile's `files:` as the merged root shows it.
     File {
@@ -165,6 +170,9 @@ pub enum Event {
         state: String,
         /// `multi-user.target` is active.
         multi_user: bool,
+        /// The host name the running system has.
+        #[serde(default)]
+        hostname: String,
         /// Units in the failed state.
         #[serde(default)]
         failed: Vec<String>,

@@ -1136,6 +1136,7 @@ mod tests {
         Event::System {
             state: state.into(),
             multi_user: state == "running",
+            hostname: "box".into(),
             failed: failed.iter().map(|f| f.to_string()).collect(),
             seen: vec!["/etc/hostname".into()],
             missing: missing.iter().map(|f| f.to_string()).collect(),
@@ -1191,6 +1192,7 @@ mod tests {
                 mode: StateMode::Tmpfs,
                 device: None,
                 formatted: false,
+                boots: None,
             },
             Event::File {
                 path: "/etc/hostname".into(),
@@ -1212,6 +1214,7 @@ mod tests {
                 mode: StateMode::Persistent,
                 device: Some("/dev/vda2".into()),
                 formatted: true,
+                boots: Some(1),
             },
             Event::File {
                 path: "/etc/hostname".into(),

@@ -1,6 +1,7 @@
 //! The small files the guest init reads from the initramfs, serialised from the contract types
 //! in [`strata_proto::initramfs`] (the init parses the same types, so the two cannot drift):
-//! `extensions.yaml`, `etc/strata/modules.check` and `etc/strata/extensions.json`.
+//! `extensions.yaml`, `etc/strata/modules.check`, `etc/strata/extensions.json` and
+//! `etc/strata/guest.json` (state mode and profile files).
 //! (`etc/strata/modules.load` is written with the module closure in [`super::initramfs`].)
 //!
 //! The bytes are the ones strata has always written; the tests pin them.
