@@ -71,6 +71,21 @@ fn a_debian_root_with_systemd_comes_up_clean_with_the_profiles_files() {
         return;
     }
     let repo = repo();
+    // The hello extension without its Talos compatibility range, which
+    // Debian's VERSION_ID (12, not semver) cannot satisfy.
+    let ext = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(repo.join("examples/extensions/hello/rootfs"))
+        .arg(ext.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(
+        ext.path().join("manifest.yaml"),
+        "version: v1alpha1\nmetadata:\n  name: hello\n  version: 1.0.0\n  author: strata developers\n  description: hello, for any OS version\n",
+    )
+    .unwrap();
     let (_dir, profile) = profile_in(&format!(
         r#"name: debian
 arch: amd64
@@ -83,7 +98,7 @@ kernel:
 rootfs:
   dir: {repo}/build/debian-root-amd64
 extensions:
-  - dir: {repo}/examples/extensions/hello
+  - dir: {ext}
 files:
   - path: /etc/hostname
     content: "strata-debian\n"
@@ -102,7 +117,8 @@ files:
     type: symlink
     target: /etc/systemd/system/strata-hello.service
 "#,
-        repo = repo.display()
+        repo = repo.display(),
+        ext = ext.path().display()
     ));
     let out = repo.join("target/e2e/distro-debian");
     build(&profile, &out);

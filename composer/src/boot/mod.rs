@@ -112,6 +112,17 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         .tempdir_in(&work)
         .map_err(Error::io("creating a directory in", &work))?;
     let (image, format) = crate::boot::unpack::prepare(art, kind, unpack_dir.path())?;
+    if opts.keep_writes && image != *art {
+        return Err(InputError::new(
+            art,
+            "",
+            format!(
+                "--keep-writes needs an artefact the guest can write in place; {file_name} is unpacked into a temporary copy first"
+            ),
+            "boot a raw, qcow2, vhd or vmdk artefact, or drop --keep-writes",
+        )
+        .into());
+    }
     let spec = BootSpec {
         image,
         format,
