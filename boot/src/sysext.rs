@@ -338,7 +338,7 @@ pub fn merge(
             Ok(base) if base.is_dir() => base,
             _ => {
                 let note = format!(
-                    "/{hierarchy} not merged: the root has no /{hierarchy} directory and, being read-only, cannot get one"
+                    "/{hierarchy} not merged: the root has no /{hierarchy} directory (strata does not add hierarchies to the root)"
                 );
                 for (at, _) in &providers {
                     prepared[*at].notes.push(note.clone());
