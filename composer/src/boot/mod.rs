@@ -289,6 +289,7 @@ mod tests {
             memory_mib: None,
             media: None,
             verify: true,
+            keep_writes: false,
         }
     }
 
