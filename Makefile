@@ -32,6 +32,12 @@ build/rootfs-%: examples/rootfs/mkrootfs.sh | deps
 	@mkdir -p build
 	examples/rootfs/mkrootfs.sh $(DEBS)/busybox-static-$*.deb $@
 
+## A Debian 12 root with systemd (debootstrap from Debian's mirror, as root;
+## about 3 minutes, then cached): the distro end-to-end test boots it.
+build/debian-root-%: examples/rootfs/mkdebian.sh | deps
+	@mkdir -p build
+	examples/rootfs/mkdebian.sh $* $@
+
 ## A Talos extension shipping a kernel module from the kernel package (tests).
 build/ext-dummy-%: examples/extensions/mkmodule-ext.sh | deps
 	@scripts/fetch-debs.sh $* $(DEBS) >/dev/null
@@ -56,7 +62,7 @@ lint:
 ## Both architectures' inputs: the tests build and boot amd64 and arm64.
 test-inputs: deps
 	@for a in $(ARCHES); do scripts/fetch-debs.sh $$a $(DEBS) >/dev/null || exit 1; done
-	@$(MAKE) -s build/rootfs-amd64 build/rootfs-arm64 build/ext-dummy-amd64
+	@$(MAKE) -s build/rootfs-amd64 build/rootfs-arm64 build/ext-dummy-amd64 build/debian-root-amd64
 	$(CARGO) build -q -p strata-boot --release --target $(musl_amd64) --target $(musl_arm64)
 
 ## Lint, unit tests and writer judges, then the end-to-end tests (build + boot).

@@ -7,7 +7,9 @@ set -euo pipefail
 # Build: musl toolchains for the guest init. Boot tests: QEMU, UEFI firmware,
 # systemd-boot. Judges used by tests: sgdisk, fsck.vfat, unsquashfs, mtools,
 # cpio, xz, zstd, depmod/modinfo (kmod), qemu-img, xorriso, mkfs.erofs,
-# skopeo, openssl (TLS registry test), python3 (OVF XML check). Under
+# skopeo, openssl (TLS registry test), python3 (OVF XML check), e2fsck
+# (e2fsprogs: the init's ext2 mkfs). Inputs: debootstrap (the Debian root
+# with systemd for the distro test). Under
 # `make test` (STRATA_E2E=1) a test whose judge is missing fails, so every
 # judge a test uses must be listed here.
 packages=(
@@ -16,6 +18,7 @@ packages=(
   musl-tools gcc-aarch64-linux-gnu
   gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
   qemu-utils xorriso docker-registry erofs-utils skopeo openssl python3
+  e2fsprogs debootstrap
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

@@ -40,7 +40,8 @@ use crate::overlay::{self, Layout, EXTENSIONS_TARGET};
 use crate::shipped::{self, Shipped};
 use crate::sys::{error_chain, uname};
 use crate::sysext::{self, Prepared};
-use crate::{disks, firmware, power, switch};
+use crate::{disks, firmware, power, profile_files, state, switch, sysreport};
+use strata_proto::initramfs::{self, FileKind, Guest, Probe, ProfileFile, StateMode};
 use strata_proto::report::Event;
 use strata_proto::ExtensionKind;
 
@@ -59,6 +60,8 @@ struct Reporter {
     active: Vec<(ExtensionKind, String)>,
     /// The disk scan, until its result is reported.
     disks: Option<DiskScan>,
+    /// The probe of every layer reported visible, for the systemd reporter.
+    probes: Vec<String>,
 }
 
 /// A failure that leaves no root to switch into; already reported.
@@ -74,6 +77,15 @@ impl Reporter {
         } = event
         {
             self.active.push((*kind, name.clone()));
+        }
+        if let Event::Layer {
+            visible: true,
+            probe: Some(probe),
+            disabled: false,
+            ..
+        } = event
+        {
+            self.probes.push(probe.clone());
         }
         self.console.emit(event);
     }
@@ -189,6 +201,7 @@ fn start(console: Console) -> (Reporter, Cmdline) {
         layers: 0,
         active: Vec::new(),
         disks: None,
+        probes: Vec::new(),
     };
     rep.emit(&Event::Start {
         kernel,
@@ -246,13 +259,18 @@ fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<Pa
     };
     overlay::mount_squashfs(Path::new(ROOTFS_IMAGE), &layout.rootfs())
         .map_err(|err| rep.fatal("mount-root", &err))?;
+    let guest = read_guest(rep);
     let mounts = mount_layers(rep, layout, &layers);
-    let lower: Vec<PathBuf> = mounts.iter().flatten().cloned().collect();
+    let mut lower: Vec<PathBuf> = mounts.iter().flatten().cloned().collect();
+    let files = mount_files(rep, layout, &guest);
+    lower.extend(files.clone());
+    let state = prepare_state(rep, layout, guest.state)?;
     let merged = layout.merged();
-    overlay::mount_merged(&lower, &layout.rootfs(), &merged)
+    overlay::mount_merged(&lower, &layout.rootfs(), &merged, &state)
         .map_err(|err| rep.fatal("mount-overlay", &err))?;
+    report_state(rep, guest.state, &state, &merged);
     // Before the bind: a confext overlay on /etc would hide it.
-    let images = merge_images(rep, layout, &merged);
+    let images = merge_images(rep, layout, &merged, files.as_deref());
     if let Err(err) = overlay::bind_extensions_list(Path::new(extensions::EXTENSIONS_YAML), &merged)
     {
         rep.error("bind-extensions", error_chain(&err));
@@ -265,17 +283,29 @@ fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<Pa
     if let Err(message) = &entries {
         rep.error("mountinfo", message.clone());
     }
-    check_layers(rep, &layers, &mounts, &merged, &entries, &images);
+    check_layers(
+        rep,
+        &layers,
+        &mounts,
+        &merged,
+        &entries,
+        &images,
+        files.as_deref(),
+    );
     check_images(rep, &images, &merged, &entries);
     check_shipped(rep, &merged);
     set_firmware_path(rep, &merged);
     load_extension_modules(rep, &merged);
+    check_files(rep, &merged, &guest.files);
     if let Err(err) = switch::check_init(&merged, &cmdline.init) {
         if cmdline.smoke {
             rep.error("init", error_chain(&err));
         } else {
             return Err(rep.fatal("init", &err));
         }
+    }
+    if !cmdline.smoke {
+        hand_over(rep, &merged, &cmdline.init, &guest.files);
     }
     Ok(merged)
 }
@@ -374,10 +404,13 @@ fn check_layers(
     merged: &Path,
     entries: &Result<Vec<MountEntry>, String>,
     images: &[Prepared],
+    files: Option<&Path>,
 ) {
     let skip = [Path::new(EXTENSIONS_TARGET)];
-    // sysext/confext images sit above every Talos layer, on their hierarchies.
-    let image_uppers = sysext::uppers(images, merged);
+    // sysext/confext images sit above every Talos layer, on their hierarchies;
+    // the profile's files above everything.
+    let mut image_uppers = sysext::uppers(images, merged);
+    image_uppers.extend(files.map(Upper::whole));
     for (index, (layer, mount)) in layers.iter().zip(mounts).enumerate() {
         let mut later: Vec<Upper> = mounts[index + 1..]
             .iter()
@@ -406,7 +439,12 @@ fn check_layers(
 /// Mounts, validates and merges the sysext then the confext images.
 /// Rejections and merge failures are reported as errors now; the `layer`
 /// events come with the checks.
-fn merge_images(rep: &mut Reporter, layout: &Layout, merged: &Path) -> Vec<Prepared> {
+fn merge_images(
+    rep: &mut Reporter,
+    layout: &Layout,
+    merged: &Path,
+    files: Option<&Path>,
+) -> Vec<Prepared> {
     let (_, machine) = uname();
     let mut host = None;
     let mut all = Vec::new();
@@ -434,12 +472,142 @@ fn merge_images(rep: &mut Reporter, layout: &Layout, merged: &Path) -> Vec<Prepa
                 );
             }
         }
-        for message in sysext::merge(class, &mut prepared, layout, merged) {
+        for message in sysext::merge(class, &mut prepared, layout, merged, files) {
             rep.error(class.as_str(), message);
         }
         all.extend(prepared);
     }
     all
+}
+
+/// `/etc/strata/guest.json`: state mode and profile files. Absent means
+/// the defaults; unreadable is an error, and the defaults.
+fn read_guest(rep: &mut Reporter) -> Guest {
+    let path = Path::new(initramfs::GUEST_JSON);
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Guest::default(),
+        Err(err) => {
+            rep.error("guest", format!("cannot read {}: {err}", path.display()));
+            return Guest::default();
+        }
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+        rep.error("guest", format!("{}: {err}", path.display()));
+        Guest::default()
+    })
+}
+
+/// Mounts `/files.sqsh` when the profile has files; its mount point.
+fn mount_files(rep: &mut Reporter, layout: &Layout, guest: &Guest) -> Option<PathBuf> {
+    if guest.files.is_empty() {
+        return None;
+    }
+    let target = layout.files();
+    match overlay::mount_squashfs(Path::new(initramfs::FILES_IMAGE), &target) {
+        Ok(_) => Some(target),
+        Err(err) => {
+            rep.error("mount-files", error_chain(&err));
+            None
+        }
+    }
+}
+
+/// Prepares the writable layer and reports it. Persistent state that
+/// cannot be had is an error, and the boot goes on with a tmpfs.
+fn prepare_state(
+    rep: &mut Reporter,
+    layout: &Layout,
+    mode: StateMode,
+) -> Result<state::Prepared, Fatal> {
+    let prepared = match state::prepare(mode, layout) {
+        Ok(prepared) => prepared,
+        Err(err) if mode == StateMode::Persistent => {
+            rep.error(
+                "state",
+                format!("{}; using a tmpfs instead", error_chain(&err)),
+            );
+            return prepare_state(rep, layout, StateMode::Tmpfs);
+        }
+        Err(err) => return Err(rep.fatal("state", &err)),
+    };
+    Ok(prepared)
+}
+
+/// Reports the writable layer once the root is merged; persistent state
+/// also counts this boot in it (and syncs, so the count survives a
+/// power-off without shutdown).
+fn report_state(rep: &mut Reporter, mode: StateMode, prepared: &state::Prepared, merged: &Path) {
+    let boots = match (mode, &prepared.device) {
+        (StateMode::Persistent, Some(_)) => match state::count_boot(merged) {
+            Ok(n) => Some(n),
+            Err(err) => {
+                rep.error(
+                    "state",
+                    format!("cannot count the boot in {}: {err}", state::BOOT_COUNT),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    rep.emit(&Event::State {
+        mode: if prepared.device.is_some() {
+            StateMode::Persistent
+        } else {
+            StateMode::Tmpfs
+        },
+        device: prepared.device.as_ref().map(|d| d.display().to_string()),
+        formatted: prepared.formatted,
+        boots,
+    });
+}
+
+/// Reports each profile file as the merged root shows it.
+fn check_files(rep: &mut Reporter, merged: &Path, files: &[ProfileFile]) {
+    for file in files {
+        let detail = profile_files::check(merged, file);
+        rep.ok &= detail.is_none();
+        rep.emit(&Event::File {
+            path: file.path.clone(),
+            kind: file.kind,
+            ok: detail.is_none(),
+            detail,
+        });
+    }
+}
+
+/// When the root's init is systemd: installs the reporter that speaks from
+/// inside the running system, and says so.
+fn hand_over(rep: &mut Reporter, merged: &Path, init: &Path, files: &[ProfileFile]) {
+    let systemd = sysreport::is_systemd(merged, init);
+    if systemd {
+        let mut probes: Vec<Probe> = files
+            .iter()
+            .filter(|f| f.kind == FileKind::File)
+            .map(|f| Probe {
+                path: f.path.clone(),
+                sha256: f.sha256.clone(),
+            })
+            .collect();
+        for path in &rep.probes {
+            let at = merged.join(path.trim_start_matches('/'));
+            if let Ok(sha256) = shipped::sha256_file(&at) {
+                probes.push(Probe {
+                    path: path.clone(),
+                    sha256,
+                });
+            }
+        }
+        let program = Path::new("/proc/self/exe");
+        if let Err(err) = sysreport::install(Path::new("/run"), program, &probes) {
+            rep.error("handover", error_chain(&err));
+        }
+    }
+    rep.emit(&Event::Handover {
+        init: init.display().to_string(),
+        systemd,
+    });
 }
 
 /// Reports each image; indexes continue after the Talos layers.

@@ -1,20 +1,20 @@
-//! Building the merged root: root squashfs + extension layers as one
-//! read-only overlay, the way Talos stacks them.
+//! Building the merged root: root squashfs + extension layers + the
+//! profile's files as one writable overlay, the way Talos stacks them.
 //!
 //! Layout (all under [`Layout::base`], `/strata` in the guest):
 //! `rootfs/` (the root squashfs), `layers/<index>/` (extension `<index>` of
-//! `extensions.yaml`), `root/` (the merged tree that becomes `/`).
-//! The overlay is `lowerdir=layers/N-1:...:layers/0:rootfs` (the last layer
-//! on top, the root at the bottom), with no upper directory, so it is
-//! read-only. With no layers the root is bind-mounted read-only instead
-//! (overlayfs needs two lower directories when it has no upper one).
+//! `extensions.yaml`), `files/` (the profile's `files:`, `/files.sqsh`),
+//! `state/` (the writable layer's file system, see `state`), `root/` (the
+//! merged tree that becomes `/`).
+//! The overlay is `lowerdir=files:layers/N-1:...:layers/0:rootfs` (the
+//! profile's files on top, then the last layer, the root at the bottom),
+//! `upperdir=state/upper,workdir=state/work`: a distro root writes under
+//! /etc and /var at boot, and a read-only root made systemd units fail.
 //! `/extensions.yaml` is then bind-mounted read-only over `etc/extensions.yaml`
-//! of the merged root, which must exist there (a read-only tree cannot grow
-//! a mount point).
+//! of the merged root (made there when the root lacks it).
 //! sysext and confext images are mounted on `sysext/<name>/` and
 //! `confext/<name>/` and merged onto the root by `sysext`; the root's own
 //! hierarchies they cover are bound to `base/<hierarchy>/` first.
-//! Not supported: writable roots.
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,7 @@ pub enum Error {
         source: loopdev::Error,
     },
     /// The merged root has no file to bind the extensions list on.
-    #[error("{target} is missing from the root file system; the root squashfs must ship an empty /etc/extensions.yaml")]
+    #[error("{target} is not a file and cannot be made one; the root must ship an empty /etc/extensions.yaml or none")]
     MissingTarget {
         /// The expected mount point.
         target: PathBuf,
@@ -78,6 +78,16 @@ impl Layout {
     /// The mount point of layer `index`.
     pub fn layer(&self, index: usize) -> PathBuf {
         self.base.join("layers").join(index.to_string())
+    }
+
+    /// Where the writable layer's file system is mounted (see `state`).
+    pub fn state(&self) -> PathBuf {
+        self.base.join("state")
+    }
+
+    /// The mount point of the profile's files (`/files.sqsh`).
+    pub fn files(&self) -> PathBuf {
+        self.base.join("files")
     }
 
     /// The merged root.
@@ -144,30 +154,62 @@ pub fn mount_image(image: &Path, target: &Path, fstype: &str) -> Result<PathBuf,
     Ok(device.path().to_path_buf())
 }
 
-/// Mounts the merged root on `merged` from `layers` (lowest first) over `rootfs`.
-pub fn mount_merged(layers: &[PathBuf], rootfs: &Path, merged: &Path) -> Result<(), Error> {
+/// Mounts the merged root on `merged`, writable: `layers` (lowest first)
+/// over `rootfs`, with `state`'s upper and work directories on top.
+pub fn mount_merged(
+    layers: &[PathBuf],
+    rootfs: &Path,
+    merged: &Path,
+    state: &crate::state::Prepared,
+) -> Result<(), Error> {
     mounts::create_dir(merged)?;
-    if layers.is_empty() {
-        return Ok(mounts::bind_read_only(rootfs, merged)?);
-    }
-    let options = format!("lowerdir={}", lowerdir(layers, rootfs)?);
     mounts::mount(
         "overlay",
         merged,
         "overlay",
-        libc::MS_RDONLY,
-        Some(&options),
+        0,
+        Some(&options(layers, rootfs, state)?),
     )?;
     Ok(())
 }
 
-/// Binds `list` over `etc/extensions.yaml` in `merged`, read-only.
+/// The overlay's mount options.
+fn options(
+    layers: &[PathBuf],
+    rootfs: &Path,
+    state: &crate::state::Prepared,
+) -> Result<String, Error> {
+    let plain = |dir: &Path| {
+        dir.to_str()
+            .filter(|t| !t.contains([':', ',', '\\']))
+            .map(str::to_string)
+            .ok_or_else(|| Error::UnsafeLowerdir {
+                path: dir.to_path_buf(),
+            })
+    };
+    Ok(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir(layers, rootfs)?,
+        plain(&state.upper)?,
+        plain(&state.work)?
+    ))
+}
+
+/// Binds `list` over `etc/extensions.yaml` in `merged`, read-only, making
+/// the mount point first when the root lacks it (the root is writable).
 /// Returns false (and mounts nothing) when `list` does not exist.
 pub fn bind_extensions_list(list: &Path, merged: &Path) -> Result<bool, Error> {
     if !list.exists() {
         return Ok(false);
     }
     let target = merged.join(EXTENSIONS_TARGET);
+    if target.symlink_metadata().is_err() {
+        if let Some(dir) = target.parent() {
+            mounts::create_dir(dir)?;
+        }
+        // A failure shows as MissingTarget below.
+        let _ = std::fs::File::create(&target);
+    }
     let is_file = target
         .symlink_metadata()
         .map(|meta| meta.file_type().is_file())
@@ -178,7 +220,6 @@ pub fn bind_extensions_list(list: &Path, merged: &Path) -> Result<bool, Error> {
     mounts::bind_read_only(list, &target)?;
     Ok(true)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,19 +273,46 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_list_binds_nothing_and_a_missing_target_is_named() {
+    fn a_missing_list_binds_nothing_and_a_target_that_is_no_file_is_named() {
         let merged =
             std::env::temp_dir().join(format!("strata-boot-overlay-{}", std::process::id()));
-        std::fs::create_dir_all(&merged).unwrap();
+        std::fs::create_dir_all(merged.join("etc/extensions.yaml")).unwrap();
         assert!(!bind_extensions_list(Path::new("/nonexistent/extensions.yaml"), &merged).unwrap());
         let list = merged.join("list.yaml");
         std::fs::write(&list, "layers: []\n").unwrap();
         let err = bind_extensions_list(&list, &merged).unwrap_err();
         let expected = format!(
-            "{}/etc/extensions.yaml is missing from the root file system; the root squashfs must ship an empty /etc/extensions.yaml",
+            "{}/etc/extensions.yaml is not a file and cannot be made one; the root must ship an empty /etc/extensions.yaml or none",
             merged.display()
         );
         assert_eq!(err.to_string(), expected);
         std::fs::remove_dir_all(&merged).unwrap();
+    }
+
+    #[test]
+    fn the_overlay_is_writable_through_the_state_layer() {
+        let state = crate::state::Prepared {
+            upper: PathBuf::from("/strata/state/upper"),
+            work: PathBuf::from("/strata/state/work"),
+            device: None,
+            formatted: false,
+        };
+        let layers = vec![
+            PathBuf::from("/strata/layers/0"),
+            PathBuf::from("/strata/files"),
+        ];
+        assert_eq!(
+            options(&layers, Path::new("/strata/rootfs"), &state).unwrap(),
+            "lowerdir=/strata/files:/strata/layers/0:/strata/rootfs,upperdir=/strata/state/upper,workdir=/strata/state/work"
+        );
+        assert_eq!(
+            options(&[], Path::new("/r"), &state).unwrap(),
+            "lowerdir=/r,upperdir=/strata/state/upper,workdir=/strata/state/work"
+        );
+        let bad = crate::state::Prepared {
+            upper: PathBuf::from("/a,b"),
+            ..state
+        };
+        assert!(options(&[], Path::new("/r"), &bad).is_err());
     }
 }

@@ -319,11 +319,14 @@ fn validate_mounted(
 /// Merges the accepted images of one class (all of `prepared` must be of
 /// `class`, in merge order) onto the root at `merged`. Returns the errors
 /// to report; the images' notes say which hierarchies were left out.
+/// `top`, the profile's files, goes above the images on every hierarchy
+/// where it has files: the profile's configuration wins over extensions.
 pub fn merge(
     class: Class,
     prepared: &mut [Prepared],
     layout: &Layout,
     merged: &Path,
+    top: Option<&Path>,
 ) -> Vec<String> {
     let mut errors = Vec::new();
     for &hierarchy in class.hierarchies() {
@@ -335,7 +338,7 @@ pub fn merge(
             Ok(base) if base.is_dir() => base,
             _ => {
                 let note = format!(
-                    "/{hierarchy} not merged: the root has no /{hierarchy} directory and, being read-only, cannot get one"
+                    "/{hierarchy} not merged: the root has no /{hierarchy} directory (strata does not add hierarchies to the root)"
                 );
                 for (at, _) in &providers {
                     prepared[*at].notes.push(note.clone());
@@ -343,7 +346,8 @@ pub fn merge(
                 continue;
             }
         };
-        let dirs: Vec<PathBuf> = providers.iter().map(|(_, dir)| dir.clone()).collect();
+        let mut dirs: Vec<PathBuf> = providers.iter().map(|(_, dir)| dir.clone()).collect();
+        dirs.extend(top.and_then(|top| non_empty_dir(top, hierarchy)));
         match mount_hierarchy(class, hierarchy, &dirs, &base, layout) {
             Ok(()) => {
                 for (at, dir) in providers {
@@ -368,6 +372,13 @@ pub fn merge(
     errors
 }
 
+/// `hierarchy` inside `mount`, when it is a directory with something in it.
+fn non_empty_dir(mount: &Path, hierarchy: &str) -> Option<PathBuf> {
+    let dir = rootpath::resolve(mount, Path::new(hierarchy)).ok()?;
+    let mut entries = std::fs::read_dir(&dir).ok()?;
+    entries.next().is_some().then_some(dir)
+}
+
 /// The accepted images with a non-empty `hierarchy` directory: (position, directory).
 fn providers(prepared: &[Prepared], hierarchy: &str) -> Vec<(usize, PathBuf)> {
     prepared
@@ -375,9 +386,7 @@ fn providers(prepared: &[Prepared], hierarchy: &str) -> Vec<(usize, PathBuf)> {
         .enumerate()
         .filter_map(|(at, p)| {
             let mount = p.mount.as_ref()?;
-            let dir = rootpath::resolve(mount, Path::new(hierarchy)).ok()?;
-            let mut entries = std::fs::read_dir(&dir).ok()?;
-            entries.next().is_some().then_some((at, dir))
+            Some((at, non_empty_dir(mount, hierarchy)?))
         })
         .collect()
 }

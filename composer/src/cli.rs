@@ -73,6 +73,10 @@ pub enum Command {
         /// Boot even if the artefact's size or sha256 differs from manifest.json.
         #[arg(long)]
         no_verify: bool,
+        /// Let the guest write to the artefact, so `state: persistent` survives
+        /// into the next boot [default: writes are thrown away].
+        #[arg(long)]
+        keep_writes: bool,
     },
     /// List the built-in platforms.
     Platforms,

@@ -136,6 +136,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             memory,
             media,
             no_verify,
+            keep_writes,
         } => {
             let opts = boot::BootOptions {
                 artefact: artefact.clone(),
@@ -148,6 +149,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 memory_mib: memory,
                 media,
                 verify: !no_verify,
+                keep_writes,
             };
             let result = boot::boot(&opts)?;
             if json {

@@ -15,6 +15,7 @@ use crate::plan::Plan;
 use crate::source::kernel::Kernel;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use strata_proto::initramfs::StateMode;
 
 /// The file name of the manifest in an output directory.
 pub const FILE_NAME: &str = "manifest.json";
@@ -29,6 +30,12 @@ pub struct Manifest {
     pub name: String,
     /// The builds, sorted by arch then platform.
     pub builds: Vec<Build>,
+}
+
+/// For `skip_serializing_if`: the default state mode is left out, so
+/// manifests of builds without `state:` keep their bytes.
+fn is_tmpfs(mode: &StateMode) -> bool {
+    *mode == StateMode::Tmpfs
 }
 
 /// What one build of the profile produced.
@@ -53,6 +60,12 @@ pub struct Build {
     /// Kernel modules extensions ship, which the guest loads by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ext_modules: Vec<String>,
+    /// The profile's `files:`, which the guest reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// Where the root's writable layer lives (absent: tmpfs).
+    #[serde(default, skip_serializing_if = "is_tmpfs")]
+    pub state: StateMode,
     /// How boot tests attach the image.
     pub boot_test: BootTest,
     /// Timestamp used for every file (SOURCE_DATE_EPOCH).
@@ -194,6 +207,8 @@ impl Build {
                 .as_ref()
                 .map(|m| m.names.clone())
                 .unwrap_or_default(),
+            files: plan.files.records.iter().map(|f| f.path.clone()).collect(),
+            state: plan.state,
             boot_test: BootTest {
                 media: pp.platform.boot_test.media.get(plan.arch),
                 memory_mib: pp.platform.boot_test.memory_mib,
@@ -352,6 +367,8 @@ mod tests {
             extensions: vec![],
             modules: vec![],
             ext_modules: vec![],
+            files: vec![],
+            state: StateMode::Tmpfs,
             boot_test: BootTest {
                 media: "virtio-blk".into(),
                 memory_mib: 1024,

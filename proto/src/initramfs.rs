@@ -11,6 +11,8 @@
 //! | `/etc/strata/modules.load`    | module files to load, dependencies first    |
 //! | `/etc/strata/modules.check`   | extension modules to load by name           |
 //! | `/etc/strata/extensions.json` | flattened and disabled extensions ([`Shipped`]) |
+//! | `/etc/strata/guest.json`      | state mode and profile files ([`Guest`])    |
+//! | `/files.sqsh`                 | the profile's `files:` as a squashfs layer  |
 //!
 //! `extensions.yaml` is YAML and this crate stays free of a YAML library (the
 //! guest init must stay small and the composer picks its own): its types are
@@ -31,6 +33,12 @@ pub const MODULES_LOAD: &str = "/etc/strata/modules.load";
 pub const MODULES_CHECK: &str = "/etc/strata/modules.check";
 /// Extensions that ship without a layer at boot.
 pub const EXTENSIONS_JSON: &str = "/etc/strata/extensions.json";
+/// The state mode and the profile's files (absent = tmpfs state, no files).
+pub const GUEST_JSON: &str = "/etc/strata/guest.json";
+/// The profile's `files:`, a squashfs stacked on top of every layer.
+pub const FILES_IMAGE: &str = "/files.sqsh";
+/// The GPT partition name of the partition persistent state lives on.
+pub const STATE_PARTITION: &str = "DATA";
 /// The directory the init keeps its lists in.
 pub const STRATA_DIR: &str = "/etc/strata";
 
@@ -203,6 +211,84 @@ impl Disabled {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
+}
+
+/// Where the merged root's writable layer lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateMode {
+    /// A tmpfs: the root is writable, every change is gone at the next boot.
+    #[default]
+    Tmpfs,
+    /// The `DATA` partition (formatted by the init on first boot): changes
+    /// survive reboots.
+    Persistent,
+}
+
+impl StateMode {
+    /// The name the profile and the report use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateMode::Tmpfs => "tmpfs",
+            StateMode::Persistent => "persistent",
+        }
+    }
+}
+
+/// `/etc/strata/guest.json`: what the init does beyond the layers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    /// Where the writable layer lives.
+    #[serde(default)]
+    pub state: StateMode,
+    /// The profile's files, as `/files.sqsh` holds them (absent = none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ProfileFile>,
+}
+
+impl Guest {
+    /// The file's bytes, as the composer writes them (pretty JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain structs of strings and numbers: serialising cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// True when it says nothing the defaults do not (the file is then left out).
+    pub fn is_default(&self) -> bool {
+        *self == Guest::default()
+    }
+}
+
+/// One entry of the profile's `files:`, as the guest must find it in the
+/// merged root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileFile {
+    /// Absolute path in the booted system.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: FileKind,
+    /// Hex sha256 of a file's content, or of a symlink's target text;
+    /// empty for a directory.
+    #[serde(default)]
+    pub sha256: String,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// What a profile file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
 }
 
 /// `modules.load`'s text: a header comment, then one absolute path a line.

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::initramfs::{FileKind, StateMode};
 use crate::kind::ExtensionKind;
 
 /// Marks a report line on the console.
@@ -126,6 +127,62 @@ pub enum Event {
         /// Why not, when it is not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// The merged root's writable layer.
+    State {
+        /// Where it lives.
+        mode: StateMode,
+        /// The block device holding persistent state (absent for tmpfs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// True when the init wrote a fresh file system on it this boot.
+        #[serde(default, skip_serializing_if = "is_false")]
+        formatted: bool,
+        /// Persistent state: how many boots used it, this one included
+        /// (`/var/lib/strata/boot-count` in the merged root, which the init
+        /// reads and writes back through the overlay).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boots: Option<u64>,
+    },
+    /// One of the profile's `files:` as the merged root shows it.
+    File {
+        /// Absolute path in the booted system.
+        path: String,
+        /// What the profile asked for.
+        kind: FileKind,
+        /// True when type, content (sha256), mode and owner are the profile's.
+        ok: bool,
+        /// What differs, when something does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// The init is about to hand the machine to the root's init.
+    Handover {
+        /// The init program, as the kernel command line names it.
+        init: String,
+        /// It is systemd: a `system` event follows from inside the running
+        /// system, and the boot is judged on it too.
+        systemd: bool,
+    },
+    /// Reported from inside the running systemd, once it finished booting.
+    System {
+        /// `systemctl is-system-running` (`running`, `degraded`, ...).
+        state: String,
+        /// `multi-user.target` is active.
+        multi_user: bool,
+        /// The host name the running system has.
+        #[serde(default)]
+        hostname: String,
+        /// Units in the failed state.
+        #[serde(default)]
+        failed: Vec<String>,
+        /// Files the init checked before the handover (layer probes,
+        /// profile files) found again, with the same digest, by the running system.
+        #[serde(default)]
+        seen: Vec<String>,
+        /// Those that were not, each with why.
+        #[serde(default)]
+        missing: Vec<String>,
     },
     /// A step failed; the boot cannot be trusted past this point.
     Error {

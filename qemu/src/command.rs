@@ -3,9 +3,10 @@
 //! Supported machines: amd64 `q35` and arm64 `virt` with `-cpu max`, UEFI from
 //! two pflash drives, the serial console written to a file, QMP on a unix
 //! socket, a virtio RNG (the kernel's entropy pool fills sooner), and the image
-//! attached through one of the [`Media`] device models. The guest never
-//! writes to the image: disks use `snapshot=on` (writes go to a temporary
-//! overlay), CD-ROMs are `readonly=on`. `-no-reboot -no-shutdown` turn a guest
+//! attached through one of the [`Media`] device models. The guest does not
+//! write to the image: disks use `snapshot=on` (writes go to a temporary
+//! overlay), CD-ROMs are `readonly=on`; only `keep_writes` (for persistent
+//! state across boots) drops `snapshot=on`. `-no-reboot -no-shutdown` turn a guest
 //! reboot or power-off into a paused VM plus a QMP `SHUTDOWN` event, so the
 //! runner sees why the guest stopped before it ends QEMU.
 //!
@@ -41,6 +42,8 @@ pub struct Inputs<'a> {
     pub format: ImageFormat,
     /// How it is attached.
     pub media: Media,
+    /// Writes reach the image (no `snapshot=on`; CD-ROMs stay read-only).
+    pub keep_writes: bool,
     /// Where the serial console is written.
     pub serial_log: &'a Path,
     /// The QMP server socket QEMU creates.
@@ -95,7 +98,7 @@ pub fn build(i: &Inputs) -> Result<Vec<String>, Error> {
     let qmp = format!("unix:{},server=on,wait=off", opt_path(i.qmp_socket)?);
     add(&["-qmp", &qmp]);
     add(&["-device", "virtio-rng-pci"]);
-    let drive = drive(i.image, i.format, i.media)?;
+    let drive = drive(i.image, i.format, i.media, i.keep_writes)?;
     add(&["-drive", &drive]);
     let firmware_path = needs_firmware_path(i.arch, i.media);
     for device in media_devices(i.arch, i.media, if firmware_path { 2 } else { 1 }) {
@@ -149,7 +152,12 @@ fn machine(arch: Arch, accel: Resolved) -> Vec<&'static str> {
 }
 
 /// The `-drive` option holding the image.
-fn drive(image: &Path, format: ImageFormat, media: Media) -> Result<String, Error> {
+fn drive(
+    image: &Path,
+    format: ImageFormat,
+    media: Media,
+    keep_writes: bool,
+) -> Result<String, Error> {
     let mut d = format!(
         "if=none,id={DRIVE},format={},file={}",
         format.qemu_name(),
@@ -157,6 +165,7 @@ fn drive(image: &Path, format: ImageFormat, media: Media) -> Result<String, Erro
     );
     d.push_str(match media {
         Media::Cdrom => ",media=cdrom,readonly=on",
+        _ if keep_writes => "",
         _ => ",snapshot=on",
     });
     Ok(d)
@@ -218,6 +227,7 @@ mod tests {
             image: Path::new("/img/disk.raw"),
             format: ImageFormat::Raw,
             media,
+            keep_writes: false,
             serial_log: Path::new("/w/serial.log"),
             qmp_socket: Path::new("/w/qmp.sock"),
         }
@@ -268,6 +278,20 @@ mod tests {
             "virtio-blk-pci,drive=disk0,bootindex=1",
         ];
         assert_eq!(argv, expected);
+    }
+
+    #[test]
+    fn keep_writes_drops_the_snapshot_of_disks_but_not_the_cdrom_read_only() {
+        let mut i = inputs(Arch::Amd64, Resolved::Tcg, Media::VirtioBlk);
+        i.keep_writes = true;
+        let argv = build(&i).unwrap();
+        assert_eq!(
+            values(&argv, "-drive")[2],
+            "if=none,id=disk0,format=raw,file=/img/disk.raw"
+        );
+        i.media = Media::Cdrom;
+        let argv = build(&i).unwrap();
+        assert!(values(&argv, "-drive")[2].ends_with(",media=cdrom,readonly=on"));
     }
 
     #[test]

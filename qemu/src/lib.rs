@@ -125,6 +125,11 @@ pub struct Expected {
 pub struct GuestChecks {
     /// Kernel modules extensions ship, which the guest must load by name.
     pub modules: Vec<String>,
+    /// The profile's files, which the guest must report as it was asked to
+    /// ship them.
+    pub files: Vec<String>,
+    /// The state mode the guest must report using (`None`: any).
+    pub state: Option<strata_proto::initramfs::StateMode>,
 }
 
 /// One boot test.
@@ -153,6 +158,9 @@ pub struct BootSpec {
     pub work_dir: PathBuf,
     /// Further things the guest must report (extension modules).
     pub checks: GuestChecks,
+    /// Let the guest write to the image (persistent state survives into the
+    /// next boot); otherwise its writes go to a throwaway overlay.
+    pub keep_writes: bool,
 }
 
 /// The outcome of a boot test, also written to `work_dir/result.json`.
@@ -308,6 +316,7 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         image: &spec.image,
         format: spec.format,
         media: spec.media,
+        keep_writes: spec.keep_writes,
         serial_log: &serial_log,
         qmp_socket: &qmp_socket,
     })?;
@@ -491,6 +500,7 @@ mod tests {
             accel: Accel::Tcg,
             work_dir: work.to_owned(),
             checks: GuestChecks::default(),
+            keep_writes: false,
         }
     }
 

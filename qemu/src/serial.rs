@@ -125,9 +125,13 @@ impl Console {
         }
     }
 
-    /// True once the guest said its report is complete.
+    /// True once the guest said its report is complete: the init's `done`
+    /// and, when it handed over to systemd, the `system` event from inside.
     pub fn done(&self) -> bool {
-        self.events.iter().any(|e| matches!(e, Event::Done { .. }))
+        let has = |f: fn(&Event) -> bool| self.events.iter().any(f);
+        has(|e| matches!(e, Event::Done { .. }))
+            && (!has(|e| matches!(e, Event::Handover { systemd: true, .. }))
+                || has(|e| matches!(e, Event::System { .. })))
     }
 }
 

@@ -12,13 +12,19 @@
 //! - the guest printed no `error` event;
 //! - no report line was damaged (it could have been an error we cannot see);
 //! - (checked by [`judge_disks`]) some `disk` event lists the driver of
-//!   the platform's device model.
+//!   the platform's device model;
+//! - (checked by [`judge_checks`]) every expected extension module loaded,
+//!   every expected profile file reported as shipped, the expected state
+//!   mode reported, and, when the init handed over to systemd, a `system`
+//!   event from inside the running system: `running`, `multi-user.target`
+//!   active, no failed unit, every probe found again.
 //!
 //! A `detail` on a passing layer is only a note.
 //! How the VM ended only shapes the message; a clean power-off without a
 //! report still fails. `reason` lists every problem found, `; `-separated.
 
 use serde::Serialize;
+use strata_proto::initramfs::StateMode;
 use strata_proto::report::Event;
 use strata_proto::ExtensionKind;
 
@@ -217,6 +223,99 @@ pub fn judge_checks(events: &[Event], checks: &crate::GuestChecks) -> Vec<String
                 problems.push(format!("firmware search path {path} was not set"));
             }
         }
+    }
+    problems.extend(file_problems(events, &checks.files));
+    problems.extend(state_problem(events, checks.state));
+    problems.extend(system_problems(events));
+    problems
+}
+
+/// Every profile file reported, and as shipped.
+fn file_problems(events: &[Event], want: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for e in events {
+        if let Event::File {
+            path,
+            ok: false,
+            detail,
+            ..
+        } = e
+        {
+            problems.push(format!(
+                "profile file {path} is not as shipped: {}",
+                detail.as_deref().unwrap_or("no reason given")
+            ));
+        }
+    }
+    for path in want {
+        let reported = events
+            .iter()
+            .any(|e| matches!(e, Event::File { path: p, .. } if p == path));
+        if !reported {
+            problems.push(format!("profile file {path} not reported"));
+        }
+    }
+    problems
+}
+
+/// The state mode the guest used, against the expected one.
+fn state_problem(events: &[Event], want: Option<StateMode>) -> Option<String> {
+    let want = want?;
+    let got = events.iter().find_map(|e| match e {
+        Event::State { mode, .. } => Some(*mode),
+        _ => None,
+    });
+    match got {
+        Some(mode) if mode == want => None,
+        Some(mode) => Some(format!(
+            "guest used {} state, expected {}",
+            mode.as_str(),
+            want.as_str()
+        )),
+        None => Some(format!(
+            "guest did not report its state mode (expected {})",
+            want.as_str()
+        )),
+    }
+}
+
+/// After a hand-over to systemd: what the running system reported.
+fn system_problems(events: &[Event]) -> Vec<String> {
+    let handed_to_systemd = events
+        .iter()
+        .any(|e| matches!(e, Event::Handover { systemd: true, .. }));
+    if !handed_to_systemd {
+        return Vec::new();
+    }
+    let Some(Event::System {
+        state,
+        multi_user,
+        failed,
+        missing,
+        ..
+    }) = events.iter().find(|e| matches!(e, Event::System { .. }))
+    else {
+        return vec![
+            "the init handed over to systemd, but the running system never reported".into(),
+        ];
+    };
+    let mut problems = Vec::new();
+    if state != "running" {
+        problems.push(format!(
+            "systemd reports the system {state:?}, not \"running\""
+        ));
+    }
+    if !multi_user {
+        problems.push("multi-user.target is not active".into());
+    }
+    if !failed.is_empty() {
+        problems.push(format!("failed units: {}", failed.join(", ")));
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "the running system does not show: {}",
+            missing.join("; ")
+        ));
     }
     problems
 }
@@ -1031,5 +1130,122 @@ mod tests {
             Ending::QemuExit { status: "0".into() }.ended_by(),
             "qemu-exit"
         );
+    }
+
+    fn system(state: &str, failed: &[&str], missing: &[&str]) -> Event {
+        Event::System {
+            state: state.into(),
+            multi_user: state == "running",
+            hostname: "box".into(),
+            failed: failed.iter().map(|f| f.to_string()).collect(),
+            seen: vec!["/etc/hostname".into()],
+            missing: missing.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    fn handover(systemd: bool) -> Event {
+        Event::Handover {
+            init: "/sbin/init".into(),
+            systemd,
+        }
+    }
+
+    #[test]
+    fn a_hand_over_to_systemd_needs_a_clean_running_system() {
+        let none = crate::GuestChecks::default();
+        assert!(judge_checks(&[handover(false)], &none).is_empty());
+        assert_eq!(
+            judge_checks(&[handover(true)], &none),
+            ["the init handed over to systemd, but the running system never reported"]
+        );
+        assert!(judge_checks(&[handover(true), system("running", &[], &[])], &none).is_empty());
+        assert_eq!(
+            judge_checks(
+                &[
+                    handover(true),
+                    system(
+                        "degraded",
+                        &["systemd-logind.service"],
+                        &["/usr/bin/x: gone"]
+                    )
+                ],
+                &none
+            ),
+            [
+                "systemd reports the system \"degraded\", not \"running\"",
+                "multi-user.target is not active",
+                "failed units: systemd-logind.service",
+                "the running system does not show: /usr/bin/x: gone"
+            ]
+        );
+    }
+
+    #[test]
+    fn profile_files_and_the_state_mode_are_required_when_expected() {
+        let checks = crate::GuestChecks {
+            files: vec!["/etc/hostname".into(), "/etc/motd".into()],
+            state: Some(StateMode::Persistent),
+            ..Default::default()
+        };
+        let events = [
+            Event::State {
+                mode: StateMode::Tmpfs,
+                device: None,
+                formatted: false,
+                boots: None,
+            },
+            Event::File {
+                path: "/etc/hostname".into(),
+                kind: strata_proto::initramfs::FileKind::File,
+                ok: false,
+                detail: Some("mode 0600, not 0644".into()),
+            },
+        ];
+        assert_eq!(
+            judge_checks(&events, &checks),
+            [
+                "profile file /etc/hostname is not as shipped: mode 0600, not 0644",
+                "profile file /etc/motd not reported",
+                "guest used tmpfs state, expected persistent"
+            ]
+        );
+        let ok = [
+            Event::State {
+                mode: StateMode::Persistent,
+                device: Some("/dev/vda2".into()),
+                formatted: true,
+                boots: Some(1),
+            },
+            Event::File {
+                path: "/etc/hostname".into(),
+                kind: strata_proto::initramfs::FileKind::File,
+                ok: true,
+                detail: None,
+            },
+            Event::File {
+                path: "/etc/motd".into(),
+                kind: strata_proto::initramfs::FileKind::File,
+                ok: true,
+                detail: None,
+            },
+        ];
+        assert!(judge_checks(&ok, &checks).is_empty());
+    }
+
+    #[test]
+    fn the_report_waits_for_the_running_system_after_a_hand_over_to_systemd() {
+        let done = Event::Done {
+            ok: true,
+            layers: 0,
+            smoke: false,
+        };
+        let mut c = Console::default();
+        c.feed([handover(false).to_line(), done.to_line()]);
+        assert!(c.done());
+        let mut c = Console::default();
+        c.feed([handover(true).to_line(), done.to_line()]);
+        assert!(!c.done());
+        c.feed([system("running", &[], &[]).to_line()]);
+        assert!(c.done());
     }
 }

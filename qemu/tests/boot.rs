@@ -101,6 +101,7 @@ fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
         accel: Accel::Auto,
         work_dir: work.to_owned(),
         checks: strata_qemu::GuestChecks::default(),
+        keep_writes: false,
     }
 }
 

@@ -1,12 +1,14 @@
 //! The small files the guest init reads from the initramfs, serialised from the contract types
 //! in [`strata_proto::initramfs`] (the init parses the same types, so the two cannot drift):
-//! `extensions.yaml`, `etc/strata/modules.check` and `etc/strata/extensions.json`.
+//! `extensions.yaml`, `etc/strata/modules.check`, `etc/strata/extensions.json` and
+//! `etc/strata/guest.json` (state mode and profile files).
 //! (`etc/strata/modules.load` is written with the module closure in [`super::initramfs`].)
 //!
 //! The bytes are the ones strata has always written; the tests pin them.
 
 use strata_proto::initramfs::{
-    self, archive_name, Disabled, ExtensionsYaml, Flattened, Shipped, YamlLayer,
+    self, archive_name, Disabled, ExtensionsYaml, Flattened, Guest, ProfileFile, Shipped,
+    StateMode, YamlLayer,
 };
 use strata_proto::ExtensionKind;
 
@@ -71,6 +73,22 @@ pub fn extensions_json(
         (
             archive_name(initramfs::EXTENSIONS_JSON).to_string(),
             shipped.to_bytes(),
+        )
+    })
+}
+
+/// `etc/strata/guest.json`: the state mode and the profile's files; `None`
+/// when both are the defaults (the file is then left out, and images
+/// without them keep their bytes).
+pub fn guest_json(state: StateMode, files: &[ProfileFile]) -> Option<(String, Vec<u8>)> {
+    let guest = Guest {
+        state,
+        files: files.to_vec(),
+    };
+    (!guest.is_default()).then(|| {
+        (
+            archive_name(initramfs::GUEST_JSON).to_string(),
+            guest.to_bytes(),
         )
     })
 }
@@ -177,6 +195,29 @@ mod tests {
             .unwrap()
             .starts_with("{\n  \"disabled\": [],\n"));
         assert!(extensions_json(&[], Vec::new()).is_none());
+    }
+
+    #[test]
+    fn guest_json_is_left_out_by_default_and_read_back_by_the_guest() {
+        assert!(guest_json(StateMode::Tmpfs, &[]).is_none());
+        let (name, bytes) = guest_json(StateMode::Persistent, &[]).unwrap();
+        assert_eq!(name, "etc/strata/guest.json");
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "{\n  \"state\": \"persistent\"\n}"
+        );
+        let file = ProfileFile {
+            path: "/etc/hostname".into(),
+            kind: initramfs::FileKind::File,
+            sha256: "ab".repeat(32),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        let (_, bytes) = guest_json(StateMode::Tmpfs, std::slice::from_ref(&file)).unwrap();
+        let back: Guest = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.files, [file]);
+        assert_eq!(back.state, StateMode::Tmpfs);
     }
 
     #[test]

@@ -417,6 +417,18 @@ fn squash_root(plan: &Plan, out: &Path, available: &[(String, PathBuf)]) -> Resu
     Ok(out.to_path_buf())
 }
 
+/// The profile's `files:` as a squashfs (`files.sqsh` in `work`), as
+/// (name in the initramfs, file); none without files.
+pub fn files_layer(plan: &Plan, work: &Path) -> Result<Option<(String, PathBuf)>> {
+    if plan.files.is_empty() {
+        return Ok(None);
+    }
+    let path = work.join("files.sqsh");
+    write_squashfs(&plan.files.tree, &path, &plan.squash)?;
+    let name = strata_proto::initramfs::archive_name(strata_proto::initramfs::FILES_IMAGE);
+    Ok(Some((name.to_string(), path)))
+}
+
 /// Images of `enabled: false` extensions, as (path in the root, file):
 /// Talos ones squashed like a layer, sysext/confext images as they are.
 pub fn available_files(plan: &Plan, work: &Path) -> Result<Vec<(String, PathBuf)>> {

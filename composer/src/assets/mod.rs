@@ -105,8 +105,10 @@ fn initramfs_per_platform(
         .map(|l| (l.image.clone(), l.path.clone()))
         .collect();
     let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
-    let sysexts = guest_files::sysext_images(&plan.extensions, composed);
-    let files = guest_files::init_files(composed, &plan.disabled, module_layer);
+    let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
+    sysexts.extend(layers::files_layer(plan, work)?);
+    let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
+    files.extend(guest_files::guest_json(plan.state, &plan.files.records));
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut out = Vec::new();
     for pp in &plan.platforms {

@@ -31,6 +31,9 @@ pub struct BootOptions {
     /// Check the artefact's size and sha256 against `manifest.json` before booting
     /// (`--no-verify` turns this off for an artefact changed on purpose).
     pub verify: bool,
+    /// Let the guest write to the artefact (persistent state survives
+    /// into the next boot); by default its writes are thrown away.
+    pub keep_writes: bool,
 }
 
 /// Boots the artefact; `Ok` carries the verdict (pass or fail), `Err` means QEMU could not run.
@@ -109,6 +112,17 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         .tempdir_in(&work)
         .map_err(Error::io("creating a directory in", &work))?;
     let (image, format) = crate::boot::unpack::prepare(art, kind, unpack_dir.path())?;
+    if opts.keep_writes && image != *art {
+        return Err(InputError::new(
+            art,
+            "",
+            format!(
+                "--keep-writes needs an artefact the guest can write in place; {file_name} is unpacked into a temporary copy first"
+            ),
+            "boot a raw, qcow2, vhd or vmdk artefact, or drop --keep-writes",
+        )
+        .into());
+    }
     let spec = BootSpec {
         image,
         format,
@@ -132,7 +146,10 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         work_dir: work_dir(art),
         checks: strata_qemu::GuestChecks {
             modules: build.ext_modules.clone(),
+            files: build.files.clone(),
+            state: Some(build.state),
         },
+        keep_writes: opts.keep_writes,
     };
     std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
     strata_qemu::boot(&spec).map_err(|e| Error::Environment {
@@ -272,6 +289,7 @@ mod tests {
             memory_mib: None,
             media: None,
             verify: true,
+            keep_writes: false,
         }
     }
 

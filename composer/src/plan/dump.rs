@@ -30,6 +30,10 @@ pub struct Dump {
     pub extensions: Vec<ExtensionDump>,
     /// Kernel modules extensions ship.
     pub ext_modules: Vec<String>,
+    /// Where the root's writable layer lives: `tmpfs` or `persistent`.
+    pub state: String,
+    /// The profile's files: `path (type mode uid:gid)`.
+    pub files: Vec<String>,
     /// The systemd-boot binary.
     pub bootloader: String,
     /// The guest init.
@@ -125,6 +129,16 @@ impl Plan {
                 })
                 .collect(),
             ext_modules: self.ext_modules.clone(),
+            state: self.state.as_str().to_string(),
+            files: self
+                .files
+                .records
+                .iter()
+                .map(|f| {
+                    let kind = format!("{:?}", f.kind).to_lowercase();
+                    format!("{} ({kind} {:04o} {}:{})", f.path, f.mode, f.uid, f.gid)
+                })
+                .collect(),
             bootloader: d(&self.bootloader),
             init: d(&self.init),
             platforms: self
@@ -191,6 +205,10 @@ impl Dump {
                     e.origin
                 ),
             );
+        }
+        line("state", &self.state);
+        for f in &self.files {
+            line("file", f);
         }
         if !self.ext_modules.is_empty() {
             line("ext modules", &self.ext_modules.join(", "));

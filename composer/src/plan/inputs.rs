@@ -71,6 +71,7 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
             root_tree = Some(tree);
         }
     }
+    let files = super::files::resolve(&lp, &blame, root_tree.as_ref())?;
     let host = host_release(
         root_tree.as_ref(),
         root_kind,
@@ -134,8 +135,13 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         .into_iter()
         .map(|pf| -> Result<PlatformPlan> {
             let outputs = parse_outputs(&lp, &blame, &pf)?;
+            let mut modules = super::modules::wanted(pf.modules.get(p.arch), &p.kernel.modules);
+            if p.state == crate::profile::files::StateMode::Persistent {
+                // The init mounts the state partition as ext2 through the ext4 driver.
+                modules.push("ext4".into());
+            }
             Ok(PlatformPlan {
-                modules: super::modules::wanted(pf.modules.get(p.arch), &p.kernel.modules),
+                modules,
                 cmdline: super::cmdline::cmdline(&pf, p.arch, &p.kernel.args),
                 disk_size: disk_size.unwrap_or(pf.disk.size),
                 outputs,
@@ -143,6 +149,7 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    super::files::check_state(&lp, &blame, &platforms)?;
     Ok(Plan {
         profile: lp.path.clone(),
         name: p.name.clone(),
@@ -157,6 +164,8 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         extensions,
         disabled,
         ext_modules,
+        files,
+        state: p.state,
         flatten: p.flatten,
         conflicts: p.conflicts,
         platforms,

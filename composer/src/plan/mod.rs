@@ -22,12 +22,14 @@
 //! | [`modules`] | the initramfs module set |
 //! | [`esp`] | ESP contents, ESP size, disk layout |
 //! | [`binaries`] | the guest init and the bootloader |
+//! | [`files`] | the profile's `files:` and `state:` |
 //! | [`dump`] | the plan as text or JSON (`strata plan`) |
 
 pub mod binaries;
 pub mod cmdline;
 pub mod dump;
 pub mod esp;
+pub mod files;
 pub mod inputs;
 pub mod kernel;
 pub mod modules;
@@ -95,6 +97,10 @@ pub struct Plan {
     pub extensions: Vec<Resolved>,
     /// Extensions with `enabled: false`: shipped, not activated.
     pub disabled: Vec<Resolved>,
+    /// The profile's `files:`: the layer on top of everything, and the guest's list.
+    pub files: files::FilesPlan,
+    /// Where the root's writable layer lives.
+    pub state: crate::profile::files::StateMode,
     /// Names of the kernel modules extensions ship (checked against the release).
     pub ext_modules: Vec<String>,
     /// Merge the extensions into the root at build time.

@@ -8,6 +8,7 @@
 //! builds for both architectures by changing only `arch`.
 //! The format is documented in `docs/profile.md`.
 
+pub mod files;
 pub mod platform;
 pub mod units;
 pub mod yamlpos;
@@ -67,6 +68,12 @@ pub struct Profile {
     /// How the initramfs' small part is compressed.
     #[serde(default)]
     pub initramfs: InitramfsSpec,
+    /// Where the root's writable layer lives: `tmpfs` (default) or `persistent`.
+    #[serde(default)]
+    pub state: files::StateMode,
+    /// Files the image ships on top of the root and every extension.
+    #[serde(default)]
+    pub files: Vec<files::FileSpec>,
 }
 
 /// Reads an optional size (`8 KiB`, `65536`) as bytes; `auto` is refused.
