@@ -15,7 +15,7 @@ export SOURCE_DATE_EPOCH ?= 1700000000
 musl_amd64 := x86_64-unknown-linux-musl
 musl_arm64 := aarch64-unknown-linux-musl
 
-.PHONY: demo test test-inputs deps debs kernel rootfs init strata lint bench clean
+.PHONY: demo test boot-test test-inputs deps debs kernel rootfs init strata lint bench clean
 
 ## Install apt packages and Rust targets that are missing (as root).
 deps:
@@ -68,6 +68,11 @@ test-inputs: deps
 ## Lint, unit tests and writer judges, then the end-to-end tests (build + boot).
 test: test-inputs strata lint
 	STRATA_E2E=1 $(CARGO) test --release --workspace
+
+## The boot matrix: the boots make test leaves out (arm64 in every format, persistent
+## state over two boots, one boot per QEMU media), for nightly runs.
+boot-test: test-inputs strata
+	STRATA_E2E=1 $(CARGO) test --release -p strata-tests -p strata-qemu -- --ignored
 
 ## Benchmarks: build/boot times, sizes, strata vs qemu-img/xz/zstd/mksquashfs (not part of test).
 bench: test-inputs strata

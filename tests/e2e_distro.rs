@@ -159,6 +159,7 @@ files:
 }
 
 #[test]
+#[ignore = "boot matrix (make boot-test): two boots; the init's ext2 writer is judged by e2fsck in its unit tests"]
 fn persistent_state_is_formatted_on_first_boot_and_found_on_the_second() {
     if !have_inputs("amd64") {
         return;
