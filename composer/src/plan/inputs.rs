@@ -316,6 +316,7 @@ fn live_system(dir: &Path) -> Option<String> {
 fn fs_type(path: &Path) -> Option<i64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs buffer.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
