@@ -297,7 +297,7 @@ fn hostile_profile_shapes_are_refused_quickly() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
             format!("{}deep: {}\n", base_profile(), "[".repeat(200_000)),
-            vec!["p.yaml:15:", "nest deeper than 64"],
+            vec!["p.yaml:14:70", "nest deeper than 64"],
         ),
         (
             format!("{alias}{}", base_profile()),

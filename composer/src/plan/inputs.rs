@@ -34,9 +34,9 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&p.name));
-    check_out_dir(&lp, &blame, &out_dir)?;
     let kernel = kernel::resolve(&lp, &blame)?;
     let (root_kind, root_path) = root_path(&lp, &blame)?;
+    check_out_dir(&lp, &blame, &out_dir)?;
     let mut root_tree = read_root_tree(root_kind, &root_path, &blame)?;
     if let Some(tree) = &root_tree {
         binaries::check_tree_arch(tree, p.arch, "root filesystem", &root_path)?;
