@@ -156,28 +156,68 @@ fn the_disk_is_judged_sound_by_independent_tools() {
     );
 }
 
+/// The runner's umask (Linux reports it in /proc/self/status).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .expect("Umask in /proc/self/status")
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// The second build runs from another working directory (`composer/`, the
+/// profile named as `../profiles/default.yaml`), into another output path
+/// and under umask 077: the manifest and the images must not change, and
+/// the artefacts get the mode each umask gives.
 #[test]
 fn two_builds_are_byte_identical() {
     let Some(a) = built() else { return };
-    let b = repo().join("target/e2e/default-b");
+    let b = repo().join("target/e2e/default-b/nested");
     let _ = std::fs::remove_dir_all(&b);
-    let o = strata(
-        &[
-            "build",
-            "profiles/default.yaml",
-            "--out",
-            b.to_str().unwrap(),
-        ],
-        &shared_cache(),
-    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+        .arg(strata_bin())
+        .args(["build", "../profiles/default.yaml", "--out"])
+        .arg(&b)
+        .current_dir(repo().join("composer"))
+        .env("STRATA_CACHE", shared_cache())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .expect("run strata");
     assert!(o.status.success(), "{}", text(&o));
     let ra = std::fs::read(a.join("metal-amd64.raw")).unwrap();
     let rb = std::fs::read(b.join("metal-amd64.raw")).unwrap();
     assert!(ra == rb, "the two raw images differ");
+    let ma = std::fs::read_to_string(a.join("manifest.json")).unwrap();
+    let mb = std::fs::read_to_string(b.join("manifest.json")).unwrap();
     assert_eq!(
-        std::fs::read(a.join("manifest.json")).unwrap(),
-        std::fs::read(b.join("manifest.json")).unwrap()
+        ma, mb,
+        "manifest.json depends on the working directory or output path"
     );
+    for host_path in [
+        repo().display().to_string(),
+        "target/".into(),
+        "profiles/..".into(),
+    ] {
+        assert!(
+            !ma.contains(&host_path),
+            "manifest.json names {host_path}:\n{ma}"
+        );
+    }
+    for file in ["metal-amd64.raw", "manifest.json"] {
+        assert_eq!(
+            mode(&a.join(file)),
+            0o666 & !umask(),
+            "{file} under the runner's umask"
+        );
+        assert_eq!(mode(&b.join(file)), 0o600, "{file} under umask 077");
+    }
 }
 
 #[test]

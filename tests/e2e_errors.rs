@@ -260,3 +260,193 @@ fn a_guest_that_cannot_report_in_time_exits_1() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(err.contains("boot test failed"), "{err}");
 }
+
+/// Builds `profile` (written to a fresh directory) with `--out` at `out`
+/// relative to that directory; returns (exit code, stderr, the directory).
+fn run_with_out(profile: &str, out: &str) -> (Option<i32>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, profile).unwrap();
+    let out = dir.path().join(out);
+    let o = strata(
+        &[
+            "build",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (o.status.code(), err, dir)
+}
+
+#[test]
+fn a_newline_in_os_id_is_refused_at_its_line() {
+    // The probe's case: the newline would have become an `options` line of the boot entry.
+    refused(
+        &base_profile().replace("  id: strata", "  id: \"strata\\noptions init=/bin/sh\""),
+        2,
+        &["p.yaml:5:3: os.id", "control character '\\n'"],
+    );
+}
+
+#[test]
+fn hostile_profile_shapes_are_refused_quickly() {
+    let alias = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n";
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("{}deep: {}\n", base_profile(), "[".repeat(200_000)),
+            vec!["p.yaml:14:70", "nest deeper than 64"],
+        ),
+        (
+            format!("{alias}{}", base_profile()),
+            vec!["p.yaml:2:8", "alias `*a`"],
+        ),
+        (
+            base_profile().replace("platform: metal", "platform: metal\nplatform: aws"),
+            vec!["p.yaml:4:1", "duplicate", "`platform`", "line 3"],
+        ),
+        (
+            format!("{}# {}\n", base_profile(), "x".repeat(2 << 20)),
+            vec!["p.yaml", "more than the 1048576 bytes"],
+        ),
+        (
+            base_profile().replace("name: broken", "name: [1, 2]"),
+            vec!["p.yaml:1:7", "name"],
+        ),
+    ];
+    for (profile, wants) in cases {
+        let t = std::time::Instant::now();
+        refused(&profile, 2, &wants);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{wants:?} took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_kernel_command_line_over_the_limit_is_refused() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let long = "x".repeat(3000);
+    refused(
+        &base_profile().replace(
+            "kernel:\n",
+            &format!("kernel:\n  args: [quiet, strata.long={long}]\n"),
+        ),
+        2,
+        &[
+            "kernel.args",
+            "over the kernel's limit of 2048",
+            "`kernel.args` adds 3019 bytes",
+        ],
+    );
+}
+
+#[test]
+fn os_must_match_the_roots_os_release() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    // build/rootfs-* says ID=strata, VERSION_ID=1.0.0.
+    refused(
+        &base_profile().replace("  version: 1.0.0", "  version: 9.9.9"),
+        2,
+        &[
+            "os.version",
+            "`os.version: 9.9.9`",
+            "/etc/os-release says VERSION_ID=1.0.0",
+        ],
+    );
+    refused(
+        &base_profile().replace("  id: strata", "  id: flatcar"),
+        2,
+        &["os.id", "ID=strata", "set `os.id: strata`"],
+    );
+}
+
+#[test]
+fn a_sysext_over_a_root_without_os_release_is_refused() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("root/bin")).unwrap();
+    // The os-release check comes before the image is read: any file will do.
+    let raw = dir.path().join("tools.raw");
+    std::fs::write(&raw, b"").unwrap();
+    let p = base_profile()
+        .replace(
+            &repo().join("build/rootfs-${arch}").display().to_string(),
+            &dir.path().join("root").display().to_string(),
+        )
+        .replace(
+            &format!(
+                "  - dir: {}/motd\n",
+                repo().join("examples/extensions").display()
+            ),
+            &format!("  - sysext: {}\n", raw.display()),
+        );
+    refused(
+        &p,
+        2,
+        &[
+            "rootfs.dir",
+            "has no os-release",
+            "add /usr/lib/os-release",
+            "ID=strata",
+        ],
+    );
+}
+
+#[test]
+fn an_output_directory_inside_an_input_tree_is_refused() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/os-release"), "ID=strata\nVERSION_ID=1.0.0\n").unwrap();
+    let p = base_profile().replace(
+        &repo().join("build/rootfs-${arch}").display().to_string(),
+        &root.display().to_string(),
+    );
+    let (code, err, _tmp) = run_with_out(&p, &format!("{}/out/x", root.display()));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("rootfs.dir: the output directory"), "{err}");
+    assert!(
+        err.contains(&format!("is inside {}", root.display())),
+        "{err}"
+    );
+    assert!(
+        !root.join("out").exists(),
+        "the output directory was created"
+    );
+}
+
+#[test]
+fn the_hosts_root_is_never_walked() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let p = base_profile().replace(
+        &repo().join("build/rootfs-${arch}").display().to_string(),
+        "/",
+    );
+    let t = std::time::Instant::now();
+    refused(
+        &p,
+        2,
+        &[
+            "rootfs.dir",
+            "the host's root directory",
+            "never a running system's root",
+        ],
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -88,7 +88,7 @@ fn profile(
 ) -> PathBuf {
     let r = repo();
     let text = format!(
-        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.11.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\n  - dir: {motd}\n    enabled: false\noutputs: [raw]\n",
+        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.0.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\n  - dir: {motd}\n    enabled: false\noutputs: [raw]\n",
         k = kernel_deb("amd64").display(),
         root = r.join("build/rootfs-amd64").display(),
         svc = r.join("examples/extensions/hello-service").display(),

@@ -116,10 +116,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     timed("layout", t);
 
     let t = Instant::now();
-    let out_dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("out").join(&plan.name));
+    let out_dir = plan.out_dir.clone();
     crate::signals::watch(&out_dir, !out_dir.exists());
     let out = OutDir::open(&out_dir)?;
     let pending = plan
@@ -164,6 +161,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
 fn plan_options(opts: &BuildOptions) -> plan::Options {
     plan::Options {
         profile: opts.profile.clone(),
+        out_dir: opts.out_dir.clone(),
         cache_dir: opts.cache_dir.clone(),
         arch: opts.arch,
         init: opts.init.clone(),

@@ -87,7 +87,9 @@ pub struct Os {
 pub struct Input {
     /// What it is: `kernel`, `rootfs`, `extension`, `bootloader`, `init`.
     pub role: String,
-    /// Where it came from, as the profile names it (resolved).
+    /// Where it came from: the path as the profile writes it (relative to
+    /// the profile's directory), an image reference, or the file name of an
+    /// input the profile does not name (see [`crate::plan::InputNames`]).
     pub source: String,
     /// sha256 of the file, or of the squashfs built from a directory.
     pub sha256: String,
@@ -244,18 +246,15 @@ fn output(kind: OutputKind, path: &Path) -> Result<Output> {
 /// Every input with its digest: a layer's is that of the squashfs built
 /// from it, a sysext's that of its image.
 fn inputs(plan: &Plan, kernel: &Kernel, c: &Composed) -> Result<Vec<Input>> {
+    let names = &plan.names;
     let mut ins = vec![Input {
         role: "kernel".into(),
-        source: if plan.kernel.is_deb() {
-            plan.kernel.origin().display().to_string()
-        } else {
-            kernel.vmlinuz.display().to_string()
-        },
+        source: names.as_written(&plan.kernel.origin().display().to_string()),
         sha256: kernel.source_digest.clone(),
     }];
     ins.push(Input {
         role: "rootfs".into(),
-        source: plan.root_origin().display().to_string(),
+        source: names.as_written(&plan.root_origin().display().to_string()),
         sha256: sha(&c.rootfs)?,
     });
     let mut talos_layers = c.layers.iter();
@@ -267,23 +266,24 @@ fn inputs(plan: &Plan, kernel: &Kernel, c: &Composed) -> Result<Vec<Input>> {
                 None => String::new(),
             },
         };
+        let origin = names.as_written(&e.origin);
         ins.push(Input {
             role: format!("extension ({})", e.kind.as_str()),
             source: match &e.digest {
-                Some(d) if !e.origin.contains(d.as_str()) => format!("{} ({d})", e.origin),
-                _ => e.origin.clone(),
+                Some(d) if !origin.contains(d.as_str()) => format!("{origin} ({d})"),
+                _ => origin,
             },
             sha256,
         });
     }
     ins.push(Input {
         role: "bootloader".into(),
-        source: plan.bootloader.display().to_string(),
+        source: names.bootloader(&plan.bootloader),
         sha256: sha(&plan.bootloader)?,
     });
     ins.push(Input {
         role: "init".into(),
-        source: plan.init.display().to_string(),
+        source: names.init(&plan.init),
         sha256: sha(&plan.init)?,
     });
     Ok(ins)

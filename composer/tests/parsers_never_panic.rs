@@ -647,3 +647,96 @@ proptest! {
         talos_service(text);
     }
 }
+
+// ---- Profiles: the YAML guard, then serde; hostile shapes are refused fast
+
+/// Loads `text` as a profile on a worker thread; every outcome but a panic or a hang is fine.
+fn profile(text: Vec<u8>) -> Result<(), String> {
+    within("profile loader", move || {
+        with_file("p.yaml", &text, |path, _| {
+            strata::profile::load(path, None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// Each hostile shape is refused as bad input, with its position where it has one, in
+/// under a second (the guard runs before the YAML parser, whose cost grows with the square
+/// of the nesting depth: 200 KB of `[` took 34 s).
+#[test]
+fn hostile_profiles_are_refused_within_a_second() {
+    let good = profiles_sample();
+    let laughs: String = std::iter::once("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_string())
+        .chain((b'b'..=b'i').map(|c| {
+            let prev = (c - 1) as char;
+            let c = c as char;
+            format!("{c}: &{c} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n")
+        }))
+        .collect();
+    let block: String = (0..500)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "flow nesting",
+            format!("{good}x: {}\n", "[".repeat(200_000)),
+            "nest deeper than 64",
+        ),
+        (
+            "block nesting",
+            format!("{good}{block}"),
+            "nest deeper than 64",
+        ),
+        ("billion laughs", format!("{laughs}{good}"), "alias `*a`"),
+        ("duplicate key", format!("{good}arch: arm64\n"), "duplicate"),
+        (
+            "huge file",
+            format!("{good}#{}\n", "x".repeat(2 << 20)),
+            "more than the 1048576 bytes",
+        ),
+        (
+            "control character",
+            good.replace("id: strata", "id: \"str\\u001bata\""),
+            "control character",
+        ),
+        (
+            "NUL",
+            good.replace("id: strata", "id: \"a\\0b\""),
+            "control character",
+        ),
+        (
+            "wrong type",
+            good.replace("name: demo", "name: {a: 1}"),
+            "name",
+        ),
+    ];
+    for (what, text, want) in cases {
+        let t = std::time::Instant::now();
+        let err = profile(text.into_bytes()).expect_err(what);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{what} took {:?}",
+            t.elapsed()
+        );
+        assert!(err.contains(want), "{what}: {err}");
+    }
+}
+
+fn profiles_sample() -> String {
+    "name: demo\narch: amd64\nplatform: metal\nos:\n  id: strata\n  version: 1.0.0\nkernel:\n  deb: k.deb\n  args: [quiet]\nrootfs:\n  dir: root\nextensions:\n  - dir: a\n".into()
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn the_profile_loader_survives_mutation(e in edits()) {
+        let _ = profile(mutate(profiles_sample().as_bytes(), &e));
+    }
+
+    #[test]
+    fn the_profile_loader_survives_random_text(text in "[a-z:{}\\[\\]\\-\"'&*!|> .0-9\\n]{0,300}") {
+        let _ = profile(text.into_bytes());
+    }
+}

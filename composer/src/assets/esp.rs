@@ -41,6 +41,27 @@ pub fn loader_conf(entry: &BootEntry) -> String {
     format!("timeout 0\ndefault {}.conf\neditor no\n", entry.id)
 }
 
+/// Refuses an entry with a value that would break its file's syntax: BLS
+/// (and `loader.conf`) read one `key value` per line, so a newline in a
+/// title would let the rest of it become an `options` line of its own. The
+/// plan checks every value where it comes from; this is the file's own rule.
+pub fn check_entry(entry: &BootEntry) -> Result<(), EspError> {
+    for (key, value) in [
+        ("id", &entry.id),
+        ("title", &entry.title),
+        ("version", &entry.version),
+        ("options", &entry.cmdline),
+    ] {
+        if value.chars().any(char::is_control) {
+            return Err(EspError::EntryValue {
+                key,
+                value: value.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The BLS type #1 entry.
 pub fn bls_entry(entry: &BootEntry) -> String {
     format!(
@@ -92,6 +113,14 @@ pub enum EspError {
         /// What the profile asked for.
         have: String,
     },
+    /// A value that would break the entry's one-key-per-line syntax.
+    #[error("the boot entry's `{key}` value {value:?} holds a control character, which would end its line and start another")]
+    EntryValue {
+        /// The BLS key.
+        key: &'static str,
+        /// The value, as it is.
+        value: String,
+    },
     /// The FAT writer failed.
     #[error(transparent)]
     Fat(#[from] crate::fs::fat::FatError),
@@ -126,6 +155,23 @@ pub fn fat_options(seed: &[u8], epoch: u64) -> FatOptions {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn entry_values_with_control_characters_are_refused() {
+        let entry = BootEntry {
+            id: "strata-x".into(),
+            title: "strata 1.0\noptions init=/bin/sh".into(),
+            version: "6.1.0".into(),
+            cmdline: "quiet".into(),
+        };
+        let e = check_entry(&entry).unwrap_err().to_string();
+        assert!(e.contains("`title`"), "{e}");
+        let ok = BootEntry {
+            title: "strata 1.0 (x)".into(),
+            ..entry
+        };
+        check_entry(&ok).unwrap();
+    }
+
     use super::*;
 
     fn entry() -> BootEntry {

@@ -82,10 +82,7 @@ pub fn write_all(ctx: &Context<'_>, kinds: &[OutputKind], workers: usize) -> Res
 
 fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
     let file_name = kind.file_name(ctx.platform, ctx.arch.debian());
-    let tmp = tempfile::Builder::new()
-        .prefix(".strata-")
-        .suffix(".tmp")
-        .tempfile_in(ctx.out_dir)
+    let tmp = crate::io::outdir::artefact_temp_file(ctx.out_dir)
         .map_err(Error::io("creating a file in", ctx.out_dir))?;
     match kind.wrap {
         None => produce(ctx, kind.format, kind, tmp.path())?,

@@ -3,10 +3,31 @@
 //! when the whole build has succeeded. On failure the temporary files
 //! vanish, and the directory itself is removed if this build created it
 //! and it is still empty; nothing of the user's is ever deleted.
+//!
+//! Every artefact strata writes for the user (images, `manifest.json`,
+//! `ext pack` output) is created through [`artefact_temp_file`], which asks
+//! for mode 0666 and lets the umask take away what it takes (0644 under the
+//! usual 022, 0600 under 077), as `open(2)` does for any other tool. A plain
+//! temporary file would be 0600 and stay so after the rename, unreadable to
+//! the CI uploader or web server that serves the artefacts.
 
 use crate::error::{Error, Result};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
+
+/// A new temporary file in `dir`, named `.strata-*.tmp`, with the mode the
+/// umask gives a new file (see the module documentation); renamed into
+/// place, it keeps that mode.
+pub fn artefact_temp_file(dir: &Path) -> std::io::Result<NamedTempFile> {
+    // As io::perm::temp_file_in, plus the `.tmp` suffix and the owner's pid
+    // that signals.rs cleans up by.
+    tempfile::Builder::new()
+        .prefix(&crate::signals::temp_prefix(".strata-"))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+}
 
 /// An output directory with a pending set of files.
 pub struct OutDir {
@@ -34,11 +55,7 @@ impl OutDir {
 
     /// A new temporary file in the directory (same filesystem: the rename is atomic).
     pub fn temp_file(&self) -> Result<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix(&crate::signals::temp_prefix(".strata-"))
-            .suffix(".tmp")
-            .tempfile_in(&self.path)
-            .map_err(Error::io("creating a file in", &self.path))
+        artefact_temp_file(&self.path).map_err(Error::io("creating a file in", &self.path))
     }
 
     /// Renames `tmp` to `name` in the directory; returns the final path.
@@ -85,5 +102,26 @@ mod tests {
         out.commit();
         assert_eq!(std::fs::read(p).unwrap(), b"done");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn artefacts_get_the_mode_the_umask_gives() {
+        // The umask is per process and other tests run beside this one, so
+        // it is read (Linux reports it in /proc/self/status), not set; the
+        // end-to-end test builds under two umasks.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        let want = 0o666 & !umask;
+        let root = tempfile::tempdir().unwrap();
+        let t = artefact_temp_file(root.path()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(t.path()), want, "umask {umask:o}");
+        let p = root.path().join("a.raw");
+        t.persist(&p).unwrap();
+        assert_eq!(mode(&p), want, "umask {umask:o}, after the rename");
     }
 }

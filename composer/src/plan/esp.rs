@@ -40,6 +40,7 @@ pub fn disk_plan(
     initrd: &Path,
 ) -> Result<DiskPlan> {
     let entry = super::cmdline::boot_entry(&plan.name, &plan.os, &kernel.release, &pp.cmdline);
+    esp::check_entry(&entry).map_err(|e| Error::format("writing the boot entry", e))?;
     let esp_files = esp::files(plan.arch, &plan.bootloader, &kernel.vmlinuz, initrd, &entry);
     let esp_size = esp::size(&esp_files, plan.esp_size).map_err(|e| match e {
         EspError::TooSmall { .. } => plan

@@ -8,7 +8,6 @@
 //! been read, so a broken root leaves the cache untouched.
 
 use super::{binaries, kernel, Blame, Options, Plan, PlatformPlan, RootPlan};
-use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::extension::source::{self, Kind, Resolved};
 use crate::format::{self, Format, OutputKind};
@@ -31,8 +30,13 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
     let blame = Blame::of(&lp);
     let p = &lp.profile;
     let platforms = platforms(&lp, &blame)?;
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(&p.name));
     let kernel = kernel::resolve(&lp, &blame)?;
     let (root_kind, root_path) = root_path(&lp, &blame)?;
+    check_out_dir(&lp, &blame, &out_dir)?;
     let mut root_tree = read_root_tree(root_kind, &root_path, &blame)?;
     if let Some(tree) = &root_tree {
         binaries::check_tree_arch(tree, p.arch, "root filesystem", &root_path)?;
@@ -72,13 +76,11 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         }
     }
     let files = super::files::resolve(&lp, &blame, root_tree.as_ref())?;
-    let host = host_release(
-        root_tree.as_ref(),
-        root_kind,
-        &root_path,
-        p.arch,
-        scratch.path(),
-    );
+    let root_release = root_os_release(root_tree.as_ref(), &root_path, scratch.path());
+    check_os(&lp, &blame, root_kind, root_release.as_ref())?;
+    let host = root_release.and_then(|(_, text)| {
+        crate::extension::sysext::HostRelease::from_os_release(&text, p.arch.debian()).ok()
+    });
     let (extensions, disabled): (Vec<Resolved>, Vec<Resolved>) = read_extensions(
         &lp,
         &blame,
@@ -135,6 +137,19 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         .into_iter()
         .map(|pf| -> Result<PlatformPlan> {
             let outputs = parse_outputs(&lp, &blame, &pf)?;
+            let cmdline = super::cmdline::cmdline(&pf, p.arch, &p.kernel.args);
+            super::cmdline::check_length(&cmdline).map_err(|m| -> Error {
+                blame
+                    .error(
+                        "kernel.args",
+                        format!(
+                            "{m}; `kernel.args` adds {} bytes",
+                            kernel_args_len(&p.kernel.args)
+                        ),
+                        "shorten `kernel.args`, or move settings into files of the image",
+                    )
+                    .into()
+            })?;
             let mut modules = super::modules::wanted(pf.modules.get(p.arch), &p.kernel.modules);
             if p.state == crate::profile::files::StateMode::Persistent {
                 // The init mounts the state partition as ext2 through the ext4 driver.
@@ -142,7 +157,7 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
             }
             Ok(PlatformPlan {
                 modules,
-                cmdline: super::cmdline::cmdline(&pf, p.arch, &p.kernel.args),
+                cmdline,
                 disk_size: disk_size.unwrap_or(pf.disk.size),
                 outputs,
                 platform: pf,
@@ -184,9 +199,20 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         initramfs_compression: p.initramfs.compression,
         esp_size: p.disk.map(|d| d.esp_size).unwrap_or_default(),
         cache,
+        out_dir,
+        names: super::InputNames {
+            profile_dir: lp.dir.clone(),
+            init_in_profile: opts.init.is_none() && p.init.is_some(),
+            bootloader_in_profile: p.bootloader.is_some(),
+        },
         blame,
         _scratch: Some(scratch),
     })
+}
+
+/// What `kernel.args` adds to the command line: each argument and its space.
+fn kernel_args_len(args: &[String]) -> usize {
+    args.iter().map(|a| a.len() + 1).sum()
 }
 
 /// The scratch directory for unpacked contents: under the cache, so large
@@ -260,7 +286,110 @@ fn root_path(lp: &LoadedProfile, blame: &Blame) -> Result<(&'static str, PathBuf
     let (key, p) = lp.profile.rootfs.source.key_and_path();
     let dir = matches!(lp.profile.rootfs.source, RootSource::Dir(_));
     let path = blame.existing(lp, &format!("rootfs.{key}"), p, dir, hint)?;
+    if dir {
+        if let Some(why) = live_system(&path) {
+            return Err(blame
+                .error(
+                    "rootfs.dir",
+                    format!("{} is {why}: strata would walk into the host's kernel filesystems", path.display()),
+                    "give a directory that holds only the root filesystem to compose (e.g. made by debootstrap or `make rootfs`), never a running system's root",
+                )
+                .into());
+        }
+    }
     Ok((key, path))
+}
+
+/// Why `dir` is a running system's root rather than a tree to compose:
+/// it is `/`, or a kernel filesystem (procfs, sysfs, devtmpfs) is mounted
+/// on its `proc`, `sys` or `dev`. `None` for an ordinary tree.
+fn live_system(dir: &Path) -> Option<String> {
+    const KERNEL_FS: [(&str, i64); 3] = [
+        ("proc", 0x9fa0),     // PROC_SUPER_MAGIC
+        ("sys", 0x6265_6572), // SYSFS_MAGIC
+        ("dev", 0x1373),      // DEVTMPFS (DEVFS_SUPER_MAGIC)
+    ];
+    let real = std::fs::canonicalize(dir).ok()?;
+    if real == Path::new("/") {
+        return Some("the host's root directory".into());
+    }
+    KERNEL_FS.iter().find_map(|(name, magic)| {
+        let sub = real.join(name);
+        (fs_type(&sub)? == *magic)
+            .then(|| format!("a live system's root (`{name}` is a mounted kernel filesystem)"))
+    })
+}
+
+/// The `statfs` type of the filesystem `path` is on; `None` when it cannot be read.
+#[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+fn fs_type(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs buffer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+/// Refuses an output directory inside an input tree (`rootfs.dir`, an
+/// extension's `dir` or `oci_layout`): the build's artefacts would be read
+/// into the next image. Both paths are compared after resolving symlinks;
+/// the output directory need not exist yet.
+fn check_out_dir(lp: &LoadedProfile, blame: &Blame, out: &Path) -> Result<()> {
+    let out_real = real_path(out);
+    let mut trees: Vec<(String, &str)> = Vec::new();
+    if let RootSource::Dir(d) = &lp.profile.rootfs.source {
+        trees.push(("rootfs.dir".into(), d.as_str()));
+    }
+    for (i, e) in lp.profile.extensions.iter().enumerate() {
+        match &e.source {
+            ExtensionSource::Dir(d) => trees.push((format!("extensions[{i}].dir"), d.as_str())),
+            ExtensionSource::OciLayout { path, .. } => {
+                trees.push((format!("extensions[{i}].oci_layout"), path.as_str()))
+            }
+            _ => {}
+        }
+    }
+    for (field, p) in trees {
+        let tree = lp.resolve(p);
+        let Ok(tree_real) = std::fs::canonicalize(&tree) else {
+            continue; // a missing input is reported where it is read
+        };
+        if out_real.starts_with(&tree_real) {
+            return Err(blame
+                .error(
+                    &field,
+                    format!(
+                        "the output directory {} is inside {} (`{field}`): the artefacts would be read into the next build's image",
+                        out.display(),
+                        tree.display()
+                    ),
+                    "pass `--out` a directory outside every input tree",
+                )
+                .into());
+        }
+    }
+    Ok(())
+}
+
+/// `path` with symlinks resolved as far as it exists; the rest appended.
+fn real_path(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            return missing.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 /// Reads a `dir` or `tar` root into a tree (a corrupt archive fails here,
@@ -288,30 +417,85 @@ fn read_root_tree(kind: &str, path: &Path, blame: &Blame) -> Result<Option<Tree>
     })
 }
 
-/// The base's os-release, which sysext/confext images are matched against.
-fn host_release(
-    tree: Option<&Tree>,
-    kind: &str,
-    path: &Path,
-    arch: Arch,
-    scratch: &Path,
-) -> Option<crate::extension::sysext::HostRelease> {
-    let text = match (kind, tree) {
-        ("dir", _) => ["etc/os-release", "usr/lib/os-release"]
-            .iter()
-            .find_map(|f| std::fs::read_to_string(path.join(f)).ok()),
-        (_, Some(tree)) => os_release_of(tree),
-        _ => crate::fs::squashfs_read::read_in(path, scratch)
+/// The root's os-release, as the guest finds it: `/etc/os-release`, else
+/// `/usr/lib/os-release`, symlinks followed inside the root (never out of
+/// it onto the host). `(path in the root, text)`; `None` when there is none.
+fn root_os_release(tree: Option<&Tree>, path: &Path, scratch: &Path) -> Option<(String, String)> {
+    match tree {
+        Some(tree) => os_release_of(tree),
+        None => crate::fs::squashfs_read::read_in(path, scratch)
             .ok()
             .and_then(|tree| os_release_of(&tree)),
-    }?;
-    crate::extension::sysext::HostRelease::from_os_release(&text, arch.debian()).ok()
+    }
 }
 
-fn os_release_of(tree: &Tree) -> Option<String> {
+fn os_release_of(tree: &Tree) -> Option<(String, String)> {
     ["/etc/os-release", "/usr/lib/os-release"]
         .iter()
-        .find_map(|f| source::read_text(tree, Path::new(f)).ok())
+        .find_map(|f| {
+            let real = crate::extension::sysext::chase(tree, Path::new(f))?;
+            let text = source::read_text(tree, &real).ok()?;
+            Some((f.to_string(), text))
+        })
+}
+
+/// The profile's `os:` against the root's os-release, decided as the guest
+/// decides (`strata_proto::osrelease`): an `ID` or `VERSION_ID` the root
+/// sets must equal the profile's, and a root without os-release is refused
+/// when a sysext or confext needs it, because the guest refuses to merge
+/// them then (systemd-sysext's rule). Nothing is skipped in silence.
+fn check_os(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    root_kind: &str,
+    release: Option<&(String, String)>,
+) -> Result<()> {
+    let os = &lp.profile.os;
+    let Some((file, text)) = release else {
+        let needs = lp.profile.extensions.iter().position(|e| {
+            matches!(
+                e.source,
+                ExtensionSource::Sysext(_) | ExtensionSource::Confext(_)
+            )
+        });
+        return match needs {
+            Some(i) => Err(blame
+                .error(
+                    &format!("rootfs.{root_kind}"),
+                    format!(
+                        "the root filesystem has no os-release (/etc/os-release or /usr/lib/os-release); extensions[{i}] is a sysext/confext image, which is checked against it here and which the guest refuses to merge without it"
+                    ),
+                    format!(
+                        "add /usr/lib/os-release to the root filesystem with `ID={}` and `VERSION_ID={}` (the profile's `os:`)",
+                        os.id, os.version
+                    ),
+                )
+                .into()),
+            None => Ok(()),
+        };
+    };
+    let release = strata_proto::osrelease::Release::parse(text);
+    for (key, field, want) in [
+        ("ID", "os.id", &os.id),
+        ("VERSION_ID", "os.version", &os.version),
+    ] {
+        if let Some(root) = release.non_empty(key).filter(|v| *v != want.as_str()) {
+            // The root is untrusted: its value is shown escaped.
+            let root = root.escape_debug();
+            return Err(blame
+                .error(
+                    field,
+                    format!(
+                        "the profile says `{field}: {want}`, but the root filesystem's {file} says {key}={root}"
+                    ),
+                    format!(
+                        "set `{field}: {root}` in the profile, or give a root filesystem whose {file} says {key}={want}"
+                    ),
+                )
+                .into());
+        }
+    }
+    Ok(())
 }
 
 /// Reads every extension from its source and validates it; the findings are

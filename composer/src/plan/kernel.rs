@@ -100,6 +100,20 @@ pub(crate) fn resolve(lp: &LoadedProfile, blame: &Blame) -> Result<KernelPlan> {
             )
         }
     };
+    if !is_release(&release) {
+        let field = if field == "kernel.vmlinuz" {
+            "kernel.modules_dir"
+        } else {
+            field
+        };
+        return Err(blame
+            .error(
+                field,
+                format!("`{}` is not a kernel release", release.escape_debug()),
+                "a release (`uname -r`) is letters, digits and `.`, `_`, `-`, `+`, `~`; give a kernel whose package or lib/modules directory is named so",
+            )
+            .into());
+    }
     Ok(KernelPlan {
         input,
         release,
@@ -109,6 +123,16 @@ pub(crate) fn resolve(lp: &LoadedProfile, blame: &Blame) -> Result<KernelPlan> {
         arch,
         blame: blame.clone(),
     })
+}
+
+/// True for what `uname -r` can print: the release goes into the boot
+/// entry's `version` line, module paths and the manifest, so a newline or a
+/// space in it would forge lines or split values there.
+fn is_release(release: &str) -> bool {
+    !release.is_empty()
+        && release
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+~".contains(c))
 }
 
 /// The release a `linux-image-<release>` package holds, after checking its architecture.

@@ -52,6 +52,9 @@ pub use inputs::plan;
 pub struct Options {
     /// The profile file.
     pub profile: PathBuf,
+    /// Output directory; `out/<name>` when absent. It must not lie inside
+    /// an input tree, or one build's artefacts would go into the next image.
+    pub out_dir: Option<PathBuf>,
     /// Cache root; `$XDG_CACHE_HOME/strata` when absent.
     pub cache_dir: Option<PathBuf>,
     /// Overrides the profile's `arch`.
@@ -125,6 +128,11 @@ pub struct Plan {
     pub esp_size: Size,
     /// The cache root.
     pub cache: PathBuf,
+    /// The output directory (`--out`, else `out/<name>`), checked to lie
+    /// outside every input tree.
+    pub out_dir: PathBuf,
+    /// How `manifest.json` names the inputs.
+    pub names: InputNames,
     /// Where messages about profile fields point.
     blame: Blame,
     /// Holds unpacked extension and root contents until the build ends.
@@ -140,6 +148,66 @@ pub struct RootPlan {
     pub path: PathBuf,
     /// The tree; `None` for a prebuilt squashfs that is shipped unchanged.
     pub tree: Option<Tree>,
+}
+
+/// How `manifest.json` names the inputs, so that it is the same whatever
+/// the working directory and the output path: a path the profile names as
+/// the profile writes it (relative to the profile's directory, `${arch}`
+/// substituted), and an input the profile does not name (the default guest
+/// init, `--init`, the system's systemd-boot) by its file name alone; the
+/// digest beside each name identifies the input.
+#[derive(Debug, Clone)]
+pub struct InputNames {
+    /// The profile's directory, which resolved paths are made relative to again.
+    profile_dir: PathBuf,
+    /// The init, when the profile names it (else its file name is used).
+    init_in_profile: bool,
+    /// The bootloader, when the profile names it.
+    bootloader_in_profile: bool,
+}
+
+impl InputNames {
+    /// A path the profile names, resolved by [`LoadedProfile::resolve`],
+    /// back as the profile writes it (an origin that is no such path, like
+    /// an image reference, is returned unchanged).
+    /// A `scheme:path` origin (`docker-archive:…`, `oci:…`) keeps its scheme.
+    pub fn as_written(&self, origin: &str) -> String {
+        let relative = |p: &str| {
+            Path::new(p)
+                .strip_prefix(&self.profile_dir)
+                .ok()
+                .map(|rel| rel.display().to_string())
+        };
+        if let Some(rel) = relative(origin) {
+            return rel;
+        }
+        match origin.split_once(':') {
+            Some((scheme, rest)) if !scheme.contains('/') => match relative(rest) {
+                Some(rel) => format!("{scheme}:{rel}"),
+                None => origin.to_string(),
+            },
+            _ => origin.to_string(),
+        }
+    }
+
+    /// The guest init's name.
+    pub fn init(&self, path: &Path) -> String {
+        self.named(path, self.init_in_profile)
+    }
+
+    /// The bootloader's name.
+    pub fn bootloader(&self, path: &Path) -> String {
+        self.named(path, self.bootloader_in_profile)
+    }
+
+    fn named(&self, path: &Path, in_profile: bool) -> String {
+        if in_profile {
+            return self.as_written(&path.display().to_string());
+        }
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// One platform's share of a build.
@@ -252,5 +320,47 @@ impl Plan {
     /// The origin of the root, for messages and the manifest.
     pub fn root_origin(&self) -> &Path {
         &self.root.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &str) -> InputNames {
+        InputNames {
+            profile_dir: PathBuf::from(dir),
+            init_in_profile: false,
+            bootloader_in_profile: true,
+        }
+    }
+
+    #[test]
+    fn inputs_are_named_as_the_profile_writes_them() {
+        let n = names("profiles");
+        assert_eq!(
+            n.as_written("profiles/../.cache/debian/k.deb"),
+            "../.cache/debian/k.deb"
+        );
+        assert_eq!(names(".").as_written("./root"), "root");
+        assert_eq!(
+            n.as_written("docker-archive:profiles/ext.tar:v1"),
+            "docker-archive:ext.tar:v1"
+        );
+        assert_eq!(n.as_written("/abs/root"), "/abs/root");
+        assert_eq!(
+            n.as_written("127.0.0.1:5000/ext/tools:1.0"),
+            "127.0.0.1:5000/ext/tools:1.0"
+        );
+        assert_eq!(
+            n.init(Path::new(
+                "/home/u/strata/target/x86_64-unknown-linux-musl/release/strata-init"
+            )),
+            "strata-init"
+        );
+        assert_eq!(
+            n.bootloader(Path::new("profiles/efi/boot.efi")),
+            "efi/boot.efi"
+        );
     }
 }

@@ -11,6 +11,7 @@
 pub mod files;
 pub mod platform;
 pub mod units;
+pub mod yaml_guard;
 pub mod yamlpos;
 
 use crate::arch::Arch;
@@ -494,16 +495,25 @@ pub struct LoadedProfile {
 }
 
 /// Reads and parses a profile, turning YAML and schema errors into
-/// messages with file, line and fix.
+/// messages with file, line and fix. The text passes [`yaml_guard`] (size,
+/// depth, aliases) before the parser sees it, and every string value is
+/// checked for control characters before any of them is used.
 pub fn load(path: &Path, arch_override: Option<Arch>) -> Result<LoadedProfile> {
-    let source = std::fs::read_to_string(path).map_err(|e| {
-        InputError::new(
+    let source = read_text(path)?;
+    yaml_guard::check(&source, yaml_guard::LIMITS)
+        .map_err(|e| InputError::new(path, "", e.to_string(), e.hint()).at(e.position()))?;
+    let values: serde_norway::Value =
+        serde_norway::from_str(&source).map_err(|e| yaml_error(path, &source, &e))?;
+    if let Some((field, c)) = control_char(&values, "") {
+        return Err(field_error(
             path,
-            "",
-            format!("cannot read the profile: {e}"),
-            "check the path given to `strata build`",
+            &source,
+            &field,
+            format!("the value contains the control character {c:?}"),
+            "keep the value on one line, without tabs, newlines or other control characters: it is written into generated files (boot entry, kernel command line, manifest)",
         )
-    })?;
+        .into());
+    }
     let mut profile: Profile =
         serde_norway::from_str(&source).map_err(|e| yaml_error(path, &source, &e))?;
     if let Some(arch) = arch_override {
@@ -525,11 +535,117 @@ pub fn load(path: &Path, arch_override: Option<Arch>) -> Result<LoadedProfile> {
     Ok(loaded)
 }
 
+/// The profile's text: a regular file (a FIFO would block), read up to the
+/// guard's size limit and no further, in UTF-8.
+fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let refuse = |message: String, hint: &str| InputError::new(path, "", message, hint);
+    let hint = "check the path given to `strata build`";
+    // Checked before opening: opening a FIFO for reading blocks.
+    let meta = std::fs::metadata(path)
+        .map_err(|e| refuse(format!("cannot read the profile: {e}"), hint))?;
+    if !meta.is_file() {
+        return Err(refuse("the profile is not a regular file".into(), hint).into());
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| refuse(format!("cannot read the profile: {e}"), hint))?;
+    let limit = yaml_guard::LIMITS.max_bytes;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(format!("cannot read the profile: {e}"), hint))?;
+    if bytes.len() > limit {
+        let e = yaml_guard::GuardError::TooLarge {
+            size: meta.len().max(bytes.len() as u64),
+            limit,
+        };
+        return Err(refuse(e.to_string(), e.hint()).into());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        refuse(
+            format!(
+                "the profile is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+            "save the profile as UTF-8",
+        )
+        .into()
+    })
+}
+
+/// Fields documented as multi-line content, where newlines and tabs are
+/// allowed (`[]` stands for any list position). Every other string value
+/// ends up on one line of a generated file, so it may hold no control character.
+/// `files[].content` is a file's bytes, written as they are into the files layer.
+const MULTI_LINE_FIELDS: &[&str] = &["files[].content"];
+
+/// The first string value (as a field path such as `kernel.args[1]`) that
+/// holds a control character, and that character.
+fn control_char(v: &serde_norway::Value, at: &str) -> Option<(String, char)> {
+    use serde_norway::Value;
+    match v {
+        Value::String(s) => {
+            let pattern = list_positions_erased(at);
+            if MULTI_LINE_FIELDS.contains(&pattern.as_str()) {
+                return None;
+            }
+            s.chars()
+                .find(|c| c.is_control())
+                .map(|c| (at.to_string(), c))
+        }
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| control_char(item, &format!("{at}[{i}]"))),
+        Value::Mapping(map) => map.iter().find_map(|(k, item)| {
+            let key = match k {
+                Value::String(k) => k.clone(),
+                other => serde_norway::to_string(other)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            };
+            let field = if at.is_empty() {
+                key
+            } else {
+                format!("{at}.{key}")
+            };
+            control_char(k, &field).or_else(|| control_char(item, &field))
+        }),
+        Value::Tagged(t) => control_char(&t.value, at),
+        _ => None,
+    }
+}
+
+/// `files[3].content` → `files[].content`.
+fn list_positions_erased(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Turns a serde/YAML error into an input error with position and a hint.
 fn yaml_error(path: &Path, source: &str, e: &serde_norway::Error) -> InputError {
     let full = e.to_string();
     // serde_norway appends " at line L column C"; we show the position our own way.
     let message = full.split(" at line ").next().unwrap_or(&full).to_string();
+    if let Some((field, key)) = duplicate_key(&message) {
+        return duplicate_error(path, source, e, &field, &key);
+    }
     if message.contains(FIELD_MARK) {
         return section_error(path, source, e, &message);
     }
@@ -559,6 +675,77 @@ fn yaml_error(path: &Path, source: &str, e: &serde_norway::Error) -> InputError 
         message[field.len() + 2..].to_string()
     };
     InputError::new(path, field, message, hint).at(e.location().map(|l| (l.line(), l.column())))
+}
+
+/// The key of serde's duplicate-key messages: `duplicate entry with key "k"`
+/// (a mapping read as a value) or ``duplicate field `k` `` (a struct).
+/// serde puts the path of the mapping in front (`os: duplicate …`).
+fn duplicate_key(message: &str) -> Option<(String, String)> {
+    let (before, key) = match message.split_once("duplicate entry with key ") {
+        Some((before, rest)) => (before, rest.trim_matches('"').to_string()),
+        None => {
+            let (before, rest) = message.split_once("duplicate field `")?;
+            (before, rest.split('`').next()?.to_string())
+        }
+    };
+    let parent = before.trim_end_matches(": ");
+    let field = if parent.is_empty() || parent.contains(' ') {
+        key.clone()
+    } else {
+        format!("{parent}.{key}")
+    };
+    Some((field, key))
+}
+
+/// A key given twice in one mapping: both lines are named, because YAML
+/// parsers disagree on which one wins and a reader sees only one of them.
+fn duplicate_error(
+    path: &Path,
+    source: &str,
+    e: &serde_norway::Error,
+    field: &str,
+    key: &str,
+) -> InputError {
+    let hint = "keep one of them";
+    match duplicate_lines(source, key) {
+        Some(((first, _), (line, col))) => InputError::new(
+            path,
+            field,
+            format!("duplicate key `{key}`: given on line {first} and again on line {line}"),
+            hint,
+        )
+        .at(Some((line, col))),
+        None => InputError::new(path, field, format!("duplicate key `{key}`"), hint)
+            .at(e.location().map(|l| (l.line(), l.column()))),
+    }
+}
+
+/// The first two block-style lines that give `key` at the same indentation
+/// with no shallower line between them (one mapping): 1-based (line, column).
+#[allow(clippy::type_complexity)]
+fn duplicate_lines(source: &str, key: &str) -> Option<((usize, usize), (usize, usize))> {
+    let plain = format!("{key}:");
+    let quoted = format!("\"{key}\":");
+    // (line, column) of each sighting whose mapping is still open: a line
+    // indented less than a key's column ends that key's mapping.
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    for (n, text) in source.lines().enumerate() {
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = text.len() - trimmed.len();
+        let content = trimmed.trim_start_matches(['-', ' ']);
+        let col = text.len() - content.len();
+        open.retain(|&(_, c)| c <= indent);
+        if content.starts_with(&plain) || content.starts_with(&quoted) {
+            if let Some(&(l, c)) = open.iter().find(|&&(_, c)| c == col) {
+                return Some(((l, c + 1), (n + 1, col + 1)));
+            }
+            open.push((n + 1, col));
+        }
+    }
+    None
 }
 
 /// An "exactly one of" section refused by its `TryFrom`. serde's position
@@ -638,6 +825,15 @@ impl LoadedProfile {
         }
         let k = &p.kernel;
         for (i, arg) in k.args.iter().enumerate() {
+            if arg.contains('"') {
+                return Err(self
+                    .error(
+                        &format!("kernel.args[{i}]"),
+                        format!("`{arg}` holds a `\"`"),
+                        "remove the quote: each list item is one argument already, and the kernel would join the arguments after it up to the next quote",
+                    )
+                    .into());
+            }
             if arg.trim().is_empty() || arg.contains(char::is_whitespace) {
                 return Err(self
                     .error(
@@ -656,6 +852,35 @@ impl LoadedProfile {
                     "e.g. `id: strata`, `version: 1.0.0`",
                 )
                 .into());
+        }
+        // os-release(5): ID is lower-case letters, digits, `.`, `_`, `-`;
+        // VERSION_ID the same with upper case and `~`, `+` (seen in the wild).
+        // Both land in the boot entry's title and are compared with the root's os-release.
+        let os_fields = [
+            ("os.id", &p.os.id, "a-z, 0-9, `.`, `_` and `-`", false),
+            (
+                "os.version",
+                &p.os.version,
+                "letters, digits, `.`, `_`, `-`, `~` and `+`",
+                true,
+            ),
+        ];
+        for (field, value, allowed, version) in os_fields {
+            let ok = value.chars().all(|c| {
+                c.is_ascii_digit()
+                    || c.is_ascii_lowercase()
+                    || "._-".contains(c)
+                    || (version && (c.is_ascii_uppercase() || "~+".contains(c)))
+            });
+            if !ok {
+                return Err(self
+                    .error(
+                        field,
+                        format!("`{value}` is not an os-release value"),
+                        format!("use only {allowed}, as os-release(5) asks"),
+                    )
+                    .into());
+            }
         }
         Ok(())
     }
@@ -750,5 +975,116 @@ extensions:
             err.contains(":11:5: extensions[0].ref: `ref` only selects"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    fn load_text(text: &str) -> Result<LoadedProfile> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        load(f.path(), None)
+    }
+
+    const GOOD: &str = "name: demo\narch: amd64\nplatform: metal\nos:\n  id: strata\n  version: 1.0.0\nkernel:\n  deb: k.deb\nrootfs:\n  dir: root\n";
+
+    /// The error text, after checking it came within a second.
+    fn refused(text: &str) -> String {
+        let t = Instant::now();
+        let e = load_text(text).unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput);
+        format!("{e} | fix: {}", e.hint().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_newline_in_a_value_is_refused_at_its_field() {
+        let err = refused(&GOOD.replace("  id: strata", "  id: \"strata\\noptions init=/bin/sh\""));
+        assert!(
+            err.contains(":5:3: os.id: the value contains the control character '\\n'"),
+            "{err}"
+        );
+        let err =
+            refused(&GOOD.replace("  deb: k.deb", "  deb: k.deb\n  args: [quiet, \"a\\tb\"]"));
+        assert!(
+            err.contains("kernel.args[1]: the value contains the control character '\\t'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_that_would_break_generated_files_are_refused() {
+        let err = refused(&GOOD.replace("  id: strata", "  id: Strata OS"));
+        assert!(
+            err.contains("os.id: `Strata OS` is not an os-release value"),
+            "{err}"
+        );
+        let err = refused(&GOOD.replace("  version: 1.0.0", "  version: \"1 0\""));
+        assert!(err.contains("os.version"), "{err}");
+        let err = refused(&GOOD.replace(
+            "  deb: k.deb",
+            "  deb: k.deb\n  args: ['x=\"', 'init=/bin/sh\"']",
+        ));
+        assert!(err.contains("kernel.args[0]"), "{err}");
+        load_text(&GOOD.replace("  version: 1.0.0", "  version: 1.0.0-RC1+b2~x")).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_name_both_lines() {
+        let err = refused(&GOOD.replace("  id: strata", "  id: strata\n  id: other"));
+        assert!(
+            err.contains(":6:3: os.id: duplicate key `id`: given on line 5 and again on line 6"),
+            "{err}"
+        );
+        let err = refused(&format!("{GOOD}name: again\n"));
+        assert!(
+            err.contains(":11:1: name: duplicate key `name`: given on line 1 and again on line 11"),
+            "{err}"
+        );
+        let twice = format!("{GOOD}extensions:\n  - dir: a\n  - dir: b\n    dir: c\n");
+        let err = refused(&twice);
+        assert!(
+            err.contains("given on line 13 and again on line 14"),
+            "{err}"
+        );
+        let err = refused(&GOOD.replace(
+            "os:\n  id: strata\n  version: 1.0.0",
+            "os: {id: a, id: b, version: 1}",
+        ));
+        assert!(err.contains("duplicate key `id`"), "{err}");
+    }
+
+    #[test]
+    fn hostile_shapes_are_refused_quickly() {
+        let err = refused(&format!("{GOOD}x: {}\n", "[".repeat(200_000)));
+        assert!(
+            err.contains(":11:67: collections nest deeper than 64 levels"),
+            "{err}"
+        );
+        let err = refused(&format!("a: &a [x, x]\nb: [*a, *a]\n{GOOD}"));
+        assert!(err.contains(":2:5: YAML alias `*a`"), "{err}");
+        let err = refused(&format!("{GOOD}#{}\n", "x".repeat(2 << 20)));
+        assert!(err.contains("more than the 1048576 bytes"), "{err}");
+        let err = refused(&GOOD.replace("name: demo", "name: [1, 2]"));
+        assert!(err.contains(":1:7: name: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = load(&fifo, None).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }

@@ -61,6 +61,9 @@ impl TalosExtension {
                 "check the file's permissions",
             )
         })?;
+        crate::profile::yaml_guard::check(&text, crate::profile::yaml_guard::LIMITS).map_err(
+            |e| InputError::new(&manifest_path, "", e.to_string(), e.hint()).at(e.position()),
+        )?;
         let m: Manifest = serde_norway::from_str(&text).map_err(|e| {
             InputError::new(
                 &manifest_path,

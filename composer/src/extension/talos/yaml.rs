@@ -10,6 +10,9 @@ use crate::extension::findings::Finding;
 /// Parses the first YAML document of `text` (what Go's `yaml.Unmarshal` reads) and counts the
 /// documents. An empty text or a bare `---` gives `Null`.
 pub fn first_document(text: &str) -> Result<(Value, usize), serde_norway::Error> {
+    use crate::profile::yaml_guard::{check, LIMITS};
+    check(text, LIMITS)
+        .map_err(|e| <serde_norway::Error as serde::de::Error>::custom(e.located()))?;
     let mut first = None;
     let mut count = 0;
     for doc in serde_norway::Deserializer::from_str(text) {
