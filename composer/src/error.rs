@@ -219,14 +219,25 @@ impl Error {
 
     /// This error and its causes, outermost first, one message each.
     pub fn chain(&self) -> Vec<String> {
-        let mut out = vec![self.to_string()];
-        let mut cur = std::error::Error::source(self);
-        while let Some(e) = cur {
-            out.push(e.to_string());
-            cur = e.source();
-        }
-        out
+        causes(self)
     }
+}
+
+/// `err` and its causes, outermost first, one message each.
+pub fn causes(err: &dyn std::error::Error) -> Vec<String> {
+    let mut out = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push(e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// `err` and its causes on one line, `: `-separated: for a table cell or a test message,
+/// where `caused by:` lines do not fit.
+pub fn chain_line(err: &dyn std::error::Error) -> String {
+    causes(err).join(": ")
 }
 
 /// Whether an `io::Error` somewhere in `err`'s chain says the disk is full, read-only or

@@ -422,17 +422,6 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// The error and its causes, one line.
-    fn chain_text(err: &dyn std::error::Error) -> String {
-        let mut text = err.to_string();
-        let mut cause = err.source();
-        while let Some(c) = cause {
-            text = format!("{text}: {c}");
-            cause = c.source();
-        }
-        text
-    }
-
     /// A sparse disk of `size` bytes with `parts` as (type, first LBA, last LBA).
     fn disk(dir: &Path, size: u64, parts: &[(Guid, u64, u64)]) -> PathBuf {
         let list: Vec<GptPartition<'_>> = parts
@@ -554,7 +543,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = open(&path, Arch::Amd64, true).unwrap_err();
         assert!(matches!(err, DdiError::Table { .. }), "{err:?}");
-        let chain = chain_text(&err);
+        let chain = crate::error::chain_line(&err);
         assert!(
             err.to_string().contains("is damaged; fix:") && chain.contains("CRC32"),
             "{chain}"
@@ -564,7 +553,7 @@ mod tests {
         bytes[512 + 24] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let err = open(&path, Arch::Amd64, true).unwrap_err();
-        assert!(chain_text(&err).contains("CRC32"), "{err:?}");
+        assert!(crate::error::chain_line(&err).contains("CRC32"), "{err:?}");
         // Cut after the table: the partition lies beyond the end.
         std::fs::write(&path, &pristine[..2 * MIB as usize]).unwrap();
         let err = open(&path, Arch::Amd64, true).unwrap_err().to_string();

@@ -329,7 +329,7 @@ fn write_raw(tree: &Tree, out: &Path, epoch: u64) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = crate::io::perm::temp_file_in(parent, ".strata-")
+    let tmp = crate::io::outdir::artefact_temp_file(parent)
         .map_err(Error::io("creating a temporary file in", parent))?;
     let opts = SquashOptions {
         compression: SquashCompression::Zstd { level: 15 },
@@ -408,22 +408,13 @@ mod tests {
         let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
         assert_eq!(
             mode & 0o044,
-            0o044 & !umask(),
+            0o044 & !crate::io::perm::current_umask(),
             "readable as the umask allows: {mode:o}"
         );
         let e = tree_to_raw(&src, &out, "tools", Kind::Sysext, &f, Some(Arch::Amd64), 0)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--arch amd64 contradicts"), "{e}");
-    }
-
-    fn umask() -> u32 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Umask:"))
-            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
-            .unwrap()
     }
 
     #[test]

@@ -631,12 +631,7 @@ mod tests {
         let err = open_raw(&path, ImageKind::Sysext, Arch::Amd64, dir.path())
             .err()
             .unwrap();
-        let mut text = err.to_string();
-        let mut cause = std::error::Error::source(&err);
-        while let Some(c) = cause {
-            text = format!("{text}: {c}");
-            cause = c.source();
-        }
+        let text = crate::error::chain_line(&err);
         assert!(text.contains("truncated"), "{text}");
         let junk = dir.path().join("junk.raw");
         std::fs::write(&junk, vec![1u8; 5000]).unwrap();

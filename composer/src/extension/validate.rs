@@ -298,7 +298,10 @@ fn validate_image(
             report.findings.push(Finding::error(
                 image.source.clone(),
                 "source.unpack",
-                format!("the build refuses this image: {}", chain(&source)),
+                format!(
+                    "the build refuses this image: {}",
+                    crate::error::chain_line(&source)
+                ),
                 "rebuild the image from a clean tree (`strata ext pack` makes one)",
             ));
             Ok(report)
@@ -309,18 +312,6 @@ fn validate_image(
 
 fn is_io(e: &oci::unpack::UnpackError) -> bool {
     matches!(e, oci::unpack::UnpackError::Io { .. })
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 /// A sysext/confext `.raw` image read by the build's reader; the image name is the file name

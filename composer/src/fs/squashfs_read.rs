@@ -516,20 +516,10 @@ mod tests {
         let used = u64::from_le_bytes(bytes[40..48].try_into().unwrap());
         let err = read_range_in(&disk_path, 1 << 20, used - 1, dir.path()).unwrap_err();
         assert!(
-            error_chain(&err).contains("truncated"),
+            crate::error::chain_line(&err).contains("truncated"),
             "{}",
-            error_chain(&err)
+            crate::error::chain_line(&err)
         );
-    }
-
-    fn error_chain(err: &dyn std::error::Error) -> String {
-        let mut text = err.to_string();
-        let mut cause = err.source();
-        while let Some(c) = cause {
-            text = format!("{text}: {c}");
-            cause = c.source();
-        }
-        text
     }
 
     /// Corrupt inputs end in an error naming the image, never a panic or a partial tree, and
@@ -562,7 +552,7 @@ mod tests {
             }
             fs::write(&image, &bytes).unwrap();
             let err = read_in(&image, &scratch).unwrap_err();
-            let text = error_chain(&err);
+            let text = crate::error::chain_line(&err);
             assert!(text.contains("t.raw"), "{table} table: {text}");
             assert_eq!(
                 fs::read_dir(&scratch).unwrap().count(),
@@ -571,7 +561,7 @@ mod tests {
             );
         }
         fs::write(&image, &pristine[..pristine.len() / 2]).unwrap();
-        let err = error_chain(&read_in(&image, &scratch).unwrap_err());
+        let err = crate::error::chain_line(&read_in(&image, &scratch).unwrap_err());
         assert!(err.contains("t.raw") && err.contains("truncated"), "{err}");
         let junk = dir.path().join("junk.raw");
         fs::write(&junk, vec![7u8; 4096]).unwrap();

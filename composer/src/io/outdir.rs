@@ -12,7 +12,6 @@
 //! the CI uploader or web server that serves the artefacts.
 
 use crate::error::{Error, Result};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
@@ -20,13 +19,8 @@ use tempfile::NamedTempFile;
 /// umask gives a new file (see the module documentation); renamed into
 /// place, it keeps that mode.
 pub fn artefact_temp_file(dir: &Path) -> std::io::Result<NamedTempFile> {
-    // As io::perm::temp_file_in, plus the `.tmp` suffix and the owner's pid
-    // that signals.rs cleans up by.
-    tempfile::Builder::new()
-        .prefix(&crate::signals::temp_prefix(".strata-"))
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
+    // The owner's pid in the name is what signals.rs cleans up by.
+    super::perm::temp_file_in(dir, &crate::signals::temp_prefix(".strata-"), ".tmp")
 }
 
 /// An output directory with a pending set of files.
@@ -84,6 +78,7 @@ impl Drop for OutDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_failed_transaction_leaves_nothing() {
@@ -106,15 +101,8 @@ mod tests {
 
     #[test]
     fn artefacts_get_the_mode_the_umask_gives() {
-        // The umask is per process and other tests run beside this one, so
-        // it is read (Linux reports it in /proc/self/status), not set; the
-        // end-to-end test builds under two umasks.
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let umask = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Umask:"))
-            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
-            .unwrap();
+        // The end-to-end test builds under two umasks.
+        let umask = crate::io::perm::current_umask();
         let want = 0o666 & !umask;
         let root = tempfile::tempdir().unwrap();
         let t = artefact_temp_file(root.path()).unwrap();

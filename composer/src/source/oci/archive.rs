@@ -473,23 +473,12 @@ fn tar_err(archive: &Path, entry: Option<&str>, source: io::Error) -> ArchiveErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::oci::image::to_json;
-    use crate::source::oci::image::RootFs;
     use crate::source::oci::unpack::tests::{file, listing, tar_bytes};
     use crate::source::oci::unpack::unpack;
     use std::io::Write;
 
     fn config(arch: &str, diff_ids: Vec<Digest>) -> Vec<u8> {
-        to_json(&ImageConfig {
-            architecture: arch.into(),
-            created: None,
-            os: "linux".into(),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids,
-            },
-            variant: None,
-        })
+        crate::source::oci::image::tests::config_json(arch, diff_ids)
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -739,8 +739,22 @@ pub fn io_err(op: &'static str, path: &Path, source: io::Error) -> ImageError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An image config for `arch` whose layers have `diff_ids`, as JSON.
+    pub(crate) fn config_json(arch: &str, diff_ids: Vec<Digest>) -> Vec<u8> {
+        to_json(&ImageConfig {
+            architecture: arch.into(),
+            created: None,
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids,
+            },
+            variant: None,
+        })
+    }
 
     fn d(n: u8) -> Digest {
         Digest::of_bytes(&[n])
@@ -871,16 +885,7 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(layer).unwrap();
         let gz = gz.finish().unwrap();
-        let config = to_json(&ImageConfig {
-            architecture: "amd64".into(),
-            created: None,
-            os: "linux".into(),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids,
-            },
-            variant: None,
-        });
+        let config = config_json("amd64", diff_ids);
         let blob = |bytes: &[u8], media_type: &str| {
             let desc = Descriptor::new(media_type, Digest::of_bytes(bytes), bytes.len() as u64);
             std::fs::write(dir.path().join(desc.digest.hex()), bytes).unwrap();

@@ -404,7 +404,7 @@ fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<Descriptor, 
 /// Writes a file through a temporary file and a rename, so readers never see half of it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = crate::io::perm::temp_file_in(parent, ".tmp-")
+    let mut tmp = crate::io::perm::temp_file_in(parent, ".tmp-", "")
         .map_err(|e| io_err("create a temporary file in", parent, e))?;
     tmp.write_all(bytes)
         .map_err(|e| io_err("write", tmp.path(), e))?;
@@ -420,7 +420,7 @@ fn write_layer(
     created: u64,
 ) -> Result<(Descriptor, Digest), LayoutError> {
     let blobs = dir.join("blobs/sha256");
-    let tmp = crate::io::perm::temp_file_in(&blobs, ".layer-")
+    let tmp = crate::io::perm::temp_file_in(&blobs, ".layer-", "")
         .map_err(|e| io_err("create a temporary file in", &blobs, e))?;
     let tmp_path = tmp.path().to_path_buf();
     let gz = flate2::GzBuilder::new()
