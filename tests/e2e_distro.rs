@@ -39,32 +39,6 @@ fn build(profile: &Path, out: &Path) {
     assert!(o.status.success(), "build failed: {}", text(&o));
 }
 
-/// Boots `raw` (with `extra` options); the result JSON, which must pass.
-fn boot(raw: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["boot", "--json", "--timeout", "400"];
-    args.extend(extra);
-    args.push(raw.to_str().unwrap());
-    let o = strata(&args, &shared_cache());
-    let result: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|_| panic!("no JSON result: {}", text(&o)));
-    assert!(
-        o.status.success() && result["pass"] == true,
-        "boot failed: {}",
-        text(&o)
-    );
-    result
-}
-
-/// The first event of type `kind`.
-fn event<'a>(result: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    result["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {result}"))
-}
-
 #[test]
 fn a_debian_root_with_systemd_comes_up_clean_with_the_profiles_files() {
     if !have_inputs("amd64") || !require_input(&debian_root()) {
@@ -122,7 +96,7 @@ files:
     ));
     let out = repo.join("target/e2e/distro-debian");
     build(&profile, &out);
-    let result = boot(&out.join("metal-amd64.raw"), &[]);
+    let result = boot_passes(&out.join("metal-amd64.raw"), &[], &shared_cache());
     let state = event(&result, "state");
     assert_eq!(state["mode"], "tmpfs", "{state}");
     let handover = event(&result, "handover");
@@ -186,7 +160,7 @@ state: persistent
     let out = repo.join("target/e2e/distro-state");
     build(&profile, &out);
     let raw = out.join("nocloud-amd64.raw");
-    let first = boot(&raw, &["--keep-writes"]);
+    let first = boot_passes(&raw, &["--keep-writes"], &shared_cache());
     let state = event(&first, "state");
     assert_eq!(state["mode"], "persistent", "{state}");
     assert_eq!(state["formatted"], true, "{state}");
@@ -205,7 +179,7 @@ state: persistent
         assert!(o.status.success(), "e2fsck: {}", text(&o));
     }
     // The first boot changed the artefact on purpose: its manifest digest no longer holds.
-    let second = boot(&raw, &["--keep-writes", "--no-verify"]);
+    let second = boot_passes(&raw, &["--keep-writes", "--no-verify"], &shared_cache());
     let state = event(&second, "state");
     assert_eq!(state["mode"], "persistent", "{state}");
     assert!(state.get("formatted").is_none(), "formatted again: {state}");

@@ -76,6 +76,28 @@ fn run(args: &[&str], cache: &Path) -> (bool, String, String) {
     )
 }
 
+/// A copy of the demo root that says it is version 1.11.0, so the Talos rules after the
+/// usr-merge (1.10) apply: the module extension ships under `/usr/lib/modules`. The profile's
+/// `os.version` must equal the root's `VERSION_ID`.
+fn talos_1_11_root(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs-1.11");
+    if !root.exists() {
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(repo().join("build/rootfs-amd64"))
+            .arg(&root)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot copy the demo root");
+        let release = root.join("etc/os-release");
+        let text = std::fs::read_to_string(&release).unwrap();
+        std::fs::remove_file(&release).unwrap();
+        std::fs::write(&release, text.replace("1.0.0", "1.11.0")).unwrap();
+    }
+    root
+}
+
 /// A profile using the pushed image (`image`), the repo's service extension,
 /// the kernel-module extension and the sysext.
 fn profile(
@@ -87,10 +109,11 @@ fn profile(
     flatten: bool,
 ) -> PathBuf {
     let r = repo();
+    let root = talos_1_11_root(dir);
     let text = format!(
-        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.0.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\n  - dir: {motd}\n    enabled: false\noutputs: [raw]\n",
+        "name: {name}\narch: amd64\nplatform: metal\nflatten: {flatten}\nos:\n  id: strata\n  version: 1.11.0\nkernel:\n  deb: {k}\nrootfs:\n  dir: {root}\nregistries:\n  insecure: [\"{registry}\"]\nextensions:\n  - image: {image}\n  - dir: {svc}\n  - dir: {module}\n  - sysext: {sysext}\n  - dir: {motd}\n    enabled: false\noutputs: [raw]\n",
         k = kernel_deb("amd64").display(),
-        root = r.join("build/rootfs-amd64").display(),
+        root = root.display(),
         svc = r.join("examples/extensions/hello-service").display(),
         module = r.join("build/ext-dummy-amd64").display(),
         sysext = sysext.display(),
@@ -101,16 +124,8 @@ fn profile(
     p
 }
 
-fn boot_passes(raw: &Path, cache: &Path) -> serde_json::Value {
-    let o = strata(&["boot", "--json", raw.to_str().unwrap()], cache);
-    let r: serde_json::Value =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("no JSON: {}", text(&o)));
-    assert!(
-        o.status.success() && r["pass"] == true,
-        "{}\n{}",
-        r["reason"],
-        text(&o)
-    );
+fn boots_with_every_layer(raw: &Path, cache: &Path) -> serde_json::Value {
+    let r = boot_passes(raw, &[], cache);
     let names: Vec<&str> = r["layers"]
         .as_array()
         .unwrap()
@@ -203,7 +218,7 @@ fn extensions_from_a_registry_boot_layered_and_flattened() {
         &cache,
     );
     assert!(ok, "layered build failed: {err}");
-    boot_passes(&out_l.join("metal-amd64.raw"), &cache);
+    boots_with_every_layer(&out_l.join("metal-amd64.raw"), &cache);
 
     // Flattened, pulled by digest.
     let by_digest = format!("{}/ext/hello@{digest}", reg.addr);
@@ -219,7 +234,7 @@ fn extensions_from_a_registry_boot_layered_and_flattened() {
         &cache,
     );
     assert!(ok, "flattened build failed: {err}");
-    let r = boot_passes(&out_f.join("metal-amd64.raw"), &cache);
+    let r = boots_with_every_layer(&out_f.join("metal-amd64.raw"), &cache);
     let flat = r["events"]
         .as_array()
         .unwrap()

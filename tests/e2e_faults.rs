@@ -75,8 +75,8 @@ fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .flatten()
         .filter(|e| e.file_type().unwrap().is_file())
-        // manifest.json records where the build ran; the images are what must match.
-        .filter(|e| e.file_name() != "manifest.json")
+        // manifest.json included: it records inputs relative to the profile, not where the
+        // build ran.
         .map(|e| {
             (
                 e.file_name().to_string_lossy().into_owned(),

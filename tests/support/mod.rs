@@ -112,6 +112,36 @@ pub fn strata(args: &[&str], cache: &Path) -> Output {
         .expect("run strata")
 }
 
+/// Boots `artefact` with `strata boot --json` (`extra` options before it) and returns the
+/// result; panics, with the reason and the output, unless the guest's own report passed.
+/// The timeout allows for a TCG boot on a loaded CI machine.
+pub fn boot_passes(artefact: &Path, extra: &[&str], cache: &Path) -> serde_json::Value {
+    let mut args = vec!["boot", "--json", "--timeout", "400"];
+    args.extend(extra);
+    args.push(artefact.to_str().expect("a UTF-8 path"));
+    let o = strata(&args, cache);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("no JSON from booting {}: {}", artefact.display(), text(&o)));
+    assert!(
+        o.status.success() && r["pass"] == true,
+        "{} did not pass: {}\n{}",
+        artefact.display(),
+        r["reason"],
+        text(&o)
+    );
+    r
+}
+
+/// The first event of type `kind` the guest reported in a boot result.
+pub fn event<'a>(result: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    result["events"]
+        .as_array()
+        .expect("the result lists events")
+        .iter()
+        .find(|e| e["event"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {result}"))
+}
+
 /// The kernel cache shared by the tests of one run (unpacking the .deb once).
 pub fn shared_cache() -> PathBuf {
     let dir = repo().join("target/e2e-cache");
