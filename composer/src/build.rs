@@ -17,7 +17,6 @@
 //! Intermediate files live in a temporary directory under the cache and
 //! vanish with it, whatever happens.
 
-use crate::arch::Arch;
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::outdir::OutDir;
 use crate::manifest::{self, Manifest};
@@ -28,24 +27,9 @@ use std::time::{Duration, Instant};
 
 pub use crate::plan::default_cache_dir;
 
-/// What `strata build` was asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct BuildOptions {
-    /// The profile file.
-    pub profile: PathBuf,
-    /// Output directory; `out/<name>` when absent.
-    pub out_dir: Option<PathBuf>,
-    /// Cache root; `$XDG_CACHE_HOME/strata` when absent.
-    pub cache_dir: Option<PathBuf>,
-    /// Overrides the profile's `arch`.
-    pub arch: Option<Arch>,
-    /// Overrides where the guest init comes from.
-    pub init: Option<PathBuf>,
-    /// Build from the cache alone: no registry is contacted.
-    pub offline: bool,
-    /// SOURCE_DATE_EPOCH, when set: wins over the profile's `epoch`.
-    pub source_date_epoch: Option<u64>,
-}
+/// What `strata build` was asked to do: the plan's options (a build always writes, so
+/// `dry_run` is ignored).
+pub use crate::plan::Options as BuildOptions;
 
 /// What a build produced.
 #[derive(Debug, Clone)]
@@ -67,7 +51,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     crate::signals::watch(&cache.join("tmp"), false);
     crate::signals::watch(&cache.join("kernels"), false);
     let t = Instant::now();
-    let plan = plan::plan(&plan_options(opts), progress)?;
+    let opts = plan::Options {
+        dry_run: false,
+        ..opts.clone()
+    };
+    let plan = plan::plan(&opts, progress)?;
     progress(&format!(
         "[1/7] profile {} ({}, platform {})",
         plan.profile.display(),
@@ -156,19 +144,6 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         manifest,
         steps,
     })
-}
-
-fn plan_options(opts: &BuildOptions) -> plan::Options {
-    plan::Options {
-        profile: opts.profile.clone(),
-        out_dir: opts.out_dir.clone(),
-        cache_dir: opts.cache_dir.clone(),
-        arch: opts.arch,
-        init: opts.init.clone(),
-        offline: opts.offline,
-        source_date_epoch: opts.source_date_epoch,
-        dry_run: false,
-    }
 }
 
 /// The build's intermediate files: a temporary directory under the cache.

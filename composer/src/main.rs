@@ -85,6 +85,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 init,
                 offline,
                 source_date_epoch: source_date_epoch()?,
+                dry_run: false,
             };
             let report = build::build(&opts, &mut |line| eprintln!("{line}"))?;
             let total: Duration = report.steps.iter().map(|(_, d)| *d).sum();
