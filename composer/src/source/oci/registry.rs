@@ -387,8 +387,11 @@ impl Session {
             }
             Ok(body)
         };
+        // The request's own connect/read timeouts answer a silent registry; this outer one,
+        // a little later so the two never race, cuts off one that drips bytes.
+        let whole = self.timeout + Duration::from_millis(500);
         self.runtime
-            .block_on(async { tokio::time::timeout(self.timeout, fetch).await })
+            .block_on(async { tokio::time::timeout(whole, fetch).await })
             .unwrap_or_else(|_| Err(self.timed_out("pull", what.to_string())))
     }
 
@@ -778,8 +781,13 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
             e.downcast_ref::<reqwest::Error>()
                 .is_some_and(reqwest::Error::is_timeout)
         };
-        // io::Error's source() skips the error it wraps, so look inside it too.
+        // io::Error's source() skips the error it wraps, and so does oci-client's transparent
+        // RequestError (its source is reqwest's cause, not reqwest's error): look inside both.
         let timed_out = reqwest_timeout(e)
+            || matches!(
+                e.downcast_ref::<OciDistributionError>(),
+                Some(OciDistributionError::RequestError(r)) if r.is_timeout()
+            )
             || e.downcast_ref::<io::Error>().is_some_and(|io| {
                 io.kind() == io::ErrorKind::TimedOut
                     || io.get_ref().is_some_and(|inner| reqwest_timeout(inner))
