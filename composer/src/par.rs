@@ -6,14 +6,28 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// How many threads strata works on: one per core the process may use, 1 when that is unknown.
+/// The environment variable that sets the thread count (`STRATA_JOBS=1`: a single-threaded build,
+/// so tests can show that the bytes do not depend on it).
+pub const JOBS_ENV: &str = "STRATA_JOBS";
+
+/// How many threads strata works on: `STRATA_JOBS` when it holds a positive number, else one per
+/// core the process may use, 1 when that is unknown. Read once.
 ///
 /// The one place the count is chosen, so every pool and encoder agrees. Callers cap it where more
 /// threads stop paying (memory per xz decoder thread, say). Artefact bytes never depend on the
 /// count, except that the xz and zstd encoders use a different (still deterministic) stream
 /// layout for one thread than for several.
 pub fn jobs() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static JOBS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *JOBS.get_or_init(|| jobs_from(std::env::var(JOBS_ENV).ok().as_deref()))
+}
+
+/// `value` as a thread count, or every core when it is absent, zero or not a number.
+fn jobs_from(value: Option<&str>) -> usize {
+    value
+        .and_then(|v| v.trim().parse::<std::num::NonZeroUsize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// [`jobs`] as the `u32` the xz and zstd encoders take.
@@ -57,6 +71,16 @@ mod tests {
     fn jobs_is_at_least_one_and_agrees_with_its_u32_form() {
         assert!(super::jobs() >= 1);
         assert_eq!(super::jobs() as u64, u64::from(super::jobs_u32()));
+    }
+
+    #[test]
+    fn strata_jobs_wins_when_it_is_a_positive_number() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(super::jobs_from(Some("3")), 3);
+        assert_eq!(super::jobs_from(Some(" 1 ")), 1);
+        assert_eq!(super::jobs_from(Some("0")), cores);
+        assert_eq!(super::jobs_from(Some("many")), cores);
+        assert_eq!(super::jobs_from(None), cores);
     }
 
     #[test]

@@ -109,9 +109,7 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
 
 fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
     use crate::io::compress::{compress_file, Compression, XzCheck};
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
+    let threads = crate::par::jobs_u32();
     let c = match w {
         // xz's default preset and check, what `xz -T<n>` writes.
         Wrap::Xz => Compression::Xz {
@@ -310,9 +308,7 @@ pub fn write_platform(
         work,
         out_dir: out.path(),
     };
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let workers = crate::par::jobs();
     let mut files = write_all(&ctx, &converted, workers)?;
     if let Some(raw_kind) = pp.outputs.iter().find(|k| is_plain_raw(k)) {
         files.insert(
