@@ -8,6 +8,7 @@ pub mod erofs;
 pub mod fat;
 pub mod flatten;
 pub mod squashfs;
+mod squashfs_ahead;
 pub mod squashfs_read;
 pub mod tar;
 pub mod tree;

@@ -12,9 +12,15 @@
 //! `-comp xz` does) or zstd at a chosen level (default 15, the mksquashfs default; backhand's own
 //! default is 3, so the level is always written explicitly into the image's compression options).
 //!
+//! Threads: backhand's writer compresses on the thread that calls it; [`super::squashfs_ahead`]
+//! compresses the data and fragment blocks ahead of it on [`crate::par::jobs`] threads and hands
+//! them over in order, so the image is byte-identical on any thread count (and to backhand's own
+//! single-threaded output). Metadata blocks (inodes, directories, tables) stay on the calling
+//! thread; they are a small part of an image.
+//!
 //! Not supported: extended attributes, hard links (a tree has none: they are separate files that
-//! deduplication stores once), NFS export tables, compressing on more than one core (backhand's
-//! writer is single-threaded; xz therefore takes about twice as long as mksquashfs on 2 cores).
+//! deduplication stores once), NFS export tables, tail-end packing of a long file's last partial
+//! block into a fragment (mksquashfs does not do it by default either).
 //!
 //! [`inspect`] validates the superblock of an existing image (for a user-supplied prebuilt root)
 //! without reading its contents. Format reference:
@@ -29,6 +35,7 @@ use backhand::{
     BackhandError, FilesystemCompressor, FilesystemReader, FilesystemWriter, NodeHeader,
 };
 
+use super::squashfs_ahead;
 use super::tree::{EntryKind, FileData, Tree};
 
 /// Largest name of one directory entry the Linux squashfs driver accepts (`SQUASHFS_NAME_LEN`).
@@ -230,7 +237,25 @@ pub struct SquashInfo {
 /// seeks back over it. When that happens near the end, `out` holds stale bytes after the image;
 /// they are overwritten with zeros, but the stream may stay longer than [`SquashStats::bytes`].
 /// [`write_file`] truncates the file to the image size.
+///
+/// Data and fragment blocks are compressed on [`crate::par::jobs`] threads (see
+/// [`super::squashfs_ahead`]); the bytes do not depend on the thread count.
 pub fn write<W: Write + Seek>(tree: &Tree, out: W, opts: &SquashOptions) -> Result<SquashStats> {
+    let workers = match crate::par::jobs() {
+        1 => 0,
+        jobs => jobs,
+    };
+    write_on(tree, out, opts, workers).map(|(stats, _)| stats)
+}
+
+/// [`write`] with `workers` threads compressing data blocks ahead of the writer, or none (every
+/// block compressed on the calling thread, as backhand alone does) when `workers` is 0.
+fn write_on<W: Write + Seek>(
+    tree: &Tree,
+    out: W,
+    opts: &SquashOptions,
+    workers: usize,
+) -> Result<(SquashStats, squashfs_ahead::Counts)> {
     let block_size = checked_block_size(opts.block_size)?;
     let compressor = compressor(opts.compression)?;
     let header_of =
@@ -252,14 +277,23 @@ pub fn write<W: Write + Seek>(tree: &Tree, out: W, opts: &SquashOptions) -> Resu
         push(&mut fs, path, &entry.kind, header_of(entry))?;
     }
     let mut tracked = Tracked::new(out);
-    let (superblock, bytes) = fs.write(&mut tracked).map_err(write_error)?;
+    let (written, counts) = if workers == 0 {
+        (fs.write(&mut tracked), squashfs_ahead::Counts::default())
+    } else {
+        fs.set_kind(squashfs_ahead::kind());
+        squashfs_ahead::run(tree, compressor, block_size, workers, || {
+            fs.write(&mut tracked)
+        })
+    };
+    let (superblock, bytes) = written.map_err(write_error)?;
     tracked
         .zero_after(bytes)
         .map_err(|e| write_error(e.into()))?;
-    Ok(SquashStats {
+    let stats = SquashStats {
         bytes,
         inodes: superblock.inode_count,
-    })
+    };
+    Ok((stats, counts))
 }
 
 /// A squashfs image holding only a root directory with `root`'s mode, owner and mtime, with
@@ -1040,6 +1074,96 @@ mod tests {
                 (codec, 131_072, stats.inodes)
             );
             assert!(info.bytes_used <= stats.bytes && info.bytes_used > stats.bytes - 4096);
+        }
+    }
+
+    /// A tree that meets every way backhand cuts data, and how many data blocks (fragment blocks
+    /// aside) it compresses: files of several blocks, poorly and well compressible (6 + 3), one
+    /// with two blocks of zeros, which become holes, between two others (2), one of zeros only
+    /// (0), one of exactly one block (1), a duplicate of a big file (compressed before it is
+    /// found to be one: 6), an empty file, and small files that fill several fragment blocks,
+    /// some before, between and after the big ones, one a duplicate.
+    fn blocky() -> (tempfile::TempDir, Tree, u64) {
+        const BS: usize = 128 * 1024;
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            ("a".into(), noise(3000, 20)),
+            (
+                "big/holes".into(),
+                [noise(BS, 21), vec![0; 2 * BS], noise(BS / 2, 22)].concat(),
+            ),
+            ("big/noise".into(), noise(5 * BS + 1000, 23)),
+            ("big/one-block".into(), noise(BS, 24)),
+            ("big/readme".into(), b"small text\n".repeat(500)),
+            ("big/text".into(), b"strata squashfs\n".repeat(3 * BS / 16)),
+            ("big/zeros".into(), vec![0; 3 * BS]),
+            ("dup/big-copy".into(), noise(5 * BS + 1000, 23)),
+            ("empty".into(), Vec::new()),
+        ];
+        for i in 0..40 {
+            files.push((
+                format!("small/{i:02}"),
+                noise(9000 + 97 * i, 100 + i as u32),
+            ));
+        }
+        files.push(("small/copy-of-07".into(), noise(9000 + 97 * 7, 107)));
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, bytes).unwrap();
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut tree = Tree::from_dir(dir.path()).unwrap();
+        tree.all_root();
+        (dir, tree, 6 + 3 + 2 + 1 + 6)
+    }
+
+    #[test]
+    fn threads_do_not_change_the_image() {
+        assert!(have("unsquashfs"), "unsquashfs judges this test");
+        let (_dir, tree, data_blocks) = blocky();
+        let out = tempfile::tempdir().unwrap();
+        for (compression, name) in [
+            (SquashCompression::Zstd { level: 15 }, "zstd"),
+            (SquashCompression::Xz, "xz"),
+        ] {
+            let opts = SquashOptions {
+                compression,
+                mtime: 1_700_000_000,
+                ..Default::default()
+            };
+            let image = |workers| {
+                let mut cursor = Cursor::new(Vec::new());
+                let (stats, counts) = write_on(&tree, &mut cursor, &opts, workers).unwrap();
+                let mut bytes = cursor.into_inner();
+                assert!(bytes[stats.bytes as usize..].iter().all(|b| *b == 0));
+                bytes.truncate(stats.bytes as usize);
+                (bytes, counts)
+            };
+            // No workers: the writer compresses every block itself, as backhand alone does.
+            let (alone, counts) = image(0);
+            assert_eq!(counts, squashfs_ahead::Counts::default());
+            // The superblock's fragment count (offset 16), which includes the last, partial one.
+            let fragments = u64::from(u32::from_le_bytes(alone[16..20].try_into().unwrap()));
+            assert!(fragments >= 4, "{fragments} fragment blocks");
+            let blocks = data_blocks + fragments;
+            for workers in [1, 2, 5] {
+                let (bytes, counts) = image(workers);
+                assert!(
+                    bytes == alone,
+                    "{name}: {workers} workers changed the image"
+                );
+                // Every block was compressed ahead, and the writer used every one.
+                assert_eq!(
+                    (counts.cut, counts.used),
+                    (blocks, blocks),
+                    "{name}, {workers}"
+                );
+            }
+            let path = out.path().join(format!("{name}.sqfs"));
+            fs::write(&path, &alone).unwrap();
+            compare_with_backhand(&tree, &path);
+            judge_with_unsquashfs(&tree, &path, name);
         }
     }
 

@@ -1,0 +1,368 @@
+//! Compresses the data blocks of a squashfs image on several threads, ahead of backhand's writer.
+//!
+//! backhand's `FilesystemWriter` reads the files one after the other and compresses each block
+//! on the thread that called `write`, through the `CompressionAction` of the image's `Kind`.
+//! [`Lookahead`] is such an action. While the writer runs, a reader thread walks the tree's files
+//! in the order the writer takes them (path order) and cuts them into the blocks the writer will
+//! compress, by the writer's own rules: every block of a file at least one block long except
+//! blocks of zeros (they become holes), and files shorter than a block packed into fragment
+//! blocks, a new one started when the next file would not fit, the last one written even when
+//! empty. Worker threads compress those blocks; the results wait in a bounded queue, in order.
+//! When the writer asks for a block, [`Lookahead`] compares it byte for byte with the head of the
+//! queue and hands over the worker's result when they are equal. Anything else (metadata blocks,
+//! a file that changed between the two reads, one the reader could not open) is compressed
+//! inline, so a wrong guess costs time, never bytes. The workers run backhand's own
+//! `DefaultCompressor`, so every block has the bytes the single-threaded writer gives it, and the
+//! image is the same on any number of threads.
+//!
+//! Why a compressor hook rather than a patched backhand or a writer of our own: the hook is the
+//! one backhand offers for this (`Kind::new_v4`), it leaves the layout of the image (inodes,
+//! directories, deduplication, fragments, tables) to the code that already writes and tests it,
+//! and it keeps the image byte-identical to the single-threaded writer by construction. The
+//! price is that each file is read twice (the reader's copy is usually still in the page cache
+//! when the writer reads it) and the bytes are compared once more.
+//!
+//! Memory is bounded: at most [`DEPTH_PER_WORKER`] blocks per worker wait in the queue, plus
+//! one being compressed per worker.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::kind::Kind;
+use backhand::{BackhandError, FilesystemCompressor, SuperBlock};
+
+use super::tree::{EntryKind, FileData, Tree};
+
+/// Blocks per worker that may be read and compressed ahead of the writer: enough that a slow
+/// block does not leave the other workers idle, few enough to keep memory small.
+const DEPTH_PER_WORKER: usize = 4;
+
+/// The action backhand is given. `Kind::new_v4` wants a `'static` one, so it holds no state:
+/// the queue of the image being written lives in [`QUEUE`], per thread, since backhand calls
+/// `compress` on the thread that called `write` (two images written at once do not mix).
+pub(super) struct Lookahead;
+
+static LOOKAHEAD: Lookahead = Lookahead;
+
+thread_local! {
+    static QUEUE: RefCell<Option<Queue>> = const { RefCell::new(None) };
+}
+
+/// The image kind (little-endian squashfs 4.0) that routes compression through [`Lookahead`].
+pub(super) fn kind() -> Kind {
+    Kind::new_v4(&LOOKAHEAD)
+}
+
+/// How many blocks the reader cut and how many the writer took from the queue; equal when every
+/// guess was right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counts {
+    /// Blocks the reader sent to the workers.
+    pub cut: u64,
+    /// Blocks the writer took from the queue instead of compressing them itself.
+    pub used: u64,
+}
+
+/// A block as the reader cut it, and the worker's result (`None` when compressing failed: the
+/// writer then compresses it itself and reports the error).
+struct Compressed {
+    input: Vec<u8>,
+    output: Option<Vec<u8>>,
+}
+
+/// The writer's end: one receiver per block, in the order the writer will ask for them.
+struct Queue {
+    order: Receiver<Receiver<Compressed>>,
+    head: Option<Compressed>,
+    used: u64,
+}
+
+impl Queue {
+    fn new(order: Receiver<Receiver<Compressed>>) -> Self {
+        Self {
+            order,
+            head: None,
+            used: 0,
+        }
+    }
+
+    /// The compressed form of `bytes` when they are the next block in the queue. A block that
+    /// was lost (a worker died) is skipped; a mismatch leaves the head for the next call.
+    fn take(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        if self.head.is_none() {
+            self.head = self.order.recv().ok().and_then(|done| done.recv().ok());
+        }
+        if self.head.as_ref()?.input != bytes {
+            return None;
+        }
+        self.used += 1;
+        self.head.take()?.output
+    }
+}
+
+impl CompressionAction for Lookahead {
+    type Error = BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = SuperBlock;
+
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        compressor: Compressor,
+    ) -> Result<(), BackhandError> {
+        DefaultCompressor.decompress(bytes, out, compressor)
+    }
+
+    fn compress(
+        &self,
+        bytes: &[u8],
+        fc: FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, BackhandError> {
+        let ready = QUEUE.with_borrow_mut(|queue| queue.as_mut().and_then(|q| q.take(bytes)));
+        match ready {
+            Some(compressed) => Ok(compressed),
+            None => DefaultCompressor.compress(bytes, fc, block_size),
+        }
+    }
+
+    fn compression_options(
+        &self,
+        superblock: &mut SuperBlock,
+        kind: &Kind,
+        fs_compressor: FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, BackhandError> {
+        DefaultCompressor.compression_options(superblock, kind, fs_compressor)
+    }
+}
+
+/// Runs `write` (a backhand write of `tree` with [`kind`]) on this thread while a reader and
+/// `workers` threads compress `tree`'s blocks ahead of it. Returns what `write` returned.
+pub(super) fn run<R>(
+    tree: &Tree,
+    fc: FilesystemCompressor,
+    block_size: u32,
+    workers: usize,
+    write: impl FnOnce() -> R,
+) -> (R, Counts) {
+    let workers = workers.max(1);
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers);
+    let job_rx = Mutex::new(job_rx);
+    let (order_tx, order_rx) = mpsc::sync_channel(DEPTH_PER_WORKER * workers);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| compress_jobs(&job_rx, fc, block_size));
+        }
+        let reader = scope.spawn(move || {
+            let mut ahead = Ahead {
+                order: order_tx,
+                jobs: job_tx,
+                cut: 0,
+            };
+            cut(tree, block_size as usize, &mut ahead);
+            ahead.cut
+        });
+        let installed = Installed::new(order_rx);
+        let written = write();
+        let used = installed.finish();
+        // The reader stops once the queue's receiver is gone; a panic in it is resumed here.
+        let cut = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (written, Counts { cut, used })
+    })
+}
+
+/// A block to compress and where its result goes.
+type Job = (Vec<u8>, SyncSender<Compressed>);
+
+/// Compresses jobs until the reader is done.
+fn compress_jobs(jobs: &Mutex<Receiver<Job>>, fc: FilesystemCompressor, block_size: u32) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(jobs) => jobs.recv(),
+            Err(_) => return,
+        };
+        let Ok((input, done)) = job else {
+            return;
+        };
+        let output = DefaultCompressor.compress(&input, fc, block_size).ok();
+        // The writer may have finished (or failed) without this block; nothing to do then.
+        let _ = done.send(Compressed { input, output });
+    }
+}
+
+/// The calling thread's [`Queue`] for as long as this lives, removed on drop (also when the
+/// write panics), which lets the reader and workers stop.
+struct Installed;
+
+impl Installed {
+    fn new(order: Receiver<Receiver<Compressed>>) -> Self {
+        QUEUE.set(Some(Queue::new(order)));
+        Self
+    }
+
+    /// Removes the queue and returns how many blocks the writer took from it.
+    fn finish(self) -> u64 {
+        QUEUE.take().map_or(0, |queue| queue.used)
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        QUEUE.take();
+    }
+}
+
+/// The reader's end: sends each block to the workers and its receiver to the writer's queue.
+struct Ahead {
+    order: SyncSender<Receiver<Compressed>>,
+    jobs: SyncSender<Job>,
+    cut: u64,
+}
+
+impl Ahead {
+    /// Queues `block`; `None` once the writer or the workers are gone.
+    fn send(&mut self, block: Vec<u8>) -> Option<()> {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        self.order.send(done_rx).ok()?;
+        self.jobs.send((block, done_tx)).ok()?;
+        self.cut += 1;
+        Some(())
+    }
+}
+
+/// Cuts `tree`'s files into the blocks backhand's data writer compresses, in its order (see the
+/// module doc). Stops at a file it cannot read: the writer then reads it and reports the error.
+fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
+    let mut buf = vec![0u8; block_size];
+    let mut fragments = Vec::with_capacity(block_size);
+    let files = tree.iter().filter_map(|(_, entry)| match &entry.kind {
+        EntryKind::File(data) => Some(data),
+        _ => None,
+    });
+    for data in files {
+        let mut reader = open(data).ok()?;
+        let first = fill(&mut reader, &mut buf).ok()?;
+        if first == 0 {
+            continue;
+        }
+        if first < block_size {
+            if fragments.len() + first > block_size {
+                ahead.send(std::mem::take(&mut fragments))?;
+            }
+            fragments.extend_from_slice(&buf[..first]);
+            continue;
+        }
+        let mut len = first;
+        while len > 0 {
+            if buf[..len].iter().any(|b| *b != 0) {
+                ahead.send(buf[..len].to_vec())?;
+            }
+            len = fill(&mut reader, &mut buf).ok()?;
+        }
+    }
+    ahead.send(fragments)
+}
+
+fn open(data: &FileData) -> io::Result<Box<dyn Read + '_>> {
+    Ok(match data {
+        FileData::Host(path) => Box::new(File::open(path)?),
+        FileData::Bytes(bytes) => Box::new(bytes.as_slice()),
+    })
+}
+
+/// Reads until `buf` is full or the end of the file, as backhand's chunk reader does.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_of(blocks: &[(&[u8], &[u8])]) -> Queue {
+        let (tx, rx) = mpsc::sync_channel(blocks.len());
+        for (input, output) in blocks {
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            done_tx
+                .send(Compressed {
+                    input: input.to_vec(),
+                    output: Some(output.to_vec()),
+                })
+                .unwrap();
+            tx.send(done_rx).unwrap();
+        }
+        Queue::new(rx)
+    }
+
+    #[test]
+    fn a_block_other_than_the_head_is_left_to_the_writer() {
+        let mut queue = queue_of(&[(b"first", b"F"), (b"second", b"S")]);
+        assert_eq!(queue.take(b"metadata"), None);
+        assert_eq!(queue.take(b"first"), Some(b"F".to_vec()));
+        assert_eq!(queue.take(b"firs"), None);
+        assert_eq!(queue.take(b"second"), Some(b"S".to_vec()));
+        assert_eq!(
+            queue.take(b"second"),
+            None,
+            "each block is handed over once"
+        );
+        assert_eq!(queue.used, 2);
+    }
+
+    #[test]
+    fn a_lost_block_is_skipped() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let (lost_tx, lost_rx) = mpsc::sync_channel::<Compressed>(1);
+        drop(lost_tx);
+        tx.send(lost_rx).unwrap();
+        let mut queue = Queue::new(rx);
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        done_tx
+            .send(Compressed {
+                input: b"next".to_vec(),
+                output: None,
+            })
+            .unwrap();
+        tx.send(done_rx).unwrap();
+        assert_eq!(queue.take(b"lost"), None);
+        // A failed compression is not handed over: the writer compresses it and sees the error.
+        assert_eq!(queue.take(b"next"), None);
+        assert_eq!(queue.used, 1);
+    }
+
+    #[test]
+    fn fill_reads_across_short_reads() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut reader = Trickle(b"0123456789");
+        let mut buf = [0u8; 4];
+        let lens: Vec<usize> = (0..4)
+            .map(|_| fill(&mut reader, &mut buf).unwrap())
+            .collect();
+        assert_eq!(lens, [4, 4, 2, 0]);
+    }
+}
