@@ -30,6 +30,7 @@ use backhand::{
 };
 
 use super::tree::{EntryKind, FileData, Tree};
+use crate::io::count::{Counted, Meter};
 
 /// Largest name of one directory entry the Linux squashfs driver accepts (`SQUASHFS_NAME_LEN`).
 const MAX_NAME_LEN: usize = 256;
@@ -231,6 +232,17 @@ pub struct SquashInfo {
 /// they are overwritten with zeros, but the stream may stay longer than [`SquashStats::bytes`].
 /// [`write_file`] truncates the file to the image size.
 pub fn write<W: Write + Seek>(tree: &Tree, out: W, opts: &SquashOptions) -> Result<SquashStats> {
+    write_metered(tree, out, opts, &())
+}
+
+/// [`write`], telling `read` how many bytes of file content have been read so far (the
+/// build's progress: the total is the tree's file sizes).
+pub fn write_metered<'t, W: Write + Seek>(
+    tree: &'t Tree,
+    out: W,
+    opts: &SquashOptions,
+    read: &'t dyn Meter,
+) -> Result<SquashStats> {
     let block_size = checked_block_size(opts.block_size)?;
     let compressor = compressor(opts.compression)?;
     let header_of =
@@ -249,7 +261,7 @@ pub fn write<W: Write + Seek>(tree: &Tree, out: W, opts: &SquashOptions) -> Resu
     fs.set_no_duplicate_files(true);
     for (path, entry) in tree.iter().filter(|(path, _)| *path != Path::new("/")) {
         check_name(path)?;
-        push(&mut fs, path, &entry.kind, header_of(entry))?;
+        push(&mut fs, path, &entry.kind, header_of(entry), read)?;
     }
     let mut tracked = Tracked::new(out);
     let (superblock, bytes) = fs.write(&mut tracked).map_err(write_error)?;
@@ -342,6 +354,16 @@ pub fn write_file(
     path: impl AsRef<Path>,
     opts: &SquashOptions,
 ) -> Result<SquashStats> {
+    write_file_metered(tree, path, opts, &())
+}
+
+/// [`write_file`], counting the file content read into `read` (see [`write_metered`]).
+pub fn write_file_metered(
+    tree: &Tree,
+    path: impl AsRef<Path>,
+    opts: &SquashOptions,
+    read: &dyn Meter,
+) -> Result<SquashStats> {
     let path = path.as_ref();
     let out_err = |source| SquashError::Output {
         path: path.to_path_buf(),
@@ -349,7 +371,7 @@ pub fn write_file(
     };
     let file = File::create(path).map_err(out_err)?;
     let mut out = io::BufWriter::new(file);
-    let stats = write(tree, &mut out, opts)?;
+    let stats = write_metered(tree, &mut out, opts, read)?;
     let file = out.into_inner().map_err(|e| out_err(e.into_error()))?;
     file.set_len(stats.bytes).map_err(out_err)?;
     Ok(stats)
@@ -453,14 +475,17 @@ fn push<'t>(
     path: &'t Path,
     kind: &'t EntryKind,
     header: NodeHeader,
+    read: &'t dyn Meter,
 ) -> Result<()> {
     let pushed = match kind {
         EntryKind::Dir => fs.push_dir(path, header),
-        EntryKind::File(FileData::Host(host)) => {
-            fs.push_file(HostFile::new(host.clone()), path, header)
-        }
+        EntryKind::File(FileData::Host(host)) => fs.push_file(
+            Counted::new(HostFile::new(host.clone()), read),
+            path,
+            header,
+        ),
         EntryKind::File(FileData::Bytes(bytes)) => {
-            fs.push_file(io::Cursor::new(bytes.as_slice()), path, header)
+            fs.push_file(Counted::new(bytes.as_slice(), read), path, header)
         }
         EntryKind::Symlink(target) => fs.push_symlink(target.clone(), path, header),
         EntryKind::CharDev { major, minor } => {
