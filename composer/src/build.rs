@@ -148,7 +148,14 @@ fn run(opts: &BuildOptions, progress: &dyn Sink) -> Result<(PathBuf, Manifest)> 
             finals.push((w.kind, path));
         }
         count += finals.len();
+        // Hashing every artefact for the manifest takes seconds on large disks: say so.
+        let name = plan
+            .platforms
+            .get(i)
+            .map_or("", |p| p.platform.name.as_str());
+        let sums = step.sub(&format!("{name} checksums"), None);
         let build = manifest::Build::from_build(&plan, i, &kernel, &assets, &finals)?;
+        sums.finish(None, &format!("sha256 of {} file(s)", finals.len()));
         manifest = Some(Manifest::merge(manifest, &plan.name, build));
     }
     step.finish(None, &format!("{count} file(s) in {}", out_dir.display()));

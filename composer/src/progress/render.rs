@@ -208,6 +208,20 @@ impl Sink for Json {
     }
 }
 
+/// A step with a known total: bytes, rate, ETA.
+const BAR: &str = "{spinner} {prefix:30} [{bar:25}] {bytes:>10} / {total_bytes:<10} \
+                   {binary_bytes_per_sec:>12}  ETA {eta}";
+/// A step counting bytes without knowing their total.
+const COUNTER: &str = "{spinner} {prefix:30} {bytes:>10} {binary_bytes_per_sec:>12}  {elapsed}";
+/// A step that only takes time (until it reports bytes, if it does).
+const SPINNER: &str = "{spinner} {prefix:30} {elapsed}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
 /// A progress bar per running step, on a terminal (stderr).
 pub struct Bars {
     multi: MultiProgress,
@@ -240,23 +254,10 @@ impl Bars {
     }
 
     fn bar(step: &str, total: Option<u64>) -> ProgressBar {
-        let (bar, template) = match total {
-            Some(t) => (
-                ProgressBar::new(t),
-                "{spinner} {prefix:30} [{bar:25}] {bytes:>10} / {total_bytes:<10} \
-                 {binary_bytes_per_sec:>12}  ETA {eta}",
-            ),
-            // A sub-step counts bytes without knowing their total; a step only takes time.
-            None if step.contains('/') => (
-                ProgressBar::no_length(),
-                "{spinner} {prefix:30} {bytes:>10} {binary_bytes_per_sec:>12}  {elapsed}",
-            ),
-            None => (ProgressBar::no_length(), "{spinner} {prefix:30} {elapsed}"),
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(style(BAR)),
+            None => ProgressBar::no_length().with_style(style(SPINNER)),
         };
-        let style = ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        bar.set_style(style);
         bar.set_prefix(step.to_string());
         bar
     }
@@ -286,8 +287,11 @@ impl Sink for Bars {
             Event::Progress { step, done, total } => {
                 let bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(bar) = bars.get(step) {
-                    if let Some(t) = total {
-                        bar.set_length(t.max(done));
+                    match total {
+                        Some(t) => bar.set_length(t.max(done)),
+                        // The first bytes of a step without a total: show them.
+                        None if bar.position() == 0 => bar.set_style(style(COUNTER)),
+                        None => {}
                     }
                     bar.set_position(done);
                 }
