@@ -172,9 +172,9 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// The second build runs from another working directory (`composer/`, the
-/// profile named as `../profiles/default.yaml`), into another output path
-/// and under umask 077: the manifest and the images must not change, and
-/// the artefacts get the mode each umask gives.
+/// profile named as `../profiles/default.yaml`), into another output path,
+/// quietly and under umask 077: the manifest and the images must not change,
+/// the artefacts get the mode each umask gives, and `-q` prints nothing.
 #[test]
 fn two_builds_are_byte_identical() {
     let Some(a) = built() else { return };
@@ -183,7 +183,7 @@ fn two_builds_are_byte_identical() {
     let o = std::process::Command::new("sh")
         .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
         .arg(strata_bin())
-        .args(["build", "../profiles/default.yaml", "--out"])
+        .args(["build", "-q", "../profiles/default.yaml", "--out"])
         .arg(&b)
         .current_dir(repo().join("composer"))
         .env("STRATA_CACHE", shared_cache())
@@ -191,6 +191,11 @@ fn two_builds_are_byte_identical() {
         .output()
         .expect("run strata");
     assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        o.stdout.is_empty() && o.stderr.is_empty(),
+        "-q printed something: {}",
+        text(&o)
+    );
     let ra = std::fs::read(a.join("metal-amd64.raw")).unwrap();
     let rb = std::fs::read(b.join("metal-amd64.raw")).unwrap();
     assert!(ra == rb, "the two raw images differ");
@@ -218,6 +223,89 @@ fn two_builds_are_byte_identical() {
         );
         assert_eq!(mode(&b.join(file)), 0o600, "{file} under umask 077");
     }
+}
+
+/// `--json`: every stdout line is one JSON event; each of the seven steps starts and
+/// finishes, with a duration; the squashfs images, the disk and the initramfs are sub-steps
+/// with bytes; the last line names the outputs. `--report` holds the same steps. The bytes
+/// are the plain build's.
+#[test]
+fn json_events_cover_every_step_and_the_report_keeps_their_timings() {
+    let Some(a) = built() else { return };
+    let c = repo().join("target/e2e/default-c");
+    let _ = std::fs::remove_dir_all(&c);
+    let report = c.with_extension("report.json");
+    let o = strata(
+        &[
+            "build",
+            "profiles/default.yaml",
+            "--out",
+            c.to_str().unwrap(),
+            "--json",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
+    assert!(o.status.success(), "build failed: {}", text(&o));
+    assert!(o.stderr.is_empty(), "--json wrote to stderr: {}", text(&o));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let of = |kind: &str, step: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind && e["step"] == step)
+            .count()
+    };
+    for step in [
+        "inputs",
+        "kernel",
+        "squashfs",
+        "initramfs",
+        "layout",
+        "outputs",
+        "manifest",
+    ] {
+        assert_eq!(of("started", step), 1, "{step} started");
+        assert_eq!(of("finished", step), 1, "{step} finished");
+    }
+    for step in [
+        "squashfs/rootfs.sqsh",
+        "squashfs/00-hello.sqsh",
+        "squashfs/01-motd.sqsh",
+        "initramfs/initrd-0.img",
+        "outputs/metal disk",
+    ] {
+        let done = events
+            .iter()
+            .find(|e| e["event"] == "finished" && e["step"] == step)
+            .unwrap_or_else(|| panic!("no finished {step} in {events:?}"));
+        assert!(done["bytes"].as_u64().unwrap() > 0, "{done}");
+        assert!(done["duration_ms"].is_u64(), "{done}");
+    }
+    // Every started step ended, and nothing failed.
+    let started = events.iter().filter(|e| e["event"] == "started").count();
+    let ended = events
+        .iter()
+        .filter(|e| e["event"] == "finished" || e["event"] == "cached")
+        .count();
+    assert_eq!(started, ended, "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "done");
+    assert_eq!(
+        last["outputs"][0],
+        c.join("metal-amd64.raw").display().to_string()
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), ended, "{report}");
+    assert!(steps.iter().any(|s| s["step"] == "squashfs/rootfs.sqsh"));
+    let ra = std::fs::read(a.join("metal-amd64.raw")).unwrap();
+    let rc = std::fs::read(c.join("metal-amd64.raw")).unwrap();
+    assert!(ra == rc, "the --json build's raw image differs");
 }
 
 #[test]

@@ -110,6 +110,61 @@ fn a_malformed_extension_is_refused_before_anything_is_written() {
     );
 }
 
+/// `-q` prints the error and nothing else; `--json` ends the events of the failed build with
+/// the failed step, every line parseable, and the error stays on stderr.
+#[test]
+fn quiet_and_json_builds_still_report_the_error() {
+    if !require_input(&strata_bin()) || !have_inputs("amd64") {
+        return;
+    }
+    let p = format!("{}disk:\n  esp_size: 8 MiB\n", base_profile());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, p).unwrap();
+    let build = |flag: &str| {
+        let out = dir.path().join("out");
+        let args = [
+            "build",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            flag,
+        ];
+        strata(&args, &shared_cache())
+    };
+
+    let o = build("-q");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "-q wrote to stdout: {}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: "),
+        "-q printed more than the error:\n{err}"
+    );
+    assert!(err.contains("disk.esp_size"), "{err}");
+
+    let o = build("--json");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let last = events.last().expect("no events");
+    // The plan passed; the ESP is found too small when the disks are laid out.
+    assert_eq!(
+        (&last["event"], &last["step"]),
+        (&"failed".into(), &"layout".into())
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "finished" && e["step"] == "squashfs"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("disk.esp_size"),
+        "{err}"
+    );
+}
+
 /// Runs `strata build` on `profile` with a private cache and `extra`
 /// arguments; returns (exit code, stderr, the cache directory, the output directory).
 fn run_private(profile: &str, extra: &[&str]) -> (Option<i32>, String, tempfile::TempDir) {

@@ -16,12 +16,18 @@
 //!
 //! Intermediate files live in a temporary directory under the cache and
 //! vanish with it, whatever happens.
+//!
+//! Each step is reported to a [`Sink`] as the progress steps of
+//! [`crate::progress::STEPS`] (assets as `squashfs` and `initramfs`), with a
+//! sub-step per image and output file; their timings come back in
+//! [`BuildReport::steps`], not in the manifest (docs/cli.md says why).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::outdir::OutDir;
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
 use crate::profile::units::human;
+use crate::progress::{Recorder, Sink, StepRecord, Task};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -38,72 +44,89 @@ pub struct BuildReport {
     pub out_dir: PathBuf,
     /// The manifest written there.
     pub manifest: Manifest,
-    /// Wall time of each step.
-    pub steps: Vec<(&'static str, Duration)>,
+    /// Every step and sub-step that ended, in the order they ended: wall time, bytes made,
+    /// cache hit. Not in the manifest, which must not change from one build to the next.
+    pub steps: Vec<StepRecord>,
+    /// Wall time of the whole build.
+    pub elapsed: Duration,
 }
 
-/// Runs a whole build. `progress` receives one line per step.
-pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport> {
-    let mut steps = Vec::new();
-    let mut timed = |name: &'static str, t: Instant| steps.push((name, t.elapsed()));
+/// Runs a whole build, telling `progress` what happens (see [`crate::progress`]).
+pub fn build(opts: &BuildOptions, progress: &dyn Sink) -> Result<BuildReport> {
+    let started = Instant::now();
+    let recorder = Recorder::new(progress);
+    let (out_dir, manifest) = run(opts, &recorder)?;
+    Ok(BuildReport {
+        out_dir,
+        manifest,
+        steps: recorder.into_steps(),
+        elapsed: started.elapsed(),
+    })
+}
 
+/// The steps, one after the other.
+fn run(opts: &BuildOptions, progress: &dyn Sink) -> Result<(PathBuf, Manifest)> {
     let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     crate::signals::watch(&cache.join("tmp"), false);
     crate::signals::watch(&cache.join("kernels"), false);
-    let t = Instant::now();
+    let step = Task::start(progress, "inputs", None);
     let opts = plan::Options {
         dry_run: false,
         ..opts.clone()
     };
-    let plan = plan::plan(&opts, progress)?;
-    progress(&format!(
-        "[1/7] profile {} ({}, platform {})",
-        plan.profile.display(),
-        plan.arch,
-        plan.platforms
-            .iter()
-            .map(|p| p.platform.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    timed("inputs", t);
+    let plan = plan::plan(&opts, &mut |line| crate::progress::note(progress, line))?;
+    step.finish(
+        None,
+        &format!(
+            "profile {} ({}, platform {})",
+            plan.profile.display(),
+            plan.arch,
+            plan.platforms
+                .iter()
+                .map(|p| p.platform.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
 
-    let t = Instant::now();
+    let step = Task::start(progress, "kernel", None);
     let kernel = plan.kernel.load(&plan.cache)?;
-    progress(&format!("[2/7] kernel {}", kernel.release));
-    timed("kernel", t);
+    step.finish(None, &kernel.release);
 
     let work = work_dir(&plan)?;
-    let t = Instant::now();
     let assets = crate::assets::make(&plan, &kernel, work.path(), progress)?;
     verify_shipped_modules(&kernel, &assets)?;
-    timed("squashfs+initramfs", t);
 
     // Every platform's disk is planned before anything is written: a
     // platform whose ESP does not fit fails before another's outputs land.
-    let t = Instant::now();
+    let step = Task::start(progress, "layout", None);
     let disks = plan
         .platforms
         .iter()
         .zip(&assets.platforms)
         .map(|(pp, pa)| plan::esp::disk_plan(&plan, pp, &kernel, &pa.initrd))
         .collect::<Result<Vec<_>>>()?;
-    for (pp, dp) in plan.platforms.iter().zip(&disks) {
-        progress(&format!(
-            "[5/7] {}: disk {} (ESP {}), outputs {}",
-            pp.platform.name,
-            human(dp.layout.size),
-            human(dp.esp().map(|p| p.size).unwrap_or(0)),
-            pp.outputs
-                .iter()
-                .map(|o| o.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    timed("layout", t);
+    let layouts: Vec<String> = plan
+        .platforms
+        .iter()
+        .zip(&disks)
+        .map(|(pp, dp)| {
+            format!(
+                "{}: disk {} (ESP {}), outputs {}",
+                pp.platform.name,
+                human(dp.layout.size),
+                human(dp.esp().map(|p| p.size).unwrap_or(0)),
+                pp.outputs
+                    .iter()
+                    .map(|o| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    step.finish(None, &layouts.join("; "));
 
-    let t = Instant::now();
+    let step = Task::start(progress, "outputs", None);
     let out_dir = plan.out_dir.clone();
     crate::signals::watch(&out_dir, !out_dir.exists());
     let out = OutDir::open(&out_dir)?;
@@ -111,23 +134,33 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .platforms
         .iter()
         .zip(&disks)
-        .map(|(pp, dp)| crate::format::output::write_platform(&plan, pp, dp, &out, work.path()))
+        .map(|(pp, dp)| {
+            crate::format::output::write_platform(&plan, pp, dp, &out, work.path(), &step)
+        })
         .collect::<Result<Vec<_>>>()?;
     // Every output exists: rename them all into place.
     let mut manifest = Manifest::read(&out_dir).ok();
+    let mut count = 0;
     for (i, written) in pending.into_iter().enumerate() {
         let mut finals = Vec::new();
         for w in written {
             let path = out.persist(w.tmp, &w.file_name)?;
-            progress(&format!("[6/7] wrote {}", path.display()));
             finals.push((w.kind, path));
         }
+        count += finals.len();
+        // Hashing every artefact for the manifest takes seconds on large disks: say so.
+        let name = plan
+            .platforms
+            .get(i)
+            .map_or("", |p| p.platform.name.as_str());
+        let sums = step.sub(&format!("{name} checksums"), None);
         let build = manifest::Build::from_build(&plan, i, &kernel, &assets, &finals)?;
+        sums.finish(None, &format!("sha256 of {} file(s)", finals.len()));
         manifest = Some(Manifest::merge(manifest, &plan.name, build));
     }
-    timed("outputs", t);
+    step.finish(None, &format!("{count} file(s) in {}", out_dir.display()));
 
-    let t = Instant::now();
+    let step = Task::start(progress, "manifest", None);
     let manifest = manifest.ok_or_else(|| {
         Error::step(
             ErrorKind::InvalidInput,
@@ -136,14 +169,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         )
     })?;
     let mpath = manifest::write(&out, &manifest)?;
-    progress(&format!("[7/7] wrote {}", mpath.display()));
-    timed("manifest", t);
+    step.finish(None, &format!("wrote {}", mpath.display()));
     out.commit();
-    Ok(BuildReport {
-        out_dir,
-        manifest,
-        steps,
-    })
+    Ok((out_dir, manifest))
 }
 
 /// The build's intermediate files: a temporary directory under the cache.

@@ -35,6 +35,16 @@ pub enum Command {
         /// Build from the cache alone: contact no registry, and name any input that is missing.
         #[arg(long)]
         offline: bool,
+        /// Print progress as JSON lines on stdout, one event per line (for CI), instead of
+        /// bars or lines on stderr.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Also write each step's wall time and bytes, as JSON, to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Print the resolved plan of a profile: every input found and checked,
     /// outputs, command lines. Writes nothing (no cache, no output directory).

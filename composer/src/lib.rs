@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod par;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod signals;
 pub mod source;
 #[cfg(test)]

@@ -4,9 +4,11 @@ mod cli;
 
 use clap::Parser;
 use cli::{AccelArg, Cli, Command, ExtCommand};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 use strata::profile::platform;
+use strata::progress::{self, render};
 use strata::{boot, build, Arch, Error, ErrorKind};
 
 fn main() -> ExitCode {
@@ -75,6 +77,9 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             cache,
             init,
             offline,
+            json,
+            quiet,
+            report,
         } => {
             let arch = arch.as_deref().map(parse_arch).transpose()?;
             let opts = build::BuildOptions {
@@ -87,21 +92,24 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 source_date_epoch: source_date_epoch()?,
                 dry_run: false,
             };
-            let report = build::build(&opts, &mut |line| eprintln!("{line}"))?;
-            let total: Duration = report.steps.iter().map(|(_, d)| *d).sum();
-            for o in report.manifest.builds.iter().flat_map(|b| &b.outputs) {
-                println!("{}", report.out_dir.join(&o.file).display());
-            }
-            let parts: Vec<String> = report
-                .steps
-                .iter()
-                .map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64()))
-                .collect();
-            eprintln!(
-                "built in {:.1} s ({})",
-                total.as_secs_f64(),
-                parts.join(", ")
+            let mode = match (json, quiet) {
+                (_, true) => render::Mode::Quiet,
+                (true, _) => render::Mode::Json,
+                _ => render::Mode::Auto,
+            };
+            let terminal = std::io::stderr().is_terminal()
+                && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
+            let sink = render::choose(
+                mode,
+                Box::new(std::io::stdout()),
+                Box::new(std::io::stderr()),
+                terminal,
             );
+            let built = build::build(&opts, sink.as_ref())?;
+            if let Some(path) = &report {
+                write_build_report(path, &built)?;
+            }
+            tell_built(mode, &built);
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan {
@@ -316,6 +324,55 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The artefacts' paths on stdout (JSON: one `done` event) and the timings on stderr.
+fn tell_built(mode: render::Mode, built: &build::BuildReport) {
+    let outputs: Vec<String> = built
+        .manifest
+        .builds
+        .iter()
+        .flat_map(|b| &b.outputs)
+        .map(|o| built.out_dir.join(&o.file).display().to_string())
+        .collect();
+    match mode {
+        render::Mode::Quiet => {}
+        render::Mode::Json => println!(
+            "{}",
+            serde_json::json!({
+                "event": "done",
+                "duration_ms": progress::millis(built.elapsed),
+                "outputs": outputs,
+            })
+        ),
+        render::Mode::Auto => {
+            for o in &outputs {
+                println!("{o}");
+            }
+            let parts: Vec<String> = built
+                .steps
+                .iter()
+                .filter(|s| !s.step.contains('/'))
+                .map(|s| format!("{} {:.1} s", s.step, s.duration_ms as f64 / 1000.0))
+                .collect();
+            eprintln!(
+                "built in {:.1} s ({})",
+                built.elapsed.as_secs_f64(),
+                parts.join(", ")
+            );
+        }
+    }
+}
+
+/// `--report`: every step's timing and bytes, as JSON.
+fn write_build_report(path: &std::path::Path, built: &build::BuildReport) -> Result<(), Error> {
+    let report = serde_json::json!({
+        "duration_ms": progress::millis(built.elapsed),
+        "steps": built.steps,
+    });
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| Error::step(ErrorKind::Io, "writing the build report", e))?;
+    std::fs::write(path, text + "\n").map_err(Error::io("writing", path))
 }
 
 /// SOURCE_DATE_EPOCH, if set, as the reproducible-builds spec defines it.

@@ -34,6 +34,8 @@ use crate::extension::source::{Kind, Resolved};
 use crate::fs::squashfs::SquashOptions;
 use crate::fs::tree::{Entry, EntryKind, FileData, Tree};
 use crate::plan::Plan;
+use crate::profile::units::human;
+use crate::progress::Task;
 use crate::source::kernel::Kernel;
 use std::path::{Path, PathBuf};
 
@@ -292,13 +294,15 @@ impl Composed {
 
 /// Writes the root and the extension layers (the root on its own thread),
 /// or, when flattening, one root with everything inside. `available` are
-/// the images of `enabled: false` extensions, placed in the root.
+/// the images of `enabled: false` extensions, placed in the root. Each image
+/// is a sub-step of `step`.
 pub fn squash_all(
     plan: &Plan,
     modules: Option<&ModuleLayer>,
     release: &str,
     available: &[(String, PathBuf)],
     work: &Path,
+    step: &Task<'_>,
 ) -> Result<Composed> {
     let root_out = work.join("rootfs.sqsh");
     if plan.flatten {
@@ -310,7 +314,7 @@ pub fn squash_all(
                 other => Error::step(ErrorKind::InvalidInput, "flattening the extensions", other),
             })?;
         plan.check_conflicts(&conflicts)?;
-        write_squashfs(&tree, &root_out, &plan.squash)?;
+        write_squashfs(&tree, &root_out, &plan.squash, step)?;
         return Ok(Composed {
             rootfs: root_out,
             layers: Vec::new(),
@@ -321,13 +325,13 @@ pub fn squash_all(
     }
     let planned = layer_list(plan, modules.map(|_| release), work)?;
     std::thread::scope(|s| {
-        let root = s.spawn(|| squash_root(plan, &root_out, available));
+        let root = s.spawn(|| squash_root(plan, &root_out, available, step));
         let talos = plan.extensions.iter().filter(|e| e.kind == Kind::Talos);
         let trees = talos.map(|e| &e.tree).chain(modules.map(|m| &m.tree));
         for (layer, tree) in planned.iter().zip(trees) {
-            write_squashfs(tree, &layer.path, &plan.squash)?;
+            write_squashfs(tree, &layer.path, &plan.squash, step)?;
         }
-        let ddi_images = squash_ddis(plan, work)?;
+        let ddi_images = squash_ddis(plan, work, step)?;
         let root_path = root.join().map_err(|_| {
             Error::step(
                 ErrorKind::Io,
@@ -347,11 +351,11 @@ pub fn squash_all(
 
 /// Writes the tree of each enabled DDI extension as a squashfs in `work` (see the module
 /// documentation): (kind, extension name, file).
-fn squash_ddis(plan: &Plan, work: &Path) -> Result<Vec<(Kind, String, PathBuf)>> {
+fn squash_ddis(plan: &Plan, work: &Path, step: &Task<'_>) -> Result<Vec<(Kind, String, PathBuf)>> {
     let mut out = Vec::new();
     for e in plan.extensions.iter().filter(|e| e.partition.is_some()) {
         let file = work.join(format!("ddi-{}-{}.sqsh", e.kind.as_str(), e.name));
-        write_squashfs(&e.tree, &file, &plan.squash)?;
+        write_squashfs(&e.tree, &file, &plan.squash, step)?;
         out.push((e.kind, e.name.clone(), file));
     }
     Ok(out)
@@ -405,7 +409,12 @@ fn root_tree(plan: &Plan) -> Result<Tree> {
     Ok(tree)
 }
 
-fn squash_root(plan: &Plan, out: &Path, available: &[(String, PathBuf)]) -> Result<PathBuf> {
+fn squash_root(
+    plan: &Plan,
+    out: &Path,
+    available: &[(String, PathBuf)],
+    step: &Task<'_>,
+) -> Result<PathBuf> {
     let Some(tree) = &plan.root.tree else {
         // A prebuilt squashfs, checked by the plan, shipped as it is.
         return Ok(plan.root.path.clone());
@@ -413,32 +422,37 @@ fn squash_root(plan: &Plan, out: &Path, available: &[(String, PathBuf)]) -> Resu
     let mut tree = tree.clone();
     add_available(&mut tree, available)?;
     ensure_extensions_yaml(&mut tree)?;
-    write_squashfs(&tree, out, &plan.squash)?;
+    write_squashfs(&tree, out, &plan.squash, step)?;
     Ok(out.to_path_buf())
 }
 
 /// The profile's `files:` as a squashfs (`files.sqsh` in `work`), as
-/// (name in the initramfs, file); none without files.
-pub fn files_layer(plan: &Plan, work: &Path) -> Result<Option<(String, PathBuf)>> {
+/// (name in the initramfs, file); none without files. Written as a sub-step of `step`.
+pub fn files_layer(plan: &Plan, work: &Path, step: &Task<'_>) -> Result<Option<(String, PathBuf)>> {
     if plan.files.is_empty() {
         return Ok(None);
     }
     let path = work.join("files.sqsh");
-    write_squashfs(&plan.files.tree, &path, &plan.squash)?;
+    write_squashfs(&plan.files.tree, &path, &plan.squash, step)?;
     let name = strata_proto::initramfs::archive_name(strata_proto::initramfs::FILES_IMAGE);
     Ok(Some((name.to_string(), path)))
 }
 
 /// Images of `enabled: false` extensions, as (path in the root, file):
-/// Talos ones squashed like a layer, sysext/confext images as they are.
-pub fn available_files(plan: &Plan, work: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// Talos ones squashed like a layer (a sub-step of `step` each), sysext/confext images as
+/// they are.
+pub fn available_files(
+    plan: &Plan,
+    work: &Path,
+    step: &Task<'_>,
+) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for e in &plan.disabled {
         let file = match &e.raw_image {
             Some(raw) => raw.clone(),
             None => {
                 let p = work.join(format!("available-{}.sqsh", e.name));
-                write_squashfs(&e.tree, &p, &plan.squash)?;
+                write_squashfs(&e.tree, &p, &plan.squash, step)?;
                 p
             }
         };
@@ -476,21 +490,63 @@ fn ensure_extensions_yaml(tree: &mut Tree) -> Result<()> {
     Ok(())
 }
 
-fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions) -> Result<()> {
-    crate::fs::squashfs::write_file(tree, out, opts)
-        .map(|_| ())
-        .map_err(|e| {
-            Error::step(
-                ErrorKind::Io,
-                format!("writing the squashfs {}", out.display()),
-                e,
-            )
+/// Writes one image as a sub-step of `step` named after its file, whose progress is the file
+/// content read out of the tree.
+fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions, step: &Task<'_>) -> Result<()> {
+    let name = out.file_name().unwrap_or(out.as_os_str()).to_string_lossy();
+    let content = content_bytes(tree);
+    let task = step.sub(&name, Some(content));
+    let stats = crate::fs::squashfs::write_file_metered(tree, out, opts, &task).map_err(|e| {
+        Error::step(
+            ErrorKind::Io,
+            format!("writing the squashfs {}", out.display()),
+            e,
+        )
+    })?;
+    let detail = format!("{} of files into {}", human(content), human(stats.bytes));
+    task.finish(Some(stats.bytes), &detail);
+    Ok(())
+}
+
+/// Bytes of file content in `tree` (what writing it reads). A host file that cannot be
+/// examined counts 0 here; writing the image reports it.
+pub fn content_bytes(tree: &Tree) -> u64 {
+    tree.iter()
+        .map(|(_, e)| match &e.kind {
+            EntryKind::File(FileData::Bytes(b)) => b.len() as u64,
+            EntryKind::File(FileData::Host(p)) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            _ => 0,
         })
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writing_an_image_reads_exactly_the_content_bytes_it_announced() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("big");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&host, &data).unwrap();
+        let mut tree = Tree::new();
+        tree.insert("/usr/big", Entry::host_file(&host, 0o644))
+            .unwrap();
+        // Identical content is stored once, but still read to find that out.
+        tree.insert("/usr/same", Entry::host_file(&host, 0o644))
+            .unwrap();
+        tree.insert("/etc/small", Entry::bytes_file(b"hello".to_vec(), 0o644))
+            .unwrap();
+        tree.insert("/usr/link", Entry::symlink("big")).unwrap();
+        assert_eq!(content_bytes(&tree), 600_005);
+        let read = AtomicU64::new(0);
+        let out = dir.path().join("img.sqsh");
+        crate::fs::squashfs::write_file_metered(&tree, &out, &SquashOptions::default(), &read)
+            .unwrap();
+        assert_eq!(read.load(Ordering::Relaxed), 600_005);
+    }
 
     #[test]
     fn probes_skip_files_a_later_layer_replaced() {

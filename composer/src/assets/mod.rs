@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::kmod::ModuleRef;
 use crate::plan::Plan;
 use crate::profile::units::human;
+use crate::progress::{Sink, Task};
 use crate::source::kernel::Kernel;
 use layers::{Composed, ModuleLayer};
 use std::path::{Path, PathBuf};
@@ -37,14 +38,10 @@ pub struct PlatformAssets {
     pub initrd: PathBuf,
 }
 
-/// The assets step: module layer, squashfs images, then one initramfs per
-/// distinct module set. `progress` gets the step's lines.
-pub fn make(
-    plan: &Plan,
-    kernel: &Kernel,
-    work: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Assets> {
+/// The assets steps: `squashfs` (module layer, squashfs images), then `initramfs` (one per
+/// distinct module set), reported to `progress`.
+pub fn make(plan: &Plan, kernel: &Kernel, work: &Path, progress: &dyn Sink) -> Result<Assets> {
+    let step = Task::start(progress, "squashfs", None);
     let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
         Error::step(
             ErrorKind::InvalidInput,
@@ -53,19 +50,20 @@ pub fn make(
         )
         .with_hint("build the extension's modules for the image's kernel")
     })?;
-    let available = layers::available_files(plan, work)?;
+    let available = layers::available_files(plan, work, &step)?;
     let composed = layers::squash_all(
         plan,
         module_layer.as_ref(),
         &kernel.release,
         &available,
         work,
+        &step,
     )?;
     for c in &composed.conflicts {
-        progress(&format!("flatten: conflict: {c}"));
+        crate::progress::note(progress, &format!("flatten: conflict: {c}"));
     }
-    progress(&format!(
-        "[3/7] squashfs: root + {} layer(s){}",
+    let detail = format!(
+        "root + {} layer(s){}",
         composed.layers.len(),
         if composed.flattened.is_empty() {
             String::new()
@@ -75,15 +73,23 @@ pub fn make(
                 composed.flattened.len()
             )
         }
-    ));
-    let platforms = initramfs_per_platform(
-        plan,
-        kernel,
-        &composed,
-        module_layer.as_ref(),
-        work,
-        progress,
-    )?;
+    );
+    step.finish(None, &detail);
+    let step = Task::start(progress, "initramfs", None);
+    let platforms =
+        initramfs_per_platform(plan, kernel, &composed, module_layer.as_ref(), work, &step)?;
+    let made = platforms
+        .iter()
+        .map(|p| &p.initrd)
+        .collect::<std::collections::BTreeSet<_>>();
+    step.finish(
+        None,
+        &format!(
+            "{} initramfs for {} platform(s)",
+            made.len(),
+            platforms.len()
+        ),
+    );
     Ok(Assets {
         composed,
         module_layer,
@@ -97,7 +103,7 @@ fn initramfs_per_platform(
     composed: &Composed,
     module_layer: Option<&ModuleLayer>,
     work: &Path,
-    progress: &mut dyn FnMut(&str),
+    step: &Task<'_>,
 ) -> Result<Vec<PlatformAssets>> {
     let layer_files: Vec<(String, PathBuf)> = composed
         .layers
@@ -106,7 +112,7 @@ fn initramfs_per_platform(
         .collect();
     let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
     let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
-    sysexts.extend(layers::files_layer(plan, work)?);
+    sysexts.extend(layers::files_layer(plan, work, step)?);
     let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
     files.extend(guest_files::guest_json(plan.state, &plan.files.records));
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
@@ -131,15 +137,22 @@ fn initramfs_per_platform(
                     mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
                     compression: plan.initramfs_compression,
                 };
-                let stats = initramfs::write(&path, &contents)
-                    .map_err(Error::io("writing the initramfs", &path))?;
-                progress(&format!(
-                    "[4/7] initramfs for {}: {} modules, {} stored + {} compressed",
-                    pp.platform.name,
-                    modules.len(),
-                    human(stats.stored),
-                    human(stats.compressed)
-                ));
+                // Progress from outside: the bytes the file holds as it is written.
+                let task = step.sub(&format!("initrd-{}.img", made.len()), None);
+                let stats = crate::progress::watch_file(&task, &path, || {
+                    initramfs::write(&path, &contents)
+                })
+                .map_err(Error::io("writing the initramfs", &path))?;
+                task.finish(
+                    Some(stats.stored + stats.compressed),
+                    &format!(
+                        "for {}: {} modules, {} stored + {} compressed",
+                        pp.platform.name,
+                        modules.len(),
+                        human(stats.stored),
+                        human(stats.compressed)
+                    ),
+                );
                 made.push((names, path.clone()));
                 path
             }

@@ -13,6 +13,8 @@ use crate::format::{self, Format, OutputKind, Wrap};
 use crate::io::outdir::OutDir;
 use crate::plan::esp::DiskPlan;
 use crate::plan::{Plan, PlatformPlan};
+use crate::profile::units::human;
+use crate::progress::{watch_file, Task};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -40,6 +42,9 @@ pub struct Context<'a> {
     pub work: &'a Path,
     /// Where the outputs go.
     pub out_dir: &'a Path,
+    /// Bytes of data in the raw image (its holes excluded): what an uncompressed conversion
+    /// writes, the total of its progress.
+    pub data_bytes: u64,
 }
 
 /// An output written to its temporary file, waiting to be renamed.
@@ -53,8 +58,13 @@ pub struct Written {
 }
 
 /// Writes `kinds` (plain `raw` excluded: the raw image itself is that
-/// output) on up to `workers` threads.
-pub fn write_all(ctx: &Context<'_>, kinds: &[OutputKind], workers: usize) -> Result<Vec<Written>> {
+/// output) on up to `workers` threads, each a sub-step of `step`.
+pub fn write_all(
+    ctx: &Context<'_>,
+    kinds: &[OutputKind],
+    workers: usize,
+    step: &Task<'_>,
+) -> Result<Vec<Written>> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<Written>)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -62,7 +72,7 @@ pub fn write_all(ctx: &Context<'_>, kinds: &[OutputKind], workers: usize) -> Res
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(kind) = kinds.get(i) else { break };
-                let r = write_one(ctx, *kind);
+                let r = write_one(ctx, *kind, step);
                 let failed = r.is_err();
                 results
                     .lock()
@@ -80,22 +90,38 @@ pub fn write_all(ctx: &Context<'_>, kinds: &[OutputKind], workers: usize) -> Res
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
+/// Writes one output as a sub-step named after its file; a wrapped format is two: the
+/// format, then its compression. Progress is the bytes the file being written holds.
+fn write_one(ctx: &Context<'_>, kind: OutputKind, step: &Task<'_>) -> Result<Written> {
     let file_name = kind.file_name(ctx.platform, ctx.arch.debian());
     let tmp = crate::io::outdir::artefact_temp_file(ctx.out_dir)
         .map_err(Error::io("creating a file in", ctx.out_dir))?;
+    // Formats are watched from outside (the bytes their file holds); compression counts
+    // the bytes it has read of its input, whose length is known.
+    let produced = |name: &str, dest: &Path| {
+        let task = step.sub(name, expected_bytes(ctx, kind.format));
+        watch_file(&task, dest, || produce(ctx, kind.format, kind, dest))?;
+        finish_with_size(task, dest)
+    };
     match kind.wrap {
-        None => produce(ctx, kind.format, kind, tmp.path())?,
+        None => produced(&file_name, tmp.path())?,
         Some(w) => {
             let plain = OutputKind { wrap: None, ..kind };
-            let inner = ctx
-                .work
-                .join(plain.file_name(ctx.platform, ctx.arch.debian()));
-            if kind.format == Format::Raw {
-                wrap(ctx.raw, tmp.path(), w)?;
+            let plain_name = plain.file_name(ctx.platform, ctx.arch.debian());
+            let inner = ctx.work.join(&plain_name);
+            let source = if kind.format == Format::Raw {
+                ctx.raw
             } else {
-                produce(ctx, kind.format, kind, &inner)?;
-                wrap(&inner, tmp.path(), w)?;
+                produced(&plain_name, &inner)?;
+                &inner
+            };
+            let len = std::fs::metadata(source)
+                .map_err(Error::io("reading", source))?
+                .len();
+            let task = step.sub(&file_name, Some(len));
+            wrap(source, tmp.path(), w, &task)?;
+            finish_with_size(task, tmp.path())?;
+            if source == inner {
                 let _ = std::fs::remove_file(&inner);
             }
         }
@@ -107,8 +133,28 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
     })
 }
 
-fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
-    use crate::io::compress::{compress_file, Compression, XzCheck};
+/// The bytes writing `format` stores, when that is known beforehand: the raw image's data for
+/// the uncompressed conversions, the ESP for the ISO (which carries it whole); `None` for the
+/// compressed ones, whose size is known only at the end.
+fn expected_bytes(ctx: &Context<'_>, format: Format) -> Option<u64> {
+    match format {
+        Format::Raw | Format::Qcow2 | Format::Vhd | Format::VhdDynamic => Some(ctx.data_bytes),
+        Format::Iso => Some(ctx.esp.1),
+        Format::Vmdk | Format::Ova | Format::GcpTar => None,
+    }
+}
+
+/// Ends `task` with the size of the file it wrote.
+fn finish_with_size(task: Task<'_>, path: &Path) -> Result<()> {
+    let size = std::fs::metadata(path)
+        .map_err(Error::io("reading", path))?
+        .len();
+    task.finish(Some(size), &human(size));
+    Ok(())
+}
+
+fn wrap(input: &Path, output: &Path, w: Wrap, read: &Task<'_>) -> Result<()> {
+    use crate::io::compress::{compress_file_metered, Compression, XzCheck};
     let threads = crate::par::jobs_u32();
     let c = match w {
         // xz's default preset and check, what `xz -T<n>` writes.
@@ -119,7 +165,7 @@ fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
         },
         Wrap::Zst => Compression::Zstd { level: 19, threads },
     };
-    compress_file(input, output, &c)
+    compress_file_metered(input, output, &c, read)
         .map_err(|e| Error::format(format!("compressing {}", output.display()), e))?;
     Ok(())
 }
@@ -272,21 +318,31 @@ fn copy_range(src: &Path, offset: u64, len: u64, dest: &Path) -> Result<()> {
 /// The formats step for one platform: the raw disk (written by `disk`)
 /// into a temporary file of the output directory, then every conversion
 /// of it; plain `raw` is the raw image itself. Returned in the order the
-/// platform lists its outputs, plain raw first.
+/// platform lists its outputs, plain raw first. The disk and each output are sub-steps of
+/// `step`.
 pub fn write_platform(
     plan: &Plan,
     pp: &PlatformPlan,
     dp: &DiskPlan,
     out: &OutDir,
     work: &Path,
+    step: &Task<'_>,
 ) -> Result<Vec<Written>> {
     let raw_tmp = out.temp_file()?;
-    crate::disk::write(
-        raw_tmp.path(),
-        &dp.layout,
-        &dp.esp_files,
-        &crate::assets::esp::fat_options(&plan.seed, plan.epoch),
-    )?;
+    let disk = step.sub(&format!("{} disk", pp.platform.name), None);
+    watch_file(&disk, raw_tmp.path(), || {
+        crate::disk::write(
+            raw_tmp.path(),
+            &dp.layout,
+            &dp.esp_files,
+            &crate::assets::esp::fat_options(&plan.seed, plan.epoch),
+        )
+    })?;
+    let data_bytes = data_bytes(raw_tmp.path())?;
+    disk.finish(
+        Some(data_bytes),
+        &format!("{} ({} of data)", human(dp.layout.size), human(data_bytes)),
+    );
     let esp = dp.esp().ok_or_else(|| {
         Error::format("writing the disk", "the layout has no EFI system partition")
     })?;
@@ -307,9 +363,10 @@ pub fn write_platform(
         seed: &plan.seed,
         work,
         out_dir: out.path(),
+        data_bytes,
     };
     let workers = crate::par::jobs();
-    let mut files = write_all(&ctx, &converted, workers)?;
+    let mut files = write_all(&ctx, &converted, workers, step)?;
     if let Some(raw_kind) = pp.outputs.iter().find(|k| is_plain_raw(k)) {
         files.insert(
             0,
@@ -321,6 +378,13 @@ pub fn write_platform(
         );
     }
     Ok(files)
+}
+
+/// Bytes of `raw` that are data, not holes.
+fn data_bytes(raw: &Path) -> Result<u64> {
+    let f = std::fs::File::open(raw).map_err(Error::io("reading", raw))?;
+    let ranges = crate::io::sparse::data_ranges(&f).map_err(Error::io("reading", raw))?;
+    Ok(ranges.iter().map(|(_, n)| n).sum())
 }
 
 fn is_plain_raw(k: &OutputKind) -> bool {

@@ -37,6 +37,7 @@ use backhand::{
 
 use super::squashfs_ahead;
 use super::tree::{EntryKind, FileData, Tree};
+use crate::io::count::{Counted, Meter};
 
 /// Largest name of one directory entry the Linux squashfs driver accepts (`SQUASHFS_NAME_LEN`).
 const MAX_NAME_LEN: usize = 256;
@@ -241,20 +242,32 @@ pub struct SquashInfo {
 /// Data and fragment blocks are compressed on [`crate::par::jobs`] threads (see
 /// [`super::squashfs_ahead`]); the bytes do not depend on the thread count.
 pub fn write<W: Write + Seek>(tree: &Tree, out: W, opts: &SquashOptions) -> Result<SquashStats> {
+    write_metered(tree, out, opts, &())
+}
+
+/// [`write`], telling `read` how many bytes of file content have been read so far (the
+/// build's progress: the total is the tree's file sizes).
+pub fn write_metered<'t, W: Write + Seek>(
+    tree: &'t Tree,
+    out: W,
+    opts: &SquashOptions,
+    read: &'t dyn Meter,
+) -> Result<SquashStats> {
     let workers = match crate::par::jobs() {
         1 => 0,
         jobs => jobs,
     };
-    write_on(tree, out, opts, workers).map(|(stats, _)| stats)
+    write_on(tree, out, opts, workers, read).map(|(stats, _)| stats)
 }
 
-/// [`write`] with `workers` threads compressing data blocks ahead of the writer, or none (every
-/// block compressed on the calling thread, as backhand alone does) when `workers` is 0.
-fn write_on<W: Write + Seek>(
-    tree: &Tree,
+/// [`write_metered`] with `workers` threads compressing data blocks ahead of the writer, or none
+/// (every block compressed on the calling thread, as backhand alone does) when `workers` is 0.
+fn write_on<'t, W: Write + Seek>(
+    tree: &'t Tree,
     out: W,
     opts: &SquashOptions,
     workers: usize,
+    read: &'t dyn Meter,
 ) -> Result<(SquashStats, squashfs_ahead::Counts)> {
     let block_size = checked_block_size(opts.block_size)?;
     let compressor = compressor(opts.compression)?;
@@ -274,7 +287,7 @@ fn write_on<W: Write + Seek>(
     fs.set_no_duplicate_files(true);
     for (path, entry) in tree.iter().filter(|(path, _)| *path != Path::new("/")) {
         check_name(path)?;
-        push(&mut fs, path, &entry.kind, header_of(entry))?;
+        push(&mut fs, path, &entry.kind, header_of(entry), read)?;
     }
     let mut tracked = Tracked::new(out);
     let (written, counts) = if workers == 0 {
@@ -376,6 +389,16 @@ pub fn write_file(
     path: impl AsRef<Path>,
     opts: &SquashOptions,
 ) -> Result<SquashStats> {
+    write_file_metered(tree, path, opts, &())
+}
+
+/// [`write_file`], counting the file content read into `read` (see [`write_metered`]).
+pub fn write_file_metered(
+    tree: &Tree,
+    path: impl AsRef<Path>,
+    opts: &SquashOptions,
+    read: &dyn Meter,
+) -> Result<SquashStats> {
     let path = path.as_ref();
     let out_err = |source| SquashError::Output {
         path: path.to_path_buf(),
@@ -383,7 +406,7 @@ pub fn write_file(
     };
     let file = File::create(path).map_err(out_err)?;
     let mut out = io::BufWriter::new(file);
-    let stats = write(tree, &mut out, opts)?;
+    let stats = write_metered(tree, &mut out, opts, read)?;
     let file = out.into_inner().map_err(|e| out_err(e.into_error()))?;
     file.set_len(stats.bytes).map_err(out_err)?;
     Ok(stats)
@@ -487,14 +510,17 @@ fn push<'t>(
     path: &'t Path,
     kind: &'t EntryKind,
     header: NodeHeader,
+    read: &'t dyn Meter,
 ) -> Result<()> {
     let pushed = match kind {
         EntryKind::Dir => fs.push_dir(path, header),
-        EntryKind::File(FileData::Host(host)) => {
-            fs.push_file(HostFile::new(host.clone()), path, header)
-        }
+        EntryKind::File(FileData::Host(host)) => fs.push_file(
+            Counted::new(HostFile::new(host.clone()), read),
+            path,
+            header,
+        ),
         EntryKind::File(FileData::Bytes(bytes)) => {
-            fs.push_file(io::Cursor::new(bytes.as_slice()), path, header)
+            fs.push_file(Counted::new(bytes.as_slice(), read), path, header)
         }
         EntryKind::Symlink(target) => fs.push_symlink(target.clone(), path, header),
         EntryKind::CharDev { major, minor } => {
@@ -1134,7 +1160,7 @@ mod tests {
             };
             let image = |workers| {
                 let mut cursor = Cursor::new(Vec::new());
-                let (stats, counts) = write_on(&tree, &mut cursor, &opts, workers).unwrap();
+                let (stats, counts) = write_on(&tree, &mut cursor, &opts, workers, &()).unwrap();
                 let mut bytes = cursor.into_inner();
                 assert!(bytes[stats.bytes as usize..].iter().all(|b| *b == 0));
                 bytes.truncate(stats.bytes as usize);

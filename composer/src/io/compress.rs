@@ -236,6 +236,17 @@ pub fn compress_file(
     output: &Path,
     c: &Compression,
 ) -> Result<u64, CompressFileError> {
+    compress_file_metered(input, output, c, &())
+}
+
+/// [`compress_file`], telling `read` how many bytes of `input` have been read so far (the
+/// build's progress: the total is the input's length).
+pub fn compress_file_metered(
+    input: &Path,
+    output: &Path,
+    c: &Compression,
+    read: &dyn crate::io::count::Meter,
+) -> Result<u64, CompressFileError> {
     let read_err = |source| CompressFileError::Read {
         path: input.to_path_buf(),
         source,
@@ -244,7 +255,7 @@ pub fn compress_file(
         path: output.to_path_buf(),
         source,
     };
-    let mut src = File::open(input).map_err(read_err)?;
+    let mut src = crate::io::count::Counted::new(File::open(input).map_err(read_err)?, read);
     let dst = BufWriter::with_capacity(FILE_BUF, File::create(output).map_err(write_err)?);
     let mut enc = encoder(dst, c).map_err(|source| CompressFileError::Init {
         path: output.to_path_buf(),

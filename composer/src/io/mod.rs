@@ -1,6 +1,7 @@
 //! Stream adapters, one per file.
 
 pub mod compress;
+pub mod count;
 pub mod decompress;
 pub mod hash;
 pub mod outdir;
