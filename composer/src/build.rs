@@ -40,6 +40,8 @@ pub struct BuildReport {
     pub manifest: Manifest,
     /// Wall time of each step.
     pub steps: Vec<(&'static str, Duration)>,
+    /// Each cached step met, with its outcome (hit, miss, bypassed), in order.
+    pub cache: Vec<crate::cache::Record>,
 }
 
 /// Runs a whole build. `progress` receives one line per step.
@@ -74,8 +76,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     timed("kernel", t);
 
     let work = work_dir(&plan)?;
+    let steps_cache = crate::cache::Cache::open(&plan.cache, !opts.no_cache)?;
     let t = Instant::now();
-    let assets = crate::assets::make(&plan, &kernel, work.path(), progress)?;
+    let assets = crate::assets::make(&plan, &kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
     timed("squashfs+initramfs", t);
 
@@ -111,15 +114,18 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .platforms
         .iter()
         .zip(&disks)
-        .map(|(pp, dp)| crate::format::output::write_platform(&plan, pp, dp, &out, work.path()))
+        .map(|(pp, dp)| {
+            crate::format::output::write_platform(&plan, pp, dp, &out, work.path(), &steps_cache)
+        })
         .collect::<Result<Vec<_>>>()?;
     // Every output exists: rename them all into place.
     let mut manifest = Manifest::read(&out_dir).ok();
     for (i, written) in pending.into_iter().enumerate() {
         let mut finals = Vec::new();
         for w in written {
+            let note = w.note();
             let path = out.persist(w.tmp, &w.file_name)?;
-            progress(&format!("[6/7] wrote {}", path.display()));
+            progress(&format!("[6/7] wrote {}{note}", path.display()));
             finals.push((w.kind, path));
         }
         let build = manifest::Build::from_build(&plan, i, &kernel, &assets, &finals)?;
@@ -143,6 +149,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         out_dir,
         manifest,
         steps,
+        cache: steps_cache.records(),
     })
 }
 

@@ -35,6 +35,10 @@ pub enum Command {
         /// Build from the cache alone: contact no registry, and name any input that is missing.
         #[arg(long)]
         offline: bool,
+        /// Make every step anew: the step cache (squashfs images, initramfs, disk, formats)
+        /// is neither read nor written.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Print the resolved plan of a profile: every input found and checked,
     /// outputs, command lines. Writes nothing (no cache, no output directory).

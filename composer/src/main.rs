@@ -75,6 +75,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             cache,
             init,
             offline,
+            no_cache,
         } => {
             let arch = arch.as_deref().map(parse_arch).transpose()?;
             let opts = build::BuildOptions {
@@ -85,6 +86,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 init,
                 offline,
                 source_date_epoch: source_date_epoch()?,
+                no_cache,
                 dry_run: false,
             };
             let report = build::build(&opts, &mut |line| eprintln!("{line}"))?;

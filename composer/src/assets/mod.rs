@@ -11,6 +11,7 @@ pub mod guest_files;
 pub mod initramfs;
 pub mod layers;
 
+use crate::cache::{Cache, KeyBuilder, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kmod::ModuleRef;
 use crate::plan::Plan;
@@ -38,11 +39,13 @@ pub struct PlatformAssets {
 }
 
 /// The assets step: module layer, squashfs images, then one initramfs per
-/// distinct module set. `progress` gets the step's lines.
+/// distinct module set, each from the step `cache` when it holds it. `progress` gets the
+/// step's lines.
 pub fn make(
     plan: &Plan,
     kernel: &Kernel,
     work: &Path,
+    cache: &Cache,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Assets> {
     let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
@@ -53,19 +56,21 @@ pub fn make(
         )
         .with_hint("build the extension's modules for the image's kernel")
     })?;
-    let available = layers::available_files(plan, work)?;
+    let available = layers::available_files(plan, work, cache)?;
     let composed = layers::squash_all(
         plan,
         module_layer.as_ref(),
         &kernel.release,
         &available,
         work,
+        cache,
     )?;
+    let files = layers::files_layer(plan, work, cache)?;
     for c in &composed.conflicts {
         progress(&format!("flatten: conflict: {c}"));
     }
     progress(&format!(
-        "[3/7] squashfs: root + {} layer(s){}",
+        "[3/7] squashfs: root + {} layer(s){}{}",
         composed.layers.len(),
         if composed.flattened.is_empty() {
             String::new()
@@ -74,14 +79,15 @@ pub fn make(
                 ", {} extension(s) flattened into the root",
                 composed.flattened.len()
             )
-        }
+        },
+        cached_note(cache, "squashfs")
     ));
     let platforms = initramfs_per_platform(
         plan,
         kernel,
         &composed,
         module_layer.as_ref(),
-        work,
+        (work, cache, files),
         progress,
     )?;
     Ok(Assets {
@@ -91,12 +97,27 @@ pub fn make(
     })
 }
 
+/// `" (cached)"` when every `step` so far was a hit, `" (n of m cached)"` when some were.
+fn cached_note(cache: &Cache, step: &str) -> String {
+    let records = cache.records();
+    let steps: Vec<_> = records.iter().filter(|r| r.step == step).collect();
+    let hits = steps.iter().filter(|r| r.outcome == Outcome::Hit).count();
+    match hits {
+        0 => String::new(),
+        n if n == steps.len() => " (cached)".into(),
+        n => format!(" ({n} of {} cached)", steps.len()),
+    }
+}
+
+/// Where the initramfs goes: (work directory, step cache, the `files:` layer).
+type InitramfsPlace<'a> = (&'a Path, &'a Cache, Option<(String, PathBuf)>);
+
 fn initramfs_per_platform(
     plan: &Plan,
     kernel: &Kernel,
     composed: &Composed,
     module_layer: Option<&ModuleLayer>,
-    work: &Path,
+    (work, cache, files_layer): InitramfsPlace<'_>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<PlatformAssets>> {
     let layer_files: Vec<(String, PathBuf)> = composed
@@ -106,7 +127,7 @@ fn initramfs_per_platform(
         .collect();
     let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
     let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
-    sysexts.extend(layers::files_layer(plan, work)?);
+    sysexts.extend(files_layer);
     let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
     files.extend(guest_files::guest_json(plan.state, &plan.files.records));
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
@@ -131,20 +152,66 @@ fn initramfs_per_platform(
                     mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
                     compression: plan.initramfs_compression,
                 };
-                let stats = initramfs::write(&path, &contents)
-                    .map_err(Error::io("writing the initramfs", &path))?;
+                let name = format!("initrd-{}.img", made.len());
+                let made_now = cache.get_or_make(
+                    "initramfs",
+                    &name,
+                    || initramfs_key(&contents),
+                    &path,
+                    |out| {
+                        let stats = initramfs::write(out, &contents)
+                            .map_err(Error::io("writing the initramfs", out))?;
+                        Ok([("stored", stats.stored), ("compressed", stats.compressed)]
+                            .map(|(k, v)| (k.to_string(), v))
+                            .into())
+                    },
+                )?;
+                let figure = |k: &str| made_now.extra.get(k).copied().unwrap_or(0);
                 progress(&format!(
-                    "[4/7] initramfs for {}: {} modules, {} stored + {} compressed",
+                    "[4/7] initramfs for {}: {} modules, {} stored + {} compressed{}",
                     pp.platform.name,
                     modules.len(),
-                    human(stats.stored),
-                    human(stats.compressed)
+                    human(figure("stored")),
+                    human(figure("compressed")),
+                    made_now.note()
                 ));
-                made.push((names, path.clone()));
-                path
+                made.push((names, made_now.path.clone()));
+                made_now.path
             }
         };
         out.push(PlatformAssets { modules, initrd });
     }
     Ok(out)
+}
+
+/// The initramfs's key: every file it holds (by [`crate::cache::key::file_identity`]: the
+/// squashfs images by their cache digests), the small files' bytes, and its settings.
+fn initramfs_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::step(ErrorKind::Io, format!("reading {}", p.display()), e)
+    };
+    let mut k = KeyBuilder::new("initramfs");
+    k.file("init", c.init).map_err(io(c.init))?;
+    k.str("release", c.release);
+    for m in c.modules {
+        let file = c.modules_dir.join(&m.rel_path);
+        k.str("module", &m.name)
+            .bytes("path", m.rel_path.as_os_str().as_encoded_bytes());
+        k.file("module-file", &file).map_err(io(&file))?;
+    }
+    k.file("rootfs", c.rootfs).map_err(io(c.rootfs))?;
+    for (label, list) in [("layer", c.layers), ("image", c.images)] {
+        for (name, path) in list {
+            k.str(label, name);
+            k.file("file", path).map_err(io(path))?;
+        }
+    }
+    for (name, bytes) in c.files {
+        k.str("name", name).bytes("bytes", bytes);
+    }
+    k.str("extensions.yaml", c.extensions_yaml)
+        .u64("mtime", u64::from(c.mtime))
+        .debug("compression", &c.compression);
+    Ok(k.finish())
 }
