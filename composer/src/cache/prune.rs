@@ -14,7 +14,7 @@ pub struct Listed {
     pub dir: PathBuf,
     /// Its metadata; `None` when unreadable (such an entry is never used, and pruned first).
     pub meta: Option<Meta>,
-    /// Bytes on disk (data and metadata).
+    /// Bytes on disk (data and metadata, allocated blocks).
     pub bytes: u64,
     /// Last use.
     pub used: SystemTime,
@@ -43,7 +43,8 @@ pub fn list(root: &Path) -> Result<Vec<Listed>> {
         let mut used = SystemTime::UNIX_EPOCH;
         for f in fs::read_dir(&dir).into_iter().flatten().flatten() {
             if let Ok(m) = f.metadata() {
-                bytes += m.len();
+                // What the file takes on disk: a sparse disk image takes less than its length.
+                bytes += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
                 if f.file_name() == META {
                     used = m.modified().unwrap_or(used);
                 }
@@ -142,6 +143,58 @@ fn exclusive(root: &Path) -> Result<Option<fs::File>> {
         )
         .with_hint("run it again when the build is done")),
         Err(e) => Err(Error::io("locking", steps.join(".lock"))(e)),
+    }
+}
+
+/// `strata cache show`: one line per entry (step, name, size, last use, key), least
+/// recently used first, then the total.
+pub fn show(root: &Path, now: SystemTime) -> Result<String> {
+    use crate::profile::units::human;
+    let entries = list(root)?;
+    let mut out = String::new();
+    for e in &entries {
+        let age = ago(now.duration_since(e.used).unwrap_or_default());
+        let key = e.dir.file_name().unwrap_or_default().to_string_lossy();
+        let (step, name) = match &e.meta {
+            Some(m) => (m.step.as_str(), m.name.as_str()),
+            None => ("?", "(unreadable: pruned first)"),
+        };
+        out.push_str(&format!(
+            "{step:<10} {name:<28} {:>10}  used {age:>8} ago  {}\n",
+            human(e.bytes),
+            &key[..12.min(key.len())]
+        ));
+    }
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    out.push_str(&format!(
+        "{}: {} entries, {}\n",
+        root.join("steps").display(),
+        entries.len(),
+        human(total)
+    ));
+    Ok(out)
+}
+
+/// One line for what a prune or verification did.
+pub fn summary(p: &Pruned) -> String {
+    use crate::profile::units::human;
+    format!(
+        "removed {} entries ({}), kept {} ({})",
+        p.removed,
+        human(p.freed),
+        p.kept,
+        human(p.kept_bytes)
+    )
+}
+
+/// `42 s`, `5 min`, `3 h`, `2 d`.
+fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
     }
 }
 
@@ -263,6 +316,19 @@ mod tests {
         let r = verify_all(root.path()).unwrap();
         assert_eq!((r.removed, r.kept), (1, 1));
         assert_eq!(left(root.path()), ["e1"]);
+    }
+
+    #[test]
+    fn show_lists_every_entry_and_the_total() {
+        let root = tempfile::tempdir().unwrap();
+        fill(root.path(), &[10, 20]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2000 + 7200);
+        let text = show(root.path(), now).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("test       e0 "), "{text}");
+        assert!(lines[0].contains("used      2 h ago"), "{text}");
+        assert!(lines[2].contains(": 2 entries, "), "{text}");
     }
 
     #[test]
