@@ -409,7 +409,8 @@ fn mtime_ns(m: &fs::Metadata) -> i128 {
 /// Writes `entry.json` in `dir` through a temporary file and a rename, fsynced.
 fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     let path = dir.join(META);
-    let tmp = dir.join(format!("{META}.tmp"));
+    // Named by pid: two builds renewing one entry's fingerprint must not share a file.
+    let tmp = dir.join(format!("{META}.{}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(meta)
         .map_err(|e| Error::io("writing", &tmp)(std::io::Error::other(e)))?;
     let mut f = File::create(&tmp).map_err(Error::io("writing", &tmp))?;
