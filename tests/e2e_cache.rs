@@ -120,11 +120,40 @@ fn a_second_build_is_all_hits_and_identical_to_an_uncached_one() {
     }
     assert_eq!(entries(&cache), stored, "a no-op build stored nothing new");
 
+    // Under another umask the hits are copied, not linked: the artefacts take that umask's mode.
+    let u = dir.path().join("u");
+    let o = Command::new("sh")
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+        .arg(strata_bin())
+        .args([
+            "build",
+            profile.to_str().unwrap(),
+            "--out",
+            u.to_str().unwrap(),
+        ])
+        .current_dir(repo())
+        .env("STRATA_CACHE", &cache)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(cached_lines(&o).len(), hits.len(), "{}", stderr(&o));
+    for f in ["metal-amd64.raw", "metal-amd64.iso"] {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(u.join(f)).unwrap();
+        assert_eq!(
+            (m.mode() & 0o777, m.nlink()),
+            (0o600, 1),
+            "{f} under umask 077"
+        );
+    }
+
     let uncached = build(&profile, &n, &cache, &["--no-cache"]);
     assert_eq!(cached_lines(&uncached), Vec::<String>::new());
     assert_eq!(entries(&cache), stored, "--no-cache wrote to the cache");
     assert_same(&a, &n);
     assert_same(&b, &n);
+    assert_same(&u, &n);
 
     // `strata cache` lists what the builds stored; prune empties it.
     let o = strata(&["cache", "--cache", cache.to_str().unwrap()], &cache);
