@@ -372,11 +372,11 @@ impl Disk<'_> {
         if let Some(p) = made.as_ref() {
             return Ok(p.clone());
         }
+        // Asked for only when the cache is on, and then `self.key` is set.
         let key = || {
-            Ok(self
-                .key
-                .clone()
-                .unwrap_or_else(|| KeyBuilder::new("disk").finish()))
+            self.key.clone().ok_or_else(|| {
+                Error::step(crate::error::ErrorKind::Io, "keying the disk", "no key")
+            })
         };
         let p = self
             .cache
