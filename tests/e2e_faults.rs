@@ -19,9 +19,11 @@ fn profile() -> String {
     )
 }
 
+/// A build without the step cache: a cached build would end before the point the test
+/// interrupts (a killed build with the cache on is in e2e_cache.rs).
 fn start(profile: &Path, out: &Path, cache: &Path) -> Child {
     Command::new(strata_bin())
-        .args(["build", profile.to_str().unwrap(), "--out"])
+        .args(["build", "--no-cache", profile.to_str().unwrap(), "--out"])
         .arg(out)
         .current_dir(repo())
         .env("STRATA_CACHE", cache)

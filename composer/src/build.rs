@@ -49,23 +49,29 @@ pub struct BuildReport {
     pub steps: Vec<StepRecord>,
     /// Wall time of the whole build.
     pub elapsed: Duration,
+    /// Each cached step met, with its outcome (hit, miss, bypassed), in order.
+    pub cache: Vec<crate::cache::Record>,
 }
 
 /// Runs a whole build, telling `progress` what happens (see [`crate::progress`]).
 pub fn build(opts: &BuildOptions, progress: &dyn Sink) -> Result<BuildReport> {
     let started = Instant::now();
     let recorder = Recorder::new(progress);
-    let (out_dir, manifest) = run(opts, &recorder)?;
+    let (out_dir, manifest, cache) = run(opts, &recorder)?;
     Ok(BuildReport {
         out_dir,
         manifest,
         steps: recorder.into_steps(),
         elapsed: started.elapsed(),
+        cache,
     })
 }
 
 /// The steps, one after the other.
-fn run(opts: &BuildOptions, progress: &dyn Sink) -> Result<(PathBuf, Manifest)> {
+fn run(
+    opts: &BuildOptions,
+    progress: &dyn Sink,
+) -> Result<(PathBuf, Manifest, Vec<crate::cache::Record>)> {
     let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     crate::signals::watch(&cache.join("tmp"), false);
     crate::signals::watch(&cache.join("kernels"), false);
@@ -94,7 +100,8 @@ fn run(opts: &BuildOptions, progress: &dyn Sink) -> Result<(PathBuf, Manifest)> 
     step.finish(None, &kernel.release);
 
     let work = work_dir(&plan)?;
-    let assets = crate::assets::make(&plan, &kernel, work.path(), progress)?;
+    let steps_cache = crate::cache::Cache::open(&plan.cache, !opts.no_cache)?;
+    let assets = crate::assets::make(&plan, &kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
 
     // Every platform's disk is planned before anything is written: a
@@ -135,7 +142,15 @@ fn run(opts: &BuildOptions, progress: &dyn Sink) -> Result<(PathBuf, Manifest)> 
         .iter()
         .zip(&disks)
         .map(|(pp, dp)| {
-            crate::format::output::write_platform(&plan, pp, dp, &out, work.path(), &step)
+            crate::format::output::write_platform(
+                &plan,
+                pp,
+                dp,
+                &out,
+                work.path(),
+                &steps_cache,
+                &step,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     // Every output exists: rename them all into place.
@@ -171,7 +186,7 @@ fn run(opts: &BuildOptions, progress: &dyn Sink) -> Result<(PathBuf, Manifest)> 
     let mpath = manifest::write(&out, &manifest)?;
     step.finish(None, &format!("wrote {}", mpath.display()));
     out.commit();
-    Ok((out_dir, manifest))
+    Ok((out_dir, manifest, steps_cache.records()))
 }
 
 /// The build's intermediate files: a temporary directory under the cache.

@@ -45,6 +45,10 @@ pub enum Command {
         /// Also write each step's wall time and bytes, as JSON, to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Make every step anew: the step cache (squashfs images, initramfs, disk, formats)
+        /// is neither read nor written.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Print the resolved plan of a profile: every input found and checked,
     /// outputs, command lines. Writes nothing (no cache, no output directory).
@@ -90,6 +94,15 @@ pub enum Command {
     },
     /// List the built-in platforms.
     Platforms,
+    /// Show, prune or verify the step cache (squashfs images, initramfs, disks, formats).
+    Cache {
+        /// Cache directory [default: $XDG_CACHE_HOME/strata].
+        #[arg(long, env = "STRATA_CACHE", global = true)]
+        cache: Option<PathBuf>,
+        /// What to do [default: show].
+        #[command(subcommand)]
+        command: Option<CacheCommand>,
+    },
     /// Work with extensions.
     Ext {
         /// What to do with them.
@@ -186,6 +199,26 @@ pub enum ExtCommand {
         #[arg(long)]
         arch: Option<String>,
     },
+}
+
+/// `strata cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the entries, least recently used first, and their total size.
+    Show,
+    /// Remove the entries unused for longer than --older-than, then the least
+    /// recently used until at most --max-size is left.
+    #[command(group(clap::ArgGroup::new("limit").required(true).multiple(true)))]
+    Prune {
+        /// An age: 30m, 12h, 7d, 2w.
+        #[arg(long, value_name = "AGE", group = "limit")]
+        older_than: Option<String>,
+        /// A size: 10G, 500 MiB.
+        #[arg(long, value_name = "SIZE", group = "limit")]
+        max_size: Option<String>,
+    },
+    /// Hash every entry and remove those that do not match their metadata.
+    Verify,
 }
 
 /// `--accel` values.

@@ -11,6 +11,7 @@ pub mod assets;
 pub mod binary;
 pub mod boot;
 pub mod build;
+pub mod cache;
 pub mod date;
 pub mod disk;
 pub mod error;

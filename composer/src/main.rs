@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::{AccelArg, Cli, Command, ExtCommand};
+use cli::{AccelArg, CacheCommand, Cli, Command, ExtCommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -80,6 +80,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             json,
             quiet,
             report,
+            no_cache,
         } => {
             let arch = arch.as_deref().map(parse_arch).transpose()?;
             let opts = build::BuildOptions {
@@ -90,6 +91,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 init,
                 offline,
                 source_date_epoch: source_date_epoch()?,
+                no_cache,
                 dry_run: false,
             };
             let mode = match (json, quiet) {
@@ -177,6 +179,10 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                     artefact.display()
                 )))
             }
+        }
+        Command::Cache { cache, command } => {
+            let root = cache.unwrap_or_else(strata::plan::default_cache_dir);
+            cache_command(&root, command.unwrap_or(CacheCommand::Show))
         }
         Command::Ext {
             command:
@@ -373,6 +379,39 @@ fn write_build_report(path: &std::path::Path, built: &build::BuildReport) -> Res
     let text = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::step(ErrorKind::Io, "writing the build report", e))?;
     std::fs::write(path, text + "\n").map_err(Error::io("writing", path))
+}
+
+/// `strata cache`: the listing or what a prune or verification removed, on stdout.
+fn cache_command(root: &std::path::Path, command: CacheCommand) -> Result<ExitCode, Error> {
+    use strata::cache::prune;
+    let bad = |flag: &str, m: String| -> Error {
+        strata::InputError::new(flag, "", m, "see `strata cache prune --help`").into()
+    };
+    let done = match command {
+        CacheCommand::Show => {
+            print!("{}", prune::show(root, std::time::SystemTime::now())?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        CacheCommand::Prune {
+            older_than,
+            max_size,
+        } => {
+            let age = older_than
+                .map(|a| prune::parse_age(&a).map_err(|m| bad("--older-than", m)))
+                .transpose()?;
+            let size = max_size
+                .map(|s| match strata::profile::units::Size::parse(&s) {
+                    Ok(strata::profile::units::Size::Bytes(b)) => Ok(b),
+                    Ok(_) => Err(bad("--max-size", format!("`{s}` is not a size"))),
+                    Err(m) => Err(bad("--max-size", m)),
+                })
+                .transpose()?;
+            prune::prune(root, age, size, std::time::SystemTime::now())?
+        }
+        CacheCommand::Verify => prune::verify_all(root)?,
+    };
+    println!("{}", prune::summary(&done));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SOURCE_DATE_EPOCH, if set, as the reproducible-builds spec defines it.

@@ -197,6 +197,7 @@ fn manifests_of_the_default_profile_match_the_goldens() {
             init: Some(init),
             offline: true,
             source_date_epoch: Some(1_700_000_000),
+            no_cache: false,
             dry_run: false,
         };
         let report = strata::build::build(&opts, &())

@@ -28,6 +28,7 @@
 //! disabled DDI is placed in the root whole, for systemd-sysext to dissect on the booted
 //! system.
 
+use crate::cache::{Cache, KeyBuilder, Product};
 use crate::error::{Error, ErrorKind, Result};
 use crate::extension::modules::{extension_modules, module_names, ModuleError};
 use crate::extension::source::{Kind, Resolved};
@@ -302,6 +303,7 @@ pub fn squash_all(
     release: &str,
     available: &[(String, PathBuf)],
     work: &Path,
+    cache: &Cache,
     step: &Task<'_>,
 ) -> Result<Composed> {
     let root_out = work.join("rootfs.sqsh");
@@ -314,24 +316,28 @@ pub fn squash_all(
                 other => Error::step(ErrorKind::InvalidInput, "flattening the extensions", other),
             })?;
         plan.check_conflicts(&conflicts)?;
-        write_squashfs(&tree, &root_out, &plan.squash, step)?;
+        let mut sources = root_sources(plan)?;
+        sources.extend(plan.extensions.iter().flat_map(ext_sources));
+        let rootfs = squash(cache, step, &tree, &sources, &root_out, &plan.squash)?.path;
         return Ok(Composed {
-            rootfs: root_out,
+            rootfs,
             layers: Vec::new(),
             flattened,
             conflicts,
             ddi_images: Vec::new(),
         });
     }
-    let planned = layer_list(plan, modules.map(|_| release), work)?;
+    let mut planned = layer_list(plan, modules.map(|_| release), work)?;
     std::thread::scope(|s| {
-        let root = s.spawn(|| squash_root(plan, &root_out, available, step));
+        let root = s.spawn(|| squash_root(plan, &root_out, available, cache, step));
         let talos = plan.extensions.iter().filter(|e| e.kind == Kind::Talos);
-        let trees = talos.map(|e| &e.tree).chain(modules.map(|m| &m.tree));
-        for (layer, tree) in planned.iter().zip(trees) {
-            write_squashfs(tree, &layer.path, &plan.squash, step)?;
+        let trees = talos
+            .map(|e| (&e.tree, ext_sources(e)))
+            .chain(modules.map(|m| (&m.tree, Vec::new())));
+        for (layer, (tree, sources)) in planned.iter_mut().zip(trees) {
+            layer.path = squash(cache, step, tree, &sources, &layer.path, &plan.squash)?.path;
         }
-        let ddi_images = squash_ddis(plan, work, step)?;
+        let ddi_images = squash_ddis(plan, work, cache, step)?;
         let root_path = root.join().map_err(|_| {
             Error::step(
                 ErrorKind::Io,
@@ -351,11 +357,16 @@ pub fn squash_all(
 
 /// Writes the tree of each enabled DDI extension as a squashfs in `work` (see the module
 /// documentation): (kind, extension name, file).
-fn squash_ddis(plan: &Plan, work: &Path, step: &Task<'_>) -> Result<Vec<(Kind, String, PathBuf)>> {
+fn squash_ddis(
+    plan: &Plan,
+    work: &Path,
+    cache: &Cache,
+    step: &Task<'_>,
+) -> Result<Vec<(Kind, String, PathBuf)>> {
     let mut out = Vec::new();
     for e in plan.extensions.iter().filter(|e| e.partition.is_some()) {
         let file = work.join(format!("ddi-{}-{}.sqsh", e.kind.as_str(), e.name));
-        write_squashfs(&e.tree, &file, &plan.squash, step)?;
+        let file = squash(cache, step, &e.tree, &ext_sources(e), &file, &plan.squash)?.path;
         out.push((e.kind, e.name.clone(), file));
     }
     Ok(out)
@@ -413,6 +424,7 @@ fn squash_root(
     plan: &Plan,
     out: &Path,
     available: &[(String, PathBuf)],
+    cache: &Cache,
     step: &Task<'_>,
 ) -> Result<PathBuf> {
     let Some(tree) = &plan.root.tree else {
@@ -422,28 +434,53 @@ fn squash_root(
     let mut tree = tree.clone();
     add_available(&mut tree, available)?;
     ensure_extensions_yaml(&mut tree)?;
-    write_squashfs(&tree, out, &plan.squash, step)?;
-    Ok(out.to_path_buf())
+    Ok(squash(cache, step, &tree, &root_sources(plan)?, out, &plan.squash)?.path)
+}
+
+/// What the root's extracted contents come from, for its key: the archive a `tar` or
+/// `squashfs` root was read from (a `dir` root's files are keyed one by one).
+fn root_sources(plan: &Plan) -> Result<Vec<String>> {
+    if plan
+        .root
+        .tree
+        .as_ref()
+        .is_none_or(|t| t.scratch_dirs().next().is_none())
+    {
+        return Ok(Vec::new());
+    }
+    let id = crate::cache::key::file_identity(&plan.root.path)
+        .map_err(Error::io("reading", &plan.root.path))?;
+    Ok(vec![format!("{}:{id}", plan.root.kind)])
+}
+
+/// What an extension's extracted contents come from: its image or file digest.
+fn ext_sources(e: &Resolved) -> Vec<String> {
+    e.digest.iter().cloned().collect()
 }
 
 /// The profile's `files:` as a squashfs (`files.sqsh` in `work`), as
-/// (name in the initramfs, file); none without files. Written as a sub-step of `step`.
-pub fn files_layer(plan: &Plan, work: &Path, step: &Task<'_>) -> Result<Option<(String, PathBuf)>> {
+/// (name in the initramfs, file); none without files.
+pub fn files_layer(
+    plan: &Plan,
+    work: &Path,
+    cache: &Cache,
+    step: &Task<'_>,
+) -> Result<Option<(String, PathBuf)>> {
     if plan.files.is_empty() {
         return Ok(None);
     }
     let path = work.join("files.sqsh");
-    write_squashfs(&plan.files.tree, &path, &plan.squash, step)?;
+    let path = squash(cache, step, &plan.files.tree, &[], &path, &plan.squash)?.path;
     let name = strata_proto::initramfs::archive_name(strata_proto::initramfs::FILES_IMAGE);
     Ok(Some((name.to_string(), path)))
 }
 
 /// Images of `enabled: false` extensions, as (path in the root, file):
-/// Talos ones squashed like a layer (a sub-step of `step` each), sysext/confext images as
-/// they are.
+/// Talos ones squashed like a layer, sysext/confext images as they are.
 pub fn available_files(
     plan: &Plan,
     work: &Path,
+    cache: &Cache,
     step: &Task<'_>,
 ) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -452,8 +489,7 @@ pub fn available_files(
             Some(raw) => raw.clone(),
             None => {
                 let p = work.join(format!("available-{}.sqsh", e.name));
-                write_squashfs(&e.tree, &p, &plan.squash, step)?;
-                p
+                squash(cache, step, &e.tree, &ext_sources(e), &p, &plan.squash)?.path
             }
         };
         out.push((e.available_path(), file));
@@ -490,22 +526,50 @@ fn ensure_extensions_yaml(tree: &mut Tree) -> Result<()> {
     Ok(())
 }
 
-/// Writes one image as a sub-step of `step` named after its file, whose progress is the file
-/// content read out of the tree.
-fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions, step: &Task<'_>) -> Result<()> {
-    let name = out.file_name().unwrap_or(out.as_os_str()).to_string_lossy();
+/// The squashfs of `tree` from the step cache, or written now (to `out` when the cache is
+/// off), as a sub-step of `step` named after its file. Its key: the tree
+/// ([`KeyBuilder::tree`] with `sources`) and the options.
+fn squash(
+    cache: &Cache,
+    step: &Task<'_>,
+    tree: &Tree,
+    sources: &[String],
+    out: &Path,
+    opts: &SquashOptions,
+) -> Result<Product> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let content = content_bytes(tree);
     let task = step.sub(&name, Some(content));
-    let stats = crate::fs::squashfs::write_file_metered(tree, out, opts, &task).map_err(|e| {
+    let key = || {
+        let mut k = KeyBuilder::new("squashfs");
+        k.tree("tree", tree, sources)
+            .map_err(|e| Error::step(ErrorKind::Io, format!("reading the files of {name}"), e))?;
+        Ok(k.debug("options", opts).finish())
+    };
+    let product = cache.get_or_make("squashfs", &name, key, out, |path| {
+        let bytes = write_squashfs(tree, path, opts, &task)?;
+        Ok([("bytes".to_string(), bytes)].into())
+    })?;
+    let bytes = product.extra.get("bytes").copied().unwrap_or(0);
+    let detail = format!("{} of files into {}", human(content), human(bytes));
+    task.end(product.is_hit(), Some(bytes), &detail);
+    Ok(product)
+}
+
+/// Writes one image, reporting the file content read out of the tree to `task`; returns the
+/// image's size.
+fn write_squashfs(tree: &Tree, out: &Path, opts: &SquashOptions, task: &Task<'_>) -> Result<u64> {
+    let stats = crate::fs::squashfs::write_file_metered(tree, out, opts, task).map_err(|e| {
         Error::step(
             ErrorKind::Io,
             format!("writing the squashfs {}", out.display()),
             e,
         )
     })?;
-    let detail = format!("{} of files into {}", human(content), human(stats.bytes));
-    task.finish(Some(stats.bytes), &detail);
-    Ok(())
+    Ok(stats.bytes)
 }
 
 /// Bytes of file content in `tree` (what writing it reads). A host file that cannot be

@@ -11,6 +11,7 @@ pub mod guest_files;
 pub mod initramfs;
 pub mod layers;
 
+use crate::cache::{Cache, KeyBuilder, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kmod::ModuleRef;
 use crate::plan::Plan;
@@ -39,8 +40,15 @@ pub struct PlatformAssets {
 }
 
 /// The assets steps: `squashfs` (module layer, squashfs images), then `initramfs` (one per
-/// distinct module set), reported to `progress`.
-pub fn make(plan: &Plan, kernel: &Kernel, work: &Path, progress: &dyn Sink) -> Result<Assets> {
+/// distinct module set), each image from the step `cache` when it holds it, reported to
+/// `progress`.
+pub fn make(
+    plan: &Plan,
+    kernel: &Kernel,
+    work: &Path,
+    cache: &Cache,
+    progress: &dyn Sink,
+) -> Result<Assets> {
     let step = Task::start(progress, "squashfs", None);
     let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
         Error::step(
@@ -50,20 +58,22 @@ pub fn make(plan: &Plan, kernel: &Kernel, work: &Path, progress: &dyn Sink) -> R
         )
         .with_hint("build the extension's modules for the image's kernel")
     })?;
-    let available = layers::available_files(plan, work, &step)?;
+    let available = layers::available_files(plan, work, cache, &step)?;
     let composed = layers::squash_all(
         plan,
         module_layer.as_ref(),
         &kernel.release,
         &available,
         work,
+        cache,
         &step,
     )?;
+    let files = layers::files_layer(plan, work, cache, &step)?;
     for c in &composed.conflicts {
         crate::progress::note(progress, &format!("flatten: conflict: {c}"));
     }
     let detail = format!(
-        "root + {} layer(s){}",
+        "root + {} layer(s){}{}",
         composed.layers.len(),
         if composed.flattened.is_empty() {
             String::new()
@@ -72,12 +82,19 @@ pub fn make(plan: &Plan, kernel: &Kernel, work: &Path, progress: &dyn Sink) -> R
                 ", {} extension(s) flattened into the root",
                 composed.flattened.len()
             )
-        }
+        },
+        cached_note(cache, "squashfs")
     );
     step.finish(None, &detail);
     let step = Task::start(progress, "initramfs", None);
-    let platforms =
-        initramfs_per_platform(plan, kernel, &composed, module_layer.as_ref(), work, &step)?;
+    let platforms = initramfs_per_platform(
+        plan,
+        kernel,
+        &composed,
+        module_layer.as_ref(),
+        (work, cache, files),
+        &step,
+    )?;
     let made = platforms
         .iter()
         .map(|p| &p.initrd)
@@ -85,9 +102,10 @@ pub fn make(plan: &Plan, kernel: &Kernel, work: &Path, progress: &dyn Sink) -> R
     step.finish(
         None,
         &format!(
-            "{} initramfs for {} platform(s)",
+            "{} initramfs for {} platform(s){}",
             made.len(),
-            platforms.len()
+            platforms.len(),
+            cached_note(cache, "initramfs")
         ),
     );
     Ok(Assets {
@@ -97,12 +115,27 @@ pub fn make(plan: &Plan, kernel: &Kernel, work: &Path, progress: &dyn Sink) -> R
     })
 }
 
+/// `" (cached)"` when every `step` so far was a hit, `" (n of m cached)"` when some were.
+fn cached_note(cache: &Cache, step: &str) -> String {
+    let records = cache.records();
+    let steps: Vec<_> = records.iter().filter(|r| r.step == step).collect();
+    let hits = steps.iter().filter(|r| r.outcome == Outcome::Hit).count();
+    match hits {
+        0 => String::new(),
+        n if n == steps.len() => " (cached)".into(),
+        n => format!(" ({n} of {} cached)", steps.len()),
+    }
+}
+
+/// Where the initramfs goes: (work directory, step cache, the `files:` layer).
+type InitramfsPlace<'a> = (&'a Path, &'a Cache, Option<(String, PathBuf)>);
+
 fn initramfs_per_platform(
     plan: &Plan,
     kernel: &Kernel,
     composed: &Composed,
     module_layer: Option<&ModuleLayer>,
-    work: &Path,
+    (work, cache, files_layer): InitramfsPlace<'_>,
     step: &Task<'_>,
 ) -> Result<Vec<PlatformAssets>> {
     let layer_files: Vec<(String, PathBuf)> = composed
@@ -112,7 +145,7 @@ fn initramfs_per_platform(
         .collect();
     let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
     let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
-    sysexts.extend(layers::files_layer(plan, work, step)?);
+    sysexts.extend(files_layer);
     let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
     files.extend(guest_files::guest_json(plan.state, &plan.files.records));
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
@@ -137,27 +170,73 @@ fn initramfs_per_platform(
                     mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
                     compression: plan.initramfs_compression,
                 };
+                let name = format!("initrd-{}.img", made.len());
                 // Progress from outside: the bytes the file holds as it is written.
-                let task = step.sub(&format!("initrd-{}.img", made.len()), None);
-                let stats = crate::progress::watch_file(&task, &path, || {
-                    initramfs::write(&path, &contents)
-                })
-                .map_err(Error::io("writing the initramfs", &path))?;
-                task.finish(
-                    Some(stats.stored + stats.compressed),
+                let task = step.sub(&name, None);
+                let made_now = cache.get_or_make(
+                    "initramfs",
+                    &name,
+                    || initramfs_key(&contents),
+                    &path,
+                    |out| {
+                        let stats = crate::progress::watch_file(&task, out, || {
+                            initramfs::write(out, &contents)
+                        })
+                        .map_err(Error::io("writing the initramfs", out))?;
+                        Ok([("stored", stats.stored), ("compressed", stats.compressed)]
+                            .map(|(k, v)| (k.to_string(), v))
+                            .into())
+                    },
+                )?;
+                let figure = |k: &str| made_now.extra.get(k).copied().unwrap_or(0);
+                task.end(
+                    made_now.is_hit(),
+                    Some(figure("stored") + figure("compressed")),
                     &format!(
                         "for {}: {} modules, {} stored + {} compressed",
                         pp.platform.name,
                         modules.len(),
-                        human(stats.stored),
-                        human(stats.compressed)
+                        human(figure("stored")),
+                        human(figure("compressed")),
                     ),
                 );
-                made.push((names, path.clone()));
-                path
+                made.push((names, made_now.path.clone()));
+                made_now.path
             }
         };
         out.push(PlatformAssets { modules, initrd });
     }
     Ok(out)
+}
+
+/// The initramfs's key: every file it holds (by [`crate::cache::key::file_identity`]: the
+/// squashfs images by their cache digests), the small files' bytes, and its settings.
+fn initramfs_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::step(ErrorKind::Io, format!("reading {}", p.display()), e)
+    };
+    let mut k = KeyBuilder::new("initramfs");
+    k.file("init", c.init).map_err(io(c.init))?;
+    k.str("release", c.release);
+    for m in c.modules {
+        let file = c.modules_dir.join(&m.rel_path);
+        k.str("module", &m.name)
+            .bytes("path", m.rel_path.as_os_str().as_encoded_bytes());
+        k.file("module-file", &file).map_err(io(&file))?;
+    }
+    k.file("rootfs", c.rootfs).map_err(io(c.rootfs))?;
+    for (label, list) in [("layer", c.layers), ("image", c.images)] {
+        for (name, path) in list {
+            k.str(label, name);
+            k.file("file", path).map_err(io(path))?;
+        }
+    }
+    for (name, bytes) in c.files {
+        k.str("name", name).bytes("bytes", bytes);
+    }
+    k.str("extensions.yaml", c.extensions_yaml)
+        .u64("mtime", u64::from(c.mtime))
+        .debug("compression", &c.compression);
+    Ok(k.finish())
 }

@@ -5,8 +5,14 @@
 //! parallel, one worker per core. Each output is written to a temporary file
 //! in the output directory, which is renamed into place only once every
 //! output has succeeded, so a failed build leaves no partial artefact.
+//!
+//! The raw disk and every output are steps of the step cache ([`crate::cache`]): the disk
+//! is keyed by its layout and its ESP files, each output by the disk's key and its format's
+//! options. A hit is linked (or copied) into its temporary file; when every output is a hit,
+//! the disk is not even written.
 
 use crate::arch::Arch;
+use crate::cache::{Cache, Key, KeyBuilder, Outcome, Product};
 use crate::disk::guid::Guid;
 use crate::error::{Error, Result};
 use crate::format::{self, Format, OutputKind, Wrap};
@@ -21,6 +27,7 @@ use std::sync::Mutex;
 use tempfile::NamedTempFile;
 
 /// What the converters need to know about the build.
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     /// The finished raw disk image.
     pub raw: &'a Path,
@@ -42,9 +49,6 @@ pub struct Context<'a> {
     pub work: &'a Path,
     /// Where the outputs go.
     pub out_dir: &'a Path,
-    /// Bytes of data in the raw image (its holes excluded): what an uncompressed conversion
-    /// writes, the total of its progress.
-    pub data_bytes: u64,
 }
 
 /// An output written to its temporary file, waiting to be renamed.
@@ -55,15 +59,16 @@ pub struct Written {
     pub file_name: String,
     /// The temporary file holding it.
     pub tmp: NamedTempFile,
+    /// Whether it came from the step cache.
+    pub outcome: Outcome,
 }
 
 /// Writes `kinds` (plain `raw` excluded: the raw image itself is that
-/// output) on up to `workers` threads, each a sub-step of `step`.
+/// output) on up to `workers` threads, each by `one`.
 pub fn write_all(
-    ctx: &Context<'_>,
     kinds: &[OutputKind],
     workers: usize,
-    step: &Task<'_>,
+    one: impl Fn(OutputKind) -> Result<Written> + Sync,
 ) -> Result<Vec<Written>> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<Written>)>> = Mutex::new(Vec::new());
@@ -72,7 +77,7 @@ pub fn write_all(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(kind) = kinds.get(i) else { break };
-                let r = write_one(ctx, *kind, step);
+                let r = one(*kind);
                 let failed = r.is_err();
                 results
                     .lock()
@@ -90,12 +95,11 @@ pub fn write_all(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Writes one output as a sub-step named after its file; a wrapped format is two: the
-/// format, then its compression. Progress is the bytes the file being written holds.
-fn write_one(ctx: &Context<'_>, kind: OutputKind, step: &Task<'_>) -> Result<Written> {
+/// Writes output `kind` to `dest` as a sub-step of `step` named after its file; a wrapped
+/// format is two: the format, then its compression. Progress is the bytes the file being
+/// written holds.
+fn write_one(ctx: &Context<'_>, kind: OutputKind, dest: &Path, step: &Task<'_>) -> Result<()> {
     let file_name = kind.file_name(ctx.platform, ctx.arch.debian());
-    let tmp = crate::io::outdir::artefact_temp_file(ctx.out_dir)
-        .map_err(Error::io("creating a file in", ctx.out_dir))?;
     // Formats are watched from outside (the bytes their file holds); compression counts
     // the bytes it has read of its input, whose length is known.
     let produced = |name: &str, dest: &Path| {
@@ -104,7 +108,7 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind, step: &Task<'_>) -> Result<Wri
         finish_with_size(task, dest)
     };
     match kind.wrap {
-        None => produced(&file_name, tmp.path())?,
+        None => produced(&file_name, dest)?,
         Some(w) => {
             let plain = OutputKind { wrap: None, ..kind };
             let plain_name = plain.file_name(ctx.platform, ctx.arch.debian());
@@ -119,18 +123,14 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind, step: &Task<'_>) -> Result<Wri
                 .map_err(Error::io("reading", source))?
                 .len();
             let task = step.sub(&file_name, Some(len));
-            wrap(source, tmp.path(), w, &task)?;
-            finish_with_size(task, tmp.path())?;
+            wrap(source, dest, w, &task)?;
+            finish_with_size(task, dest)?;
             if source == inner {
                 let _ = std::fs::remove_file(&inner);
             }
         }
     }
-    Ok(Written {
-        kind,
-        file_name,
-        tmp,
-    })
+    Ok(())
 }
 
 /// The bytes writing `format` stores, when that is known beforehand: the raw image's data for
@@ -138,7 +138,7 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind, step: &Task<'_>) -> Result<Wri
 /// compressed ones, whose size is known only at the end.
 fn expected_bytes(ctx: &Context<'_>, format: Format) -> Option<u64> {
     match format {
-        Format::Raw | Format::Qcow2 | Format::Vhd | Format::VhdDynamic => Some(ctx.data_bytes),
+        Format::Raw | Format::Qcow2 | Format::Vhd | Format::VhdDynamic => data_bytes(ctx.raw).ok(),
         Format::Iso => Some(ctx.esp.1),
         Format::Vmdk | Format::Ova | Format::GcpTar => None,
     }
@@ -326,23 +326,20 @@ pub fn write_platform(
     dp: &DiskPlan,
     out: &OutDir,
     work: &Path,
+    cache: &Cache,
     step: &Task<'_>,
 ) -> Result<Vec<Written>> {
     let raw_tmp = out.temp_file()?;
-    let disk = step.sub(&format!("{} disk", pp.platform.name), None);
-    watch_file(&disk, raw_tmp.path(), || {
-        crate::disk::write(
-            raw_tmp.path(),
-            &dp.layout,
-            &dp.esp_files,
-            &crate::assets::esp::fat_options(&plan.seed, plan.epoch),
-        )
-    })?;
-    let data_bytes = data_bytes(raw_tmp.path())?;
-    disk.finish(
-        Some(data_bytes),
-        &format!("{} ({} of data)", human(dp.layout.size), human(data_bytes)),
-    );
+    let disk = Disk {
+        plan,
+        dp,
+        cache,
+        step,
+        name: format!("{}-{}.disk", pp.platform.name, plan.arch.debian()),
+        key: cache.enabled().then(|| disk_key(plan, dp)).transpose()?,
+        fallback: raw_tmp.path(),
+        made: Mutex::new(None),
+    };
     let esp = dp.esp().ok_or_else(|| {
         Error::format("writing the disk", "the layout has no EFI system partition")
     })?;
@@ -353,7 +350,7 @@ pub fn write_platform(
         .filter(|k| !is_plain_raw(k))
         .collect();
     let ctx = Context {
-        raw: raw_tmp.path(),
+        raw: raw_tmp.path(), // replaced by the disk's path when an output is made
         esp: (esp.offset, esp.size),
         guids: (dp.layout.guid, esp.guid),
         arch: plan.arch,
@@ -363,17 +360,21 @@ pub fn write_platform(
         seed: &plan.seed,
         work,
         out_dir: out.path(),
-        data_bytes,
     };
     let workers = crate::par::jobs();
-    let mut files = write_all(&ctx, &converted, workers, step)?;
+    let mut files = write_all(&converted, workers, |kind| cached_output(&disk, &ctx, kind))?;
     if let Some(raw_kind) = pp.outputs.iter().find(|k| is_plain_raw(k)) {
+        let made = disk.product()?;
+        if made.outcome != Outcome::Bypassed {
+            place(&made.path, raw_tmp.path())?;
+        }
         files.insert(
             0,
             Written {
                 kind: *raw_kind,
                 file_name: raw_kind.file_name(&pp.platform.name, plan.arch.debian()),
                 tmp: raw_tmp,
+                outcome: made.outcome,
             },
         );
     }
@@ -385,6 +386,148 @@ fn data_bytes(raw: &Path) -> Result<u64> {
     let f = std::fs::File::open(raw).map_err(Error::io("reading", raw))?;
     let ranges = crate::io::sparse::data_ranges(&f).map_err(Error::io("reading", raw))?;
     Ok(ranges.iter().map(|(_, n)| n).sum())
+}
+
+/// The raw disk of one platform, made (or found in the cache) when the first output that
+/// is not cached needs it, and only then.
+struct Disk<'a> {
+    plan: &'a Plan,
+    dp: &'a DiskPlan,
+    cache: &'a Cache,
+    /// The outputs step: the disk is a sub-step of it.
+    step: &'a Task<'a>,
+    /// Its name in the cache's records.
+    name: String,
+    /// Its key (`None`: the cache is off).
+    key: Option<Key>,
+    /// Where it goes when the cache is off: the plain raw output's temporary file.
+    fallback: &'a Path,
+    made: Mutex<Option<Product>>,
+}
+
+impl Disk<'_> {
+    /// The disk, made on first use.
+    fn product(&self) -> Result<Product> {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = made.as_ref() {
+            return Ok(p.clone());
+        }
+        // Asked for only when the cache is on, and then `self.key` is set.
+        let key = || {
+            self.key.clone().ok_or_else(|| {
+                Error::step(crate::error::ErrorKind::Io, "keying the disk", "no key")
+            })
+        };
+        let task = self.step.sub(&self.name, None);
+        let p = self
+            .cache
+            .get_or_make("disk", &self.name, key, self.fallback, |dest| {
+                std::fs::File::create(dest).map_err(Error::io("creating", dest))?;
+                watch_file(&task, dest, || {
+                    crate::disk::write(
+                        dest,
+                        &self.dp.layout,
+                        &self.dp.esp_files,
+                        &crate::assets::esp::fat_options(&self.plan.seed, self.plan.epoch),
+                    )
+                })?;
+                Ok(Default::default())
+            })?;
+        let data = data_bytes(&p.path)?;
+        let detail = format!("{} ({} of data)", human(self.dp.layout.size), human(data));
+        task.end(p.is_hit(), Some(data), &detail);
+        *made = Some(p.clone());
+        Ok(p)
+    }
+}
+
+/// The disk's key: its layout (sizes, GUIDs), each ESP file, the FAT options.
+fn disk_key(plan: &Plan, dp: &DiskPlan) -> Result<Key> {
+    let mut k = KeyBuilder::new("disk");
+    k.debug("layout", &dp.layout).debug(
+        "fat",
+        &crate::assets::esp::fat_options(&plan.seed, plan.epoch),
+    );
+    for f in &dp.esp_files {
+        k.str("path", &f.path);
+        match &f.source {
+            crate::fs::fat::FatSource::Path(p) => {
+                k.file("file", p).map_err(Error::io("reading", p))?;
+            }
+            crate::fs::fat::FatSource::Bytes(b) => {
+                k.bytes("bytes", b);
+            }
+        }
+    }
+    Ok(k.finish())
+}
+
+/// One converted output through the step cache, into a temporary file of the output
+/// directory.
+fn cached_output(disk: &Disk<'_>, base: &Context<'_>, kind: OutputKind) -> Result<Written> {
+    let file_name = kind.file_name(base.platform, base.arch.debian());
+    let tmp = crate::io::outdir::artefact_temp_file(base.out_dir)
+        .map_err(Error::io("creating a file in", base.out_dir))?;
+    let key = || {
+        let mut k = KeyBuilder::new("output");
+        if let Some(d) = &disk.key {
+            k.key("disk", d);
+        }
+        k.debug("kind", &kind)
+            .debug("esp", &base.esp)
+            .debug("guids", &base.guids)
+            .str("arch", base.arch.debian())
+            .str("name", base.name)
+            .str("platform", base.platform)
+            .u64("epoch", base.epoch)
+            .bytes("seed", base.seed);
+        Ok(k.finish())
+    };
+    let made = disk
+        .cache
+        .get_or_make("output", &file_name, key, tmp.path(), |dest| {
+            let raw = disk.product()?.path;
+            let ctx = Context { raw: &raw, ..*base };
+            write_one(&ctx, kind, dest, disk.step)?;
+            Ok(Default::default())
+        })?;
+    if made.is_hit() {
+        let size = std::fs::metadata(&made.path)
+            .map_err(Error::io("reading", &made.path))?
+            .len();
+        disk.step
+            .sub(&file_name, None)
+            .cached(Some(size), &human(size));
+    }
+    if made.outcome != Outcome::Bypassed {
+        place(&made.path, tmp.path())?;
+    }
+    Ok(Written {
+        kind,
+        file_name,
+        tmp,
+        outcome: made.outcome,
+    })
+}
+
+/// Puts the cached artefact `src` at `dest`, an empty temporary file of the output
+/// directory: a hard link (no bytes written) when both are on one file system and the
+/// entry has the mode the umask gives a new artefact, else a sparse copy. A write to the
+/// linked output later changes the entry's fingerprint, and the cache rebuilds it.
+fn place(src: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| -> Result<u32> {
+        let m = std::fs::metadata(p).map_err(Error::io("reading", p))?;
+        Ok(m.permissions().mode() & 0o777)
+    };
+    // `dest` was made with the mode the umask gives an artefact.
+    if mode(src)? == mode(dest)? {
+        std::fs::remove_file(dest).map_err(Error::io("replacing", dest))?;
+        if std::fs::hard_link(src, dest).is_ok() {
+            return Ok(());
+        }
+    }
+    copy_sparse(src, dest)
 }
 
 fn is_plain_raw(k: &OutputKind) -> bool {

@@ -385,6 +385,12 @@ impl Tree {
         }
     }
 
+    /// The temporary directories the tree's extracted contents live in (the step cache names
+    /// a file there by its place inside, not by its inode, which changes every build).
+    pub fn scratch_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.scratch.iter().map(|d| d.path())
+    }
+
     /// Makes every entry owned by uid 0 and gid 0 (like `mksquashfs -all-root`).
     pub fn all_root(&mut self) {
         for entry in self.entries.values_mut() {

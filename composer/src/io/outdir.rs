@@ -55,6 +55,15 @@ impl OutDir {
     /// Renames `tmp` to `name` in the directory; returns the final path.
     pub fn persist(&self, tmp: NamedTempFile, name: &str) -> Result<PathBuf> {
         let path = self.path.join(name);
+        if same_file(tmp.path(), &path) {
+            // Both names link to one cached artefact (a rebuild that changed nothing), and
+            // rename(2) of a file onto another link of itself does nothing: drop the
+            // temporary name instead.
+            return tmp
+                .close()
+                .map(|()| path.clone())
+                .map_err(Error::io("removing a temporary file in", &self.path));
+        }
         tmp.persist(&path)
             .map_err(|e| Error::io("renaming into place", &path)(e.error))?;
         Ok(path)
@@ -63,6 +72,15 @@ impl OutDir {
     /// The build succeeded: keep the directory.
     pub fn commit(mut self) {
         self.committed = true;
+    }
+}
+
+/// Whether `a` and `b` are one file (hard links to the same inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -97,6 +115,21 @@ mod tests {
         out.commit();
         assert_eq!(std::fs::read(p).unwrap(), b"done");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn persisting_a_link_to_the_file_in_place_leaves_one_name() {
+        let root = tempfile::tempdir().unwrap();
+        let out = OutDir::open(root.path()).unwrap();
+        let cached = root.path().join("a.raw");
+        std::fs::write(&cached, b"image").unwrap();
+        let t = out.temp_file().unwrap();
+        std::fs::remove_file(t.path()).unwrap();
+        std::fs::hard_link(&cached, t.path()).unwrap();
+        out.persist(t, "a.raw").unwrap();
+        let names: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        assert_eq!(std::fs::read(&cached).unwrap(), b"image");
     }
 
     #[test]

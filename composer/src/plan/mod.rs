@@ -65,6 +65,8 @@ pub struct Options {
     pub offline: bool,
     /// SOURCE_DATE_EPOCH, when set: wins over the profile's `epoch`.
     pub source_date_epoch: Option<u64>,
+    /// `--no-cache`: make every step anew; the step cache is neither read nor written.
+    pub no_cache: bool,
     /// `strata plan`: write nothing to the cache. Scratch space comes from
     /// the system's temporary directory, and registry images are pulled
     /// into a throwaway blob store (with `offline`, the cache is only read).

@@ -188,6 +188,15 @@ impl<'s> Task<'s> {
         elapsed
     }
 
+    /// Ends the step as [`Task::cached`] when `cached`, else as [`Task::finish`].
+    pub fn end(self, cached: bool, bytes: Option<u64>, detail: &str) {
+        if cached {
+            self.cached(bytes, detail);
+        } else {
+            self.finish(bytes, detail);
+        }
+    }
+
     /// Ends the step as a cache hit: its result of `bytes` was already there.
     pub fn cached(self, bytes: Option<u64>, detail: &str) {
         self.ended.store(true, Ordering::Relaxed);
