@@ -109,12 +109,12 @@ fn a_second_build_is_all_hits_and_identical_to_an_uncached_one() {
     for step in [
         "[3/7] squashfs",
         "[4/7] initramfs",
-        "metal-amd64.raw",
+        "metal-amd64.disk",
         "metal-amd64.iso",
     ] {
         assert!(
             hits.iter()
-                .any(|l| l.contains(step) && l.ends_with(" (cached)")),
+                .any(|l| l.contains(step) && l.contains(" (cached)")),
             "no hit for {step}:\n{err}"
         );
     }
@@ -231,7 +231,7 @@ fn one_changed_extension_rebuilds_only_its_layer() {
     );
     assert!(
         err.lines()
-            .any(|l| l.starts_with("[4/7] initramfs") && !l.ends_with("(cached)")),
+            .any(|l| l.starts_with("[4/7] initramfs") && !l.contains("(cached)")),
         "the initramfs holds the new layer:\n{err}"
     );
     let n = dir.path().join("n");

@@ -343,6 +343,14 @@ pub fn write_platform(
     let esp = dp.esp().ok_or_else(|| {
         Error::format("writing the disk", "the layout has no EFI system partition")
     })?;
+    if pp
+        .outputs
+        .iter()
+        .any(|k| matches!(k.format, Format::Vhd | Format::VhdDynamic))
+    {
+        format::vhd::check_size(raw_tmp.path(), dp.layout.size)
+            .map_err(|e| Error::format("writing the vhd image", e))?;
+    }
     let converted: Vec<OutputKind> = pp
         .outputs
         .iter()

@@ -190,6 +190,18 @@ fn footer(size: u64, kind: DiskType, opts: &VhdOptions) -> [u8; 512] {
     f
 }
 
+/// Whether a raw image of `len` bytes (at `raw`) fits a VHD; asked before the disk is even
+/// written, so a disk too large fails at once.
+pub fn check_size(raw: &Path, len: u64) -> Result<(), VhdError> {
+    if len > MAX_SIZE {
+        return Err(VhdError::TooLarge {
+            path: raw.to_path_buf(),
+            size: len,
+        });
+    }
+    Ok(())
+}
+
 /// Open `raw` and work out the footer size (rounded up to a MiB).
 fn open_raw(raw: &Path) -> Result<(File, u64, bool), VhdError> {
     let read_err = |source| VhdError::Read {
@@ -198,12 +210,7 @@ fn open_raw(raw: &Path) -> Result<(File, u64, bool), VhdError> {
     };
     let file = File::open(raw).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
-    if len > MAX_SIZE {
-        return Err(VhdError::TooLarge {
-            path: raw.to_path_buf(),
-            size: len,
-        });
-    }
+    check_size(raw, len)?;
     let size = len.div_ceil(MIB).max(1) * MIB;
     Ok((file, size, size != len))
 }
