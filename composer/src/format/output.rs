@@ -24,6 +24,9 @@ pub struct Context<'a> {
     pub raw: &'a Path,
     /// Byte offset and size of the ESP inside it (for the ISO).
     pub esp: (u64, u64),
+    /// Byte ranges of the raw image holding data compressed already (squashfs, the
+    /// initramfs's compressed segment): the `.xz` and `.zst` wrappers store them as they are.
+    pub stored: &'a [(u64, u64)],
     /// The disk GUID and the ESP's partition GUID (the ISO's GPT reuses them).
     pub guids: (Guid, Guid),
     /// Target architecture.
@@ -85,17 +88,19 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
     let tmp = crate::io::outdir::artefact_temp_file(ctx.out_dir)
         .map_err(Error::io("creating a file in", ctx.out_dir))?;
     match kind.wrap {
-        None => produce(ctx, kind.format, kind, tmp.path())?,
+        None => {
+            produce(ctx, kind.format, kind, tmp.path())?;
+        }
         Some(w) => {
             let plain = OutputKind { wrap: None, ..kind };
             let inner = ctx
                 .work
                 .join(plain.file_name(ctx.platform, ctx.arch.debian()));
             if kind.format == Format::Raw {
-                wrap(ctx.raw, tmp.path(), w)?;
+                wrap(ctx.raw, tmp.path(), w, ctx.stored)?;
             } else {
-                produce(ctx, kind.format, kind, &inner)?;
-                wrap(&inner, tmp.path(), w)?;
+                let stored = produce(ctx, kind.format, kind, &inner)?;
+                wrap(&inner, tmp.path(), w, &stored)?;
                 let _ = std::fs::remove_file(&inner);
             }
         }
@@ -107,7 +112,8 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind) -> Result<Written> {
     })
 }
 
-fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
+/// Compresses `input` into `output`, storing the byte ranges `stored` as they are.
+fn wrap(input: &Path, output: &Path, w: Wrap, stored: &[(u64, u64)]) -> Result<()> {
     use crate::io::compress::{compress_file, Compression, XzCheck};
     let threads = crate::par::jobs_u32();
     let c = match w {
@@ -119,13 +125,20 @@ fn wrap(input: &Path, output: &Path, w: Wrap) -> Result<()> {
         },
         Wrap::Zst => Compression::Zstd { level: 19, threads },
     };
-    compress_file(input, output, &c)
+    compress_file(input, output, &c, stored)
         .map_err(|e| Error::format(format!("compressing {}", output.display()), e))?;
     Ok(())
 }
 
-/// Writes one container format, uncompressed, to `dest`.
-fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> Result<()> {
+/// Writes one container format, uncompressed, to `dest`. Returns the byte ranges of `dest`
+/// that hold the raw image's compressed data where the format keeps it at a known offset
+/// (raw, fixed VHD, ISO), none for the others.
+fn produce(
+    ctx: &Context<'_>,
+    format: Format,
+    kind: OutputKind,
+    dest: &Path,
+) -> Result<Vec<(u64, u64)>> {
     let create = |p: &Path| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -138,6 +151,7 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
     match format {
         Format::Raw => {
             copy_sparse(ctx.raw, dest)?;
+            return Ok(ctx.stored.to_vec());
         }
         Format::Qcow2 => {
             let mut f = create(dest)?;
@@ -152,12 +166,14 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 timestamp: format::vhd::vhd_timestamp(ctx.epoch),
                 uuid: Guid::derive(&[b"strata-vhd", ctx.seed]).0,
             };
-            let r = if format == Format::Vhd {
+            if format == Format::Vhd {
+                // A fixed VHD is the raw image followed by a footer: same offsets.
                 format::vhd::write_fixed(ctx.raw, dest, &opts)
-            } else {
-                format::vhd::write_dynamic(ctx.raw, dest, &opts)
-            };
-            r.map_err(|e| Error::format("writing the vhd image", e))?;
+                    .map_err(|e| Error::format("writing the vhd image", e))?;
+                return Ok(ctx.stored.to_vec());
+            }
+            format::vhd::write_dynamic(ctx.raw, dest, &opts)
+                .map_err(|e| Error::format("writing the vhd image", e))?;
         }
         Format::Vmdk => {
             write_vmdk(ctx, dest)?;
@@ -193,12 +209,25 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 esp_guid: ctx.guids.1.to_disk(),
                 arch: ctx.arch,
             };
-            format::iso::write(&esp, &mut f, &opts)
+            let stats = format::iso::write(&esp, &mut f, &opts)
                 .map_err(|e| Error::format("writing the iso image", e))?;
             let _ = std::fs::remove_file(&esp);
+            return Ok(in_iso(ctx.stored, ctx.esp, stats.esp_offset));
         }
     }
-    Ok(())
+    Ok(Vec::new())
+}
+
+/// `stored` (ranges of the raw image) as ranges of an ISO that holds the raw image's ESP
+/// (`esp`: offset and size in the raw image) at `iso_esp`; ranges outside the ESP are dropped.
+fn in_iso(stored: &[(u64, u64)], esp: (u64, u64), iso_esp: u64) -> Vec<(u64, u64)> {
+    stored
+        .iter()
+        .filter_map(|&(off, len)| {
+            let (start, end) = (off.max(esp.0), (off + len).min(esp.0 + esp.1));
+            (start < end).then(|| (start - esp.0 + iso_esp, end - start))
+        })
+        .collect()
 }
 
 fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats> {
@@ -287,6 +316,7 @@ pub fn write_platform(
         &dp.esp_files,
         &crate::assets::esp::fat_options(&plan.seed, plan.epoch),
     )?;
+    let stored = dp.compressed_ranges(raw_tmp.path())?;
     let esp = dp.esp().ok_or_else(|| {
         Error::format("writing the disk", "the layout has no EFI system partition")
     })?;
@@ -299,6 +329,7 @@ pub fn write_platform(
     let ctx = Context {
         raw: raw_tmp.path(),
         esp: (esp.offset, esp.size),
+        stored: &stored,
         guids: (dp.layout.guid, esp.guid),
         arch: plan.arch,
         name: &plan.name,
@@ -325,4 +356,23 @@ pub fn write_platform(
 
 fn is_plain_raw(k: &OutputKind) -> bool {
     k.format == Format::Raw && k.wrap.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stored_ranges_move_with_the_esp_into_the_iso() {
+        // ESP at 1 MiB, 10 MiB long, in the raw image; at 300 KiB in the ISO.
+        let (mib, kib) = (1 << 20, 1 << 10);
+        let stored = [(0, 100), (mib - 10, 20), (2 * mib, 5), (11 * mib - 1, 10)];
+        let got = super::in_iso(&stored, (mib, 10 * mib), 300 * kib);
+        assert_eq!(
+            got,
+            vec![
+                (300 * kib, 10),
+                (300 * kib + mib, 5),
+                (300 * kib + 10 * mib - 1, 1)
+            ]
+        );
+    }
 }
