@@ -1,11 +1,14 @@
-//! Streaming compressors for finished artefacts (initramfs, disk images): xz and zstd.
+//! Compressors for finished artefacts (initramfs, disk images): xz and zstd.
 //!
 //! [`encoder`] wraps any [`Write`] in an [`Encoder`] that compresses what is written to it and
-//! gives the inner writer back from [`Encoder::finish`]. [`compress_file`] compresses a whole
-//! finished file with it (the `.xz` and `.zst` output wrappers), reading 1 MiB at a time so the
-//! input is never held whole; holes in a sparse input are read (and compressed) as zeros. Output is deterministic for given
-//! settings (threads included: liblzma and zstd split work at fixed block boundaries).
+//! gives the inner writer back from [`Encoder::finish`] (the initramfs's compressed segment).
+//! [`compress_file`] compresses a whole finished file (the `.xz` and `.zst` output wrappers):
+//! it cuts the file into fixed-size pieces, stores the ranges the caller names as compressed
+//! already, compresses the rest on every thread, and writes the container itself (`xz.rs`:
+//! one block per piece; `zstd.rs`: one frame per piece), so its output does not
+//! depend on the thread count; see `pieces.rs`. Holes in a sparse input are not read.
 //!
+//! The streaming [`encoder`]:
 //! - xz uses liblzma. With one thread it is the single-stream encoder (byte-identical to
 //!   `xz -T1`); with more it is the multi-threaded encoder (`MtStreamBuilder`, byte-identical to
 //!   `xz -T<n>`), which cuts the input into independent blocks of 3 × the dictionary size
@@ -262,7 +265,7 @@ const FILE_BUF: usize = 1 << 20;
 /// `stored` lists byte ranges `(offset, length)` of `input` that hold data compressed already
 /// (squashfs images, xz or zstd streams): they are kept as they are (LZMA2 uncompressed chunks,
 /// zstd raw blocks) and only the rest is compressed, on the thread count of `c`. The output is
-/// the same whatever that count: see [`pieces`], [`xz`](mod@xz) and [`zstd`](mod@self::zstd).
+/// the same whatever that count (see `pieces.rs`, `xz.rs` and `zstd.rs` beside this module).
 pub fn compress_file(
     input: &Path,
     output: &Path,
