@@ -263,8 +263,9 @@ const FILE_BUF: usize = 1 << 20;
 /// Returns the output size in bytes.
 ///
 /// `stored` lists byte ranges `(offset, length)` of `input` that hold data compressed already
-/// (squashfs images, xz or zstd streams): they are kept as they are (LZMA2 uncompressed chunks,
-/// zstd raw blocks) and only the rest is compressed, on the thread count of `c`. The output is
+/// (squashfs images, xz or zstd streams): they are kept as they are (LZMA2 uncompressed chunks;
+/// zstd level 1 with long-distance matching, which stores incompressible blocks raw and only
+/// finds long repeats) and only the rest is compressed, on the thread count of `c`. The output is
 /// the same whatever that count (see `pieces.rs`, `xz.rs` and `zstd.rs` beside this module).
 pub fn compress_file(
     input: &Path,

@@ -2,9 +2,9 @@
 //! order-keeping parallel loop that encodes them.
 //!
 //! The caller names the byte ranges that hold data strata compressed itself (squashfs images,
-//! an xz or zstd stream): compressing them again costs time and gains nothing. Those *stored*
-//! ranges become pieces that the container keeps as they are (LZMA2 uncompressed chunks, zstd
-//! raw blocks); everything between them becomes *packed* pieces that are compressed. Both kinds
+//! an xz or zstd stream): compressing them again costs time and gains little. Those *stored*
+//! ranges become pieces that the container keeps as they are (LZMA2 uncompressed chunks; zstd
+//! raw blocks, save for long repeats that a level-1 pass finds); everything between them becomes *packed* pieces that are compressed. Both kinds
 //! are cut at a fixed size, so the pieces, and therefore the output bytes, depend only on the
 //! file and the ranges, never on the thread count. Pieces are encoded `threads` at a time and
 //! written in order; memory stays at a few pieces per thread whatever the file size.
