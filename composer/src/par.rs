@@ -15,8 +15,9 @@ pub const JOBS_ENV: &str = "STRATA_JOBS";
 ///
 /// The one place the count is chosen, so every pool and encoder agrees. Callers cap it where more
 /// threads stop paying (memory per xz decoder thread, say). Artefact bytes never depend on the
-/// count, except that the xz and zstd encoders use a different (still deterministic) stream
-/// layout for one thread than for several.
+/// count, except that the streaming xz and zstd encoders (the initramfs) use a different (still
+/// deterministic) stream layout for one thread than for several; the `.xz`/`.zst` output
+/// wrappers do not.
 pub fn jobs() -> usize {
     static JOBS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *JOBS.get_or_init(|| jobs_from(std::env::var(JOBS_ENV).ok().as_deref()))

@@ -164,6 +164,46 @@ fn write_boot_part<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<W> {
     cpio.finish()
 }
 
+/// The byte ranges `(offset, length)` of the initramfs at `path` that hold data compressed
+/// already: every entry of the stored segment that is a squashfs with compressed data (the
+/// root, the layers, the squashfs written for each DDI extension, a bare squashfs extension),
+/// and the whole compressed segment. What remains (cpio headers, `extensions.yaml`, an
+/// extension image that is not compressed squashfs) is left for an output wrapper to compress.
+///
+/// Read from the file rather than recorded when it is written, so an initramfs from any
+/// earlier build answers the same way. Only the headers and each entry's first bytes are read.
+pub fn compressed_ranges(path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let (spans, end) = crate::fs::cpio::data_spans(std::io::BufReader::new(&mut file))?;
+    let mut out = Vec::new();
+    for span in spans {
+        if compressed_squashfs(&file, span.offset, span.size)? {
+            out.push((span.offset, span.size));
+        }
+    }
+    if end < len {
+        out.push((end, len - end));
+    }
+    Ok(out)
+}
+
+/// True when the `size` bytes at `offset` of `file` start with a squashfs 4 superblock whose
+/// flags do not say the data blocks are stored uncompressed.
+fn compressed_squashfs(file: &File, offset: u64, size: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    /// `SQUASHFS_NOD` of the superblock flags: data blocks not compressed.
+    const UNCOMPRESSED_DATA: u16 = 0x0002;
+    let mut sb = [0u8; 32];
+    if size < sb.len() as u64 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut sb, offset)?;
+    let flags = u16::from_le_bytes([sb[24], sb[25]]);
+    let major = u16::from_le_bytes([sb[28], sb[29]]);
+    Ok(&sb[..4] == b"hsqs" && major == 4 && flags & UNCOMPRESSED_DATA == 0)
+}
+
 /// Counts bytes on their way to a file.
 struct CountingWriter<W> {
     inner: W,
@@ -179,5 +219,72 @@ impl<W: Write> Write for CountingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::InitramfsCompressor;
+
+    /// A file that starts like a squashfs 4 superblock with `flags`, then `len` bytes.
+    fn squashfs_like(dir: &Path, name: &str, flags: u16, len: usize) -> PathBuf {
+        let mut data = vec![0u8; 96];
+        data[..4].copy_from_slice(b"hsqs");
+        data[24..26].copy_from_slice(&flags.to_le_bytes());
+        data[28..30].copy_from_slice(&4u16.to_le_bytes());
+        data.extend((0..len).map(|i| (i * 7 % 251) as u8));
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    #[test]
+    fn compressed_ranges_are_the_squashfs_images_and_the_compressed_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let init = d.join("init");
+        std::fs::write(&init, b"#!/bin/sh\n").unwrap();
+        let rootfs = squashfs_like(d, "root", 0, 10_000);
+        let layer = squashfs_like(d, "layer", 0, 3_001);
+        // Squashfs whose data blocks are stored, and an image that is no squashfs at all.
+        let plain_sqsh = squashfs_like(d, "plain", 0x0002, 500);
+        let raw = d.join("raw");
+        std::fs::write(&raw, vec![9u8; 700]).unwrap();
+        let layers = vec![
+            ("00-a.sqsh".to_string(), layer.clone()),
+            ("01-b.sqsh".to_string(), plain_sqsh),
+        ];
+        let images = vec![("sysext/x.raw".to_string(), raw)];
+        let out = d.join("initrd.img");
+        let stats = write(
+            &out,
+            &Contents {
+                init: &init,
+                release: "6.1.0",
+                modules_dir: d,
+                modules: &[],
+                rootfs: &rootfs,
+                layers: &layers,
+                images: &images,
+                files: &[],
+                extensions_yaml: "layers: []\n",
+                mtime: 0,
+                compression: InitramfsCompressor::Zstd,
+            },
+        )
+        .unwrap();
+        let ranges = compressed_ranges(&out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let at = |(off, len): (u64, u64)| bytes[off as usize..(off + len) as usize].to_vec();
+        assert_eq!(ranges.len(), 3, "{ranges:?}");
+        assert_eq!(at(ranges[0]), std::fs::read(&rootfs).unwrap());
+        assert_eq!(at(ranges[1]), std::fs::read(&layer).unwrap());
+        // The last range runs from the stored segment's trailer to the end of the file.
+        let (tail, tail_len) = ranges[2];
+        assert_eq!(tail + tail_len, bytes.len() as u64);
+        assert!(stats.stored - tail < 512, "{tail} vs {}", stats.stored);
+        let boot = ::zstd::stream::decode_all(&bytes[stats.stored as usize..]).unwrap();
+        assert!(boot.starts_with(b"070701"));
     }
 }

@@ -33,6 +33,9 @@ pub struct Context<'a> {
     pub raw: &'a Path,
     /// Byte offset and size of the ESP inside it (for the ISO).
     pub esp: (u64, u64),
+    /// Byte ranges of the raw image holding data compressed already (squashfs, the
+    /// initramfs's compressed segment): the `.xz` and `.zst` wrappers store them as they are.
+    pub stored: &'a [(u64, u64)],
     /// The disk GUID and the ESP's partition GUID (the ISO's GPT reuses them).
     pub guids: (Guid, Guid),
     /// Target architecture.
@@ -102,28 +105,30 @@ fn write_one(ctx: &Context<'_>, kind: OutputKind, dest: &Path, step: &Task<'_>) 
     let file_name = kind.file_name(ctx.platform, ctx.arch.debian());
     // Formats are watched from outside (the bytes their file holds); compression counts
     // the bytes it has read of its input, whose length is known.
-    let produced = |name: &str, dest: &Path| {
+    let produced = |name: &str, dest: &Path| -> Result<Vec<(u64, u64)>> {
         let task = step.sub(name, expected_bytes(ctx, kind.format));
-        watch_file(&task, dest, || produce(ctx, kind.format, kind, dest))?;
-        finish_with_size(task, dest)
+        let stored = watch_file(&task, dest, || produce(ctx, kind.format, kind, dest))?;
+        finish_with_size(task, dest)?;
+        Ok(stored)
     };
     match kind.wrap {
-        None => produced(&file_name, dest)?,
+        None => {
+            produced(&file_name, dest)?;
+        }
         Some(w) => {
             let plain = OutputKind { wrap: None, ..kind };
             let plain_name = plain.file_name(ctx.platform, ctx.arch.debian());
             let inner = ctx.work.join(&plain_name);
-            let source = if kind.format == Format::Raw {
-                ctx.raw
+            let (source, stored) = if kind.format == Format::Raw {
+                (ctx.raw, ctx.stored.to_vec())
             } else {
-                produced(&plain_name, &inner)?;
-                &inner
+                (inner.as_path(), produced(&plain_name, &inner)?)
             };
             let len = std::fs::metadata(source)
                 .map_err(Error::io("reading", source))?
                 .len();
             let task = step.sub(&file_name, Some(len));
-            wrap(source, dest, w, &task)?;
+            wrap(source, dest, w, &stored, &task)?;
             finish_with_size(task, dest)?;
             if source == inner {
                 let _ = std::fs::remove_file(&inner);
@@ -153,7 +158,15 @@ fn finish_with_size(task: Task<'_>, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn wrap(input: &Path, output: &Path, w: Wrap, read: &Task<'_>) -> Result<()> {
+/// Compresses `input` into `output`, storing the byte ranges `stored` as they are and telling
+/// `read` how much of `input` is done.
+fn wrap(
+    input: &Path,
+    output: &Path,
+    w: Wrap,
+    stored: &[(u64, u64)],
+    read: &Task<'_>,
+) -> Result<()> {
     use crate::io::compress::{compress_file_metered, Compression, XzCheck};
     let threads = crate::par::jobs_u32();
     let c = match w {
@@ -165,13 +178,20 @@ fn wrap(input: &Path, output: &Path, w: Wrap, read: &Task<'_>) -> Result<()> {
         },
         Wrap::Zst => Compression::Zstd { level: 19, threads },
     };
-    compress_file_metered(input, output, &c, read)
+    compress_file_metered(input, output, &c, stored, read)
         .map_err(|e| Error::format(format!("compressing {}", output.display()), e))?;
     Ok(())
 }
 
-/// Writes one container format, uncompressed, to `dest`.
-fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> Result<()> {
+/// Writes one container format, uncompressed, to `dest`. Returns the byte ranges of `dest`
+/// that hold the raw image's compressed data where the format keeps it at a known offset
+/// (raw, fixed VHD, ISO), none for the others.
+fn produce(
+    ctx: &Context<'_>,
+    format: Format,
+    kind: OutputKind,
+    dest: &Path,
+) -> Result<Vec<(u64, u64)>> {
     let create = |p: &Path| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -184,6 +204,7 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
     match format {
         Format::Raw => {
             copy_sparse(ctx.raw, dest)?;
+            return Ok(ctx.stored.to_vec());
         }
         Format::Qcow2 => {
             let mut f = create(dest)?;
@@ -198,12 +219,14 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 timestamp: format::vhd::vhd_timestamp(ctx.epoch),
                 uuid: Guid::derive(&[b"strata-vhd", ctx.seed]).0,
             };
-            let r = if format == Format::Vhd {
+            if format == Format::Vhd {
+                // A fixed VHD is the raw image followed by a footer: same offsets.
                 format::vhd::write_fixed(ctx.raw, dest, &opts)
-            } else {
-                format::vhd::write_dynamic(ctx.raw, dest, &opts)
-            };
-            r.map_err(|e| Error::format("writing the vhd image", e))?;
+                    .map_err(|e| Error::format("writing the vhd image", e))?;
+                return Ok(ctx.stored.to_vec());
+            }
+            format::vhd::write_dynamic(ctx.raw, dest, &opts)
+                .map_err(|e| Error::format("writing the vhd image", e))?;
         }
         Format::Vmdk => {
             write_vmdk(ctx, dest)?;
@@ -239,12 +262,25 @@ fn produce(ctx: &Context<'_>, format: Format, kind: OutputKind, dest: &Path) -> 
                 esp_guid: ctx.guids.1.to_disk(),
                 arch: ctx.arch,
             };
-            format::iso::write(&esp, &mut f, &opts)
+            let stats = format::iso::write(&esp, &mut f, &opts)
                 .map_err(|e| Error::format("writing the iso image", e))?;
             let _ = std::fs::remove_file(&esp);
+            return Ok(in_iso(ctx.stored, ctx.esp, stats.esp_offset));
         }
     }
-    Ok(())
+    Ok(Vec::new())
+}
+
+/// `stored` (ranges of the raw image) as ranges of an ISO that holds the raw image's ESP
+/// (`esp`: offset and size in the raw image) at `iso_esp`; ranges outside the ESP are dropped.
+fn in_iso(stored: &[(u64, u64)], esp: (u64, u64), iso_esp: u64) -> Vec<(u64, u64)> {
+    stored
+        .iter()
+        .filter_map(|&(off, len)| {
+            let (start, end) = (off.max(esp.0), (off + len).min(esp.0 + esp.1));
+            (start < end).then(|| (start - esp.0 + iso_esp, end - start))
+        })
+        .collect()
 }
 
 fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats> {
@@ -360,6 +396,7 @@ pub fn write_platform(
     let ctx = Context {
         raw: raw_tmp.path(), // replaced by the disk's path when an output is made
         esp: (esp.offset, esp.size),
+        stored: &[], // replaced by the disk's compressed ranges when an output is made
         guids: (dp.layout.guid, esp.guid),
         arch: plan.arch,
         name: &plan.name,
@@ -495,7 +532,12 @@ fn cached_output(disk: &Disk<'_>, base: &Context<'_>, kind: OutputKind) -> Resul
         .cache
         .get_or_make("output", &file_name, key, tmp.path(), |dest| {
             let raw = disk.product()?.path;
-            let ctx = Context { raw: &raw, ..*base };
+            let stored = disk.dp.compressed_ranges(&raw)?;
+            let ctx = Context {
+                raw: &raw,
+                stored: &stored,
+                ..*base
+            };
             write_one(&ctx, kind, dest, disk.step)?;
             Ok(Default::default())
         })?;
@@ -540,4 +582,23 @@ fn place(src: &Path, dest: &Path) -> Result<()> {
 
 fn is_plain_raw(k: &OutputKind) -> bool {
     k.format == Format::Raw && k.wrap.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stored_ranges_move_with_the_esp_into_the_iso() {
+        // ESP at 1 MiB, 10 MiB long, in the raw image; at 300 KiB in the ISO.
+        let (mib, kib) = (1 << 20, 1 << 10);
+        let stored = [(0, 100), (mib - 10, 20), (2 * mib, 5), (11 * mib - 1, 10)];
+        let got = super::in_iso(&stored, (mib, 10 * mib), 300 * kib);
+        assert_eq!(
+            got,
+            vec![
+                (300 * kib, 10),
+                (300 * kib + mib, 5),
+                (300 * kib + 10 * mib - 1, 1)
+            ]
+        );
+    }
 }

@@ -473,6 +473,53 @@ pub fn read_entries(r: impl Read) -> io::Result<Vec<CpioEntry>> {
     }
 }
 
+/// Where one entry's data lies in an archive, as found by [`data_spans`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSpan {
+    /// Path as stored.
+    pub path: PathBuf,
+    /// Offset of the data from the start of the archive.
+    pub offset: u64,
+    /// Data size in bytes.
+    pub size: u64,
+}
+
+/// The data of every entry of a newc archive up to its trailer, without reading the data:
+/// headers are read and the data seeked over, so a large archive costs a few reads per entry.
+/// Also returns the offset just past the trailer, where a following segment may start.
+pub fn data_spans<R: Read + io::Seek>(r: R) -> io::Result<(Vec<DataSpan>, u64)> {
+    let mut reader = Offset { inner: r, at: 0 };
+    let mut spans = Vec::new();
+    loop {
+        let start = reader.at;
+        let mut header = [0u8; HEADER_LEN];
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| eof_as_parse(e, start, "header"))?;
+        let fields = parse_header(&header, start)?;
+        let mut name = vec![0u8; fields[11] as usize];
+        reader
+            .read_exact(&mut name)
+            .map_err(|e| eof_as_parse(e, start, "name"))?;
+        if name.pop() != Some(0) {
+            return Err(parse_err(start, "name is not NUL-terminated".into()));
+        }
+        reader.skip_to_align()?;
+        if name == TRAILER.as_bytes() {
+            return Ok((spans, reader.at));
+        }
+        let size = u64::from(fields[6]);
+        let offset = reader.at;
+        reader.at = reader.inner.seek(io::SeekFrom::Start(offset + size))?;
+        reader.skip_to_align()?;
+        spans.push(DataSpan {
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(&name)),
+            offset,
+            size,
+        });
+    }
+}
+
 /// Checks the magic and decodes the 13 hexadecimal fields of a header.
 fn parse_header(header: &[u8; HEADER_LEN], at: u64) -> io::Result<[u32; 13]> {
     if &header[..6] != b"070701" && &header[..6] != b"070702" {

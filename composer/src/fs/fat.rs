@@ -179,6 +179,12 @@ pub enum FatError {
         /// The size given.
         size: u64,
     },
+    /// [`file_ranges`] found no file at that path.
+    #[error("esp path `{path}` is not a file on the volume")]
+    NotFound {
+        /// The path looked for.
+        path: String,
+    },
     /// Reading or writing the device failed after the copy.
     #[error("updating the esp directories at volume offset {offset} failed: {source}")]
     Io {
@@ -765,6 +771,162 @@ fn stamp_dots<D: Read + Write + Seek>(
     write_at(dev, offset, &dots)
 }
 
+/// Where the file `path` lies on the FAT32 volume at offset 0 of `dev`: byte ranges
+/// `(offset, length)` of the volume, in file order, adding up to the file's length.
+///
+/// This is how the disk step tells the output wrappers where a file's bytes landed (the
+/// initramfs, whose squashfs images must not be compressed again). Only what the lookup needs
+/// is read: the boot sector, the directories along `path` and the file's cluster chain. Names
+/// compare as FAT compares them, ignoring case, by long name where there is one, else by the
+/// 8.3 name. Fails with [`FatError::NotFound`] when there is no such file.
+pub fn file_ranges<D: Read + Seek>(dev: &mut D, path: &str) -> Result<Vec<(u64, u64)>, FatError> {
+    let layout = read_layout(dev)?;
+    let parts = split_path(path)?;
+    let mut dir = ROOT_CLUSTER;
+    for (depth, part) in parts.iter().enumerate() {
+        let last = depth + 1 == parts.len();
+        let entry = find_entry(dev, &layout, dir, part)?
+            .filter(|e| e.is_dir != last)
+            .ok_or_else(|| FatError::NotFound {
+                path: path.to_owned(),
+            })?;
+        if !last {
+            dir = entry.first;
+            continue;
+        }
+        if entry.size == 0 {
+            return Ok(Vec::new());
+        }
+        return Ok(runs(
+            &layout,
+            &chain(dev, &layout, entry.first)?,
+            entry.size,
+        ));
+    }
+    Err(FatError::NotFound {
+        path: path.to_owned(),
+    })
+}
+
+/// The volume geometry, read from the boot sector.
+fn read_layout<D: Read + Seek>(dev: &mut D) -> Result<Layout, FatError> {
+    let mut boot = [0u8; 512];
+    read_at(dev, 0, &mut boot)?;
+    let u16_at = |i: usize| u64::from(u16::from_le_bytes([boot[i], boot[i + 1]]));
+    let u32_at = |i: usize| {
+        u64::from(u32::from_le_bytes([
+            boot[i],
+            boot[i + 1],
+            boot[i + 2],
+            boot[i + 3],
+        ]))
+    };
+    let cluster_sectors = u64::from(boot[13]);
+    let (reserved, fat_sectors, total) = (u16_at(14), u32_at(36), u32_at(32));
+    let fat32 = u16_at(11) == SECTOR && u64::from(boot[16]) == FAT_COUNT && u32_at(44) == 2;
+    let data = total.checked_sub(reserved + FAT_COUNT * fat_sectors);
+    match data {
+        Some(data) if fat32 && cluster_sectors > 0 => Ok(Layout {
+            cluster: cluster_sectors * SECTOR,
+            reserved,
+            fat_sectors,
+            clusters: data / cluster_sectors,
+        }),
+        _ => Err(FatError::Corrupt {
+            offset: 0,
+            what: "the boot sector is not one this writer makes (512-byte sectors, two FATs, root at cluster 2)",
+        }),
+    }
+}
+
+/// A directory entry found by name.
+struct Found {
+    first: u64,
+    size: u64,
+    is_dir: bool,
+}
+
+/// The entry named `name` (case ignored) in the directory starting at cluster `dir`.
+fn find_entry<D: Read + Seek>(
+    dev: &mut D,
+    layout: &Layout,
+    dir: u64,
+    name: &str,
+) -> Result<Option<Found>, FatError> {
+    let want = name.to_uppercase();
+    let mut buf = vec![0u8; layout.cluster as usize];
+    // Long-name slots come before their short entry, last part first.
+    let mut long: Vec<u16> = Vec::new();
+    for cluster in chain(dev, layout, dir)? {
+        read_at(dev, layout.cluster_offset(cluster), &mut buf)?;
+        for e in buf.chunks_exact(ENTRY as usize) {
+            if e[0] == 0 {
+                return Ok(None);
+            }
+            if e[0] == 0xE5 {
+                long.clear();
+                continue;
+            }
+            if e[11] == ATTR_LONG_NAME {
+                let units = [1..11, 14..26, 28..32].into_iter().flat_map(|r| {
+                    e[r].chunks_exact(2)
+                        .map(|u| u16::from_le_bytes([u[0], u[1]]))
+                        .collect::<Vec<_>>()
+                });
+                let part: Vec<u16> = units.take_while(|&u| u != 0 && u != 0xFFFF).collect();
+                long.splice(0..0, part);
+                continue;
+            }
+            let entry_name = if long.is_empty() {
+                short_name(e)
+            } else {
+                String::from_utf16_lossy(&long)
+            };
+            long.clear();
+            if e[11] & ATTR_VOLUME_ID != 0 || entry_name.to_uppercase() != want {
+                continue;
+            }
+            let high = u64::from(u16::from_le_bytes([e[20], e[21]]));
+            let low = u64::from(u16::from_le_bytes([e[26], e[27]]));
+            return Ok(Some(Found {
+                first: high << 16 | low,
+                size: u64::from(u32::from_le_bytes([e[28], e[29], e[30], e[31]])),
+                is_dir: e[11] & ATTR_DIRECTORY != 0,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The 8.3 name of a short entry as `BASE.EXT` (or `BASE`).
+fn short_name(e: &[u8]) -> String {
+    let base = String::from_utf8_lossy(&e[..8]).trim_end().to_owned();
+    let ext = String::from_utf8_lossy(&e[8..11]).trim_end().to_owned();
+    if ext.is_empty() {
+        base
+    } else {
+        format!("{base}.{ext}")
+    }
+}
+
+/// Byte ranges of `clusters`, adjacent clusters merged, clipped to `size` bytes.
+fn runs(layout: &Layout, clusters: &[u64], size: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut left = size;
+    for &c in clusters {
+        if left == 0 {
+            break;
+        }
+        let (offset, len) = (layout.cluster_offset(c), layout.cluster.min(left));
+        left -= len;
+        match out.last_mut() {
+            Some((o, l)) if *o + *l == offset => *l += len,
+            _ => out.push((offset, len)),
+        }
+    }
+    out
+}
+
 /// The clusters of the chain starting at `first`, read from the first FAT.
 fn chain<D: Read + Seek>(dev: &mut D, layout: &Layout, first: u64) -> Result<Vec<u64>, FatError> {
     let mut clusters = vec![first];
@@ -783,7 +945,7 @@ fn chain<D: Read + Seek>(dev: &mut D, layout: &Layout, first: u64) -> Result<Vec
         {
             return Err(FatError::Corrupt {
                 offset,
-                what: "a directory's cluster chain is broken",
+                what: "a cluster chain is broken",
             });
         }
         clusters.push(next);
@@ -1128,6 +1290,41 @@ mod tests {
                 assert!(line.contains("2023-11-14  22:13"), "wrong time: {line}");
             }
         }
+    }
+
+    /// `file_ranges` finds every file, whatever its name form, and its ranges read back
+    /// exactly the file's bytes.
+    #[test]
+    fn file_ranges_read_back_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = sample(dir.path(), SMALL);
+        let img = dir.path().join("esp.img");
+        write_image(&img, 40 * MIB, &files).unwrap();
+        let mut dev = File::open(&img).unwrap();
+        let volume = image(&img);
+        for (path, data) in expected(&files) {
+            // FAT ignores case: look some names up in the other case.
+            let asked = if path.len() % 2 == 0 {
+                path.to_lowercase()
+            } else {
+                path.clone()
+            };
+            let ranges = file_ranges(&mut dev, &asked).unwrap();
+            let mut back = Vec::new();
+            for (off, len) in ranges {
+                back.extend_from_slice(&volume[off as usize..(off + len) as usize]);
+            }
+            assert!(back == data, "{path}");
+        }
+        for missing in ["nope", "strata", "strata/vmlinuz/x", "loader/missing.conf"] {
+            let e = file_ranges(&mut dev, missing).unwrap_err();
+            assert!(matches!(e, FatError::NotFound { .. }), "{missing}: {e}");
+        }
+        let mut not_fat = io::Cursor::new(vec![0u8; 4096]);
+        assert!(matches!(
+            file_ranges(&mut not_fat, "a"),
+            Err(FatError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{Plan, PlatformPlan};
 use crate::assets::esp::{self, EspError};
 use crate::disk;
 use crate::error::{Error, Result};
-use crate::fs::fat::FatFile;
+use crate::fs::fat::{FatFile, FatSource};
 use crate::profile::platform::PartitionKind;
 use crate::source::kernel::Kernel;
 use std::path::Path;
@@ -23,6 +23,33 @@ pub struct DiskPlan {
 }
 
 impl DiskPlan {
+    /// Byte ranges `(offset, length)` of the raw disk `raw`, written from this plan, that
+    /// hold data strata compressed itself: the squashfs images and the compressed segment of
+    /// the initramfs, wherever the FAT put its clusters. The `.xz` and `.zst` wrappers store
+    /// these instead of compressing them again.
+    pub fn compressed_ranges(&self, raw: &Path) -> Result<Vec<(u64, u64)>> {
+        let Some(esp) = self.esp() else {
+            return Ok(Vec::new());
+        };
+        let initrd = self.esp_files.iter().find_map(|f| match &f.source {
+            FatSource::Path(p) if f.path == esp::INITRD_PATH => Some(p),
+            _ => None,
+        });
+        let Some(initrd) = initrd else {
+            return Ok(Vec::new());
+        };
+        let inner = crate::assets::initramfs::compressed_ranges(initrd)
+            .map_err(Error::io("reading the initramfs", initrd))?;
+        let mut disk = std::fs::File::open(raw).map_err(Error::io("reading", raw))?;
+        let mut volume = crate::io::Window::new(&mut disk, esp.offset, esp.size);
+        let runs = crate::fs::fat::file_ranges(&mut volume, esp::INITRD_PATH)
+            .map_err(|e| Error::format(format!("finding the initramfs in {}", raw.display()), e))?;
+        Ok(map_ranges(&inner, &runs)
+            .into_iter()
+            .map(|(off, len)| (esp.offset + off, len))
+            .collect())
+    }
+
     /// The EFI system partition of the layout.
     pub fn esp(&self) -> Option<&disk::Partition> {
         self.layout
@@ -30,6 +57,29 @@ impl DiskPlan {
             .iter()
             .find(|p| p.kind == PartitionKind::Esp)
     }
+}
+
+/// `inner` (ranges of a file's bytes) through `runs` (where the file's bytes lie, in file
+/// order): the same bytes as ranges of the device holding the file.
+fn map_ranges(inner: &[(u64, u64)], runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut file_at = 0;
+    for &(dev_off, run_len) in runs {
+        let run = file_at..file_at + run_len;
+        for &(off, len) in inner {
+            let (start, end) = (off.max(run.start), (off + len).min(run.end));
+            if start >= end {
+                continue;
+            }
+            let dev_start = dev_off + (start - run.start);
+            match out.last_mut() {
+                Some((o, l)) if *o + *l == dev_start => *l += end - start,
+                _ => out.push((dev_start, end - start)),
+            }
+        }
+        file_at = run.end;
+    }
+    out
 }
 
 /// Plans `pp`'s ESP and disk around `initrd`.
@@ -68,4 +118,20 @@ pub fn disk_plan(
             .into()
     })?;
     Ok(DiskPlan { esp_files, layout })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_ranges_map_through_cluster_runs() {
+        // The file is 0..100 at 1000, 100..150 at 5000, 150..300 at 1100.
+        let runs = [(1000, 100), (5000, 50), (1100, 150)];
+        let inner = [(10, 20), (90, 70), (200, 100)];
+        let got = super::map_ranges(&inner, &runs);
+        assert_eq!(
+            got,
+            vec![(1010, 20), (1090, 10), (5000, 50), (1100, 10), (1150, 100)]
+        );
+        assert!(super::map_ranges(&[], &runs).is_empty());
+    }
 }
