@@ -168,13 +168,19 @@ describe_machine() {
   echo "- load average (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-require
-scripts/bench-inputs.sh "$inputs"
-for c in $configs; do
-  run_config "$c"
-done
-describe_machine
-for c in $configs; do
-  report_runs "$c"
-  report_sizes "$c"
-done
+main() {
+  require
+  scripts/bench-inputs.sh "$inputs"
+  for c in $configs; do
+    run_config "$c"
+  done
+  describe_machine
+  for c in $configs; do
+    report_runs "$c"
+    report_sizes "$c"
+  done
+}
+
+# One line, so that bash has read the whole file before it runs: editing the
+# script during a (long) run does not change what the run does.
+main "$@"; exit
