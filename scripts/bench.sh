@@ -18,6 +18,7 @@
 # Not a test: run it on a machine as idle as you can get, and say if it was not.
 # Environment: BENCH_CACHE, BENCH_CONFIGS ("xz zstd"), BENCH_WORK (kept
 # if given; default a temporary directory, removed), STRATA_BIN.
+# `BENCH_WORK=DIR bench.sh --report` prints the tables of a run kept in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 strata=${STRATA_BIN:-target/release/strata}
@@ -162,23 +163,44 @@ describe_machine() {
   echo "## strata bench, $(date -u +%F\ %H:%M) UTC, strata $(git describe --always --dirty 2>/dev/null || echo '?')"
   echo
   echo "- machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM"
-  echo "- root: $(du -sm --apparent-size "$inputs/debian-root" | cut -f1) MiB (debootstrap bookworm); extensions:" \
-    "$(for e in "$inputs"/ext/*/; do printf '%s %s MiB, ' "$(basename "$e")" "$(du -sm --apparent-size "$e" | cut -f1)"; done)" \
+  local e exts=()
+  for e in "$inputs"/ext/*/; do
+    exts+=("$(basename "$e") $(du -sm --apparent-size "$e" | cut -f1) MiB")
+  done
+  echo "- root: $(du -sm --apparent-size "$inputs/debian-root" | cut -f1) MiB (debootstrap bookworm);" \
+    "extensions: $(IFS=,; echo "${exts[*]}" | sed 's/,/, /g'):" \
     "$(du -sm --apparent-size "$inputs/ext" | cut -f1) MiB together"
   echo "- load average (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
+# The tables, from the .time and .log files in $work; a config whose runs
+# did not all finish is named as such.
+report() {
+  if [[ -f $work/machine.md ]]; then cat "$work/machine.md"; else describe_machine; fi
+  for c in $configs; do
+    if [[ ! -f $work/$c-one-ext.time ]]; then
+      printf '\n### %s\n\nnot measured: the run did not finish\n' "$c"
+      continue
+    fi
+    report_runs "$c"
+    report_sizes "$c"
+  done
+}
+
+# `bench.sh --report` prints the tables of an earlier run kept in BENCH_WORK.
 main() {
+  if [[ ${1:-} == --report ]]; then
+    [[ -n ${BENCH_WORK:-} ]] || die "--report needs BENCH_WORK, the directory of a run"
+    report
+    return
+  fi
   require
   scripts/bench-inputs.sh "$inputs"
   for c in $configs; do
     run_config "$c"
   done
-  describe_machine
-  for c in $configs; do
-    report_runs "$c"
-    report_sizes "$c"
-  done
+  describe_machine >"$work/machine.md"
+  report
 }
 
 # One line, so that bash has read the whole file before it runs: editing the
