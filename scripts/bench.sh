@@ -93,6 +93,24 @@ measure() {
   echo "$(tail -n1 "$work/$label.time") $load" >"$work/$label.time"
 }
 
+# record_sizes DIR LABEL: "file apparent allocated" of each output in
+# $work/LABEL.sizes, since the rebuilds after the cold one overwrite them.
+record_sizes() {
+  (cd "$1" && stat -c '%n %s %b' "$NAME".*) >"$work/$2.sizes"
+}
+
+# size_of DIR LABEL FILE: "apparent allocated" bytes, as recorded for LABEL, else as now.
+size_of() {
+  local line
+  if [[ -f $work/$2.sizes ]]; then
+    line=$(awk -v f="$3" '$1 == f { print $2, $3 * 512 }' "$work/$2.sizes")
+  elif [[ -f $1/$3 ]]; then
+    line=$(stat -c '%s %b' "$1/$3" | awk '{ print $1, $2 * 512 }')
+  fi
+  [[ -n ${line:-} ]] || die "no $3 in $1"
+  echo "$line"
+}
+
 # Content for the changed extension that no earlier run had, so that no
 # cache can know it.
 change_extension() {
@@ -108,6 +126,7 @@ run_config() {
   measure "$c-floor" "${peers[@]}" "$work/floor-$c" squashfs
   rm -rf "$cache" "$out"
   measure "$c-cold" "$strata" build "$profile" --out "$out" --cache "$cache"
+  record_sizes "$out" "$c-cold"
   measure "$c-noop" "$strata" build "$profile" --out "$out" --cache "$cache"
   change_extension
   measure "$c-one-ext" "$strata" build "$profile" --out "$out" --cache "$cache"
@@ -116,7 +135,9 @@ run_config() {
 # field LABEL N: the Nth figure of a run (1 wall, 2 user, 3 sys, 4 RSS KiB, 5 load).
 field() { cut -d' ' -f"$2" "$work/$1.time"; }
 cpu() { awk '{ printf "%.1f", $2 + $3 }' "$work/$1.time"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (b > 0 ? "%.2f" : "-"), a / b }'; }
+ratio() { # a b [decimals]
+  awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b > 0) printf "%.*f", d, a / b; else printf "-" }'
+}
 
 report_runs() {
   local c=$1 run label pw pc pr w cc r
@@ -142,20 +163,22 @@ report_runs() {
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
-# Sizes of the cold build's outputs: apparent, and allocated (the raw disk is sparse).
+# Sizes of the outputs of the peers and of strata's cold build: apparent,
+# and allocated (the raw disk is sparse).
 report_sizes() {
-  local c=$1 o f p s wrap=${1/zstd/zst}
+  local c=$1 o f p s line wrap=${1/zstd/zst}
   echo
   echo "| $c output | peers MiB (allocated) | strata MiB (allocated) | strata / peers |"
   echo "|---|---|---|---|"
   for o in "${OUTPUTS[@]/WRAP/$wrap}"; do
     f=$NAME.$o
-    [[ -f $work/peers-$c/$f ]] || die "the peers' pipeline wrote no $f"
-    [[ -f $work/strata-$c/$f ]] || die "strata wrote no $f"
-    p=$(stat -c %s "$work/peers-$c/$f") s=$(stat -c %s "$work/strata-$c/$f")
-    printf '| %s | %s (%s) | %s (%s) | %s |\n' "$f" \
-      "$(mib "$p")" "$(mib "$(($(stat -c %b "$work/peers-$c/$f") * 512))")" \
-      "$(mib "$s")" "$(mib "$(($(stat -c %b "$work/strata-$c/$f") * 512))")" "$(ratio "$s" "$p")"
+    # Assignments, not process substitutions: a missing output stops the report.
+    line=$(size_of "$work/peers-$c" "$c-peers" "$f")
+    read -r -a p <<<"$line"
+    line=$(size_of "$work/strata-$c" "$c-cold" "$f")
+    read -r -a s <<<"$line"
+    printf '| %s | %s (%s) | %s (%s) | %s |\n' "$f" "$(mib "${p[0]}")" "$(mib "${p[1]}")" \
+      "$(mib "${s[0]}")" "$(mib "${s[1]}")" "$(ratio "${s[0]}" "${p[0]}" 3)"
   done
 }
 
