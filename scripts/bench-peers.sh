@@ -2,7 +2,7 @@
 # The peers' way of building what the benchmark's strata profile builds, as
 # shell around the usual tools (what Talos' imager, Flatcar's and mkosi-like
 # pipelines run): the same work on the same inputs, with the same outputs.
-# It needs not boot; each step does what strata's step does, so the times
+# It need not boot; each step does what strata's step does, so the times
 # and sizes compare:
 #   squashfs      mksquashfs per tree, on every core
 #   initramfs     cpio (stored: the squashfs images) + cpio | xz/zstd (init,
@@ -26,7 +26,7 @@ work=$out/work
 rm -rf "$out"
 mkdir -p "$work"
 
-# strata's initramfs module set (plan/modules.rs DEFAULT_MODULES + platform aws).
+# strata's initramfs module set (plan/modules.rs DEFAULT_MODULES; platform aws adds nvme, already there).
 MODULES=(virtio_pci virtio_blk virtio_scsi nvme ahci sd_mod sr_mod cdrom isofs loop
   squashfs erofs overlay vfat nls_cp437 nls_ascii)
 CMDLINE="console=tty1 console=ttyS0 net.ifnames=0 nvme_core.io_timeout=4294967295 strata.platform=aws"
@@ -59,8 +59,7 @@ squash_all() {
   # bind-mounts the real one over it): a pseudo file does the same here.
   squash "$inputs/debian-root" "$work/rootfs.sqsh" -p "etc/extensions.yaml f 444 0 0 true"
   local i=0 ext n
-  : >"$work/extensions.yaml"
-  echo "layers:" >>"$work/extensions.yaml"
+  echo "layers:" >"$work/extensions.yaml"
   for ext in "$inputs"/ext/*/; do
     n=$(basename "$ext")
     squash "$ext/rootfs" "$work/$(printf %02d $i)-$n.sqsh" -all-root
@@ -77,7 +76,7 @@ kernel_and_modules() {
   release=$(ls "$work/kernel/lib/modules")
   depmod -b "$work/kernel" "$release"
   mkdir -p "$work/boot/lib/modules/$release" "$work/boot/etc/strata" "$work/boot/dev"
-  local line ko rel
+  local m ko rel
   for m in "${MODULES[@]}"; do
     modprobe -d "$work/kernel" -S "$release" --show-depends "$m"
   done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }' | while read -r ko; do
