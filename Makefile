@@ -74,7 +74,9 @@ test: test-inputs strata lint
 boot-test: test-inputs strata
 	STRATA_E2E=1 $(CARGO) test --release -p strata-tests -p strata-qemu -- --ignored
 
-## Benchmarks: build/boot times, sizes, strata vs qemu-img/xz/zstd/mksquashfs (not part of test).
+## Benchmark (not part of test): strata against the peers' tool pipeline (mksquashfs,
+## cpio, mkfs.vfat, sfdisk, qemu-img, xz/zstd, xorriso) on a Debian root and five
+## extensions from Debian packages, made once into .cache/bench (docs/performance.md).
 bench: test-inputs strata
 	scripts/bench.sh
 

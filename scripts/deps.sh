@@ -9,7 +9,8 @@ set -euo pipefail
 # cpio, xz, zstd, depmod/modinfo (kmod), qemu-img, xorriso, mkfs.erofs,
 # skopeo, openssl (TLS registry test), python3 (OVF XML check), e2fsck
 # (e2fsprogs: the init's ext2 mkfs). Inputs: debootstrap (the Debian root
-# with systemd for the distro test). Under
+# with systemd for the distro test). `make bench` runs the peers' pipeline
+# (sfdisk from fdisk, besides the judges above) under GNU time. Under
 # `make test` (STRATA_E2E=1) a test whose judge is missing fails, so every
 # judge a test uses must be listed here.
 packages=(
@@ -18,7 +19,7 @@ packages=(
   musl-tools gcc-aarch64-linux-gnu
   gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
   qemu-utils xorriso docker-registry erofs-utils skopeo openssl python3
-  e2fsprogs debootstrap
+  e2fsprogs debootstrap fdisk time
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

@@ -5,6 +5,8 @@
 # waits for its tty) and dbus (systemd-logind needs the
 # system bus). Needs root and Debian's apt mirror.
 # Usage: mkdebian.sh ARCH DEST_DIR [MIRROR]
+# EXTRA_PACKAGES (comma-separated) adds packages to the root: the benchmark
+# (scripts/bench.sh) uses it for a root of realistic size.
 #
 # Prepared the way image builders prepare a root (see docs/profile.md):
 # - /etc/machine-id is empty: no machine shares the build's ID; systemd makes
@@ -20,7 +22,8 @@ mkdir -p "$(dirname "$dest")"
 tmp=$(mktemp -d "${dest}.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 root=$tmp/root
-debootstrap --variant=minbase --arch="$arch" --include=systemd-sysv,udev,dbus \
+include=systemd-sysv,udev,dbus${EXTRA_PACKAGES:+,$EXTRA_PACKAGES}
+debootstrap --variant=minbase --arch="$arch" --include="$include" \
   bookworm "$root" "$mirror"
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
