@@ -26,24 +26,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Every file of `dir` (manifest.json included), sorted by name.
-fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 fn assert_same(a: &Path, b: &Path) {
-    let (x, y) = (read_all(a), read_all(b));
+    let (x, y) = (dir_files(a), dir_files(b));
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     assert_eq!(names(&x), names(&y), "{} vs {}", a.display(), b.display());
     for (f, g) in x.iter().zip(&y) {

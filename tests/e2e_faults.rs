@@ -72,24 +72,6 @@ fn interrupt(child: Child, signal: i32, ready: impl Fn(u32) -> bool) -> (Option<
     )
 }
 
-fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_type().unwrap().is_file())
-        // manifest.json included: it records inputs relative to the profile, not where the
-        // build ran.
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// One clean build, then builds stopped by SIGINT and SIGTERM (temporaries gone at once, exit
 /// 130 and 143) and by SIGKILL (temporaries left), then a build that sweeps the dead one's
 /// temporaries and gives the clean build's bytes. Finally `strata boot` refuses the clean
@@ -144,7 +126,7 @@ fn signals_leave_no_temporary_files_and_the_next_build_is_identical() {
         Vec::<String>::new(),
         "stale cache temporaries"
     );
-    let (a, b) = (read_all(&clean), read_all(&out));
+    let (a, b) = (dir_files(&clean), dir_files(&out));
     assert_eq!(
         a.iter().map(|f| &f.0).collect::<Vec<_>>(),
         b.iter().map(|f| &f.0).collect::<Vec<_>>()

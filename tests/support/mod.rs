@@ -222,3 +222,21 @@ pub fn first_cpio_end(data: &[u8]) -> usize {
         }
     }
 }
+
+/// Every regular file directly in `dir` (`manifest.json` included), as (name, bytes) sorted
+/// by name: what two builds that must agree are compared by.
+pub fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -435,23 +435,9 @@ pub fn read_entries(r: impl Read) -> io::Result<Vec<CpioEntry>> {
     let mut reader = Offset { inner: r, at: 0 };
     let mut entries = Vec::new();
     loop {
-        let start = reader.at;
-        let mut header = [0u8; HEADER_LEN];
-        reader
-            .read_exact(&mut header)
-            .map_err(|e| eof_as_parse(e, start, "header"))?;
-        let fields = parse_header(&header, start)?;
-        let mut name = vec![0u8; fields[11] as usize];
-        reader
-            .read_exact(&mut name)
-            .map_err(|e| eof_as_parse(e, start, "name"))?;
-        if name.pop() != Some(0) {
-            return Err(parse_err(start, "name is not NUL-terminated".into()));
-        }
-        reader.skip_to_align()?;
-        if name == TRAILER.as_bytes() {
+        let Some((start, fields, name)) = reader.next_header()? else {
             return Ok(entries);
-        }
+        };
         let mut data = vec![0u8; fields[6] as usize];
         reader
             .read_exact(&mut data)
@@ -491,23 +477,9 @@ pub fn data_spans<R: Read + io::Seek>(r: R) -> io::Result<(Vec<DataSpan>, u64)> 
     let mut reader = Offset { inner: r, at: 0 };
     let mut spans = Vec::new();
     loop {
-        let start = reader.at;
-        let mut header = [0u8; HEADER_LEN];
-        reader
-            .read_exact(&mut header)
-            .map_err(|e| eof_as_parse(e, start, "header"))?;
-        let fields = parse_header(&header, start)?;
-        let mut name = vec![0u8; fields[11] as usize];
-        reader
-            .read_exact(&mut name)
-            .map_err(|e| eof_as_parse(e, start, "name"))?;
-        if name.pop() != Some(0) {
-            return Err(parse_err(start, "name is not NUL-terminated".into()));
-        }
-        reader.skip_to_align()?;
-        if name == TRAILER.as_bytes() {
+        let Some((_, fields, name)) = reader.next_header()? else {
             return Ok((spans, reader.at));
-        }
+        };
         let size = u64::from(fields[6]);
         let offset = reader.at;
         reader.at = reader.inner.seek(io::SeekFrom::Start(offset + size))?;
@@ -569,7 +541,28 @@ impl<R: Read> Read for Offset<R> {
     }
 }
 
+/// One entry's start offset, header fields and name, as [`Offset::next_header`] reads them.
+type ReadHeader = (u64, [u32; 13], Vec<u8>);
+
 impl<R: Read> Offset<R> {
+    /// Reads the next entry's header and name (up to its data): (where the entry starts, its
+    /// header fields, its name without the NUL), or `None` at the trailer.
+    fn next_header(&mut self) -> io::Result<Option<ReadHeader>> {
+        let start = self.at;
+        let mut header = [0u8; HEADER_LEN];
+        self.read_exact(&mut header)
+            .map_err(|e| eof_as_parse(e, start, "header"))?;
+        let fields = parse_header(&header, start)?;
+        let mut name = vec![0u8; fields[11] as usize];
+        self.read_exact(&mut name)
+            .map_err(|e| eof_as_parse(e, start, "name"))?;
+        if name.pop() != Some(0) {
+            return Err(parse_err(start, "name is not NUL-terminated".into()));
+        }
+        self.skip_to_align()?;
+        Ok((name != TRAILER.as_bytes()).then_some((start, fields, name)))
+    }
+
     fn skip_to_align(&mut self) -> io::Result<()> {
         let mut pad = [0u8; 3];
         let n = ((4 - self.at % 4) % 4) as usize;
