@@ -15,9 +15,8 @@ pub const JOBS_ENV: &str = "STRATA_JOBS";
 ///
 /// The one place the count is chosen, so every pool and encoder agrees. Callers cap it where more
 /// threads stop paying (memory per xz decoder thread, say). Artefact bytes never depend on the
-/// count, except that the streaming xz and zstd encoders (the initramfs) use a different (still
-/// deterministic) stream layout for one thread than for several; the `.xz`/`.zst` output
-/// wrappers do not.
+/// count: the streaming xz and zstd encoders (the initramfs) use their multi-threaded layout
+/// even on one thread, and the `.xz`/`.zst` output wrappers cut fixed-size pieces.
 pub fn jobs() -> usize {
     static JOBS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *JOBS.get_or_init(|| jobs_from(std::env::var(JOBS_ENV).ok().as_deref()))

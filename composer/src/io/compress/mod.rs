@@ -31,7 +31,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use liblzma::stream::{Check, MtStreamBuilder, Stream};
+use liblzma::stream::{Check, MtStreamBuilder};
 use liblzma::write::XzEncoder;
 
 /// Errors from setting up an encoder.
@@ -192,15 +192,14 @@ fn xz<W: Write>(
         XzCheck::Crc32 => Check::Crc32,
         XzCheck::Crc64 => Check::Crc64,
     };
-    let stream = if threads == 1 {
-        Stream::new_easy_encoder(preset, check)
-    } else {
-        MtStreamBuilder::new()
-            .threads(threads)
-            .preset(preset)
-            .check(check)
-            .encoder()
-    };
+    // Always the multi-threaded encoder, even on one thread: its stream layout (blocks of a
+    // fixed size, sizes in each block header) does not depend on the thread count, so
+    // `STRATA_JOBS=1` gives the bytes every core gives.
+    let stream = MtStreamBuilder::new()
+        .threads(threads)
+        .preset(preset)
+        .check(check)
+        .encoder();
     let stream = stream.map_err(|source| CompressError::XzInit {
         preset,
         threads,
@@ -241,14 +240,14 @@ fn zstd_encoder<W: Write>(w: W, level: i32, threads: u32) -> Result<Encoder<W>, 
     let init = |source| CompressError::ZstdInit { level, source };
     let mut enc = ::zstd::stream::write::Encoder::new(w, level).map_err(init)?;
     enc.include_checksum(true).map_err(init)?;
+    // Workers even for one thread: with one worker or more, libzstd's output does not depend
+    // on how many (with none it writes another layout). Setting them fails with "parameter
+    // out of bound" when libzstd was built without threads; the encoder then stays
+    // single-threaded (reported through `Encoder::threads`).
     let mut used = 1;
-    if threads > 1 {
-        // Fails with "parameter out of bound" when libzstd was built without threads; the
-        // encoder then stays single-threaded (reported through `Encoder::threads`).
-        let workers = ::zstd::zstd_safe::CParameter::NbWorkers(threads);
-        if enc.set_parameter(workers).is_ok() {
-            used = threads;
-        }
+    let workers = ::zstd::zstd_safe::CParameter::NbWorkers(threads);
+    if enc.set_parameter(workers).is_ok() {
+        used = threads;
     }
     Ok(Encoder {
         inner: Inner::Zstd(enc),
@@ -590,15 +589,13 @@ mod tests {
             assert!(back == data, "xz -dc gave different bytes for {c:?}");
             let Some(listing) = xz_list(&xz) else { return };
             assert_eq!(field(&listing, "Check:"), Some(name), "{listing}");
-            // Preset 0 has a 256 KiB dictionary, thus 768 KiB blocks: 2 MiB needs several.
+            // Blocks follow the preset, whatever the thread count: preset 0's small dictionary
+            // makes blocks of about 1 MiB, so 2 MiB needs several; preset 6's are 24 MiB.
             let blocks: usize = field(&listing, "Blocks:").unwrap().parse().unwrap();
-            if threads == 1 {
-                assert_eq!(blocks, 1, "{listing}");
+            if preset == 0 {
+                assert!(blocks >= 2, "preset 0 cuts blocks: {listing}");
             } else {
-                assert!(
-                    blocks >= 2,
-                    "the multi-threaded encoder makes blocks: {listing}"
-                );
+                assert_eq!(blocks, 1, "{listing}");
             }
         }
     }
@@ -648,6 +645,43 @@ mod tests {
             );
         }
         assert_eq!(compress(&data, &Compression::None, true), data);
+    }
+
+    /// The initramfs's encoders give the same bytes on one thread as on several, so a build's
+    /// output does not depend on `STRATA_JOBS`.
+    #[test]
+    fn one_thread_writes_the_bytes_several_do() {
+        let data = sample();
+        for (one, three) in [
+            (
+                Compression::Xz {
+                    threads: 1,
+                    preset: 6,
+                    check: XzCheck::Crc32,
+                },
+                Compression::Xz {
+                    threads: 3,
+                    preset: 6,
+                    check: XzCheck::Crc32,
+                },
+            ),
+            (
+                Compression::Zstd {
+                    level: 19,
+                    threads: 1,
+                },
+                Compression::Zstd {
+                    level: 19,
+                    threads: 3,
+                },
+            ),
+        ] {
+            assert_eq!(
+                compress(&data, &one, false),
+                compress(&data, &three, false),
+                "{one:?} and {three:?}"
+            );
+        }
     }
 
     #[test]
