@@ -152,6 +152,7 @@ fn initramfs_per_platform(
     let mut out = Vec::new();
     for pp in &plan.platforms {
         let modules = crate::plan::modules::closure(plan, pp, kernel)?;
+        remember_module_sums(kernel, &modules);
         let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
         let initrd = match made.iter().find(|(n, _)| *n == names) {
             Some((_, path)) => path.clone(),
@@ -207,6 +208,24 @@ fn initramfs_per_platform(
         out.push(PlatformAssets { modules, initrd });
     }
     Ok(out)
+}
+
+/// Tells the hash memo the sha256 the kernel cache recorded for each module, so the
+/// initramfs's key names the modules by content from the first build on: a module unpacked
+/// moments ago would otherwise be keyed by its hash, and by its stat the next time (the
+/// cache's racy-file rule), and the second build would make the initramfs again. A module
+/// changed since it was unpacked is caught by [`Kernel::verify_shipped`] before any output.
+fn remember_module_sums(kernel: &Kernel, modules: &[ModuleRef]) {
+    for m in modules {
+        let path = kernel.modules_dir.join(&m.rel_path);
+        if let Some(sum) = kernel.sums.get(&path) {
+            let same_size = std::fs::metadata(&path).is_ok_and(|meta| meta.len() == sum.size);
+            if same_size {
+                // Best effort: a file that cannot be examined is keyed the usual way.
+                let _ = crate::io::hash::remember(&path, &sum.sha256);
+            }
+        }
+    }
 }
 
 /// The initramfs's key: every file it holds (by [`crate::cache::key::file_identity`]: the
