@@ -34,7 +34,8 @@ pub struct Context<'a> {
     /// Byte offset and size of the ESP inside it (for the ISO).
     pub esp: (u64, u64),
     /// Byte ranges of the raw image holding data compressed already (squashfs, the
-    /// initramfs's compressed segment): the `.xz` and `.zst` wrappers store them as they are.
+    /// initramfs's compressed segment): the `.xz` and `.zst` wrappers, VMDK grains and the
+    /// GCE tarball store them as they are.
     pub stored: &'a [(u64, u64)],
     /// The disk GUID and the ESP's partition GUID (the ISO's GPT reuses them).
     pub guids: (Guid, Guid),
@@ -248,7 +249,7 @@ fn produce(
             let _ = std::fs::remove_file(&vmdk);
         }
         Format::GcpTar => {
-            format::gcp::write(ctx.raw, dest, ctx.epoch)
+            format::gcp::write(ctx.raw, dest, ctx.epoch, ctx.stored)
                 .map_err(|e| Error::format("writing the gcp tar.gz", e))?;
         }
         Format::Iso => {
@@ -291,7 +292,8 @@ fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats>
             .try_into()
             .unwrap_or([0; 4]),
     );
-    let stats = format::vmdk::write(ctx.raw, &mut w, &format::vmdk::VmdkOptions { cid })
+    let opts = format::vmdk::VmdkOptions { cid };
+    let stats = format::vmdk::write(ctx.raw, &mut w, &opts, ctx.stored)
         .map_err(|e| Error::format("writing the vmdk image", e))?;
     std::io::Write::flush(&mut w).map_err(Error::io("writing", dest))?;
     Ok(stats)

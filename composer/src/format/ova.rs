@@ -290,7 +290,7 @@ mod tests {
         let raw = testutil::small_image();
         let out = tempfile::NamedTempFile::new().unwrap();
         let mut f = out.reopen().unwrap();
-        let stats = vmdk::write(raw.path(), &mut f, &vmdk::VmdkOptions { cid: 7 }).unwrap();
+        let stats = vmdk::write(raw.path(), &mut f, &vmdk::VmdkOptions { cid: 7 }, &[]).unwrap();
         (out, stats)
     }
 
@@ -423,7 +423,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("d.vmdk");
         let mut f = std::io::BufWriter::new(File::create(&disk).unwrap());
-        let stats = vmdk::write(raw.path(), &mut f, &vmdk::VmdkOptions { cid: 9 }).unwrap();
+        let stats = vmdk::write(raw.path(), &mut f, &vmdk::VmdkOptions { cid: 9 }, &[]).unwrap();
         drop(f);
         let o = OvaOptions {
             capacity_bytes: stats.capacity_bytes,

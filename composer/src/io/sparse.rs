@@ -387,6 +387,20 @@ pub mod testutil {
         raw_image(size, &data, &[(300 * MIB, 8 * MIB)])
     }
 
+    /// 48 MiB like a built disk: mixed data (see [`Rng::fill`]) with two long runs of
+    /// random bytes standing for squashfs images, whose ranges are returned as the ones to
+    /// store (what `DiskPlan::compressed_ranges` names on a real disk).
+    pub fn compressed_image() -> (tempfile::NamedTempFile, Vec<(u64, u64)>) {
+        let stored = vec![(4 * MIB + 100, 20 * MIB), (30 * MIB + 4096, 9 * MIB)];
+        let f = raw_image(48 * MIB, &[(0, 47 * MIB)], &[]);
+        let mut rng = Rng::new(0xc0de);
+        for &(off, len) in &stored {
+            let buf: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            f.as_file().write_all_at(&buf, off).expect("write data");
+        }
+        (f, stored)
+    }
+
     /// True if `tool` is installed; see [`crate::test_support::require_tool`].
     pub fn have(tool: &str) -> bool {
         crate::test_support::require_tool(tool)

@@ -21,6 +21,7 @@
 //!
 //! Not supported: gzip, bzip2, lz4, xz BCJ filters, xz presets with the "extreme" flag.
 
+pub mod deflate;
 mod pieces;
 mod xz;
 mod zstd;
