@@ -127,7 +127,12 @@ pub enum EspError {
 }
 
 /// The ESP size: `requested` if it fits, else an error naming both sizes;
-/// for `auto`, the contents plus a quarter (at least 8 MiB) of headroom.
+/// for `auto`, the files' bytes plus a quarter (at least 8 MiB) of headroom,
+/// or the smallest volume that holds them if that is more.
+///
+/// The FAT's own tables and cluster slack come out of the quarter rather
+/// than on top of it, as with `mkfs.vfat` sized to the files plus a quarter:
+/// an ISO carries the whole ESP, free space included.
 pub fn size(files: &[FatFile], requested: Size) -> Result<u64, EspError> {
     let need = crate::fs::fat::required_size(files)?;
     match requested {
@@ -136,7 +141,10 @@ pub fn size(files: &[FatFile], requested: Size) -> Result<u64, EspError> {
             have: human(have),
         }),
         Size::Bytes(have) => Ok(round_up(have, MIB)),
-        Size::Auto => Ok(round_up(need + (need / 4).max(8 * MIB), MIB)),
+        Size::Auto => {
+            let content = crate::fs::fat::content_size(files)?;
+            Ok(round_up(content + (content / 4).max(8 * MIB), MIB).max(need))
+        }
     }
 }
 
@@ -208,6 +216,14 @@ mod tests {
             "{e}"
         );
         let auto = size(&f, Size::Auto).unwrap();
-        assert!(auto >= (40 << 20) + 8 * MIB && auto.is_multiple_of(MIB));
+        assert_eq!(auto, 50 * MIB, "40 MiB of files and a quarter");
+        assert!(auto >= crate::fs::fat::required_size(&f).unwrap());
+        // Few bytes: at least 8 MiB of headroom, and never below what FAT32 needs.
+        let small = vec![FatFile {
+            path: "small".into(),
+            source: FatSource::Bytes(vec![1u8; 4 << 20]),
+        }];
+        let need = crate::fs::fat::required_size(&small).unwrap();
+        assert_eq!(size(&small, Size::Auto).unwrap(), need.max(12 * MIB));
     }
 }

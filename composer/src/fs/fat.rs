@@ -208,6 +208,12 @@ pub enum FatError {
     Write(#[source] PathError),
 }
 
+/// The bytes of `files`' contents, without directories, FAT tables or
+/// cluster slack (what `du -cb` counts).
+pub fn content_size(files: &[FatFile]) -> Result<u64, FatError> {
+    Ok(Plan::new(files)?.content_bytes())
+}
+
 /// The smallest FAT32 volume (bytes, a multiple of 1 MiB) that holds
 /// `files` with the cluster size [`write`] chooses for it.
 ///
