@@ -164,6 +164,48 @@ pub fn requested(names: &[String]) -> std::result::Result<Vec<OutputKind>, (usiz
     Ok(out)
 }
 
+/// A run of guest bytes that a format stores contiguously: `len` bytes of the raw image at
+/// `guest` are at `host` in the output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Offset in the raw image.
+    pub guest: u64,
+    /// Offset in the output file.
+    pub host: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Appends a run, merging it into the last one when both sides continue it.
+pub(crate) fn push_run(runs: &mut Vec<Run>, run: Run) {
+    match runs.last_mut() {
+        Some(r) if r.guest + r.len == run.guest && r.host + r.len == run.host => r.len += run.len,
+        _ => runs.push(run),
+    }
+}
+
+/// `stored` (byte ranges of the raw image) as byte ranges of an output that holds the raw
+/// image's bytes in `runs` (sorted by guest offset): what the `.xz` and `.zst` wrappers of
+/// that output store. Bytes in no run (zeros the format leaves out) are dropped.
+pub fn through(stored: &[(u64, u64)], runs: &[Run]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(off, len) in stored {
+        let end = off + len;
+        let first = runs.partition_point(|r| r.guest + r.len <= off);
+        for r in runs[first..].iter().take_while(|r| r.guest < end) {
+            let (s, e) = (off.max(r.guest), end.min(r.guest + r.len));
+            if s < e {
+                let host = r.host + (s - r.guest);
+                match out.last_mut() {
+                    Some((o, l)) if *o + *l == host => *l += e - s,
+                    _ => out.push((host, e - s)),
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +245,19 @@ mod tests {
             .unwrap_err()
             .contains("compressed already"));
         assert!(OutputKind::parse("vdi").unwrap_err().contains("known: raw"));
+    }
+
+    #[test]
+    fn stored_ranges_follow_the_runs() {
+        let mut runs = Vec::new();
+        for (guest, host, len) in [(0, 100, 10), (10, 110, 10), (50, 120, 30), (90, 200, 10)] {
+            push_run(&mut runs, Run { guest, host, len });
+        }
+        assert_eq!(runs.len(), 3, "{runs:?}");
+        // 5..60 covers the end of the first run, a gap (20..50) and the start of the second,
+        // which continues the first on the host side.
+        assert_eq!(through(&[(5, 55)], &runs), vec![(105, 25)]);
+        assert_eq!(through(&[(20, 30), (85, 100)], &runs), vec![(200, 10)]);
+        assert!(through(&[], &runs).is_empty());
     }
 }

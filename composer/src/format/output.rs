@@ -185,8 +185,9 @@ fn wrap(
 }
 
 /// Writes one container format, uncompressed, to `dest`. Returns the byte ranges of `dest`
-/// that hold the raw image's compressed data where the format keeps it at a known offset
-/// (raw, fixed VHD, ISO), none for the others.
+/// that hold the raw image's compressed data where the format keeps it uncompressed and
+/// knows where (raw, qcow2, both VHDs, ISO), none for the others (VMDK and OVA deflate
+/// their grains, the GCE tarball is gzip'd: they store those ranges themselves).
 fn produce(
     ctx: &Context<'_>,
     format: Format,
@@ -212,8 +213,9 @@ fn produce(
             let opts = format::qcow2::Qcow2Options {
                 cluster_bits: kind.qcow2_cluster_bits,
             };
-            format::qcow2::write(ctx.raw, &mut f, &opts)
+            let (_, runs) = format::qcow2::write_mapped(ctx.raw, &mut f, &opts)
                 .map_err(|e| Error::format("writing the qcow2 image", e))?;
+            return Ok(format::through(ctx.stored, &runs));
         }
         Format::Vhd | Format::VhdDynamic => {
             let opts = format::vhd::VhdOptions {
@@ -226,8 +228,9 @@ fn produce(
                     .map_err(|e| Error::format("writing the vhd image", e))?;
                 return Ok(ctx.stored.to_vec());
             }
-            format::vhd::write_dynamic(ctx.raw, dest, &opts)
+            let (_, runs) = format::vhd::write_dynamic_mapped(ctx.raw, dest, &opts)
                 .map_err(|e| Error::format("writing the vhd image", e))?;
+            return Ok(format::through(ctx.stored, &runs));
         }
         Format::Vmdk => {
             write_vmdk(ctx, dest)?;

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use super::Run;
 use crate::io::sparse;
 
 /// qcow2 magic: `QFI\xfb`.
@@ -208,6 +209,17 @@ pub fn write(
     out: &mut (impl Write + Seek),
     opts: &Qcow2Options,
 ) -> Result<Stats, Qcow2Error> {
+    write_mapped(raw, out, opts).map(|(stats, _)| stats)
+}
+
+/// [`write`], also returning where the raw image's bytes landed in the file (data clusters
+/// in guest order), so a wrapper can find the bytes strata compressed itself
+/// ([`super::through`]).
+pub fn write_mapped(
+    raw: &Path,
+    out: &mut (impl Write + Seek),
+    opts: &Qcow2Options,
+) -> Result<(Stats, Vec<Run>), Qcow2Error> {
     let read_err = |source| Qcow2Error::Read {
         path: raw.to_path_buf(),
         source,
@@ -221,8 +233,15 @@ pub fn write(
     out.seek(geo.cluster_size)?;
     let mut l2: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut next_host = 1u64;
+    let mut runs = Vec::new();
     for chunk in sparse::nonzero_chunks(&file, geo.cluster_size).map_err(read_err)? {
         let chunk = chunk.map_err(read_err)?;
+        let run = Run {
+            guest: chunk.index * geo.cluster_size,
+            host: next_host * geo.cluster_size,
+            len: chunk.data.len() as u64,
+        };
+        super::push_run(&mut runs, run);
         out.write(&chunk.data)?;
         let table = l2
             .entry(chunk.index / geo.l2_entries)
@@ -238,11 +257,12 @@ pub fn write(
     out.inner
         .flush()
         .map_err(|source| Qcow2Error::Write { offset: 0, source })?;
-    Ok(Stats {
+    let stats = Stats {
         virtual_size,
         data_clusters: next_host - 1,
         file_size: layout.total * geo.cluster_size,
-    })
+    };
+    Ok((stats, runs))
 }
 
 /// Write L2 tables, L1 table, refcount table and refcount blocks at their layout places
@@ -423,6 +443,25 @@ mod tests {
         let mut out = Cursor::new(Vec::new());
         let err = write(raw.path(), &mut out, &Qcow2Options { cluster_bits: 22 }).unwrap_err();
         assert!(err.to_string().contains("9 to 21"), "{err}");
+    }
+
+    /// The runs say where each guest byte landed: the mapped stored ranges hold exactly the
+    /// raw image's bytes there.
+    #[test]
+    fn runs_map_guest_bytes_to_the_file() {
+        let (raw, stored) = testutil::compressed_image();
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut f = out.reopen().unwrap();
+        let opts = Qcow2Options { cluster_bits: 16 };
+        let (_, runs) = write_mapped(raw.path(), &mut f, &opts).unwrap();
+        let (img, rawb) = (testutil::bytes(out.path()), testutil::bytes(raw.path()));
+        for r in &runs {
+            let (g, h, n) = (r.guest as usize, r.host as usize, r.len as usize);
+            assert!(img[h..h + n] == rawb[g..g + n], "{r:?}");
+        }
+        let mapped = super::super::through(&stored, &runs);
+        let total: u64 = mapped.iter().map(|r| r.1).sum();
+        assert_eq!(total, stored.iter().map(|r| r.1).sum::<u64>());
     }
 
     #[test]

@@ -300,6 +300,16 @@ fn dynamic_header(bat_offset: u64, blocks: u32) -> [u8; 1024] {
 ///
 /// Only blocks holding a non-zero byte are stored, in guest order.
 pub fn write_dynamic(raw: &Path, out: &Path, opts: &VhdOptions) -> Result<VhdStats, VhdError> {
+    write_dynamic_mapped(raw, out, opts).map(|(stats, _)| stats)
+}
+
+/// [`write_dynamic`], also returning where the raw image's bytes landed in the file, so a
+/// wrapper can find the bytes strata compressed itself ([`super::through`]).
+pub fn write_dynamic_mapped(
+    raw: &Path,
+    out: &Path,
+    opts: &VhdOptions,
+) -> Result<(VhdStats, Vec<super::Run>), VhdError> {
     let (file, size, rounded_up) = open_raw(raw)?;
     let read_err = |source| VhdError::Read {
         path: raw.to_path_buf(),
@@ -318,8 +328,15 @@ pub fn write_dynamic(raw: &Path, out: &Path, opts: &VhdOptions) -> Result<VhdSta
     // Each stored block: a one-sector bitmap (4096 sectors, one bit each) and the data.
     let bitmap = [0xffu8; 512];
     let mut next = bat_offset + bat_len;
+    let mut runs = Vec::new();
     for chunk in sparse::nonzero_chunks(&file, BLOCK_SIZE).map_err(read_err)? {
         let chunk = chunk.map_err(read_err)?;
+        let run = super::Run {
+            guest: chunk.index * BLOCK_SIZE,
+            host: next + 512,
+            len: chunk.data.len() as u64,
+        };
+        super::push_run(&mut runs, run);
         let entry = (chunk.index * 4) as usize;
         // `next` stays below 2040 GiB + metadata, so the sector number fits in 32 bits.
         bat[entry..entry + 4].copy_from_slice(&((next / 512) as u32).to_be_bytes());
@@ -336,11 +353,12 @@ pub fn write_dynamic(raw: &Path, out: &Path, opts: &VhdOptions) -> Result<VhdSta
     dst.write_all_at(&foot, next).map_err(write_err)?;
     dst.set_len(next + 512).map_err(write_err)?;
     dst.sync_data().map_err(write_err)?;
-    Ok(VhdStats {
+    let stats = VhdStats {
         virtual_size: size,
         rounded_up,
         file_size: next + 512,
-    })
+    };
+    Ok((stats, runs))
 }
 
 /// Check that `path` ends in a VHD footer whose checksum is right.
@@ -557,6 +575,23 @@ mod tests {
         let vhd = testutil::bytes(out.path());
         assert_eq!(vhd[..512], vhd[vhd.len() - 512..]);
         judge(raw.path(), out.path(), 64 * MIB, true);
+    }
+
+    /// The runs say where each guest byte landed: the file holds the raw image's bytes there,
+    /// and every stored range maps whole (its bytes are not zero, so they are all stored).
+    #[test]
+    fn dynamic_runs_map_guest_bytes_to_the_file() {
+        let (raw, stored) = testutil::compressed_image();
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let (_, runs) = write_dynamic_mapped(raw.path(), out.path(), &OPTS).unwrap();
+        let (img, rawb) = (testutil::bytes(out.path()), testutil::bytes(raw.path()));
+        for r in &runs {
+            let (g, h, n) = (r.guest as usize, r.host as usize, r.len as usize);
+            assert!(img[h..h + n] == rawb[g..g + n], "{r:?}");
+        }
+        let mapped = super::super::through(&stored, &runs);
+        let total: u64 = mapped.iter().map(|r| r.1).sum();
+        assert_eq!(total, stored.iter().map(|r| r.1).sum::<u64>());
     }
 
     #[test]
