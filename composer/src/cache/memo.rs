@@ -35,7 +35,7 @@ pub const FILE: &str = "digests";
 const HEADER: &str = "strata-digests 1";
 
 /// Records beyond this many are dropped at [`save`], those not used by this build first.
-const MAX_RECORDS: usize = 1 << 20;
+const MAX_RECORDS: usize = 1 << 18;
 
 /// What a digest is tied to: size, modification and change time in ns.
 type Stamp = (u64, i128, i128);
