@@ -55,8 +55,10 @@ pub struct Stats {
     pub compressed: u64,
 }
 
-/// Writes the initramfs to `out`.
-pub fn write(out: &Path, c: &Contents<'_>) -> std::io::Result<Stats> {
+/// Writes the initramfs to `out`: the stored segment, then the compressed segment already
+/// written to `boot` by [`write_boot`] (its own step, so a build that changed only an
+/// extension does not compress the modules again).
+pub fn write(out: &Path, c: &Contents<'_>, boot: &Path) -> std::io::Result<Stats> {
     let file = File::create(out)?;
     let mut w = CountingWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
@@ -64,16 +66,35 @@ pub fn write(out: &Path, c: &Contents<'_>) -> std::io::Result<Stats> {
     };
     write_stored(&mut w, c)?;
     let stored = w.count;
-    let enc =
-        compress::encoder(&mut w, &compression(c.compression)).map_err(std::io::Error::other)?;
-    let enc = write_boot_part(enc, c)?;
-    enc.finish()?;
+    std::io::copy(&mut File::open(boot)?, &mut w)?;
     let compressed = w.count - stored;
     w.inner
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()?;
     Ok(Stats { stored, compressed })
+}
+
+/// Writes the compressed segment alone to `out`: the init, `/dev/console`, the modules,
+/// `modules.load` and the small files, compressed. It depends on none of the squashfs
+/// images; its bytes do not depend on where they are written, so the initramfs that
+/// [`write`] assembles is the one a single pass would write.
+pub fn write_boot(out: &Path, c: &Contents<'_>) -> std::io::Result<u64> {
+    let file = File::create(out)?;
+    let mut w = CountingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        count: 0,
+    };
+    let enc =
+        compress::encoder(&mut w, &compression(c.compression)).map_err(std::io::Error::other)?;
+    let enc = write_boot_part(enc, c)?;
+    enc.finish()?;
+    let written = w.count;
+    w.inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(written)
 }
 
 fn compression(c: InitramfsCompressor) -> Compression {
@@ -257,23 +278,23 @@ mod tests {
         ];
         let images = vec![("sysext/x.raw".to_string(), raw)];
         let out = d.join("initrd.img");
-        let stats = write(
-            &out,
-            &Contents {
-                init: &init,
-                release: "6.1.0",
-                modules_dir: d,
-                modules: &[],
-                rootfs: &rootfs,
-                layers: &layers,
-                images: &images,
-                files: &[],
-                extensions_yaml: "layers: []\n",
-                mtime: 0,
-                compression: InitramfsCompressor::Zstd,
-            },
-        )
-        .unwrap();
+        let contents = Contents {
+            init: &init,
+            release: "6.1.0",
+            modules_dir: d,
+            modules: &[],
+            rootfs: &rootfs,
+            layers: &layers,
+            images: &images,
+            files: &[],
+            extensions_yaml: "layers: []\n",
+            mtime: 0,
+            compression: InitramfsCompressor::Zstd,
+        };
+        let boot = d.join("initrd.boot");
+        let boot_len = write_boot(&boot, &contents).unwrap();
+        let stats = write(&out, &contents, &boot).unwrap();
+        assert_eq!(stats.compressed, boot_len);
         let ranges = compressed_ranges(&out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let at = |(off, len): (u64, u64)| bytes[off as usize..(off + len) as usize].to_vec();

@@ -152,7 +152,6 @@ fn initramfs_per_platform(
     let mut out = Vec::new();
     for pp in &plan.platforms {
         let modules = crate::plan::modules::closure(plan, pp, kernel)?;
-        remember_module_sums(kernel, &modules);
         let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
         let initrd = match made.iter().find(|(n, _)| *n == names) {
             Some((_, path)) => path.clone(),
@@ -172,6 +171,7 @@ fn initramfs_per_platform(
                     compression: plan.initramfs_compression,
                 };
                 let name = format!("initrd-{}.img", made.len());
+                let boot = (work.join(format!("initrd-{}.boot", made.len())), cache);
                 // Progress from outside: the bytes the file holds as it is written.
                 let task = step.sub(&name, None);
                 let made_now = cache.get_or_make(
@@ -180,8 +180,9 @@ fn initramfs_per_platform(
                     || initramfs_key(&contents),
                     &path,
                     |out| {
+                        let boot = boot_part(&contents, &name, &boot)?;
                         let stats = crate::progress::watch_file(&task, out, || {
-                            initramfs::write(out, &contents)
+                            initramfs::write(out, &contents, &boot)
                         })
                         .map_err(Error::io("writing the initramfs", out))?;
                         Ok([("stored", stats.stored), ("compressed", stats.compressed)]
@@ -210,32 +211,58 @@ fn initramfs_per_platform(
     Ok(out)
 }
 
-/// Tells the hash memo the sha256 the kernel cache recorded for each module, so the
-/// initramfs's key names the modules by content from the first build on: a module unpacked
-/// moments ago would otherwise be keyed by its hash, and by its stat the next time (the
-/// cache's racy-file rule), and the second build would make the initramfs again. A module
-/// changed since it was unpacked is caught by [`Kernel::verify_shipped`] before any output.
-fn remember_module_sums(kernel: &Kernel, modules: &[ModuleRef]) {
-    for m in modules {
-        let path = kernel.modules_dir.join(&m.rel_path);
-        if let Some(sum) = kernel.sums.get(&path) {
-            let same_size = std::fs::metadata(&path).is_ok_and(|meta| meta.len() == sum.size);
-            if same_size {
-                // Best effort: a file that cannot be examined is keyed the usual way.
-                let _ = crate::io::hash::remember(&path, &sum.sha256);
-            }
-        }
-    }
+/// The initramfs's compressed segment ([`initramfs::write_boot`]) through the step cache
+/// (`initramfs-boot`): made when the initramfs is, kept apart because it holds none of the
+/// squashfs images, so a build that changed only an extension copies it instead of
+/// compressing the modules again. `fallback`: where it goes (the cache off), and the cache.
+fn boot_part(
+    c: &initramfs::Contents<'_>,
+    name: &str,
+    (fallback, cache): &(PathBuf, &Cache),
+) -> Result<PathBuf> {
+    let made = cache.get_or_make(
+        "initramfs-boot",
+        &format!("{name} (compressed part)"),
+        || boot_key(c),
+        fallback,
+        |out| {
+            let size = initramfs::write_boot(out, c)
+                .map_err(Error::io("writing the initramfs's compressed part", out))?;
+            Ok([("compressed".to_string(), size)].into())
+        },
+    )?;
+    Ok(made.path)
 }
 
-/// The initramfs's key: every file it holds (by [`crate::cache::key::file_identity`]: the
-/// squashfs images by their cache digests), the small files' bytes, and its settings.
+/// Turns an I/O error on `p` into a step error naming it.
+fn io_error(p: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let p = p.to_path_buf();
+    move |e| Error::step(ErrorKind::Io, format!("reading {}", p.display()), e)
+}
+
+/// The initramfs's key: its compressed segment's key, and every file of its stored segment
+/// (by [`crate::cache::key::file_identity`]: the squashfs images by their cache digests).
 fn initramfs_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| Error::step(ErrorKind::Io, format!("reading {}", p.display()), e)
-    };
+    let io = io_error;
     let mut k = KeyBuilder::new("initramfs");
+    k.key("boot", &boot_key(c)?);
+    k.file("rootfs", c.rootfs).map_err(io(c.rootfs))?;
+    for (label, list) in [("layer", c.layers), ("image", c.images)] {
+        for (name, path) in list {
+            k.str(label, name);
+            k.file("file", path).map_err(io(path))?;
+        }
+    }
+    k.str("extensions.yaml", c.extensions_yaml)
+        .u64("mtime", u64::from(c.mtime));
+    Ok(k.finish())
+}
+
+/// The compressed segment's key: the init, the kernel release, each module file, the small
+/// files' bytes, the mtime and the compressor.
+fn boot_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
+    let io = io_error;
+    let mut k = KeyBuilder::new("initramfs-boot");
     k.file("init", c.init).map_err(io(c.init))?;
     k.str("release", c.release);
     for m in c.modules {
@@ -244,18 +271,10 @@ fn initramfs_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
             .bytes("path", m.rel_path.as_os_str().as_encoded_bytes());
         k.file("module-file", &file).map_err(io(&file))?;
     }
-    k.file("rootfs", c.rootfs).map_err(io(c.rootfs))?;
-    for (label, list) in [("layer", c.layers), ("image", c.images)] {
-        for (name, path) in list {
-            k.str(label, name);
-            k.file("file", path).map_err(io(path))?;
-        }
-    }
     for (name, bytes) in c.files {
         k.str("name", name).bytes("bytes", bytes);
     }
-    k.str("extensions.yaml", c.extensions_yaml)
-        .u64("mtime", u64::from(c.mtime))
+    k.u64("mtime", u64::from(c.mtime))
         .debug("compression", &c.compression);
     Ok(k.finish())
 }

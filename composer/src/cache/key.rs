@@ -4,17 +4,13 @@
 //! no two different field lists hash alike (`("ab", "c")` is not `("a", "bc")`). Every key
 //! starts with the cache [`SCHEMA`], the strata version and the step's name.
 //!
-//! **Files.** A file's contents are named by [`file_identity`]: its sha256 when it is already
-//! known ([`crate::io::hash::remember`]: a cache entry, verified when found), else its *stat
-//! fingerprint* — device, inode, size, modification and change times in nanoseconds. Hashing
-//! every byte of a 200 MB root on every build would alone exceed the one-second budget of a
-//! build that changed nothing; a stat per file costs milliseconds. The trade-off: a file
-//! rewritten with the same bytes (`touch`, a fresh checkout) changes the key and costs one
-//! rebuild, never a wrong output; and an edit that restores both mtime and ctime (which needs
-//! a changed system clock) would go unseen. As in git's "racy" rule, a file changed less than
-//! [`RACY_SECS`] before it is looked at is hashed instead: timestamps are only as fine as the
-//! kernel's clock tick, so two writes of the same size within one tick would share a
-//! fingerprint.
+//! **Files.** A file's contents are named by [`file_identity`]: always its sha256, so a key
+//! depends on contents alone (the same on every machine, after a checkout or a `touch`),
+//! never on where or when a file was written. The digest comes from the step cache when the
+//! file is an entry (verified when found, [`crate::io::hash::remember`]), else from the
+//! persistent [`super::memo`] (stat -> digest, in the cache directory) when the file's stat
+//! has not moved since it was last hashed, else from reading it. A build that changed
+//! nothing therefore stats each input file and reads none.
 //!
 //! **Extracted trees.** Contents unpacked from an archive (an OCI image, a tar root, a sysext
 //! image) get new inodes on every build, so their fingerprints would never match. A tree
@@ -27,15 +23,11 @@ use crate::fs::tree::{EntryKind, FileData, Tree};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Bumped whenever a step's output changes for the same inputs without the strata version
 /// changing, or the entry layout changes: every older entry then misses.
-pub const SCHEMA: u32 = 1;
-
-/// A file modified this recently (seconds) is keyed by its sha256, not its fingerprint.
-pub const RACY_SECS: i64 = 2;
+pub const SCHEMA: u32 = 2;
 
 /// A step key: 64 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,30 +148,14 @@ impl KeyBuilder {
     }
 }
 
-/// What stands for a file's contents in a key: `sha256:<hex>` when the digest is known,
-/// else `stat:<dev>:<inode>:<size>:<mtime ns>:<ctime ns>`, or its sha256 again when it changed
-/// in the last [`RACY_SECS`] (see the module documentation).
+/// What stands for a file's contents in a key: `sha256:<hex>`, from the step cache's
+/// records, the digest memo, or a read (see the module documentation).
 pub fn file_identity(path: &Path) -> io::Result<String> {
-    if let Some(sha) = crate::io::hash::known_sha256(path) {
-        return Ok(format!("sha256:{sha}"));
-    }
-    let m = std::fs::metadata(path)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    if now - m.mtime().max(m.ctime()) < RACY_SECS {
-        return Ok(format!("sha256:{}", crate::io::hash::file_sha256(path)?));
-    }
-    Ok(format!(
-        "stat:{}:{}:{}:{}.{:09}:{}.{:09}",
-        m.dev(),
-        m.ino(),
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec()
-    ))
+    let sha = match crate::io::hash::known_sha256(path) {
+        Some(sha) => sha,
+        None => super::memo::sha256(path)?,
+    };
+    Ok(format!("sha256:{sha}"))
 }
 
 /// A file inside one of `scratch`: its place there and its size.

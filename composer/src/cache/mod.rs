@@ -7,7 +7,8 @@
 //! | step | key ([`key::KeyBuilder`]) |
 //! |---|---|
 //! | `squashfs` (root, each layer, each DDI tree, each disabled extension, `files:`) | the tree: every path, kind, mode, owner, link target, and each file's contents ([`key`]); the digests of the archives it was unpacked from; the squashfs options |
-//! | `initramfs` | init binary, kernel release, each module file, the root and layer images (their keys' digests), the guest files, `extensions.yaml`, mtime, compressor |
+//! | `initramfs-boot` (its compressed segment) | init binary, kernel release, each module file, the guest files, mtime, compressor |
+//! | `initramfs` | the `initramfs-boot` key, the root and layer images (their keys' digests), `extensions.yaml`, mtime |
 //! | `disk` | the layout (sizes, GUIDs), each ESP file, the FAT options |
 //! | `output` | the disk's key, the format and its options (wrap, qcow2 cluster size), name, platform, architecture, epoch, seed |
 //!
@@ -19,8 +20,10 @@
 //!
 //! ```text
 //! <cache>/steps/<key>/data        the step's output, one file
-//! <cache>/steps/<key>/entry.json  schema, key, step, size, sha256, stat fingerprint, extra
+//! <cache>/steps/<key>/entry.json  schema, key, step, size, sha256, sparse digest, stat
+//!                                 fingerprint, extra
 //! <cache>/steps/.lock             builds share it; `strata cache prune` takes it alone
+//! <cache>/digests                 the digest memo: input files' sha256 by stat ([`memo`])
 //! <cache>/tmp/.partial-<pid>-*    an entry being written
 //! ```
 //!
@@ -38,9 +41,19 @@
 //! # Verification
 //!
 //! Before use, an entry's data must have the recorded size. Entries up to
-//! [`HASH_ALWAYS`] are hashed every time. Hashing larger ones on every use would cost the
-//! one-second budget of a no-op build several times over (a 200 MB root, a same-size
-//! initramfs, a raw disk and its formats: about 1.5 GB, 3–5 s of sha256 on one core), so
+//! [`HASH_ALWAYS`] are hashed every time. Hashing reads only the data ranges the file
+//! system reports ([`crate::io::hash::file_digests`]), never the holes: a 2 GiB disk image
+//! holding 150 MB costs 150 MB of reading, not 2 GiB of zero-filled reads. A dense entry is
+//! checked by its sha256; a mostly sparse one (the raw disk: more than half holes) by its
+//! *sparse digest*, the sha256 of its size and of each non-zero 64 KiB chunk with its offset,
+//! which does not hash the holes' zeros either and depends on the contents only (a copy that
+//! allocated the zeros verifies alike). Its plain sha256, which the manifest and an OCI blob
+//! digest name, is computed only when first asked for ([`Cache::sha256`]: beside the formats
+//! being written, not before them) and then recorded in the entry.
+//!
+//! Hashing larger entries on every use would still cost the one-second budget of a no-op
+//! build several times over (a 200 MB root, a same-size initramfs, the raw disk's data and
+//! its formats: about 800 MB, 1–2 s of sha256 on one core), so
 //! for them the *stat fingerprint* recorded when the entry was sealed (inode, size,
 //! modification time in ns) is checked instead, and any difference — a truncation, a write
 //! through an output hard-linked to the entry, a copy of the cache to another disk — leads to a
@@ -62,11 +75,12 @@
 //! (digest = the recorded sha256), `entry.json`'s fields as annotations — pushed to a
 //! registry with the key as its tag. A remote lookup is then a manifest `HEAD` of
 //! `<repo>:<key>`, and a pulled blob is digest-checked on its way in as any OCI blob
-//! (`source/oci/`). Keys hold no machine-local paths, so machines of the same strata version
-//! share entries; only the stat fingerprints of local inputs are local, and they are a
-//! stand-in for the content that a shared cache would key by digest instead. Not done yet.
+//! (`source/oci/`). Keys hold no machine-local paths and name input files by their sha256
+//! ([`memo`] only saves re-reading them), so machines of the same strata version share
+//! entries. Not done yet.
 
 pub mod key;
+pub mod memo;
 pub mod prune;
 
 use crate::error::{Error, Result};
@@ -142,8 +156,17 @@ pub struct Meta {
     pub name: String,
     /// Bytes of `data`.
     pub size: u64,
-    /// Hex sha256 of `data`.
-    pub sha256: String,
+    /// Hex sha256 of `data`, holes included: what the manifest and an OCI blob digest name.
+    /// `None` for a mostly sparse entry (a raw disk) until first asked for
+    /// ([`Cache::sha256`]): hashing 2 GiB of holes' zeros would delay every output made
+    /// from the disk, and a build that ships no plain raw image never needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Hex sparse digest of `data` ([`crate::io::hash::file_digests`]), recorded instead of
+    /// the sha256 for a mostly sparse entry, and then what verification checks: it reads
+    /// neither the holes nor hashes their zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<String>,
     /// `data`'s inode when the fingerprint was taken.
     pub inode: u64,
     /// `data`'s modification time (ns since the epoch) then.
@@ -155,6 +178,8 @@ pub struct Meta {
 
 /// The step cache of one build (or of `strata cache`).
 pub struct Cache {
+    /// The cache directory (the digest memo's home).
+    root: PathBuf,
     steps: PathBuf,
     tmp: PathBuf,
     enabled: bool,
@@ -173,11 +198,14 @@ impl Cache {
             fs::create_dir_all(&steps).map_err(Error::io("creating", &steps))?;
             fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
             let path = steps.join(".lock");
-            Some(lock(&steps, libc::LOCK_SH).map_err(Error::io("locking", &path))?)
+            let held = lock(&steps, libc::LOCK_SH).map_err(Error::io("locking", &path))?;
+            memo::load(root);
+            Some(held)
         } else {
             None
         };
         Ok(Cache {
+            root: root.to_path_buf(),
             steps,
             tmp,
             enabled,
@@ -272,8 +300,9 @@ impl Cache {
         match verify(&dir, key, false) {
             Check::Good(meta) => {
                 let data = dir.join(DATA);
-                crate::io::hash::remember(&data, &meta.sha256)
-                    .map_err(Error::io("reading", &data))?;
+                if let Some(sha) = &meta.sha256 {
+                    crate::io::hash::remember(&data, sha).map_err(Error::io("reading", &data))?;
+                }
                 touch(&dir.join(META));
                 Ok(Some(meta))
             }
@@ -295,11 +324,15 @@ impl Cache {
         extra: BTreeMap<String, u64>,
     ) -> Result<Meta> {
         let data = partial.path().join(DATA);
-        let (sha256, size) = {
-            let mut f = File::open(&data).map_err(Error::io("reading", &data))?;
-            let r = crate::io::hash::reader_sha256(&mut f).map_err(Error::io("reading", &data))?;
+        let digests = {
+            let f = File::open(&data).map_err(Error::io("reading", &data))?;
+            let m = f.metadata().map_err(Error::io("reading", &data))?;
+            // Mostly holes: the plain sha256 waits until someone asks (see `Meta::sha256`).
+            let dense = m.blocks().saturating_mul(512) >= m.len() / 2;
+            let d = crate::io::hash::file_digests(&f, dense, !dense)
+                .map_err(Error::io("reading", &data))?;
             f.sync_all().map_err(Error::io("syncing", &data))?;
-            r
+            d
         };
         let m = fs::metadata(&data).map_err(Error::io("reading", &data))?;
         let meta = Meta {
@@ -307,8 +340,9 @@ impl Cache {
             key: key.to_string(),
             step: step.into(),
             name: name.into(),
-            size,
-            sha256,
+            size: digests.size,
+            sha256: digests.sha256,
+            sparse: digests.sparse,
             inode: m.ino(),
             mtime_ns: mtime_ns(&m),
             extra,
@@ -327,8 +361,51 @@ impl Cache {
         let _moved = partial.keep();
         sync_dir(&self.steps)?;
         let data = dest.join(DATA);
-        crate::io::hash::remember(&data, &meta.sha256).map_err(Error::io("reading", &data))?;
+        if let Some(sha) = &meta.sha256 {
+            crate::io::hash::remember(&data, sha).map_err(Error::io("reading", &data))?;
+        }
         Ok(meta)
+    }
+
+    /// The plain sha256 of a step's product: recorded in its entry, or computed now (holes
+    /// from memory, [`crate::io::hash::file_digests`]) and recorded there for every later
+    /// build. Either way remembered ([`crate::io::hash::remember`]), so the manifest's sum of
+    /// an output linked to the entry reads nothing. Meant to run beside other work: the
+    /// outputs step asks for the disk's while the formats are written.
+    pub fn sha256(&self, product: &Product) -> Result<String> {
+        let data = &product.path;
+        if let Some(sha) = crate::io::hash::known_sha256(data) {
+            return Ok(sha);
+        }
+        let f = File::open(data).map_err(Error::io("reading", data))?;
+        let d =
+            crate::io::hash::file_digests(&f, true, true).map_err(Error::io("reading", data))?;
+        let sha = d.sha256.unwrap_or_default();
+        let entry = data
+            .parent()
+            .filter(|_| product.outcome != Outcome::Bypassed);
+        if let Some(dir) = entry {
+            // Best effort: an entry that cannot record it is hashed again next time.
+            if let Ok(mut meta) = serde_json::from_slice::<Meta>(
+                &fs::read(dir.join(META)).map_err(Error::io("reading", dir.join(META)))?,
+            ) {
+                if meta.sparse == d.sparse && meta.sha256.is_none() {
+                    meta.sha256 = Some(sha.clone());
+                    let _ = write_meta(dir, &meta);
+                }
+            }
+        }
+        crate::io::hash::remember(data, &sha).map_err(Error::io("reading", data))?;
+        Ok(sha)
+    }
+}
+
+impl Drop for Cache {
+    /// Writes the digest memo back (best effort: a memo not written costs reads next time).
+    fn drop(&mut self) {
+        if self.enabled {
+            let _ = memo::save(&self.root);
+        }
     }
 }
 
@@ -367,11 +444,22 @@ pub(crate) fn verify(dir: &Path, key: &Key, full: bool) -> Check {
     if same_stat && !full && meta.size > HASH_ALWAYS {
         return Check::Good(meta);
     }
-    match crate::io::hash::reader_sha256(&mut match File::open(&data) {
-        Ok(f) => f,
-        Err(_) => return Check::Bad,
-    }) {
-        Ok((sha, size)) if sha == meta.sha256 && size == meta.size => {}
+    let Ok(f) = File::open(&data) else {
+        return Check::Bad;
+    };
+    // The sparse digest when one was recorded, else the sha256; neither: not trusted.
+    let sparse = meta.sparse.is_some();
+    match crate::io::hash::file_digests(&f, !sparse, sparse) {
+        Ok(d) if d.size == meta.size => {
+            let (got, want) = if sparse {
+                (d.sparse, &meta.sparse)
+            } else {
+                (d.sha256, &meta.sha256)
+            };
+            if got.is_none() || got != *want {
+                return Check::Bad;
+            }
+        }
         _ => return Check::Bad,
     }
     if !same_stat {
@@ -579,6 +667,44 @@ mod tests {
         fs::rename(&copy, &p.path).unwrap();
         assert_eq!(get(&c, &key(3), &big, &runs).outcome, Outcome::Hit);
         assert_eq!(runs.get(), 2);
+    }
+
+    /// A mostly sparse entry (a raw disk) is sealed and verified by its sparse digest; its
+    /// plain sha256 is computed when asked for, is `sha256sum`'s, and is recorded for the
+    /// next build; a change inside its data is still caught.
+    #[test]
+    fn sparse_entries_get_their_plain_sum_on_demand() {
+        use std::os::unix::fs::FileExt;
+        let root = tempfile::tempdir().unwrap();
+        let size = 4 * HASH_ALWAYS;
+        let make = |p: &Path| {
+            let f = File::create(p).map_err(Error::io("creating", p))?;
+            f.set_len(size).map_err(Error::io("sizing", p))?;
+            f.write_all_at(b"gpt", 512)
+                .map_err(Error::io("writing", p))?;
+            Ok(BTreeMap::new())
+        };
+        let c = Cache::open(root.path(), true).unwrap();
+        let p = c
+            .get_or_make("disk", "d", || Ok(key(7)), Path::new("/nonexistent"), make)
+            .unwrap();
+        let dir = p.path.parent().unwrap().to_path_buf();
+        let meta = |d: &Path| -> Meta {
+            serde_json::from_slice(&fs::read(d.join(META)).unwrap()).unwrap()
+        };
+        assert!(meta(&dir).sha256.is_none() && meta(&dir).sparse.is_some());
+        let mut dense = vec![0u8; size as usize];
+        dense[512..515].copy_from_slice(b"gpt");
+        let want = crate::io::hash::bytes_sha256(&dense);
+        assert_eq!(c.sha256(&p).unwrap(), want);
+        assert_eq!(meta(&dir).sha256.as_deref(), Some(want.as_str()));
+        assert!(matches!(verify(&dir, &key(7), true), Check::Good(_)));
+        // Same size, same mtime, one byte changed: the full check sees it.
+        let m = fs::metadata(&p.path).unwrap();
+        let f = File::options().write(true).open(&p.path).unwrap();
+        f.write_all_at(b"x", 3 * HASH_ALWAYS).unwrap();
+        f.set_modified(m.modified().unwrap()).unwrap();
+        assert!(matches!(verify(&dir, &key(7), true), Check::Bad));
     }
 
     /// A build killed while writing leaves a `.partial-*` directory (never looked at) or,

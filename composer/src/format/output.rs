@@ -9,7 +9,8 @@
 //! The raw disk and every output are steps of the step cache ([`crate::cache`]): the disk
 //! is keyed by its layout and its ESP files, each output by the disk's key and its format's
 //! options. A hit is linked (or copied) into its temporary file; when every output is a hit,
-//! the disk is not even written.
+//! the disk is not even written. The disk's plain sha256 (the raw image's manifest sum) is
+//! hashed on a thread of its own while the formats are written ([`Cache::sha256`]).
 
 use crate::arch::Arch;
 use crate::cache::{Cache, Key, KeyBuilder, Outcome, Product};
@@ -412,9 +413,32 @@ pub fn write_platform(
         out_dir: out.path(),
     };
     let workers = crate::par::jobs();
-    let mut files = write_all(&converted, workers, |kind| cached_output(&disk, &ctx, kind))?;
-    if let Some(raw_kind) = pp.outputs.iter().find(|k| is_plain_raw(k)) {
-        let made = disk.product()?;
+    let raw_kind = pp.outputs.iter().find(|k| is_plain_raw(k));
+    let (files, raw_made) = std::thread::scope(|s| {
+        // The plain raw image's sum (the disk's sha256, 2 GiB of mostly zeros) is hashed
+        // beside the formats rather than before them.
+        let sum = raw_kind.map(|_| {
+            s.spawn(|| {
+                let made = disk.product()?;
+                cache.sha256(&made)?;
+                Ok::<_, Error>(made)
+            })
+        });
+        let files = write_all(&converted, workers, |kind| cached_output(&disk, &ctx, kind));
+        let made = sum.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(Error::step(
+                    crate::error::ErrorKind::Io,
+                    "hashing the disk",
+                    "the hashing thread panicked",
+                ))
+            })
+        });
+        (files, made)
+    });
+    let mut files = files?;
+    if let (Some(raw_kind), Some(made)) = (raw_kind, raw_made) {
+        let made = made?;
         if made.outcome != Outcome::Bypassed {
             place(&made.path, raw_tmp.path())?;
         }
