@@ -75,6 +75,9 @@ pub struct Profile {
     /// Files the image ships on top of the root and every extension.
     #[serde(default)]
     pub files: Vec<files::FileSpec>,
+    /// `pcr:` — sign the UKI's predicted PCR 11 policy (docs/trusted-boot-pcr.md).
+    #[serde(default)]
+    pub pcr: Option<PcrSpec>,
 }
 
 /// Reads an optional size (`8 KiB`, `65536`) as bytes; `auto` is refused.
@@ -120,6 +123,15 @@ pub struct OsIdentity {
     pub id: String,
     /// os-release `VERSION_ID`; Talos extensions' `compatibility` is checked against it.
     pub version: String,
+}
+
+/// `pcr:` — the key that signs the UKI's TPM PCR 11 policies (`.pcrsig`);
+/// its public key goes into `.pcrpkey`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcrSpec {
+    /// PEM RSA private key, relative to the profile's directory.
+    pub key: String,
 }
 
 /// `kernel:` — where the kernel comes from, and what the image adds to it.
