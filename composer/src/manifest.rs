@@ -403,4 +403,16 @@ mod tests {
         let other = Manifest::merge(Some(m), "q", build("amd64", "metal-amd64.raw"));
         assert_eq!(other.builds.len(), 1);
     }
+
+    #[test]
+    fn the_pcr11_prediction_is_recorded_only_when_made() {
+        let mut b = build("amd64", "x.raw");
+        let none = serde_json::to_string(&b).unwrap();
+        assert!(!none.contains("pcr11"), "{none}");
+        b.pcr11 = Some(crate::trust::pcr::predict_from(&[0u8; 32]));
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(text.contains(r#""pcr11":{"stub":"0000"#), "{text}");
+        assert!(text.contains(r#""phase":"enter-initrd:leave-initrd:sysinit:ready""#));
+        assert_eq!(serde_json::from_str::<Build>(&text).unwrap(), b);
+    }
 }

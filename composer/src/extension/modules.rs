@@ -286,4 +286,51 @@ mod tests {
             .to_string();
         assert!(e.contains("a key the kernel does not trust"), "{e}");
     }
+
+    /// The signer learnt from Debian's kernel package is the one its own
+    /// dummy.ko (the extension input) carries: what makes that module
+    /// acceptable under Secure Boot.
+    #[test]
+    fn the_kernels_signer_is_read_from_its_modules() {
+        use crate::test_support::{kernel_deb, require_input, require_tools, workspace_root};
+        let deb = kernel_deb("amd64");
+        let dummy = workspace_root().join(
+            "build/ext-dummy-amd64/rootfs/usr/lib/modules/6.1.0-57-amd64/kernel/drivers/net/dummy.ko",
+        );
+        if !require_input(&deb) || !require_input(&dummy) || !require_tools(&["dpkg-deb", "tar"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Only the network drivers: enough modules, a fraction of the package.
+        let cmd = format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './lib/modules/*/kernel/drivers/net/*.ko'",
+            deb.display(),
+            dir.path().display()
+        );
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{cmd}");
+        let release_dir = std::fs::read_dir(dir.path().join("lib/modules"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let index = crate::kmod::ModuleIndex::scan(&release_dir).unwrap();
+        assert!(!index.is_empty());
+        let signers = kernel_signers(&index, &release_dir).unwrap();
+        let Signature::Signed(own) = crate::kmod::signature::parse(&std::fs::read(&dummy).unwrap())
+        else {
+            panic!("dummy.ko is not signed")
+        };
+        if index.release() == "6.1.0-57-amd64" {
+            assert_eq!(signers, BTreeSet::from([own]));
+        } else {
+            // Another kernel build has another build key.
+            assert_eq!(signers.len(), 1, "{signers:?}");
+            assert!(!signers.contains(&own));
+        }
+    }
 }

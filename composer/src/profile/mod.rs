@@ -930,6 +930,14 @@ extensions:
     }
 
     #[test]
+    fn the_pcr_key_is_read_and_resolved() {
+        let p = load_text(&format!("{GOOD}pcr:\n  key: keys/pcr.key\n")).unwrap();
+        let key = &p.profile.pcr.as_ref().unwrap().key;
+        assert!(p.resolve(key).ends_with("keys/pcr.key"));
+        assert!(load_text(&format!("{GOOD}pcr:\n  key: k\n  bank: sha1\n")).is_err());
+    }
+
+    #[test]
     fn unknown_keys_name_the_line_and_the_fix() {
         let e = load_text(&GOOD.replace("  dir: root", "  dir: root\n  colour: red")).unwrap_err();
         let err = e.to_string();
