@@ -5,7 +5,9 @@
 //! Supported: amd64 (`q35`) and arm64 (`virt`) guests, Debian's OVMF/AAVMF
 //! firmware, KVM when it really works and TCG otherwise, raw/qcow2/vmdk/vpc
 //! images attached as virtio-blk, NVMe, AHCI, PVSCSI, virtio-scsi or CD-ROM.
-//! The image is never modified (snapshot or read-only drive). Not supported:
+//! The image is never modified (snapshot or read-only drive). A software
+//! TPM 2.0 ([`swtpm`]) is attached when [`GuestChecks::tpm`] asks for one.
+//! Not supported:
 //! networking, graphics, Secure Boot, several disks, BIOS boot. Debian's
 //! firmware lacks some drivers (OVMF: PVSCSI; AAVMF: AHCI and PVSCSI): the
 //! image is then also attached, read-only, on virtio-blk for the firmware
