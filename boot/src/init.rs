@@ -103,6 +103,17 @@ impl Reporter {
         }
     }
 
+    /// Reports PCR 11 when the machine has a TPM (see [`crate::tpm`]).
+    fn report_tpm(&mut self) {
+        if let Some(read) = crate::tpm::read_pcr11(Path::new(crate::tpm::TPM0)) {
+            let (pcr11, detail) = match read {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(e)),
+            };
+            self.emit(&Event::Tpm { pcr11, detail });
+        }
+    }
+
     /// Reports each disk (joining the scan, or scanning now).
     fn report_disks(&mut self) {
         let result = match self.disks.take() {
@@ -166,6 +177,7 @@ pub fn run() -> ! {
         .and_then(|()| assemble(&mut rep, &Layout::default(), &cmdline));
     if api_ok {
         rep.report_disks();
+        rep.report_tpm();
     }
     rep.emit(&Event::Done {
         ok: rep.ok,

@@ -41,3 +41,4 @@ pub mod sysext;
 pub mod sysreport;
 #[cfg(test)]
 mod test_support;
+pub mod tpm;

@@ -66,6 +66,10 @@ pub struct Build {
     /// Where the root's writable layer lives (absent: tmpfs).
     #[serde(default, skip_serializing_if = "is_tmpfs")]
     pub state: StateMode,
+    /// PCR 11 (SHA-256 bank) predicted for the UKI, per boot phase, with
+    /// the signed policy digests; absent when the build made no signed UKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr11: Option<crate::trust::pcr::Prediction>,
     /// How boot tests attach the image.
     pub boot_test: BootTest,
     /// Timestamp used for every file (SOURCE_DATE_EPOCH).
@@ -211,6 +215,8 @@ impl Build {
                 .unwrap_or_default(),
             files: plan.files.records.iter().map(|f| f.path.clone()).collect(),
             state: plan.state,
+            // The UKI step signs the prediction; a build without one has none.
+            pcr11: None,
             boot_test: BootTest {
                 media: pp.platform.boot_test.media.get(plan.arch),
                 memory_mib: pp.platform.boot_test.memory_mib,
@@ -369,6 +375,7 @@ mod tests {
             ext_modules: vec![],
             files: vec![],
             state: StateMode::Tmpfs,
+            pcr11: None,
             boot_test: BootTest {
                 media: "virtio-blk".into(),
                 memory_mib: 1024,
@@ -395,5 +402,17 @@ mod tests {
         // A manifest of another profile is not merged into.
         let other = Manifest::merge(Some(m), "q", build("amd64", "metal-amd64.raw"));
         assert_eq!(other.builds.len(), 1);
+    }
+
+    #[test]
+    fn the_pcr11_prediction_is_recorded_only_when_made() {
+        let mut b = build("amd64", "x.raw");
+        let none = serde_json::to_string(&b).unwrap();
+        assert!(!none.contains("pcr11"), "{none}");
+        b.pcr11 = Some(crate::trust::pcr::predict_from(&[0u8; 32]));
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(text.contains(r#""pcr11":{"stub":"0000"#), "{text}");
+        assert!(text.contains(r#""phase":"enter-initrd:leave-initrd:sysinit:ready""#));
+        assert_eq!(serde_json::from_str::<Build>(&text).unwrap(), b);
     }
 }

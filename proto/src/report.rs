@@ -128,6 +128,17 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The TPM the guest found, reported only when `/sys/class/tpm/tpm0`
+    /// exists: what PCR 11 (SHA-256 bank) holds when the init reports, i.e.
+    /// what the UKI's stub measured (strata's init extends no phase word).
+    Tpm {
+        /// PCR 11 in lowercase hex, from `/sys/class/tpm/tpm0/pcr-sha256/11`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pcr11: Option<String>,
+        /// Why PCR 11 could not be read, when it could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// The merged root's writable layer.
     State {
         /// Where it lives.

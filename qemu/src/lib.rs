@@ -5,7 +5,9 @@
 //! Supported: amd64 (`q35`) and arm64 (`virt`) guests, Debian's OVMF/AAVMF
 //! firmware, KVM when it really works and TCG otherwise, raw/qcow2/vmdk/vpc
 //! images attached as virtio-blk, NVMe, AHCI, PVSCSI, virtio-scsi or CD-ROM.
-//! The image is never modified (snapshot or read-only drive). Not supported:
+//! The image is never modified (snapshot or read-only drive). A software
+//! TPM 2.0 ([`swtpm`]) is attached when [`GuestChecks::tpm`] asks for one.
+//! Not supported:
 //! networking, graphics, Secure Boot, several disks, BIOS boot. Debian's
 //! firmware lacks some drivers (OVMF: PVSCSI; AAVMF: AHCI and PVSCSI): the
 //! image is then also attached, read-only, on virtio-blk for the firmware
@@ -27,6 +29,7 @@ pub mod process;
 pub mod qmp;
 pub mod run;
 pub mod serial;
+pub mod swtpm;
 pub mod verdict;
 
 use std::fs;
@@ -130,6 +133,17 @@ pub struct GuestChecks {
     pub files: Vec<String>,
     /// The state mode the guest must report using (`None`: any).
     pub state: Option<strata_proto::initramfs::StateMode>,
+    /// Attach a software TPM (swtpm) and judge the PCR 11 the guest reports.
+    pub tpm: Option<TpmCheck>,
+}
+
+/// What the guest must report about its TPM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TpmCheck {
+    /// The PCR 11 values the build predicted, by name (`stub`, then each
+    /// phase path), lowercase hex: the guest's value must be one of them.
+    /// Empty when the image has no UKI (no prediction): any value passes.
+    pub pcr11: Vec<(String, String)>,
 }
 
 /// One boot test.
@@ -250,6 +264,9 @@ pub enum Error {
     /// Watching the run failed.
     #[error(transparent)]
     Run(#[from] run::Error),
+    /// The software TPM could not be started.
+    #[error(transparent)]
+    Swtpm(#[from] swtpm::Error),
 }
 
 /// How long QEMU may take to open its monitor socket.
@@ -286,6 +303,8 @@ struct Plan {
     qmp_socket: PathBuf,
     /// Holds the socket's directory when work_dir's path is too long.
     _socket_dir: Option<tempfile::TempDir>,
+    /// The software TPM, stopped when the run's plan is dropped.
+    _tpm: Option<swtpm::Swtpm>,
 }
 
 /// Finds QEMU and firmware, picks the accelerator, clears the work
@@ -305,7 +324,7 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         remove_stale(stale)?;
     }
     let vars = firmware::copy_vars(&fw, work)?;
-    let argv = command::build(&command::Inputs {
+    let mut argv = command::build(&command::Inputs {
         qemu: &qemu,
         arch: spec.arch,
         accel,
@@ -320,6 +339,15 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         serial_log: &serial_log,
         qmp_socket: &qmp_socket,
     })?;
+    let tpm = match spec.checks.tpm {
+        Some(_) => Some(swtpm::Swtpm::start(
+            socket_dir.as_ref().map_or(work, |d| d.path()),
+        )?),
+        None => None,
+    };
+    if let Some(t) = &tpm {
+        argv.extend(t.qemu_args(spec.arch));
+    }
     Ok(Plan {
         argv,
         accel,
@@ -328,6 +356,7 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         qemu_log: work.join("qemu.log"),
         qmp_socket,
         _socket_dir: socket_dir,
+        _tpm: tpm,
     })
 }
 

@@ -227,7 +227,48 @@ pub fn judge_checks(events: &[Event], checks: &crate::GuestChecks) -> Vec<String
     problems.extend(file_problems(events, &checks.files));
     problems.extend(state_problem(events, checks.state));
     problems.extend(system_problems(events));
+    problems.extend(checks.tpm.as_ref().and_then(|t| tpm_problem(events, t)));
     problems
+}
+
+/// The guest reported PCR 11, and (when the build predicted values) one of
+/// the predicted ones: a UKI whose measured sections differ from the built
+/// ones (tampered, or another image) reads another value.
+pub fn tpm_problem(events: &[Event], check: &crate::TpmCheck) -> Option<String> {
+    let reported = events.iter().find_map(|e| match e {
+        Event::Tpm { pcr11, detail } => Some((pcr11.clone(), detail.clone())),
+        _ => None,
+    });
+    let got = match reported {
+        None => return Some(
+            "the guest reported no TPM (is swtpm attached and the kernel's TPM driver built in?)"
+                .into(),
+        ),
+        Some((None, detail)) => {
+            return Some(format!(
+                "the guest could not read PCR 11: {}",
+                detail.unwrap_or_else(|| "no reason given".into())
+            ))
+        }
+        Some((Some(v), _)) => v,
+    };
+    if check.pcr11.is_empty()
+        || check
+            .pcr11
+            .iter()
+            .any(|(_, want)| want.eq_ignore_ascii_case(&got))
+    {
+        return None;
+    }
+    let wanted: Vec<String> = check
+        .pcr11
+        .iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    Some(format!(
+        "PCR 11 is {got}, none of the predicted values ({})",
+        wanted.join(", ")
+    ))
 }
 
 /// Every profile file reported, and as shipped.
@@ -1247,5 +1288,45 @@ mod tests {
         assert!(!c.done());
         c.feed([system("running", &[], &[]).to_line()]);
         assert!(c.done());
+    }
+
+    #[test]
+    fn pcr11_must_be_one_of_the_predicted_values() {
+        let check = crate::TpmCheck {
+            pcr11: vec![
+                ("stub".into(), "aa".repeat(32)),
+                ("enter-initrd".into(), "bb".repeat(32)),
+            ],
+        };
+        let tpm = |v: &str| Event::Tpm {
+            pcr11: Some(v.into()),
+            detail: None,
+        };
+        assert_eq!(tpm_problem(&[tpm(&"aa".repeat(32))], &check), None);
+        assert_eq!(tpm_problem(&[tpm(&"BB".repeat(32))], &check), None);
+        let wrong = tpm_problem(&[tpm(&"cc".repeat(32))], &check).unwrap();
+        assert!(wrong.contains("none of the predicted values"), "{wrong}");
+        assert!(tpm_problem(&[], &check).unwrap().contains("no TPM"));
+        let unread = Event::Tpm {
+            pcr11: None,
+            detail: Some("cannot read".into()),
+        };
+        assert!(tpm_problem(&[unread], &check)
+            .unwrap()
+            .contains("could not read PCR 11"));
+        // No prediction (no UKI): any value read from the TPM passes.
+        let any = crate::TpmCheck::default();
+        assert_eq!(tpm_problem(&[tpm(&"cc".repeat(32))], &any), None);
+        // A recorded guest line, as the init prints it.
+        let line = r#"{"event":"tpm","pcr11":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+        let ev: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(tpm_problem(&[ev], &check), None);
+        let checks = crate::GuestChecks {
+            tpm: Some(check),
+            ..Default::default()
+        };
+        assert!(judge_checks(&[], &checks)
+            .iter()
+            .any(|p| p.contains("no TPM")));
     }
 }

@@ -39,6 +39,23 @@ pub struct PlatformAssets {
     pub initrd: PathBuf,
 }
 
+/// Under Secure Boot, refuses extension modules the kernel would not load
+/// (see [`crate::extension::modules::check_signatures`]).
+fn check_module_signatures(plan: &Plan, kernel: &Kernel) -> Result<()> {
+    use crate::extension::modules::{check_signatures, kernel_signers};
+    let fail = |e| {
+        Error::step(
+            ErrorKind::InvalidInput,
+            "checking the signatures of the extension modules",
+            e,
+        )
+        .with_hint("sign the modules with the key the kernel's own modules are signed with, or drop them from the extension")
+    };
+    let trusted = kernel_signers(&kernel.index, &kernel.modules_dir).map_err(fail)?;
+    let exts = plan.extensions.iter().chain(&plan.disabled);
+    check_signatures(exts.map(|e| (e.name.as_str(), &e.tree)), &trusted).map_err(fail)
+}
+
 /// The assets steps: `squashfs` (module layer, squashfs images), then `initramfs` (one per
 /// distinct module set), each image from the step `cache` when it holds it, reported to
 /// `progress`.
@@ -50,6 +67,9 @@ pub fn make(
     progress: &dyn Sink,
 ) -> Result<Assets> {
     let step = Task::start(progress, "squashfs", None);
+    if plan.signed_modules_only {
+        check_module_signatures(plan, kernel)?;
+    }
     let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
         Error::step(
             ErrorKind::InvalidInput,

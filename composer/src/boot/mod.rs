@@ -148,6 +148,13 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             modules: build.ext_modules.clone(),
             files: build.files.clone(),
             state: Some(build.state),
+            // A predicted PCR 11 attaches swtpm and requires the guest to read one of the values.
+            tpm: build.pcr11.as_ref().map(|p| strata_qemu::TpmCheck {
+                pcr11: p
+                    .values()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            }),
         },
         keep_writes: opts.keep_writes,
     };

@@ -6,7 +6,10 @@
 //! ([`crate::assets::layers::module_layer`]).
 
 use crate::extension::source::Resolved;
-use crate::fs::tree::{Entry, EntryKind};
+use crate::fs::tree::{Entry, EntryKind, FileData, Tree};
+use crate::kmod::signature::Signature;
+use crate::kmod::ModuleBytes;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Why an extension's modules do not fit the image's kernel.
@@ -23,6 +26,27 @@ pub enum ModuleError {
         found: String,
         /// The image's kernel release.
         release: String,
+    },
+    /// A module's signature could not be read.
+    #[error("cannot read the signature of kernel module {}", path.display())]
+    SignatureRead {
+        /// The module (in the extension, or in the kernel's tree).
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: crate::kmod::signature::Error,
+    },
+    /// Under Secure Boot, an extension ships a module the kernel will refuse.
+    #[error("extension `{ext}` ships kernel module {} {problem}; under Secure Boot the kernel locks down and will not load it; options: sign the module with a key the kernel trusts ({trusted}), or drop it from the extension (or build without `secure_boot:`)", path.display())]
+    Untrusted {
+        /// The extension.
+        ext: String,
+        /// The module's path in it.
+        path: PathBuf,
+        /// What is wrong: unsigned, or signed by whom.
+        problem: String,
+        /// The signers the kernel's own modules carry.
+        trusted: String,
     },
     /// An extension module's vermagic names another kernel.
     #[error("extension `{ext}` ships a module for another kernel")]
@@ -71,6 +95,88 @@ pub fn extension_modules(
         }
     }
     Ok(ext_modules)
+}
+
+/// How many of the kernel's own modules are read to learn its signing key.
+const KERNEL_SIGNER_SAMPLE: usize = 32;
+
+/// The keys the kernel trusts for modules, as far as compose time can see:
+/// the signers of its own modules (Debian signs each kernel build's modules
+/// with a key generated for that build and built into the kernel's
+/// `.builtin_trusted_keys`). Read from the first modules of the index (they
+/// all carry the same signer), at most [`KERNEL_SIGNER_SAMPLE`].
+pub fn kernel_signers(
+    index: &crate::kmod::ModuleIndex,
+    modules_dir: &Path,
+) -> Result<BTreeSet<crate::kmod::signature::Signer>, ModuleError> {
+    let mut signers = BTreeSet::new();
+    for (_, m) in index.modules().take(KERNEL_SIGNER_SAMPLE) {
+        let path = modules_dir.join(&m.rel_path);
+        if let Signature::Signed(s) = crate::kmod::signature::read(ModuleBytes::Host(&path), &path)
+            .map_err(|source| ModuleError::SignatureRead {
+                path: path.clone(),
+                source,
+            })?
+        {
+            signers.insert(s);
+        }
+    }
+    Ok(signers)
+}
+
+/// Refuses, for an image booted under Secure Boot, any module an extension
+/// ships that is unsigned or signed by none of `trusted` (see
+/// [`kernel_signers`]). A key enrolled at run time (MOK) is invisible here,
+/// so a module signed by one is refused too. When `trusted` is empty (the
+/// kernel's own modules are unsigned) only "signed at all" is checked.
+pub fn check_signatures<'a>(
+    exts: impl IntoIterator<Item = (&'a str, &'a Tree)>,
+    trusted: &BTreeSet<crate::kmod::signature::Signer>,
+) -> Result<(), ModuleError> {
+    let trusted_text = if trusted.is_empty() {
+        "the kernel's own modules carry no signature to compare with".to_string()
+    } else {
+        trusted
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (ext, tree) in exts {
+        for (path, entry) in tree.iter() {
+            let EntryKind::File(data) = &entry.kind else {
+                continue;
+            };
+            if module_rel_path(path).is_none() || !is_module(path) {
+                continue;
+            }
+            let bytes = match data {
+                FileData::Host(p) => ModuleBytes::Host(p),
+                FileData::Bytes(b) => ModuleBytes::Memory(b),
+            };
+            let sig = crate::kmod::signature::read(bytes, path).map_err(|source| {
+                ModuleError::SignatureRead {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            let problem = match sig {
+                Signature::Signed(s) if trusted.is_empty() || trusted.contains(&s) => continue,
+                Signature::Signed(s) => format!("signed by {s}, a key the kernel does not trust"),
+                Signature::Unsigned => "without a signature".to_string(),
+                Signature::Unusable(why) => {
+                    format!("with a signature the kernel cannot use ({why})")
+                }
+            };
+            return Err(ModuleError::Untrusted {
+                ext: ext.to_string(),
+                path: path.to_path_buf(),
+                problem,
+                trusted: trusted_text,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The names the guest loads for `modules` (as [`extension_modules`] returns them).
@@ -130,5 +236,101 @@ mod tests {
             None
         );
         assert_eq!(module_name(Path::new("kernel/a/tcp-bbr.ko.xz")), "tcp_bbr");
+    }
+
+    /// Debian's own dummy.ko passes against its kernel's signer; the same
+    /// module stripped of its signature, or checked against another signer,
+    /// is refused with the extension, the module and the options named.
+    #[test]
+    fn secure_boot_refuses_unsigned_and_foreign_modules() {
+        use crate::kmod::signature::{parse, Signer};
+        let root = crate::test_support::workspace_root().join("build/ext-dummy-amd64/rootfs");
+        let rel = "usr/lib/modules/6.1.0-57-amd64/kernel/drivers/net/dummy.ko";
+        if !crate::test_support::require_input(&root.join(rel)) {
+            return;
+        }
+        let host = root.join(rel);
+        let signed = std::fs::read(&host).unwrap();
+        let Signature::Signed(debian) = parse(&signed) else {
+            panic!("Debian's dummy.ko is not signed")
+        };
+        let tree_of = |entry: Entry| {
+            let mut t = Tree::new();
+            t.insert(Path::new("/").join(rel), entry).unwrap();
+            t
+        };
+        let good = tree_of(Entry::host_file(host.clone(), 0o644));
+        let trusted = BTreeSet::from([debian.clone()]);
+        check_signatures([("dummy", &good)], &trusted).unwrap();
+        // Nothing to compare with: signed at all is enough.
+        check_signatures([("dummy", &good)], &BTreeSet::new()).unwrap();
+
+        let info_at = signed.len() - crate::kmod::signature::MAGIC.len() - 12;
+        let sig_len = u32::from_be_bytes(signed[info_at + 8..info_at + 12].try_into().unwrap());
+        let stripped = signed[..info_at - sig_len as usize].to_vec();
+        let bad = tree_of(Entry::bytes_file(stripped, 0o644));
+        let e = check_signatures([("dummy", &good), ("net-extras", &bad)], &trusted)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extension `net-extras`"), "{e}");
+        assert!(e.contains(rel) && e.contains("without a signature"), "{e}");
+        assert!(
+            e.contains("sign the module") && e.contains("drop it"),
+            "{e}"
+        );
+        assert!(e.contains("Build time autogenerated kernel key"), "{e}");
+
+        let other = BTreeSet::from([Signer::KeyId(vec![1, 2, 3])]);
+        let e = check_signatures([("dummy", &good)], &other)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a key the kernel does not trust"), "{e}");
+    }
+
+    /// The signer learnt from Debian's kernel package is the one its own
+    /// dummy.ko (the extension input) carries: what makes that module
+    /// acceptable under Secure Boot.
+    #[test]
+    fn the_kernels_signer_is_read_from_its_modules() {
+        use crate::test_support::{kernel_deb, require_input, require_tools, workspace_root};
+        let deb = kernel_deb("amd64");
+        let dummy = workspace_root().join(
+            "build/ext-dummy-amd64/rootfs/usr/lib/modules/6.1.0-57-amd64/kernel/drivers/net/dummy.ko",
+        );
+        if !require_input(&deb) || !require_input(&dummy) || !require_tools(&["dpkg-deb", "tar"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Only the network drivers: enough modules, a fraction of the package.
+        let cmd = format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './lib/modules/*/kernel/drivers/net/*.ko'",
+            deb.display(),
+            dir.path().display()
+        );
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{cmd}");
+        let release_dir = std::fs::read_dir(dir.path().join("lib/modules"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let index = crate::kmod::ModuleIndex::scan(&release_dir).unwrap();
+        assert!(!index.is_empty());
+        let signers = kernel_signers(&index, &release_dir).unwrap();
+        let Signature::Signed(own) = crate::kmod::signature::parse(&std::fs::read(&dummy).unwrap())
+        else {
+            panic!("dummy.ko is not signed")
+        };
+        if index.release() == "6.1.0-57-amd64" {
+            assert_eq!(signers, BTreeSet::from([own]));
+        } else {
+            // Another kernel build has another build key.
+            assert_eq!(signers.len(), 1, "{signers:?}");
+            assert!(!signers.contains(&own));
+        }
     }
 }

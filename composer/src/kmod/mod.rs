@@ -20,6 +20,7 @@
 
 pub mod depmod;
 pub mod index;
+pub mod signature;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -201,16 +202,7 @@ pub(crate) enum ModuleBytes<'a> {
 /// The ELF machine and a copy of `.modinfo` of module `name`, whose suffix says how it is
 /// compressed (as for libkmod). The one module reader of the index scan and of depmod.
 pub(crate) fn modinfo_section(bytes: ModuleBytes<'_>, name: &Path) -> Result<(u16, Vec<u8>)> {
-    let format = match module_suffix(name) {
-        Some(".ko") => Format::Plain,
-        Some(".ko.xz") => Format::Xz,
-        Some(".ko.zst") => Format::Zstd,
-        _ => {
-            return Err(Error::UnsupportedCompression {
-                path: name.to_path_buf(),
-            })
-        }
-    };
+    let format = module_format(name)?;
     match (format, bytes) {
         (Format::Plain, ModuleBytes::Host(path)) => {
             let file = File::open(path).map_err(|source| read_error(path, source))?;
@@ -225,6 +217,35 @@ pub(crate) fn modinfo_section(bytes: ModuleBytes<'_>, name: &Path) -> Result<(u1
         (_, ModuleBytes::Memory(data)) => {
             read_elf(decompress(data, format, name)?.as_slice(), name)
         }
+    }
+}
+
+/// The whole module `name`, decompressed as its suffix says: what the
+/// signature reader needs when the trailer sits inside a compressed file.
+pub(crate) fn whole_module(bytes: ModuleBytes<'_>, name: &Path) -> Result<Vec<u8>> {
+    let format = module_format(name)?;
+    match (format, bytes) {
+        (Format::Plain, ModuleBytes::Host(path)) => {
+            fs::read(path).map_err(|source| read_error(path, source))
+        }
+        (Format::Plain, ModuleBytes::Memory(data)) => Ok(data.to_vec()),
+        (_, ModuleBytes::Host(path)) => {
+            let file = File::open(path).map_err(|source| read_error(path, source))?;
+            decompress(file, format, name)
+        }
+        (_, ModuleBytes::Memory(data)) => decompress(data, format, name),
+    }
+}
+
+/// How module `name` is compressed, from its suffix (as for libkmod).
+fn module_format(name: &Path) -> Result<Format> {
+    match module_suffix(name) {
+        Some(".ko") => Ok(Format::Plain),
+        Some(".ko.xz") => Ok(Format::Xz),
+        Some(".ko.zst") => Ok(Format::Zstd),
+        _ => Err(Error::UnsupportedCompression {
+            path: name.to_path_buf(),
+        }),
     }
 }
 

@@ -198,6 +198,8 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         },
         initramfs_compression: p.initramfs.compression,
         esp_size: p.disk.map(|d| d.esp_size).unwrap_or_default(),
+        pcr_key: p.pcr.as_ref().map(|k| lp.resolve(&k.key)),
+        signed_modules_only: false,
         cache,
         out_dir,
         names: super::InputNames {

@@ -128,6 +128,12 @@ pub struct Plan {
     pub initramfs_compression: InitramfsCompressor,
     /// The profile's `disk.esp_size`.
     pub esp_size: Size,
+    /// The profile's `pcr.key`, resolved: signs the UKI's PCR 11 policies.
+    pub pcr_key: Option<PathBuf>,
+    /// The image boots under Secure Boot (`secure_boot:`), where the kernel
+    /// locks down and loads only modules signed by a key it trusts: every
+    /// module an extension ships is checked at compose time.
+    pub signed_modules_only: bool,
     /// The cache root.
     pub cache: PathBuf,
     /// The output directory (`--out`, else `out/<name>`), checked to lie

@@ -75,6 +75,9 @@ pub struct Profile {
     /// Files the image ships on top of the root and every extension.
     #[serde(default)]
     pub files: Vec<files::FileSpec>,
+    /// `pcr:` — sign the UKI's predicted PCR 11 policy (docs/trusted-boot-pcr.md).
+    #[serde(default)]
+    pub pcr: Option<PcrSpec>,
 }
 
 /// Reads an optional size (`8 KiB`, `65536`) as bytes; `auto` is refused.
@@ -120,6 +123,15 @@ pub struct OsIdentity {
     pub id: String,
     /// os-release `VERSION_ID`; Talos extensions' `compatibility` is checked against it.
     pub version: String,
+}
+
+/// `pcr:` — the key that signs the UKI's TPM PCR 11 policies (`.pcrsig`);
+/// its public key goes into `.pcrpkey`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcrSpec {
+    /// PEM RSA private key, relative to the profile's directory.
+    pub key: String,
 }
 
 /// `kernel:` — where the kernel comes from, and what the image adds to it.
@@ -915,6 +927,14 @@ extensions:
         let p = load_text(GOOD).unwrap();
         assert_eq!(p.profile.extensions.len(), 1);
         assert!(p.resolve("k-${arch}.deb").ends_with("k-amd64.deb"));
+    }
+
+    #[test]
+    fn the_pcr_key_is_read_and_resolved() {
+        let p = load_text(&format!("{GOOD}pcr:\n  key: keys/pcr.key\n")).unwrap();
+        let key = &p.profile.pcr.as_ref().unwrap().key;
+        assert!(p.resolve(key).ends_with("keys/pcr.key"));
+        assert!(load_text(&format!("{GOOD}pcr:\n  key: k\n  bank: sha1\n")).is_err());
     }
 
     #[test]
