@@ -165,9 +165,34 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     })
 }
 
+/// The kernel's list of loaded modules.
+pub const PROC_MODULES: &str = "/proc/modules";
+
+/// True when `/proc/modules`' text (`text`) lists module `name` (underscores),
+/// in any state but `Unloading`.
+pub fn listed(text: &str, name: &str) -> bool {
+    text.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next() == Some(name) && !line.contains(" Unloading ")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_modules_is_read_by_first_field() {
+        let text = "dummy 16384 0 - Live 0x0000000000000000\nmacvtap 32768 0 - Unloading 0x0\nloop 32768 4 - Live 0x0\n";
+        assert!(listed(text, "dummy"));
+        assert!(listed(text, "loop"));
+        assert!(
+            !listed(text, "macvtap"),
+            "an unloading module is not loaded"
+        );
+        assert!(!listed(text, "dumm"));
+        assert!(!listed("", "dummy"));
+    }
     use crate::sys::error_chain;
 
     #[test]

@@ -21,8 +21,11 @@ use crate::verdict::Ending;
 
 /// How often the sources are polled.
 pub const POLL: Duration = Duration::from_millis(100);
-/// How long a complete report may wait for the guest's own power-off.
-pub const DONE_GRACE: Duration = Duration::from_secs(5);
+/// How long a complete report may wait for the guest's own power-off. The
+/// verdict rests on the report alone, so this only lets the log catch the
+/// hand-over's first lines (or its failure, printed at once); 5 s here
+/// was a third of a TCG boot's time to its verdict.
+pub const DONE_GRACE: Duration = Duration::from_secs(1);
 /// How long QEMU gets to exit after `quit` before it is killed.
 pub const QUIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -60,8 +63,9 @@ pub fn watch(
     let mut monitor = monitor;
     let mut console = Console::default();
     let mut done_at: Option<Instant> = None;
+    let since_start = || Some(started.elapsed().as_secs_f64());
     let ending = loop {
-        console.feed(tail.poll()?);
+        console.feed_at(tail.poll()?, since_start());
         if done_at.is_none() && console.done() {
             done_at = Some(Instant::now());
         }
@@ -90,7 +94,7 @@ pub fn watch(
         std::thread::sleep(POLL);
     };
     let killed = stop(vm, monitor)?;
-    console.feed(tail.finish()?);
+    console.feed_at(tail.finish()?, since_start());
     Ok(Watched {
         ending,
         console,
