@@ -349,7 +349,7 @@ fn load_modules(rep: &mut Reporter) {
     let mut not_applicable: Vec<String> = Vec::new();
     for path in list {
         let name = modules::module_name(&path);
-        let (loaded, error) = match modules::load(&path) {
+        let (loaded, error) = match modules::load_probing_async(&path) {
             Ok(Loaded::Now | Loaded::Already) => (true, None),
             Ok(Loaded::NotApplicable) => {
                 not_applicable.push(name.clone());
