@@ -298,7 +298,12 @@ fn enter_container(root: &CString) -> io::Result<()> {
         }
         // The middle keeps no descriptor: the spawner's exec-status pipe
         // must close when the service execs, not when the middle exits.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            // Kernels before 5.9 have no close_range.
+            for fd in 3..1024 {
+                libc::close(fd);
+            }
+        }
         let mut status = 0;
         while libc::waitpid(pid, &mut status, 0) < 0 {}
         let code = if libc::WIFEXITED(status) {
