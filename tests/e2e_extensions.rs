@@ -5,7 +5,10 @@
 //! kernel module and a sysext; the layered and the flattened builds both
 //! boot, and the guest reports every extension and loads the module by name.
 //! A corrupted blob is refused with its digest named; `--offline` builds
-//! from the cache alone.
+//! from the cache alone. With `boot_test.services: true` the guest starts
+//! every extension service once in its container root: two good ones pass,
+//! and the repository's `hello-service`, whose `#!/bin/sh` entrypoint has no
+//! shell in its container root, fails the boot with that reason.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -306,4 +309,104 @@ fn extensions_from_a_registry_boot_layered_and_flattened() {
         "a corrupted blob must be refused with its digest:\n{err}"
     );
     assert!(!out_c.exists(), "a refused build wrote output");
+}
+
+/// A Talos extension with two services made of the demo root's static busybox: `sleeper`
+/// (`restart: always`, busybox as `/bin/sleep 300`) and `oneshot` (`restart: never`, busybox
+/// as `/bin/true`, with an environment).
+fn busybox_services(dir: &Path) -> PathBuf {
+    let ext = dir.join("good-services");
+    let rootfs = ext.join("rootfs/usr/local");
+    let busybox = repo().join("build/rootfs-amd64/bin/busybox");
+    for (name, program) in [("sleeper", "sleep"), ("oneshot", "true")] {
+        let bin = rootfs.join(format!("lib/containers/{name}/bin"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(&busybox, bin.join(program)).unwrap();
+    }
+    std::fs::create_dir_all(rootfs.join("etc/containers")).unwrap();
+    let depends = "depends:\n  - network:\n      - addresses\n";
+    std::fs::write(
+        rootfs.join("etc/containers/sleeper.yaml"),
+        format!("name: sleeper\ncontainer:\n  entrypoint: /bin/sleep\n  args: [\"300\"]\n{depends}restart: always\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        rootfs.join("etc/containers/oneshot.yaml"),
+        format!("name: oneshot\ncontainer:\n  entrypoint: ./bin/true\n  environment:\n    - GREETING=hello\n{depends}restart: never\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        ext.join("manifest.yaml"),
+        "version: v1alpha1\nmetadata:\n  name: good-services\n  version: 1.0.0\n  author: strata tests\n  description: Two services made of busybox.\n  compatibility:\n    talos:\n      version: \">= 1.0.0\"\n",
+    )
+    .unwrap();
+    ext
+}
+
+#[test]
+fn extension_services_start_in_their_container_root_and_a_broken_one_fails_the_boot() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let good = busybox_services(work.path());
+    let p = work.path().join("services.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: services\narch: amd64\nplatform: metal\nos:\n  id: strata\n  version: 1.0.0\nkernel:\n  deb: {}\nrootfs:\n  dir: {}\noutputs: [raw]\nboot_test:\n  services: true\nextensions:\n  - dir: {}\n  - dir: {}\n",
+            kernel_deb("amd64").display(),
+            repo().join("build/rootfs-amd64").display(),
+            good.display(),
+            repo().join("examples/extensions/hello-service").display(),
+        ),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let o = strata(
+        &["build", p.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &cache,
+    );
+    assert!(o.status.success(), "build failed:\n{}", text(&o));
+    let raw = out.join("metal-amd64.raw");
+    let o = strata(
+        &["boot", "--json", "--timeout", "400", raw.to_str().unwrap()],
+        &cache,
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("no JSON from the boot: {}", text(&o)));
+    let service = |name: &str| -> serde_json::Value {
+        r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "service" && e["name"] == name)
+            .unwrap_or_else(|| panic!("service {name} not reported: {r}"))
+            .clone()
+    };
+    let sleeper = service("sleeper");
+    assert!(
+        sleeper["ok"] == true && sleeper["executed"] == true && sleeper["alive"] == true,
+        "restart: always must still run: {sleeper}"
+    );
+    let oneshot = service("oneshot");
+    assert!(
+        oneshot["ok"] == true && oneshot["exit_status"] == 0,
+        "restart: never must exit 0: {oneshot}"
+    );
+    let broken = service("hello-service");
+    assert!(
+        broken["ok"] == false && broken["executed"] == false,
+        "{broken}"
+    );
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        !o.status.success()
+            && r["pass"] == false
+            && reason.contains("extension service \"hello-service\"")
+            && reason.contains("interpreter /bin/sh is missing"),
+        "a service that cannot execute must fail the boot, naming why: {reason}\n{}",
+        text(&o)
+    );
 }

@@ -2,9 +2,12 @@
 //! of the five codecs mksquashfs offers (gzip, its default, lzo, lz4, xz, zstd), erofs
 //! uncompressed and lz4 (mkfs.erofs), and a GPT disk image (DDI) with a `usr` partition and a
 //! `usr-verity` partition beside it (sgdisk, as systemd-repart lays them out). One profile takes
-//! all eight and ONE image boots: the guest must report every image mounted, with the version
-//! from its own release file, and its file visible under /usr. `strata ext validate` accepts
-//! each image (exit 0), and the build says the DDI's verity hash is not enforced.
+//! all eight, a confext (mksquashfs of `tests/fixtures/extensions/confext/settings`) and two
+//! Talos layers that ship the same file (`order-lower`, then `order-upper`), and ONE image
+//! boots: the guest must report every image mounted, with the version from its own release
+//! file, and its file visible under /usr (the confext's under /etc), and the shadowed file
+//! must show the upper layer's copy. `strata ext validate` accepts each image (exit 0), and the
+//! build says the DDI's verity hash is not enforced.
 
 use std::path::{Path, PathBuf};
 use strata_tests::*;
@@ -129,7 +132,21 @@ fn images(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-fn profile(dir: &Path, images: &[(String, PathBuf)]) -> PathBuf {
+/// The confext: mksquashfs of the fixture tree (its release file says `CONFEXT_VERSION_ID=3.0`).
+fn confext(dir: &Path) -> PathBuf {
+    let image = dir.join("settings.raw");
+    squashfs(
+        &repo().join("tests/fixtures/extensions/confext/settings"),
+        &image,
+        "zstd",
+    );
+    image
+}
+
+/// The file both order fixtures ship, each with its own name as content.
+const SHADOWED: &str = "/usr/local/share/strata-order/who";
+
+fn profile(dir: &Path, images: &[(String, PathBuf)], confext: &Path) -> PathBuf {
     let r = repo();
     let mut text = format!(
         "name: sysext-images\narch: amd64\nplatform: metal\nos:\n  id: strata\n  version: 1.0.0\nkernel:\n  deb: {}\nrootfs:\n  dir: {}\noutputs: [raw]\nextensions:\n",
@@ -138,6 +155,11 @@ fn profile(dir: &Path, images: &[(String, PathBuf)]) -> PathBuf {
     );
     for (_, image) in images {
         text.push_str(&format!("  - sysext: {}\n", image.display()));
+    }
+    text.push_str(&format!("  - confext: {}\n", confext.display()));
+    for layer in ["order-lower", "order-upper"] {
+        let fixture = r.join("tests/fixtures/extensions/talos").join(layer);
+        text.push_str(&format!("  - dir: {}\n", fixture.display()));
     }
     let p = dir.join("sysext-images.yaml");
     std::fs::write(&p, text).unwrap();
@@ -158,7 +180,7 @@ fn every_published_sysext_format_boots_as_an_extension() {
     let images = images(work.path());
     let cache = shared_cache();
 
-    let p = profile(work.path(), &images);
+    let p = profile(work.path(), &images, &confext(work.path()));
     let out = work.path().join("out");
     let o = strata(
         &["build", p.to_str().unwrap(), "--out", out.to_str().unwrap()],
@@ -188,6 +210,31 @@ fn every_published_sysext_format_boots_as_an_extension() {
             "{name}: the version comes from the image's own release file: {ev}"
         );
     }
+
+    let settings = events
+        .iter()
+        .find(|e| e["event"] == "layer" && e["kind"] == "confext")
+        .unwrap_or_else(|| panic!("the confext was not reported: {r}"));
+    assert!(
+        settings["name"] == "settings"
+            && settings["version"] == "3.0"
+            && settings["mounted"] == true
+            && settings["visible"] == true
+            && settings["probe"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/etc/")),
+        "the confext must be merged on /etc with its file visible there: {settings}"
+    );
+    let stack = events
+        .iter()
+        .find(|e| e["event"] == "stack" && e["path"] == SHADOWED)
+        .unwrap_or_else(|| panic!("{SHADOWED}, shipped by two layers, was not checked: {r}"));
+    assert!(
+        stack["ok"] == true
+            && stack["shown"] == "order-upper"
+            && stack["layers"] == serde_json::json!(["order-lower", "order-upper"]),
+        "the later layer's copy must show: {stack}"
+    );
 
     // `strata ext validate` opens each image the way the build does.
     for (name, image) in &images {

@@ -2,9 +2,11 @@
 //!
 //! Report order: `start`, one `module` per listed module, one `layer` per
 //! Talos extension, then per sysext and per confext image (merge order),
-//! then per flattened and per disabled extension (`extensions.json`
-//! order), one `firmware`, one `ext_module` per name in `modules.check`,
-//! one `disk` per block device, then `done`; an `error` follows any step
+//! then one `stack` per file several Talos layers ship, then per
+//! flattened and per disabled extension (`extensions.json` order), one `firmware`, one `ext_module` per name in `modules.check`,
+//! one `service` per Talos extension service (only with
+//! `boot_test.services`), one `disk` per block device, one `timing`, then
+//! `done`; an `error` follows any step
 //! that fails (errors of the sysext and confext merge come before the
 //! `layer` events, which are checked once the whole root is assembled).
 //!
@@ -17,9 +19,11 @@
 //! a module that will not load, an unreadable `extensions.yaml` (booted as
 //! if empty), a layer that will not mount (left out of the overlay), a
 //! sysext/confext image that is rejected or will not mount or merge, the
-//! extensions list bind, a failed layer check, an unreadable
+//! extensions list bind, a failed layer check, a shadowed file showing the
+//! wrong layer's copy, an unreadable
 //! `extensions.json`, a failed flattened or disabled check, the firmware
-//! path, an extension module that will not load, an unreadable disk. Outside smoke runs a non-fatal
+//! path, an extension module that will not load, a service that did not
+//! run as its restart policy expects, an unreadable disk. Outside smoke runs a non-fatal
 //! failure still boots the merged root; a fatal one shows the error for
 //! 5 s and powers off. Smoke runs always power off after `done`.
 
@@ -38,11 +42,11 @@ use crate::mountinfo::{self, MountEntry};
 use crate::mounts;
 use crate::overlay::{self, Layout, EXTENSIONS_TARGET};
 use crate::shipped::{self, Shipped};
-use crate::sys::{error_chain, uname};
+use crate::sys::{boot_clock, error_chain, uname};
 use crate::sysext::{self, Prepared};
-use crate::{disks, firmware, power, profile_files, state, switch, sysreport};
-use strata_proto::initramfs::{self, FileKind, Guest, Probe, ProfileFile, StateMode};
-use strata_proto::report::Event;
+use crate::{disks, firmware, power, profile_files, services, stack, state, switch, sysreport};
+use strata_proto::initramfs::{self, FileKind, Guest, Probe, ProfileFile, Shadowed, StateMode};
+use strata_proto::report::{Event, Mark};
 use strata_proto::ExtensionKind;
 
 /// The root squashfs in the initramfs.
@@ -62,6 +66,8 @@ struct Reporter {
     disks: Option<DiskScan>,
     /// The probe of every layer reported visible, for the systemd reporter.
     probes: Vec<String>,
+    /// When each step ended, for the `timing` event.
+    marks: Vec<Mark>,
 }
 
 /// A failure that leaves no root to switch into; already reported.
@@ -142,6 +148,14 @@ impl Reporter {
         }
     }
 
+    /// Notes that `step` ended now (see [`Event::Timing`]).
+    fn mark(&mut self, step: &str) {
+        self.marks.push(Mark {
+            step: step.to_string(),
+            at: boot_clock(),
+        });
+    }
+
     /// Reports a failed step; the run is no longer ok.
     fn error(&mut self, stage: &str, message: String) {
         self.ok = false;
@@ -177,8 +191,11 @@ pub fn run() -> ! {
         .and_then(|()| assemble(&mut rep, &Layout::default(), &cmdline));
     if api_ok {
         rep.report_disks();
+        rep.mark("disks");
         rep.report_tpm();
     }
+    let marks = std::mem::take(&mut rep.marks);
+    rep.emit(&Event::Timing { marks });
     rep.emit(&Event::Done {
         ok: rep.ok,
         layers: rep.layers,
@@ -214,7 +231,9 @@ fn start(console: Console) -> (Reporter, Cmdline) {
         active: Vec::new(),
         disks: None,
         probes: Vec::new(),
+        marks: Vec::new(),
     };
+    rep.mark("init");
     rep.emit(&Event::Start {
         kernel,
         machine,
@@ -261,6 +280,7 @@ fn finish(mut rep: Reporter, outcome: Result<PathBuf, Fatal>, cmdline: &Cmdline)
 /// merged root to switch into.
 fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<PathBuf, Fatal> {
     load_modules(rep);
+    rep.mark("modules");
     rep.start_disk_scan();
     let layers = match extensions::read(Path::new(extensions::EXTENSIONS_YAML)) {
         Ok(ext) => ext.layers,
@@ -295,6 +315,7 @@ fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<Pa
     if let Err(message) = &entries {
         rep.error("mountinfo", message.clone());
     }
+    rep.mark("root");
     check_layers(
         rep,
         &layers,
@@ -305,10 +326,16 @@ fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<Pa
         files.as_deref(),
     );
     check_images(rep, &images, &merged, &entries);
+    check_stack(rep, &guest.shadowed, &layers, &mounts, &merged);
     check_shipped(rep, &merged);
     set_firmware_path(rep, &merged);
     load_extension_modules(rep, &merged);
     check_files(rep, &merged, &guest.files);
+    rep.mark("checks");
+    if guest.services {
+        run_services(rep, &merged);
+        rep.mark("services");
+    }
     if let Err(err) = switch::check_init(&merged, &cmdline.init) {
         if cmdline.smoke {
             rep.error("init", error_chain(&err));
@@ -334,7 +361,7 @@ fn load_modules(rep: &mut Reporter) {
     let mut not_applicable: Vec<String> = Vec::new();
     for path in list {
         let name = modules::module_name(&path);
-        let (loaded, error) = match modules::load(&path) {
+        let (loaded, error) = match modules::load_probing_async(&path) {
             Ok(Loaded::Now | Loaded::Already) => (true, None),
             Ok(Loaded::NotApplicable) => {
                 not_applicable.push(name.clone());
@@ -589,6 +616,15 @@ fn check_files(rep: &mut Reporter, merged: &Path, files: &[ProfileFile]) {
     }
 }
 
+/// Starts each Talos extension service once and reports it (see `services`).
+fn run_services(rep: &mut Reporter, merged: &Path) {
+    for file in services::spec_files(merged) {
+        let event = services::check(merged, &file);
+        rep.ok &= matches!(event, Event::Service { ok: true, .. });
+        rep.emit(&event);
+    }
+}
+
 /// When the root's init is systemd: installs the reporter that speaks from
 /// inside the running system, and says so.
 fn hand_over(rep: &mut Reporter, merged: &Path, init: &Path, files: &[ProfileFile]) {
@@ -654,6 +690,30 @@ fn check_images(
             });
             rep.layers += 1;
         }
+    }
+}
+
+/// Reports, for each file several Talos layers ship, whose copy the merged
+/// root shows (see `stack`).
+fn check_stack(
+    rep: &mut Reporter,
+    shadowed: &[Shadowed],
+    layers: &[Layer],
+    mounts: &[Result<PathBuf, String>],
+    merged: &Path,
+) {
+    let mounted: Vec<stack::Mounted> = layers
+        .iter()
+        .zip(mounts)
+        .map(|(layer, mount)| stack::Mounted {
+            name: layer.metadata.name.clone(),
+            dir: mount.as_ref().ok().cloned(),
+        })
+        .collect();
+    for want in shadowed {
+        let event = stack::check(merged, want, &mounted);
+        rep.ok &= matches!(event, Event::Stack { ok: true, .. });
+        rep.emit(&event);
     }
 }
 
@@ -844,7 +904,28 @@ fn load_by_name(index: &Index, name: &str, merged: &Path) -> Event {
             return event(path, deps, error);
         }
     }
-    event(path, deps, None)
+    event(path, deps, unlisted(&steps))
+}
+
+/// Why the planned modules do not all show in `/proc/modules` after
+/// loading (soft dependencies that did not apply excepted), if they do not.
+fn unlisted(steps: &[kmod::Step]) -> Option<String> {
+    let text = match std::fs::read_to_string(modules::PROC_MODULES) {
+        Ok(text) => text,
+        Err(err) => return Some(format!("cannot read {}: {err}", modules::PROC_MODULES)),
+    };
+    let missing: Vec<&str> = steps
+        .iter()
+        .filter(|s| !s.soft && !modules::listed(&text, &s.module))
+        .map(|s| s.module.as_str())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "loaded, but {} does not list {}",
+            modules::PROC_MODULES,
+            missing.join(", ")
+        )
+    })
 }
 
 fn join_details(a: Option<String>, b: Option<String>) -> Option<String> {

@@ -7,6 +7,14 @@
 //! Supported: uncompressed `.ko` files. Not supported: compressed modules
 //! (`.ko.xz`, `.ko.zst`, `.ko.gz`: the composer must decompress them),
 //! module parameters, dependency resolution (the list's order is trusted).
+//!
+//! The initramfs's modules load with the kernel's `async_probe` flag
+//! ([`load_probing_async`]): `finit_module` returns once the module's init
+//! ran, and the devices its driver finds are probed in the background
+//! (without it, the kernel waits for every probe, e.g. AHCI's link
+//! detection on each port, before returning). The init needs no disk for
+//! its root (that is in the initramfs); the disk scan and the persistent
+//! state wait for the disks they need.
 
 use std::fs::File;
 use std::io;
@@ -128,8 +136,18 @@ fn is_compressed(path: &Path) -> bool {
         .any(|suffix| name.ends_with(suffix))
 }
 
-/// Loads one module file.
+/// Loads one module file; its devices are probed before this returns.
 pub fn load(path: &Path) -> Result<Loaded, Error> {
+    load_with(path, c"")
+}
+
+/// Loads one module file with the kernel's `async_probe` flag: its driver's
+/// devices are probed in the background (see the module documentation).
+pub fn load_probing_async(path: &Path) -> Result<Loaded, Error> {
+    load_with(path, c"async_probe=1")
+}
+
+fn load_with(path: &Path, params: &std::ffi::CStr) -> Result<Loaded, Error> {
     if is_compressed(path) {
         return Err(Error::Compressed {
             path: path.to_path_buf(),
@@ -139,8 +157,7 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    let params = c"";
-    // SAFETY: finit_module reads the open fd and the NUL-terminated (empty)
+    // SAFETY: finit_module reads the open fd and the NUL-terminated
     // parameter string, which outlive the call; flags 0 asks for no tricks.
     let ret = unsafe {
         libc::syscall(
@@ -165,9 +182,34 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     })
 }
 
+/// The kernel's list of loaded modules.
+pub const PROC_MODULES: &str = "/proc/modules";
+
+/// True when `/proc/modules`' text (`text`) lists module `name` (underscores),
+/// in any state but `Unloading`.
+pub fn listed(text: &str, name: &str) -> bool {
+    text.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next() == Some(name) && !line.contains(" Unloading ")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_modules_is_read_by_first_field() {
+        let text = "dummy 16384 0 - Live 0x0000000000000000\nmacvtap 32768 0 - Unloading 0x0\nloop 32768 4 - Live 0x0\n";
+        assert!(listed(text, "dummy"));
+        assert!(listed(text, "loop"));
+        assert!(
+            !listed(text, "macvtap"),
+            "an unloading module is not loaded"
+        );
+        assert!(!listed(text, "dumm"));
+        assert!(!listed("", "dummy"));
+    }
     use crate::sys::error_chain;
 
     #[test]

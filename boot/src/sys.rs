@@ -65,6 +65,19 @@ pub fn uname() -> (String, String) {
     (field(&uts.release), field(&uts.machine))
 }
 
+/// Seconds since the kernel started (`CLOCK_BOOTTIME`, the clock of the
+/// kernel's log stamps), rounded to the millisecond; 0 if the call fails.
+pub fn boot_clock() -> f64 {
+    // SAFETY: timespec is plain old data; all-zero is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime fills the struct we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0.0;
+    }
+    let millis = ts.tv_sec as f64 * 1000.0 + (ts.tv_nsec / 1_000_000) as f64;
+    millis / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +109,14 @@ mod tests {
         let (release, machine) = uname();
         assert!(!release.is_empty());
         assert_eq!(machine, std::env::consts::ARCH);
+    }
+
+    #[test]
+    fn the_boot_clock_runs() {
+        let a = boot_clock();
+        assert!(a > 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(boot_clock() > a);
     }
 
     #[test]

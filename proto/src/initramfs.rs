@@ -244,6 +244,30 @@ pub struct Guest {
     /// The profile's files, as `/files.sqsh` holds them (absent = none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ProfileFile>,
+    /// Files several Talos layers ship, and whose copy the merged root
+    /// must show: the upper layer's (absent = none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<Shadowed>,
+    /// Start each Talos extension service once and report it
+    /// (`boot_test.services: true`; absent = false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub services: bool,
+}
+
+/// A regular file that more than one Talos layer ships. Overlayfs shows
+/// the copy of the upper layer (the later one in the profile, as Talos
+/// stacks them), so the merged root must hold the last layer's content.
+/// The composer leaves out paths a sysext, confext, the module layer or
+/// the profile's `files:` also ship: those sit above every Talos layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shadowed {
+    /// Absolute path in the booted system.
+    pub path: String,
+    /// The names of the layers that ship it, lowest first: the last one's
+    /// copy must show.
+    pub layers: Vec<String>,
+    /// Hex sha256 of the last layer's copy.
+    pub sha256: String,
 }
 
 impl Guest {

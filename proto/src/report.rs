@@ -122,7 +122,8 @@ pub enum Event {
         /// dependencies, dependencies, further alias matches.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         deps: Vec<String>,
-        /// True when the module (and every hard dependency) is in the kernel.
+        /// True when the module (and every hard dependency) is in the kernel:
+        /// loaded, and listed in `/proc/modules`.
         loaded: bool,
         /// Why not, when it is not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +168,48 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// A file several Talos layers ship (from `guest.json`'s `shadowed`):
+    /// whose copy the merged root shows. Layers must stack in profile
+    /// order, the later one on top.
+    Stack {
+        /// Absolute path in the booted system.
+        path: String,
+        /// The layers that ship it, lowest first.
+        layers: Vec<String>,
+        /// The layer whose copy must show: the last of `layers`.
+        expected: String,
+        /// The layer whose copy the merged root shows; empty when the
+        /// content matches none of them (or the file is missing).
+        shown: String,
+        /// True when the merged root shows the expected layer's copy.
+        ok: bool,
+        /// What differs, when something does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A Talos extension service, started once in its container root
+    /// (`boot_test.services: true`; see the init's `services` module).
+    Service {
+        /// The spec's `name`.
+        name: String,
+        /// `container.entrypoint` as the spec gives it.
+        entrypoint: String,
+        /// `restart` as the spec gives it (`always`, `never`, `untilSuccess`).
+        restart: String,
+        /// The entrypoint was executed (exec succeeded).
+        executed: bool,
+        /// Its exit status (128 + signal when killed by one), when it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_status: Option<i32>,
+        /// Still running when the wait ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alive: Option<bool>,
+        /// True when it ran as its restart policy expects.
+        ok: bool,
+        /// Why not (or a note).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// The init is about to hand the machine to the root's init.
     Handover {
         /// The init program, as the kernel command line names it.
@@ -202,6 +245,14 @@ pub enum Event {
         /// What went wrong.
         message: String,
     },
+    /// When the init reached each of its steps, by the guest's boot clock
+    /// (`CLOCK_BOOTTIME`: seconds since the kernel started, the clock of the
+    /// kernel's own `[   4.55]` log stamps). Sent just before `done`; the
+    /// runner turns it into the boot's phases.
+    Timing {
+        /// Each step's end, in the order the init ran them.
+        marks: Vec<Mark>,
+    },
     /// The report is complete.
     Done {
         /// True when every step and every layer check succeeded.
@@ -211,6 +262,19 @@ pub enum Event {
         /// True when the init will power off (strata.smoke=1) instead of switching root.
         smoke: bool,
     },
+}
+
+/// One step of the init and when it ended (see [`Event::Timing`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mark {
+    /// `init` (the init started), `modules` (the initramfs's modules loaded),
+    /// `root` (the merged root assembled, extension images merged), `checks`
+    /// (layers, files and extension modules checked), `services` (each
+    /// extension service started and watched, with `boot_test.services`),
+    /// `disks` (the disk scan settled and reported).
+    pub step: String,
+    /// Seconds since the kernel started, to the millisecond.
+    pub at: f64,
 }
 
 /// For `skip_serializing_if`: a false flag is left out of the line.
@@ -364,6 +428,28 @@ mod tests {
         assert_eq!(
             line,
             r#"STRATA {"event":"disk","name":"sda","drivers":["sd","vmw_pvscsi"],"size_bytes":1073741824,"removable":false}"#
+        );
+        assert_eq!(Event::parse_line(&line).unwrap().unwrap(), ev);
+    }
+
+    #[test]
+    fn timing_has_a_stable_wire_form() {
+        let ev = Event::Timing {
+            marks: vec![
+                Mark {
+                    step: "init".into(),
+                    at: 4.552,
+                },
+                Mark {
+                    step: "modules".into(),
+                    at: 5.9,
+                },
+            ],
+        };
+        let line = ev.to_line();
+        assert_eq!(
+            line,
+            r#"STRATA {"event":"timing","marks":[{"step":"init","at":4.552},{"step":"modules","at":5.9}]}"#
         );
         assert_eq!(Event::parse_line(&line).unwrap().unwrap(), ev);
     }

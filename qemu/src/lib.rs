@@ -25,6 +25,7 @@ pub mod accel;
 pub mod command;
 pub mod firmware;
 pub mod host;
+pub mod phases;
 pub mod process;
 pub mod qmp;
 pub mod run;
@@ -43,6 +44,7 @@ pub use strata_proto::{Arch, ExtensionKind};
 
 pub use accel::kvm_usable;
 pub use firmware::{find_firmware, Firmware};
+pub use phases::Phase;
 pub use verdict::LayerVerdict;
 
 /// Which accelerator to use.
@@ -194,6 +196,9 @@ pub struct BootResult {
     pub firmware: PathBuf,
     /// Seconds from QEMU's start to the verdict.
     pub duration_secs: f64,
+    /// Where those seconds went (firmware, loader, kernel, the init's
+    /// steps, ...), see [`phases`].
+    pub phases: Vec<Phase>,
     /// `guest-poweroff`, `runner-quit-after-report`, `timeout`, `qemu-exit`,
     /// or `firmware-shell` (the firmware found nothing to boot).
     pub ended_by: String,
@@ -378,6 +383,11 @@ fn assemble(spec: &BootSpec, plan: Plan, watched: run::Watched, duration_secs: f
         v.pass = false;
         v.reason = reasons.join("; ");
     }
+    let phases = phases::phases(
+        &watched.console.arrivals,
+        &watched.console.events,
+        duration_secs,
+    );
     let ended_by = watched.ending.ended_by().into();
     let shutdown_reason = match watched.ending {
         verdict::Ending::GuestStopped { reason } => Some(reason),
@@ -391,6 +401,7 @@ fn assemble(spec: &BootSpec, plan: Plan, watched: run::Watched, duration_secs: f
         accel: plan.accel.name().into(),
         firmware: plan.firmware,
         duration_secs,
+        phases,
         ended_by,
         shutdown_reason,
         unreadable_lines: watched.console.unreadable,
@@ -628,6 +639,10 @@ mod tests {
             accel: "tcg".into(),
             firmware: "/fw".into(),
             duration_secs: 1.5,
+            phases: vec![Phase {
+                name: "firmware".into(),
+                secs: 1.5,
+            }],
             ended_by: "timeout".into(),
             shutdown_reason: None,
             unreadable_lines: vec![],
@@ -642,6 +657,8 @@ mod tests {
         assert_eq!(v["ended_by"], "timeout");
         assert_eq!(v["events"][0]["event"], "done");
         assert_eq!(v["duration_secs"], 1.5);
+        assert_eq!(v["phases"][0]["name"], "firmware");
+        assert_eq!(v["phases"][0]["secs"], 1.5);
         assert_eq!(v["qemu_command"][0], "qemu");
     }
 }

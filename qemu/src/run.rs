@@ -5,8 +5,8 @@
 //! first of: the guest stops itself (QMP `SHUTDOWN` with `guest: true`);
 //! QEMU exits; the firmware starts its UEFI shell (it found nothing to boot,
 //! and will not boot anything later); the report's `done` event is
-//! [`DONE_GRACE`] old without a power-off (a non-smoke boot goes on into the
-//! real system); the time limit.
+//! [`DONE_GRACE`] old without a power-off after a smoke run, or
+//! [`HANDOVER_GRACE`] old when the guest goes on into its real system; the time limit.
 //! Then QEMU is asked to `quit`, and killed if it has not exited after
 //! [`QUIT_GRACE`]. If QMP breaks down mid-run the process status and the
 //! serial log still carry the run to an end.
@@ -21,8 +21,15 @@ use crate::verdict::Ending;
 
 /// How often the sources are polled.
 pub const POLL: Duration = Duration::from_millis(100);
-/// How long a complete report may wait for the guest's own power-off.
+/// How long a complete report may wait for the guest's own power-off, when
+/// its `done` said it will power off (a smoke run).
 pub const DONE_GRACE: Duration = Duration::from_secs(5);
+/// How long a complete report waits when the guest goes on into its own
+/// system instead. The verdict rests on the report alone, so this only lets
+/// the log catch the hand-over's first lines (or its failure, printed at
+/// once); the full [`DONE_GRACE`] here was a third of a TCG boot's time
+/// to its verdict.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(1);
 /// How long QEMU gets to exit after `quit` before it is killed.
 pub const QUIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -60,8 +67,9 @@ pub fn watch(
     let mut monitor = monitor;
     let mut console = Console::default();
     let mut done_at: Option<Instant> = None;
+    let since_start = || Some(started.elapsed().as_secs_f64());
     let ending = loop {
-        console.feed(tail.poll()?);
+        console.feed_at(tail.poll()?, since_start());
         if done_at.is_none() && console.done() {
             done_at = Some(Instant::now());
         }
@@ -76,7 +84,7 @@ pub fn watch(
         if let Some(reason) = guest_stop(&mut monitor) {
             break Ending::GuestStopped { reason };
         }
-        if done_at.is_some_and(|t| t.elapsed() >= DONE_GRACE) {
+        if done_at.is_some_and(|t| t.elapsed() >= grace(&console)) {
             break Ending::RunnerQuit;
         }
         if started.elapsed() >= timeout {
@@ -90,12 +98,26 @@ pub fn watch(
         std::thread::sleep(POLL);
     };
     let killed = stop(vm, monitor)?;
-    console.feed(tail.finish()?);
+    console.feed_at(tail.finish()?, since_start());
     Ok(Watched {
         ending,
         console,
         killed,
     })
+}
+
+/// How long a complete report waits for the VM to end on its own: the
+/// guest's power-off after a smoke run, else only the hand-over's first lines.
+fn grace(console: &Console) -> Duration {
+    let smoke = console
+        .events
+        .iter()
+        .any(|e| matches!(e, strata_proto::report::Event::Done { smoke: true, .. }));
+    if smoke {
+        DONE_GRACE
+    } else {
+        HANDOVER_GRACE
+    }
 }
 
 /// The cause, when the guest stopped itself. A monitor that fails is dropped:
@@ -122,4 +144,25 @@ fn stop(vm: &mut Vm, mut monitor: Option<Monitor>) -> Result<bool, Error> {
     let status = vm.wait_or_kill(grace)?;
     drop(monitor);
     Ok(status.signal() == Some(libc::SIGKILL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::report::Event;
+
+    #[test]
+    fn only_a_smoke_run_gets_the_long_grace() {
+        let done = |smoke| Event::Done {
+            ok: true,
+            layers: 0,
+            smoke,
+        };
+        let mut c = Console::default();
+        c.feed([done(true).to_line()]);
+        assert_eq!(grace(&c), DONE_GRACE);
+        let mut c = Console::default();
+        c.feed([done(false).to_line()]);
+        assert_eq!(grace(&c), HANDOVER_GRACE);
+    }
 }

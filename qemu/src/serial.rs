@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use strata_proto::report::Event;
 
 /// Reads complete lines appended to a file since the last call.
@@ -89,6 +90,29 @@ fn decode(line: &[u8]) -> String {
     String::from_utf8_lossy(line).into_owned()
 }
 
+/// When the runner saw the landmarks of a boot arrive on the console, in
+/// seconds after QEMU started (to the runner's poll interval); `None` when a
+/// landmark never came (or lines were fed without a time).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct Arrivals {
+    /// The firmware started a boot entry (EDK II's `BdsDxe: starting`).
+    pub boot_entry: Option<f64>,
+    /// Linux's EFI stub spoke (`EFI stub: `): the loader handed over the
+    /// kernel and initramfs, and the stub decompresses and starts the kernel.
+    pub stub: Option<f64>,
+    /// The init's `start` event.
+    pub start: Option<f64>,
+    /// The init's `done` event.
+    pub done: Option<f64>,
+    /// The running system's `system` event.
+    pub system: Option<f64>,
+}
+
+/// The line EDK II's boot manager prints as it starts a boot option.
+const BOOT_ENTRY: &str = "BdsDxe: starting ";
+/// The prefix of the EFI stub's messages (absent with `quiet`).
+const STUB: &str = "EFI stub: ";
+
 /// What the console has shown so far: the report events, the report lines
 /// that could not be read, and the last line for error messages.
 #[derive(Debug, Default, Clone)]
@@ -102,6 +126,8 @@ pub struct Console {
     /// The firmware started its UEFI shell before any report: it found
     /// nothing it could boot (no driver for the disk, or no loader on it).
     pub firmware_shell: bool,
+    /// When the boot's landmarks arrived.
+    pub arrivals: Arrivals,
 }
 
 /// The banner of the EDK II shell that OVMF and AAVMF fall back to.
@@ -110,10 +136,22 @@ const SHELL_BANNER: &str = "UEFI Interactive Shell";
 impl Console {
     /// Takes in console lines.
     pub fn feed(&mut self, lines: impl IntoIterator<Item = String>) {
+        self.feed_at(lines, None);
+    }
+
+    /// Takes in console lines that arrived `at` seconds after QEMU started.
+    pub fn feed_at(&mut self, lines: impl IntoIterator<Item = String>, at: Option<f64>) {
         for line in lines {
             match Event::parse_line(&line) {
-                Some(Ok(event)) => self.events.push(event),
+                Some(Ok(event)) => {
+                    self.note_arrival(&event, at);
+                    self.events.push(event);
+                }
                 Some(Err(_)) => self.unreadable.push(line.clone()),
+                None if line.contains(BOOT_ENTRY) => {
+                    self.arrivals.boot_entry = self.arrivals.boot_entry.or(at);
+                }
+                None if line.contains(STUB) => self.arrivals.stub = self.arrivals.stub.or(at),
                 None => {}
             }
             if self.events.is_empty() && line.contains(SHELL_BANNER) {
@@ -123,6 +161,17 @@ impl Console {
                 self.last_line = Some(line);
             }
         }
+    }
+
+    /// Keeps the first arrival of each landmark event.
+    fn note_arrival(&mut self, event: &Event, at: Option<f64>) {
+        let slot = match event {
+            Event::Start { .. } => &mut self.arrivals.start,
+            Event::Done { .. } => &mut self.arrivals.done,
+            Event::System { .. } => &mut self.arrivals.system,
+            _ => return,
+        };
+        *slot = slot.or(at);
     }
 
     /// True once the guest said its report is complete: the init's `done`
@@ -205,6 +254,40 @@ mod tests {
         };
         c.feed([start.to_line(), "echo UEFI Interactive Shell".to_owned()]);
         assert!(!c.firmware_shell);
+    }
+
+    #[test]
+    fn landmarks_keep_their_first_arrival() {
+        let mut c = Console::default();
+        let start = Event::Start {
+            kernel: "6.1".into(),
+            machine: "x86_64".into(),
+            cmdline: String::new(),
+        };
+        c.feed_at(
+            ["BdsDxe: loading Boot0001".to_owned(), String::new()],
+            Some(1.0),
+        );
+        c.feed_at(
+            ["BdsDxe: starting Boot0001 \"UEFI Misc Device\"".to_owned()],
+            Some(2.5),
+        );
+        c.feed_at(["EFI stub: Loaded initrd".to_owned()], Some(4.0));
+        c.feed_at(
+            [start.to_line(), "BdsDxe: starting Boot0002".to_owned()],
+            Some(7.0),
+        );
+        c.feed_at([start.to_line()], Some(9.0));
+        assert_eq!(
+            c.arrivals,
+            Arrivals {
+                boot_entry: Some(2.5),
+                stub: Some(4.0),
+                start: Some(7.0),
+                done: None,
+                system: None
+            }
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - (checked by [`judge_disks`]) some `disk` event lists the driver of
 //!   the platform's device model;
 //! - (checked by [`judge_checks`]) every expected extension module loaded,
-//!   every expected profile file reported as shipped, the expected state
+//!   every expected profile file reported as shipped, every file several
+//!   Talos layers ship showing the upper layer's copy (`stack`), every
+//!   extension service the guest started running as expected (`service`), the expected state
 //!   mode reported, and, when the init handed over to systemd, a `system`
 //!   event from inside the running system: `running`, `multi-user.target`
 //!   active, no failed unit, every probe found again.
@@ -224,6 +226,8 @@ pub fn judge_checks(events: &[Event], checks: &crate::GuestChecks) -> Vec<String
             }
         }
     }
+    problems.extend(stack_problems(events));
+    problems.extend(service_problems(events));
     problems.extend(file_problems(events, &checks.files));
     problems.extend(state_problem(events, checks.state));
     problems.extend(system_problems(events));
@@ -269,6 +273,44 @@ pub fn tpm_problem(events: &[Event], check: &crate::TpmCheck) -> Option<String> 
         "PCR 11 is {got}, none of the predicted values ({})",
         wanted.join(", ")
     ))
+}
+
+/// Every file several Talos layers ship shows the upper layer's copy.
+fn stack_problems(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Stack {
+                path,
+                ok: false,
+                detail,
+                ..
+            } => Some(format!(
+                "layer order: {path}: {}",
+                detail.as_deref().unwrap_or("no reason given")
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every extension service the guest started ran as its restart policy expects.
+fn service_problems(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Service {
+                name,
+                ok: false,
+                detail,
+                ..
+            } => Some(format!(
+                "extension service \"{name}\": {}",
+                detail.as_deref().unwrap_or("no reason given")
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every profile file reported, and as shipped.
@@ -1218,6 +1260,54 @@ mod tests {
                 "failed units: systemd-logind.service",
                 "the running system does not show: /usr/bin/x: gone"
             ]
+        );
+    }
+
+    #[test]
+    fn a_shadowed_file_showing_a_lower_layer_fails_the_boot() {
+        let stack = |ok: bool, shown: &str, detail: Option<&str>| Event::Stack {
+            path: "/usr/local/share/order/who".into(),
+            layers: vec!["lower".into(), "upper".into()],
+            expected: "upper".into(),
+            shown: shown.into(),
+            ok,
+            detail: detail.map(String::from),
+        };
+        let none = crate::GuestChecks::default();
+        assert!(judge_checks(&[stack(true, "upper", None)], &none).is_empty());
+        assert_eq!(
+            judge_checks(
+                &[stack(
+                    false,
+                    "lower",
+                    Some("the merged root shows lower's copy")
+                )],
+                &none
+            ),
+            ["layer order: /usr/local/share/order/who: the merged root shows lower's copy"]
+        );
+    }
+
+    #[test]
+    fn a_service_that_did_not_run_fails_the_boot() {
+        let service = |ok: bool, detail: Option<&str>| Event::Service {
+            name: "hello-service".into(),
+            entrypoint: "./hello".into(),
+            restart: "always".into(),
+            executed: ok,
+            exit_status: None,
+            alive: Some(ok),
+            ok,
+            detail: detail.map(String::from),
+        };
+        let none = crate::GuestChecks::default();
+        assert!(judge_checks(&[service(true, None)], &none).is_empty());
+        assert_eq!(
+            judge_checks(
+                &[service(false, Some("its interpreter /bin/sh is missing"))],
+                &none
+            ),
+            ["extension service \"hello-service\": its interpreter /bin/sh is missing"]
         );
     }
 

@@ -7,7 +7,7 @@
 //! The bytes are the ones strata has always written; the tests pin them.
 
 use strata_proto::initramfs::{
-    self, archive_name, Disabled, ExtensionsYaml, Flattened, Guest, ProfileFile, Shipped,
+    self, archive_name, Disabled, ExtensionsYaml, Flattened, Guest, ProfileFile, Shadowed, Shipped,
     StateMode, YamlLayer,
 };
 use strata_proto::ExtensionKind;
@@ -77,13 +77,22 @@ pub fn extensions_json(
     })
 }
 
-/// `etc/strata/guest.json`: the state mode and the profile's files; `None`
+/// `etc/strata/guest.json`: the state mode, the profile's files and the files Talos layers
+/// shadow (see [`crate::assets::layers::shadowed`]) and whether to start the extension
+/// services (`boot_test.services`); `None`
 /// when both are the defaults (the file is then left out, and images
 /// without them keep their bytes).
-pub fn guest_json(state: StateMode, files: &[ProfileFile]) -> Option<(String, Vec<u8>)> {
+pub fn guest_json(
+    state: StateMode,
+    files: &[ProfileFile],
+    shadowed: Vec<Shadowed>,
+    services: bool,
+) -> Option<(String, Vec<u8>)> {
     let guest = Guest {
         state,
         files: files.to_vec(),
+        shadowed,
+        services,
     };
     (!guest.is_default()).then(|| {
         (
@@ -199,8 +208,8 @@ mod tests {
 
     #[test]
     fn guest_json_is_left_out_by_default_and_read_back_by_the_guest() {
-        assert!(guest_json(StateMode::Tmpfs, &[]).is_none());
-        let (name, bytes) = guest_json(StateMode::Persistent, &[]).unwrap();
+        assert!(guest_json(StateMode::Tmpfs, &[], Vec::new(), false).is_none());
+        let (name, bytes) = guest_json(StateMode::Persistent, &[], Vec::new(), false).unwrap();
         assert_eq!(name, "etc/strata/guest.json");
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
@@ -214,7 +223,13 @@ mod tests {
             uid: 0,
             gid: 0,
         };
-        let (_, bytes) = guest_json(StateMode::Tmpfs, std::slice::from_ref(&file)).unwrap();
+        let (_, bytes) = guest_json(
+            StateMode::Tmpfs,
+            std::slice::from_ref(&file),
+            Vec::new(),
+            false,
+        )
+        .unwrap();
         let back: Guest = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back.files, [file]);
         assert_eq!(back.state, StateMode::Tmpfs);

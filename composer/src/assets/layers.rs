@@ -28,6 +28,8 @@
 //! disabled DDI is placed in the root whole, for systemd-sysext to dissect on the booted
 //! system.
 
+use std::collections::BTreeMap;
+
 use crate::cache::{Cache, KeyBuilder, Product};
 use crate::error::{Error, ErrorKind, Result};
 use crate::extension::modules::{extension_modules, module_names, ModuleError};
@@ -156,7 +158,7 @@ fn module_depends(entry: &Entry) -> std::result::Result<Vec<String>, crate::erro
 
 /// The file the guest checks for a flattened extension, and the entry of
 /// `/etc/strata/extensions.json`'s `flattened` list (the guest's contract types).
-pub use strata_proto::initramfs::{Flattened, Probe};
+pub use strata_proto::initramfs::{Flattened, Probe, Shadowed};
 
 /// The layer an extension contributes when flattening: Talos over the whole
 /// root, sysext over /usr and /opt, confext over /etc (what systemd merges).
@@ -217,6 +219,41 @@ pub fn flatten_all(
         });
     }
     Ok((tree, probes, conflicts))
+}
+
+/// The regular files more than one Talos extension of `exts` ships, in path order, each with
+/// the layers that ship it (lowest first) and the digest of the upper copy, which the merged
+/// root must show (`guest.json`'s `shadowed`). Paths any tree of `above` also has are left out:
+/// those layers (sysext, confext, the module layer, the profile's files) sit over every Talos
+/// layer, so the Talos order does not decide what shows there.
+pub fn shadowed(exts: &[Resolved], above: &[&Tree]) -> std::io::Result<Vec<Shadowed>> {
+    let talos: Vec<&Resolved> = exts.iter().filter(|e| e.kind == Kind::Talos).collect();
+    let mut by_path: BTreeMap<&Path, Vec<(&str, &FileData)>> = BTreeMap::new();
+    for e in &talos {
+        for (path, entry) in e.tree.iter() {
+            if let EntryKind::File(data) = &entry.kind {
+                by_path.entry(path).or_default().push((&e.name, data));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (path, shippers) in by_path {
+        if shippers.len() < 2 || above.iter().any(|t| t.get(path).is_some()) {
+            continue;
+        }
+        // A later layer that ships something else there (a directory, a link) hides the file.
+        let (upper, data) = shippers[shippers.len() - 1];
+        let last_talos = talos.iter().rev().find(|e| e.tree.get(path).is_some());
+        if last_talos.is_some_and(|e| e.name != upper) {
+            continue;
+        }
+        out.push(Shadowed {
+            path: path.display().to_string(),
+            layers: shippers.iter().map(|(name, _)| name.to_string()).collect(),
+            sha256: sha256(data)?,
+        });
+    }
+    Ok(out)
 }
 
 /// The first regular file (sorted) of `layer` whose content survived into `tree`.
@@ -610,6 +647,74 @@ mod tests {
         crate::fs::squashfs::write_file_metered(&tree, &out, &SquashOptions::default(), &read)
             .unwrap();
         assert_eq!(read.load(Ordering::Relaxed), 600_005);
+    }
+
+    /// A Talos (or other kind) extension named `name` holding `files` (path, content).
+    fn ext(kind: Kind, name: &str, files: &[(&str, &str)]) -> Resolved {
+        let mut tree = Tree::new();
+        for (path, content) in files {
+            tree.insert(path, Entry::bytes_file(content.as_bytes().to_vec(), 0o644))
+                .unwrap();
+        }
+        Resolved {
+            kind,
+            name: name.into(),
+            version: "1".into(),
+            metadata: serde_norway::Value::Null,
+            tree,
+            raw_image: None,
+            partition: None,
+            origin: name.into(),
+            digest: None,
+            report: crate::extension::findings::Report::new(name, "talos"),
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn shadowed_files_name_every_layer_and_the_upper_copy() {
+        let exts = [
+            ext(
+                Kind::Talos,
+                "a",
+                &[("/usr/x", "a"), ("/usr/y", "a"), ("/usr/a", "a")],
+            ),
+            ext(Kind::Talos, "b", &[("/usr/x", "b"), ("/usr/z", "b")]),
+            ext(
+                Kind::Talos,
+                "c",
+                &[("/usr/x", "c"), ("/usr/y", "c"), ("/usr/z", "c")],
+            ),
+            // A sysext over /usr/z: what shows there is not the Talos layers' business.
+            ext(Kind::Sysext, "s", &[("/usr/z", "s")]),
+        ];
+        let above = [&exts[3].tree];
+        let got = shadowed(&exts, &above).unwrap();
+        let digest = |t: &str| crate::io::hash::bytes_sha256(t.as_bytes());
+        assert_eq!(
+            got,
+            [
+                Shadowed {
+                    path: "/usr/x".into(),
+                    layers: vec!["a".into(), "b".into(), "c".into()],
+                    sha256: digest("c"),
+                },
+                Shadowed {
+                    path: "/usr/y".into(),
+                    layers: vec!["a".into(), "c".into()],
+                    sha256: digest("c"),
+                },
+            ]
+        );
+        // A later layer with a directory where a lower one has the file: nothing to compare.
+        let mut dir_over = ext(Kind::Talos, "d", &[]);
+        dir_over.tree.insert("/usr/x", Entry::dir(0o755)).unwrap();
+        let exts = [
+            ext(Kind::Talos, "a", &[("/usr/x", "a")]),
+            ext(Kind::Talos, "b", &[("/usr/x", "b")]),
+            dir_over,
+        ];
+        assert!(shadowed(&exts, &[]).unwrap().is_empty());
     }
 
     #[test]

@@ -135,6 +135,26 @@ pub fn make(
     })
 }
 
+/// The files Talos layers shadow, for `guest.json` (none when flattened: no layers at boot).
+fn shadowed(
+    plan: &Plan,
+    module_layer: Option<&ModuleLayer>,
+) -> Result<Vec<crate::assets::layers::Shadowed>> {
+    if plan.flatten {
+        return Ok(Vec::new());
+    }
+    let mut above: Vec<&crate::fs::tree::Tree> = plan
+        .extensions
+        .iter()
+        .filter(|e| e.kind != crate::extension::source::Kind::Talos)
+        .map(|e| &e.tree)
+        .collect();
+    above.push(&plan.files.tree);
+    above.extend(module_layer.map(|m| &m.tree));
+    crate::assets::layers::shadowed(&plan.extensions, &above)
+        .map_err(|e| Error::step(ErrorKind::Io, "reading the files Talos layers shadow", e))
+}
+
 /// `" (cached)"` when every `step` so far was a hit, `" (n of m cached)"` when some were.
 fn cached_note(cache: &Cache, step: &str) -> String {
     let records = cache.records();
@@ -167,7 +187,12 @@ fn initramfs_per_platform(
     let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
     sysexts.extend(files_layer);
     let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
-    files.extend(guest_files::guest_json(plan.state, &plan.files.records));
+    files.extend(guest_files::guest_json(
+        plan.state,
+        &plan.files.records,
+        shadowed(plan, module_layer)?,
+        plan.boot_services,
+    ));
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut out = Vec::new();
     for pp in &plan.platforms {

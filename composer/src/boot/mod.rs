@@ -244,7 +244,7 @@ pub fn summary(art: &Path, r: &BootResult) -> String {
         })
         .collect();
     format!(
-        "{} {}: {} — {} of {} extension(s) confirmed by the guest: [{}]; {:.1} s under {}; ended by {}; serial log {}",
+        "{} {}: {} — {} of {} extension(s) confirmed by the guest: [{}]; {:.1} s under {} ({}); ended by {}; serial log {}",
         if r.pass { "PASS" } else { "FAIL" },
         art.display(),
         r.reason,
@@ -253,6 +253,7 @@ pub fn summary(art: &Path, r: &BootResult) -> String {
         layers.join(", "),
         r.duration_secs,
         r.accel,
+        strata_qemu::phases::describe(&r.phases),
         r.ended_by,
         r.serial_log.display()
     )

@@ -182,6 +182,11 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
         files,
         state: p.state,
         flatten: p.flatten,
+        boot_services: p.boot_test.services.unwrap_or_else(|| {
+            platforms
+                .iter()
+                .any(|pp: &PlatformPlan| pp.platform.boot_test.services)
+        }),
         conflicts: p.conflicts,
         platforms,
         bootloader,

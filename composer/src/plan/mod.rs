@@ -110,6 +110,9 @@ pub struct Plan {
     pub ext_modules: Vec<String>,
     /// Merge the extensions into the root at build time.
     pub flatten: bool,
+    /// The guest starts every Talos extension service once and judges it
+    /// (`boot_test.services`: the profile's, else any platform's).
+    pub boot_services: bool,
     /// What a path two flattened extensions provide is.
     pub conflicts: ConflictPolicy,
     /// Each platform with what it gets.

@@ -78,6 +78,19 @@ pub struct Profile {
     /// `pcr:` — sign the UKI's predicted PCR 11 policy (docs/trusted-boot-pcr.md).
     #[serde(default)]
     pub pcr: Option<PcrSpec>,
+    /// What boot tests check beyond the platform's settings.
+    #[serde(default)]
+    pub boot_test: ProfileBootTest,
+}
+
+/// `boot_test:` of a profile: overrides the platforms' boot-test checks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileBootTest {
+    /// Start every Talos extension service once in the guest and judge it
+    /// (absent: each platform's `boot_test.services`).
+    #[serde(default)]
+    pub services: Option<bool>,
 }
 
 /// Reads an optional size (`8 KiB`, `65536`) as bytes; `auto` is refused.

@@ -86,6 +86,10 @@ pub struct BootTest {
     pub media: PerArch<String>,
     /// Guest memory.
     pub memory_mib: u32,
+    /// Start every Talos extension service once in the guest and judge it
+    /// (a profile's `boot_test.services` overrides this).
+    #[serde(default)]
+    pub services: bool,
 }
 
 /// A value for every architecture, or one per architecture.
