@@ -29,6 +29,7 @@ pub mod signals;
 pub mod source;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod trust;
 
 pub use arch::Arch;
 pub use error::{Error, ErrorKind, InputError, Result};

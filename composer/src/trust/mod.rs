@@ -1,0 +1,8 @@
+//! Trusted boot: the keys that sign what the firmware and the TPM check.
+//!
+//! [`keys`] loads the PEM private keys and X.509 certificates a profile
+//! names (`secure_boot:` and `pcr:`). Everything here is native: no
+//! openssl, sbsign or systemd-measure runs at build time; tests use those
+//! as judges.
+
+pub mod keys;
