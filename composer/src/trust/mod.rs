@@ -5,4 +5,7 @@
 //! openssl, sbsign or systemd-measure runs at build time; tests use those
 //! as judges.
 
+pub(crate) mod asn1;
+pub mod authenticode;
 pub mod keys;
+pub mod pe;
