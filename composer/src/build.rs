@@ -103,6 +103,7 @@ fn run(
     let steps_cache = crate::cache::Cache::open(&plan.cache, !opts.no_cache)?;
     let assets = crate::assets::make(&plan, &kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
+    let ukis = crate::assets::uki::make(&plan, &kernel, &assets.platforms, work.path())?;
 
     // Every platform's disk is planned before anything is written: a
     // platform whose ESP does not fit fails before another's outputs land.
@@ -111,7 +112,8 @@ fn run(
         .platforms
         .iter()
         .zip(&assets.platforms)
-        .map(|(pp, pa)| plan::esp::disk_plan(&plan, pp, &kernel, &pa.initrd))
+        .zip(&ukis)
+        .map(|((pp, pa), uki)| plan::esp::disk_plan(&plan, pp, &kernel, &pa.initrd, uki.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     let layouts: Vec<String> = plan
         .platforms

@@ -8,6 +8,14 @@
 //! loader/entries/strata-<name>.conf
 //! strata/vmlinuz, strata/initrd.img
 //! ```
+//! With a unified kernel image (`uki:`, `secure_boot:`) the kernel, the
+//! initramfs and the entry are one file instead ([`uki_files`]):
+//! ```text
+//! EFI/BOOT/BOOT{X64,AA64}.EFI     systemd-boot (signed under Secure Boot), or the UKI itself (`uki: direct`)
+//! loader/loader.conf              timeout 0, default <name>.efi[, secure-boot-enroll force]
+//! EFI/Linux/<name>.efi            the UKI, found by systemd-boot (Boot Loader Specification type #2)
+//! loader/keys/<name>/{PK,KEK,db}.auth   with `secure_boot.enroll`
+//! ```
 //! Its size follows from the contents plus headroom for a later update of
 //! kernel and initramfs; a fixed size that is too small is refused before
 //! anything is written.
@@ -100,6 +108,48 @@ pub fn files(
             source: FatSource::Path(initrd.to_path_buf()),
         },
     ]
+}
+
+/// `loader/loader.conf` for a UKI: boot `EFI/Linux/<name>.efi` at once; with
+/// `enroll`, let systemd-boot enrol the keys of `loader/keys/` into a
+/// machine in setup mode (systemd 252 knows only `force` for that; later
+/// versions also `if-safe`).
+pub fn uki_loader_conf(name: &str, enroll: bool) -> String {
+    let mut conf = format!("timeout 0\ndefault {name}.efi\neditor no\n");
+    if enroll {
+        conf.push_str("secure-boot-enroll force\n");
+    }
+    conf
+}
+
+/// Everything the ESP holds when the image boots the UKI `uki`.
+pub fn uki_files(arch: Arch, name: &str, uki: &crate::assets::uki::UkiFiles) -> Vec<FatFile> {
+    let path = |p: &Path| FatSource::Path(p.to_path_buf());
+    let Some(bootloader) = &uki.bootloader else {
+        return vec![FatFile {
+            path: arch.efi_boot_path().to_string(),
+            source: path(&uki.uki),
+        }];
+    };
+    let mut files = vec![
+        FatFile {
+            path: arch.efi_boot_path().to_string(),
+            source: path(bootloader),
+        },
+        FatFile {
+            path: "loader/loader.conf".into(),
+            source: FatSource::Bytes(uki_loader_conf(name, !uki.enrol.is_empty()).into_bytes()),
+        },
+        FatFile {
+            path: format!("EFI/Linux/{name}.efi"),
+            source: path(&uki.uki),
+        },
+    ];
+    files.extend(uki.enrol.iter().map(|(at, file)| FatFile {
+        path: at.clone(),
+        source: path(file),
+    }));
+    files
 }
 
 /// Why the ESP cannot be sized.

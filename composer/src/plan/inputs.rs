@@ -78,6 +78,7 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
     let files = super::files::resolve(&lp, &blame, root_tree.as_ref())?;
     let root_release = root_os_release(root_tree.as_ref(), &root_path, scratch.path());
     check_os(&lp, &blame, root_kind, root_release.as_ref())?;
+    let trust = super::trust::resolve(&lp, &blame, root_release.as_ref().map(|(_, t)| t.as_str()))?;
     let host = root_release.and_then(|(_, text)| {
         crate::extension::sysext::HostRelease::from_os_release(&text, p.arch.debian()).ok()
     });
@@ -155,6 +156,10 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
                 // The init mounts the state partition as ext2 through the ext4 driver.
                 modules.push("ext4".into());
             }
+            if trust.as_ref().is_some_and(|t| t.secure_boot.is_some()) {
+                // The init reads the SecureBoot variable through efivarfs, a module in Debian.
+                modules.push("efivarfs".into());
+            }
             Ok(PlatformPlan {
                 modules,
                 cmdline,
@@ -197,6 +202,7 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
             mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
         },
         initramfs_compression: p.initramfs.compression,
+        trust,
         esp_size: p.disk.map(|d| d.esp_size).unwrap_or_default(),
         cache,
         out_dir,

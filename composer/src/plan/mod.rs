@@ -23,6 +23,7 @@
 //! | [`esp`] | ESP contents, ESP size, disk layout |
 //! | [`binaries`] | the guest init and the bootloader |
 //! | [`files`] | the profile's `files:` and `state:` |
+//! | [`trust`] | `uki:` and `secure_boot:`: the EFI stub, the signer |
 //! | [`dump`] | the plan as text or JSON (`strata plan`) |
 
 pub mod binaries;
@@ -33,6 +34,7 @@ pub mod files;
 pub mod inputs;
 pub mod kernel;
 pub mod modules;
+pub mod trust;
 
 use crate::arch::Arch;
 use crate::error::{Error, ErrorKind, InputError, Result};
@@ -128,6 +130,8 @@ pub struct Plan {
     pub initramfs_compression: InitramfsCompressor,
     /// The profile's `disk.esp_size`.
     pub esp_size: Size,
+    /// The unified kernel image and its signing, when the profile asks for them.
+    pub trust: Option<trust::TrustPlan>,
     /// The cache root.
     pub cache: PathBuf,
     /// The output directory (`--out`, else `out/<name>`), checked to lie

@@ -9,3 +9,4 @@ pub(crate) mod asn1;
 pub mod authenticode;
 pub mod keys;
 pub mod pe;
+pub mod uki;

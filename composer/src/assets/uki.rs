@@ -1,0 +1,112 @@
+//! Trusted-boot assets: each platform's unified kernel image (the kernel,
+//! its initramfs and its command line in one PE file, signed when the
+//! profile has `secure_boot:`) and the signed systemd-boot that loads it.
+//!
+//! A platform's UKI differs from another's only by its command line and
+//! initramfs; each is written into the build's work directory, where the
+//! ESP takes it from.
+
+use crate::assets::PlatformAssets;
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::{Plan, PlatformPlan};
+use crate::profile::UkiMode;
+use crate::source::kernel::Kernel;
+use crate::trust::uki::{self, UkiInputs};
+use std::path::{Path, PathBuf};
+
+/// What one platform's ESP boots through.
+#[derive(Debug, Clone)]
+pub struct UkiFiles {
+    /// The UKI.
+    pub uki: PathBuf,
+    /// How it is booted.
+    pub mode: UkiMode,
+    /// systemd-boot, signed when Secure Boot is on (`None` for `uki: direct`).
+    pub bootloader: Option<PathBuf>,
+    /// Key enrolment files `(ESP path, file)`, when `secure_boot.enroll` is on.
+    pub enrol: Vec<(String, PathBuf)>,
+}
+
+/// The UKI of every platform (in the plan's order), `None` each when the
+/// profile boots a BLS entry.
+pub fn make(
+    plan: &Plan,
+    kernel: &Kernel,
+    platforms: &[PlatformAssets],
+    work: &Path,
+) -> Result<Vec<Option<UkiFiles>>> {
+    let Some(trust) = &plan.trust else {
+        return Ok(vec![None; plan.platforms.len()]);
+    };
+    let signer = trust.secure_boot.as_ref().map(|sb| &*sb.signer);
+    let bootloader = match trust.mode {
+        UkiMode::Direct => None,
+        _ => Some(bootloader(plan, signer, work)?),
+    };
+    plan.platforms
+        .iter()
+        .zip(platforms)
+        .map(|(pp, pa)| {
+            let path = one(plan, pp, kernel, &pa.initrd, work)?;
+            Ok(Some(UkiFiles {
+                uki: path,
+                mode: trust.mode,
+                bootloader: bootloader.clone(),
+                enrol: Vec::new(),
+            }))
+        })
+        .collect()
+}
+
+/// systemd-boot as the ESP carries it: a signed copy under Secure Boot.
+fn bootloader(
+    plan: &Plan,
+    signer: Option<&dyn crate::trust::authenticode::Signer>,
+    work: &Path,
+) -> Result<PathBuf> {
+    let Some(signer) = signer else {
+        return Ok(plan.bootloader.clone());
+    };
+    let signed = work.join("systemd-boot.signed.efi");
+    std::fs::copy(&plan.bootloader, &signed).map_err(Error::io("copying", &plan.bootloader))?;
+    crate::trust::authenticode::sign_pe(&signed, signer).map_err(|e| {
+        Error::step(
+            ErrorKind::Format,
+            format!("signing {}", plan.bootloader.display()),
+            e,
+        )
+    })?;
+    Ok(signed)
+}
+
+/// Builds (and signs) one platform's UKI.
+fn one(
+    plan: &Plan,
+    pp: &PlatformPlan,
+    kernel: &Kernel,
+    initrd: &Path,
+    work: &Path,
+) -> Result<PathBuf> {
+    let trust = plan.trust.as_ref().expect("called with a trust plan");
+    let dir = work.join(format!("uki-{}", pp.platform.name));
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    let out = dir.join(format!("{}.efi", plan.name));
+    let inputs = UkiInputs {
+        stub: &trust.stub,
+        osrel: &trust.osrel,
+        cmdline: &pp.cmdline,
+        uname: &kernel.release,
+        linux: &kernel.vmlinuz,
+        initrd,
+    };
+    let signer = trust.secure_boot.as_ref().map(|sb| &*sb.signer);
+    // With `pcr:` (trust::pcr), pass `Some(&|s| trust::pcr::sign_pcr11(s, &key))` here.
+    uki::build(&inputs, plan.arch, &dir, &out, None, signer).map_err(|e| {
+        Error::step(
+            ErrorKind::Format,
+            format!("building the unified kernel image for {}", pp.platform.name),
+            e,
+        )
+    })?;
+    Ok(out)
+}

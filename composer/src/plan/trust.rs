@@ -1,0 +1,138 @@
+//! The trusted-boot part of the plan: whether the image boots a unified
+//! kernel image, which EFI stub builds it, and the Secure Boot signer.
+//!
+//! The key and certificate are loaded here, at plan time, so a wrong
+//! passphrase or a certificate made for another key fails before anything
+//! is written, with the profile field to fix.
+
+use super::Blame;
+use crate::arch::Arch;
+use crate::error::{Error, Result};
+use crate::profile::{LoadedProfile, SecureBootSpec, UkiMode};
+use crate::trust::authenticode::{PemSigner, Signer};
+use crate::trust::keys::{Certificate, PrivateKey};
+use std::path::PathBuf;
+
+/// How the image boots a UKI.
+pub struct TrustPlan {
+    /// `SystemdBoot` or `Direct` (never `Off`: then there is no plan).
+    pub mode: UkiMode,
+    /// The systemd EFI stub.
+    pub stub: PathBuf,
+    /// The `.osrel` text: the root's os-release, else one made from `os:`.
+    pub osrel: String,
+    /// Secure Boot signing, when asked for.
+    pub secure_boot: Option<SecureBootPlan>,
+}
+
+/// The signer of every EFI binary, and whether its keys are enrolled.
+pub struct SecureBootPlan {
+    /// Signs the UKI and systemd-boot.
+    pub signer: Box<dyn Signer>,
+    /// Ship `loader/keys/<name>/*.auth` and `secure-boot-enroll` in loader.conf.
+    pub enroll: bool,
+}
+
+/// Debian's systemd EFI stub for `arch` (package systemd-boot-efi).
+pub fn default_stub(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        Arch::Arm64 => "/usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
+    }
+}
+
+/// The trusted-boot plan of the profile, `None` for a BLS-entry image.
+pub(crate) fn resolve(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    root_os_release: Option<&str>,
+) -> Result<Option<TrustPlan>> {
+    let p = &lp.profile;
+    let mode = match (p.uki, &p.secure_boot) {
+        (Some(UkiMode::Off), Some(_)) => {
+            return Err(blame
+                .error(
+                    "uki",
+                    "`secure_boot` signs a unified kernel image, and `uki` is false",
+                    "remove `uki: false` (`secure_boot` implies `uki: true`)",
+                )
+                .into())
+        }
+        (Some(UkiMode::Off), None) | (None, None) => return Ok(None),
+        (Some(mode), _) => mode,
+        (None, Some(_)) => UkiMode::SystemdBoot,
+    };
+    let stub = PathBuf::from(default_stub(p.arch));
+    if !stub.is_file() {
+        return Err(Error::Environment {
+            message: format!("the systemd EFI stub {} is missing", stub.display()),
+            hint: format!(
+                "install Debian's systemd-boot-efi{} (scripts/deps.sh)",
+                if p.arch == Arch::Arm64 { ":arm64" } else { "" }
+            ),
+        });
+    }
+    let osrel = root_os_release
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("ID={}\nVERSION_ID={}\n", p.os.id, p.os.version));
+    let secure_boot = match &p.secure_boot {
+        Some(sb) => Some(secure_boot(lp, blame, sb, mode)?),
+        None => None,
+    };
+    Ok(Some(TrustPlan {
+        mode,
+        stub,
+        osrel,
+        secure_boot,
+    }))
+}
+
+/// Loads the key and certificate of `secure_boot:`.
+fn secure_boot(
+    lp: &LoadedProfile,
+    blame: &Blame,
+    sb: &SecureBootSpec,
+    mode: UkiMode,
+) -> Result<SecureBootPlan> {
+    if sb.enroll && mode == UkiMode::Direct {
+        return Err(blame
+            .error(
+                "secure_boot.enroll",
+                "enrolment is done by systemd-boot, and `uki: direct` boots without it",
+                "use `uki: true`, or drop `enroll`",
+            )
+            .into());
+    }
+    if sb.enroll {
+        return Err(blame
+            .error(
+                "secure_boot.enroll",
+                "enrolment files (loader/keys/*.auth) are not made by this version of strata",
+                "drop `enroll`, and enrol the certificate into the firmware's db yourself (docs/trusted-boot.md)",
+            )
+            .into());
+    }
+    let hint = "name a PEM file (docs/trusted-boot.md says how to make one)";
+    let key_path = blame.existing(lp, "secure_boot.key", &sb.key, false, hint)?;
+    let cert_path = blame.existing(lp, "secure_boot.cert", &sb.cert, false, hint)?;
+    let key = PrivateKey::load(&key_path, sb.passphrase_env.as_deref()).map_err(|e| {
+        let field = if matches!(
+            e,
+            crate::trust::keys::KeyError::NeedsPassphrase { .. }
+                | crate::trust::keys::KeyError::PassphraseUnset { .. }
+        ) {
+            "secure_boot.passphrase_env"
+        } else {
+            "secure_boot.key"
+        };
+        blame.error(field, e.to_string(), e.fix())
+    })?;
+    let cert = Certificate::load(&cert_path)
+        .map_err(|e| blame.error("secure_boot.cert", e.to_string(), e.fix()))?;
+    let signer = PemSigner::new(key, cert)
+        .map_err(|e| blame.error("secure_boot.cert", e.to_string(), e.fix()))?;
+    Ok(SecureBootPlan {
+        signer: Box::new(signer),
+        enroll: sb.enroll,
+    })
+}
