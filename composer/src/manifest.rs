@@ -34,6 +34,10 @@ pub struct Manifest {
 
 /// For `skip_serializing_if`: the default state mode is left out, so
 /// manifests of builds without `state:` keep their bytes.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn is_tmpfs(mode: &StateMode) -> bool {
     *mode == StateMode::Tmpfs
 }
@@ -66,6 +70,10 @@ pub struct Build {
     /// Where the root's writable layer lives (absent: tmpfs).
     #[serde(default, skip_serializing_if = "is_tmpfs")]
     pub state: StateMode,
+    /// Every EFI binary is signed for Secure Boot: boot tests use Secure
+    /// Boot firmware and require the guest to report it on.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secure_boot: bool,
     /// How boot tests attach the image.
     pub boot_test: BootTest,
     /// Timestamp used for every file (SOURCE_DATE_EPOCH).
@@ -211,6 +219,7 @@ impl Build {
                 .unwrap_or_default(),
             files: plan.files.records.iter().map(|f| f.path.clone()).collect(),
             state: plan.state,
+            secure_boot: plan.trust.as_ref().is_some_and(|t| t.secure_boot.is_some()),
             boot_test: BootTest {
                 media: pp.platform.boot_test.media.get(plan.arch),
                 memory_mib: pp.platform.boot_test.memory_mib,
@@ -369,6 +378,7 @@ mod tests {
             ext_modules: vec![],
             files: vec![],
             state: StateMode::Tmpfs,
+            secure_boot: false,
             boot_test: BootTest {
                 media: "virtio-blk".into(),
                 memory_mib: 1024,
