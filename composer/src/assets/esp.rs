@@ -14,7 +14,7 @@
 //! EFI/BOOT/BOOT{X64,AA64}.EFI     systemd-boot (signed under Secure Boot), or the UKI itself (`uki: direct`)
 //! loader/loader.conf              timeout 0, default <name>.efi[, secure-boot-enroll force]
 //! EFI/Linux/<name>.efi            the UKI, found by systemd-boot (Boot Loader Specification type #2)
-//! loader/keys/<name>/{PK,KEK,db}.auth   with `secure_boot.enroll`
+//! loader/keys/auto/{PK,KEK,db}.auth    with `secure_boot.enroll`
 //! ```
 //! Its size follows from the contents plus headroom for a later update of
 //! kernel and initramfs; a fixed size that is too small is refused before
@@ -231,6 +231,38 @@ mod tests {
             version: "6.1.0-56-amd64".into(),
             cmdline: "console=ttyS0".into(),
         }
+    }
+
+    #[test]
+    fn a_uki_esp_holds_the_bootloader_the_uki_and_the_enrolment_files() {
+        let uki = crate::assets::uki::UkiFiles {
+            uki: "/w/default.efi".into(),
+            mode: crate::profile::UkiMode::SystemdBoot,
+            bootloader: Some("/w/sd-boot.efi".into()),
+            enrol: vec![("loader/keys/auto/PK.auth".into(), "/w/PK.auth".into())],
+        };
+        let files = uki_files(Arch::Amd64, "default", &uki);
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "loader/loader.conf",
+                "EFI/Linux/default.efi",
+                "loader/keys/auto/PK.auth"
+            ]
+        );
+        assert!(matches!(&files[1].source, FatSource::Bytes(b)
+            if b == b"timeout 0\ndefault default.efi\neditor no\nsecure-boot-enroll force\n"));
+        let direct = crate::assets::uki::UkiFiles {
+            bootloader: None,
+            enrol: vec![],
+            mode: crate::profile::UkiMode::Direct,
+            ..uki
+        };
+        let files = uki_files(Arch::Arm64, "default", &direct);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "EFI/BOOT/BOOTAA64.EFI");
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub fn make(
         UkiMode::Direct => None,
         _ => Some(bootloader(plan, signer, work)?),
     };
+    let enrol = match &trust.secure_boot {
+        Some(sb) if sb.enroll => enrolment_files(plan, &*sb.signer, work)?,
+        _ => Vec::new(),
+    };
     plan.platforms
         .iter()
         .zip(platforms)
@@ -52,8 +56,46 @@ pub fn make(
                 uki: path,
                 mode: trust.mode,
                 bootloader: bootloader.clone(),
-                enrol: Vec::new(),
+                enrol: enrol.clone(),
             }))
+        })
+        .collect()
+}
+
+/// Where systemd-boot 252 looks for keys to enrol on its own
+/// (`secure-boot-enroll force`): `loader/keys/auto/`.
+pub const ENROL_DIR: &str = "loader/keys/auto";
+
+/// `PK.auth`, `KEK.auth` and `db.auth` of the signer's certificate, written
+/// to `work`, as (ESP path, file). The signature owner GUID derives from the
+/// build's seed, the timestamp from its epoch: reproducible.
+fn enrolment_files(
+    plan: &Plan,
+    signer: &dyn crate::trust::authenticode::Signer,
+    work: &Path,
+) -> Result<Vec<(String, PathBuf)>> {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(b"strata-secure-boot-owner")
+        .chain_update(&plan.seed)
+        .finalize();
+    let mut owner = [0u8; 16];
+    owner.copy_from_slice(&d[..16]);
+    let files = crate::trust::enroll::auth_files(signer, owner, plan.epoch).map_err(|e| {
+        Error::step(
+            ErrorKind::Format,
+            "making the Secure Boot enrolment files",
+            e,
+        )
+    })?;
+    let dir = work.join("keys");
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    files
+        .into_iter()
+        .map(|(name, bytes)| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(Error::io("writing", &path))?;
+            Ok((format!("{ENROL_DIR}/{name}"), path))
         })
         .collect()
 }

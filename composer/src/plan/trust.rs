@@ -103,15 +103,6 @@ fn secure_boot(
             )
             .into());
     }
-    if sb.enroll {
-        return Err(blame
-            .error(
-                "secure_boot.enroll",
-                "enrolment files (loader/keys/*.auth) are not made by this version of strata",
-                "drop `enroll`, and enrol the certificate into the firmware's db yourself (docs/trusted-boot.md)",
-            )
-            .into());
-    }
     let hint = "name a PEM file (docs/trusted-boot.md says how to make one)";
     let key_path = blame.existing(lp, "secure_boot.key", &sb.key, false, hint)?;
     let cert_path = blame.existing(lp, "secure_boot.cert", &sb.cert, false, hint)?;

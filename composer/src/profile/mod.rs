@@ -108,7 +108,7 @@ pub struct SecureBootSpec {
     /// Name of the environment variable holding the key's passphrase.
     #[serde(default)]
     pub passphrase_env: Option<String>,
-    /// Put `loader/keys/<name>/{PK,KEK,db}.auth` on the ESP and let
+    /// Put `loader/keys/auto/{PK,KEK,db}.auth` on the ESP and let
     /// systemd-boot enrol them into a machine in setup mode.
     #[serde(default)]
     pub enroll: bool,

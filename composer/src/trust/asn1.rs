@@ -10,6 +10,8 @@ pub mod oid {
     pub const SHA256: &[u64] = &[2, 16, 840, 1, 101, 3, 4, 2, 1];
     /// `rsaEncryption` (PKCS#1).
     pub const RSA_ENCRYPTION: &[u64] = &[1, 2, 840, 113549, 1, 1, 1];
+    /// `id-data` (PKCS#7).
+    pub const DATA: &[u64] = &[1, 2, 840, 113549, 1, 7, 1];
     /// `id-signedData` (PKCS#7).
     pub const SIGNED_DATA: &[u64] = &[1, 2, 840, 113549, 1, 7, 2];
     /// `contentType` attribute (PKCS#9).

@@ -140,7 +140,21 @@ pub(crate) fn signed_data_with(
 /// `ContentInfo { signedData, [0] SignedData }` with version 1, SHA-256,
 /// the one certificate and the one signer.
 pub(crate) fn content_info(encap: Vec<u8>, cert: &Certificate, signer_info: Vec<u8>) -> Vec<u8> {
-    let signed = tlv(
+    let signed = signed_data_body(encap, cert, signer_info);
+    tlv(
+        0x30,
+        &[asn1::oid(oid::SIGNED_DATA), tlv(0xa0, &signed)].concat(),
+    )
+}
+
+/// The `SignedData` itself: version 1, SHA-256, the one certificate, the
+/// one signer (what authenticated EFI variables carry, without ContentInfo).
+pub(crate) fn signed_data_body(
+    encap: Vec<u8>,
+    cert: &Certificate,
+    signer_info: Vec<u8>,
+) -> Vec<u8> {
+    tlv(
         0x30,
         &[
             tlv(0x02, &[1]),
@@ -150,14 +164,11 @@ pub(crate) fn content_info(encap: Vec<u8>, cert: &Certificate, signer_info: Vec<
             asn1::set_of(vec![signer_info]),
         ]
         .concat(),
-    );
-    tlv(
-        0x30,
-        &[asn1::oid(oid::SIGNED_DATA), tlv(0xa0, &signed)].concat(),
     )
 }
 
-/// `SignerInfo` version 1, identified by issuer and serial number.
+/// `SignerInfo` version 1, identified by issuer and serial number;
+/// `signed_attrs` empty leaves the authenticated attributes out.
 pub(crate) fn signer_info(
     cert: &Certificate,
     signed_attrs: Vec<u8>,

@@ -7,6 +7,7 @@
 
 pub(crate) mod asn1;
 pub mod authenticode;
+pub mod enroll;
 pub mod keys;
 pub mod pe;
 pub mod uki;
