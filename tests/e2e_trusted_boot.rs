@@ -221,3 +221,35 @@ fn an_image_signed_with_a_key_the_firmware_does_not_know_does_not_reach_the_gues
         "the firmware says why:\n{serial}"
     );
 }
+
+/// arm64 under AAVMF's snakeoil Secure Boot build: slow under TCG, so it runs with
+/// `make boot-test`.
+#[test]
+#[ignore]
+fn the_signed_image_boots_on_arm64_with_secure_boot_on() {
+    if !have_inputs("arm64") || !require_input(Path::new(SNAKEOIL_KEY)) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let p = profile(work.path(), &secure_boot(SNAKEOIL_KEY, SNAKEOIL_CERT));
+    let out = repo().join("target/e2e/trusted-signed-arm64");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = std::process::Command::new(strata_bin())
+        .args([
+            "build",
+            p.to_str().unwrap(),
+            "--arch",
+            "arm64",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(repo())
+        .env("STRATA_CACHE", shared_cache())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("STRATA_TEST_SB_PASS", "snakeoil")
+        .output()
+        .expect("run strata");
+    assert!(o.status.success(), "build failed: {}", text(&o));
+    let r = boot_passes(&out.join("metal-arm64.raw"), &[], &shared_cache());
+    assert_eq!(event(&r, "secure_boot")["enabled"], true, "{r}");
+}
