@@ -9,7 +9,9 @@ set -euo pipefail
 # cpio, xz, zstd, depmod/modinfo (kmod), qemu-img, xorriso, mkfs.erofs,
 # skopeo, openssl (TLS registry test), python3 (OVF XML check), e2fsck
 # (e2fsprogs: the init's ext2 mkfs), systemd-measure's TPM libraries and
-# swtpm (PCR 11 judge, TPM for boot tests). Inputs: debootstrap (the Debian root
+# swtpm (PCR 11 judge, TPM for boot tests); sbsigntool (sbverify), osslsigncode
+# and binutils (objdump) judge signed EFI binaries and UKIs, whose stubs
+# come from systemd-boot-efi. Inputs: debootstrap (the Debian root
 # with systemd for the distro test). `make bench` runs the peers' pipeline
 # (sfdisk from fdisk, besides the judges above) under GNU time. Under
 # `make test` (STRATA_E2E=1) a test whose judge is missing fails, so every
@@ -22,6 +24,7 @@ packages=(
   qemu-utils xorriso docker-registry erofs-utils skopeo openssl python3
   e2fsprogs debootstrap fdisk time
   swtpm swtpm-tools libtss2-esys-3.0.2-0 libtss2-tcti-swtpm0
+  sbsigntool osslsigncode binutils
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

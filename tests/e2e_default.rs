@@ -401,12 +401,11 @@ fn a_predicted_pcr11_attaches_swtpm_and_is_required() {
     );
 }
 
-/// The whole PCR 11 path once the UKI step is merged: a UKI built with
+/// The whole PCR 11 path: a UKI built with
 /// `pcr: {key}` carries `.pcrsig`/`.pcrpkey`, manifest.json records the
 /// prediction per phase, and booting it under swtpm reads the predicted
 /// stub value (strata's init extends no phase word).
 #[test]
-#[ignore = "needs the UKI step (branch s5-uki): enable after merging it"]
 fn a_signed_uki_boots_with_the_predicted_pcr11() {
     if !have_inputs("amd64") || !require_tool("swtpm") || !require_tool("openssl") {
         return;

@@ -44,7 +44,9 @@ use crate::overlay::{self, Layout, EXTENSIONS_TARGET};
 use crate::shipped::{self, Shipped};
 use crate::sys::{boot_clock, error_chain, uname};
 use crate::sysext::{self, Prepared};
-use crate::{disks, firmware, power, profile_files, services, stack, state, switch, sysreport};
+use crate::{
+    disks, firmware, power, profile_files, secureboot, services, stack, state, switch, sysreport,
+};
 use strata_proto::initramfs::{self, FileKind, Guest, Probe, ProfileFile, Shadowed, StateMode};
 use strata_proto::report::{Event, Mark};
 use strata_proto::ExtensionKind;
@@ -281,6 +283,7 @@ fn finish(mut rep: Reporter, outcome: Result<PathBuf, Fatal>, cmdline: &Cmdline)
 fn assemble(rep: &mut Reporter, layout: &Layout, cmdline: &Cmdline) -> Result<PathBuf, Fatal> {
     load_modules(rep);
     rep.mark("modules");
+    report_secure_boot(rep);
     rep.start_disk_scan();
     let layers = match extensions::read(Path::new(extensions::EXTENSIONS_YAML)) {
         Ok(ext) => ext.layers,
@@ -776,6 +779,17 @@ fn check_shipped(rep: &mut Reporter, merged: &Path) {
         rep.layers += 1;
         rep.emit(&event);
     }
+}
+
+/// Reports the UEFI `SecureBoot` variable (see `secureboot`); after the
+/// modules, since efivarfs may be one of them.
+fn report_secure_boot(rep: &mut Reporter) {
+    let (enabled, detail) = match secureboot::read(Path::new(secureboot::EFIVARS)) {
+        Ok(true) => (true, None),
+        Ok(false) => (false, Some("the SecureBoot variable is 0".to_string())),
+        Err(why) => (false, Some(why)),
+    };
+    rep.emit(&Event::SecureBoot { enabled, detail });
 }
 
 /// Points the kernel's firmware loader at the merged root (see `firmware`).

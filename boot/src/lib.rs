@@ -33,6 +33,7 @@ pub mod overlay;
 pub mod power;
 pub mod profile_files;
 pub mod rootpath;
+pub mod secureboot;
 pub mod services;
 pub mod shipped;
 pub mod stack;

@@ -103,6 +103,7 @@ fn run(
     let steps_cache = crate::cache::Cache::open(&plan.cache, !opts.no_cache)?;
     let assets = crate::assets::make(&plan, &kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
+    let ukis = crate::assets::uki::make(&plan, &kernel, &assets.platforms, work.path())?;
 
     // Every platform's disk is planned before anything is written: a
     // platform whose ESP does not fit fails before another's outputs land.
@@ -111,7 +112,8 @@ fn run(
         .platforms
         .iter()
         .zip(&assets.platforms)
-        .map(|(pp, pa)| plan::esp::disk_plan(&plan, pp, &kernel, &pa.initrd))
+        .zip(&ukis)
+        .map(|((pp, pa), uki)| plan::esp::disk_plan(&plan, pp, &kernel, &pa.initrd, uki.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     let layouts: Vec<String> = plan
         .platforms
@@ -169,7 +171,8 @@ fn run(
             .get(i)
             .map_or("", |p| p.platform.name.as_str());
         let sums = step.sub(&format!("{name} checksums"), None);
-        let build = manifest::Build::from_build(&plan, i, &kernel, &assets, &finals)?;
+        let pcr11 = ukis[i].as_ref().and_then(|u| u.pcr11.clone());
+        let build = manifest::Build::from_build(&plan, i, &kernel, &assets, pcr11, &finals)?;
         sums.finish(None, &format!("sha256 of {} file(s)", finals.len()));
         manifest = Some(Manifest::merge(manifest, &plan.name, build));
     }

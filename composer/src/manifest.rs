@@ -34,6 +34,10 @@ pub struct Manifest {
 
 /// For `skip_serializing_if`: the default state mode is left out, so
 /// manifests of builds without `state:` keep their bytes.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn is_tmpfs(mode: &StateMode) -> bool {
     *mode == StateMode::Tmpfs
 }
@@ -70,6 +74,10 @@ pub struct Build {
     /// the signed policy digests; absent when the build made no signed UKI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcr11: Option<crate::trust::pcr::Prediction>,
+    /// Every EFI binary is signed for Secure Boot: boot tests use Secure
+    /// Boot firmware and require the guest to report it on.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secure_boot: bool,
     /// How boot tests attach the image.
     pub boot_test: BootTest,
     /// Timestamp used for every file (SOURCE_DATE_EPOCH).
@@ -189,6 +197,7 @@ impl Build {
         i: usize,
         kernel: &Kernel,
         assets: &Assets,
+        pcr11: Option<crate::trust::pcr::Prediction>,
         finals: &[(OutputKind, PathBuf)],
     ) -> Result<Build> {
         let pp = &plan.platforms[i];
@@ -215,8 +224,8 @@ impl Build {
                 .unwrap_or_default(),
             files: plan.files.records.iter().map(|f| f.path.clone()).collect(),
             state: plan.state,
-            // The UKI step signs the prediction; a build without one has none.
-            pcr11: None,
+            pcr11,
+            secure_boot: plan.trust.as_ref().is_some_and(|t| t.secure_boot.is_some()),
             boot_test: BootTest {
                 media: pp.platform.boot_test.media.get(plan.arch),
                 memory_mib: pp.platform.boot_test.memory_mib,
@@ -376,6 +385,7 @@ mod tests {
             files: vec![],
             state: StateMode::Tmpfs,
             pcr11: None,
+            secure_boot: false,
             boot_test: BootTest {
                 media: "virtio-blk".into(),
                 memory_mib: 1024,

@@ -96,6 +96,15 @@ pub enum Event {
         #[serde(default)]
         removable: bool,
     },
+    /// The UEFI `SecureBoot` variable, read through efivarfs: whether the
+    /// firmware checked the signature of what it booted.
+    SecureBoot {
+        /// True when the variable reads 1.
+        enabled: bool,
+        /// Why the state is unknown or off, when it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// The merged root's firmware directory, handed to the kernel's
     /// firmware loader (`firmware_class.path`) before extension modules load.
     Firmware {

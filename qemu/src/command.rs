@@ -44,6 +44,9 @@ pub struct Inputs<'a> {
     pub media: Media,
     /// Writes reach the image (no `snapshot=on`; CD-ROMs stay read-only).
     pub keep_writes: bool,
+    /// The firmware is a Secure Boot build: amd64's needs SMM and a secure
+    /// pflash, or it refuses to start.
+    pub secure_boot: bool,
     /// Where the serial console is written.
     pub serial_log: &'a Path,
     /// The QMP server socket QEMU creates.
@@ -82,7 +85,7 @@ pub fn build(i: &Inputs) -> Result<Vec<String>, Error> {
     let mut add = |items: &[&str]| argv.extend(items.iter().map(|s| (*s).to_owned()));
     add(&["-nodefaults", "-no-user-config", "-display", "none"]);
     add(&["-no-reboot", "-no-shutdown"]);
-    add(&machine(i.arch, i.accel));
+    add(&machine(i.arch, i.accel, i.secure_boot));
     add(&["-m", &i.memory_mib.to_string(), "-smp", &i.cpus.to_string()]);
     let code = format!(
         "if=pflash,format=raw,unit=0,readonly=on,file={}",
@@ -132,10 +135,21 @@ pub fn needs_firmware_path(arch: Arch, media: Media) -> bool {
 }
 
 /// Machine, accelerator and CPU model options.
-fn machine(arch: Arch, accel: Resolved) -> Vec<&'static str> {
-    let mut v = match arch {
-        Arch::Amd64 => vec!["-machine", "q35"],
-        Arch::Arm64 => vec!["-machine", "virt"],
+fn machine(arch: Arch, accel: Resolved, secure_boot: bool) -> Vec<&'static str> {
+    let mut v = match (arch, secure_boot) {
+        (Arch::Amd64, false) => vec!["-machine", "q35"],
+        // OVMF's Secure Boot build keeps its variables behind SMM, so the OS
+        // cannot write them (Debian's README.Debian gives these options).
+        (Arch::Amd64, true) => vec![
+            "-machine",
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+            "-global",
+            "ICH9-LPC.disable_s3=1",
+        ],
+        // AAVMF needs neither (`secure` pflash even breaks it).
+        (Arch::Arm64, _) => vec!["-machine", "virt"],
     };
     v.extend(["-accel", accel.name()]);
     match (arch, accel) {
@@ -228,6 +242,7 @@ mod tests {
             format: ImageFormat::Raw,
             media,
             keep_writes: false,
+            secure_boot: false,
             serial_log: Path::new("/w/serial.log"),
             qmp_socket: Path::new("/w/qmp.sock"),
         }
@@ -239,6 +254,20 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn secure_boot_firmware_gets_smm_and_secure_pflash_on_amd64_only() {
+        let mut i = inputs(Arch::Amd64, Resolved::Tcg, Media::VirtioBlk);
+        i.secure_boot = true;
+        let argv = build(&i).unwrap();
+        assert_eq!(values(&argv, "-machine"), ["q35,smm=on"]);
+        assert!(values(&argv, "-global").contains(&"driver=cfi.pflash01,property=secure,value=on"));
+        let mut i = inputs(Arch::Arm64, Resolved::Tcg, Media::VirtioBlk);
+        i.secure_boot = true;
+        let argv = build(&i).unwrap();
+        assert_eq!(values(&argv, "-machine"), ["virt"]);
+        assert!(values(&argv, "-global").is_empty());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! UEFI firmware for the guest: Debian's OVMF (amd64) and AAVMF (arm64) builds.
 //!
-//! Supported: the plain (non-Secure-Boot) pflash images that the `ovmf` and
-//! `qemu-efi-aarch64` packages install. Not supported: Secure Boot variants
-//! (`*.secboot.fd`, `*.ms.fd`), firmware from other locations, 32-bit ARM.
+//! Supported: the plain pflash images that the `ovmf` and `qemu-efi-aarch64`
+//! packages install, and their Secure Boot builds with Debian's "snakeoil"
+//! test keys enrolled ([`find_secure_boot_firmware`]: the variable store's
+//! PK, KEK and db hold `/usr/share/ovmf/PkKek-1-snakeoil.pem`, so an image
+//! signed with that key boots and any other does not). Not supported: the
+//! Microsoft-keyed stores (`*.ms.fd`), firmware from other locations,
+//! 32-bit ARM.
 //!
 //! The VARS image is writable flash: the firmware stores boot entries in it.
 //! Each run therefore gets its own copy in the work directory, so the system
@@ -64,6 +68,28 @@ fn layout(arch: Arch) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// The Secure Boot build for `arch` with the snakeoil keys enrolled, and
+/// its package. amd64's needs SMM (`-machine q35,smm=on` and secure pflash).
+fn secure_boot_layout(arch: Arch) -> (&'static str, &'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => (
+            "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
+            "ovmf",
+        ),
+        Arch::Arm64 => (
+            "/usr/share/AAVMF/AAVMF_CODE.snakeoil.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
+            "qemu-efi-aarch64",
+        ),
+    }
+}
+
+/// Finds the Secure Boot firmware for `arch` (snakeoil keys enrolled).
+pub fn find_secure_boot_firmware(arch: Arch) -> Result<Firmware, Error> {
+    locate(Path::new("/"), secure_boot_layout(arch))
+}
+
 /// Finds the firmware for `arch` in the system's Debian locations.
 pub fn find_firmware(arch: Arch) -> Result<Firmware, Error> {
     find_under(Path::new("/"), arch)
@@ -72,7 +98,14 @@ pub fn find_firmware(arch: Arch) -> Result<Firmware, Error> {
 /// Finds the firmware below `root`, which stands in for `/` (tests use a
 /// scratch tree so they do not depend on the host's packages).
 fn find_under(root: &Path, arch: Arch) -> Result<Firmware, Error> {
-    let (code, vars, package) = layout(arch);
+    locate(root, layout(arch))
+}
+
+/// The code and vars files of `(code, vars, package)` below `root`.
+fn locate(
+    root: &Path,
+    (code, vars, package): (&'static str, &'static str, &'static str),
+) -> Result<Firmware, Error> {
     let located = |abs: &str| {
         let path = root.join(abs.trim_start_matches('/'));
         if path.is_file() {
@@ -123,6 +156,18 @@ mod tests {
             fs::write(&p, b"flash").unwrap();
         }
         root
+    }
+
+    #[test]
+    fn secure_boot_firmware_is_the_snakeoil_pair() {
+        let root = fake_root(&[
+            "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
+        ]);
+        let fw = locate(root.path(), secure_boot_layout(Arch::Amd64)).unwrap();
+        assert!(fw.vars.ends_with("OVMF_VARS_4M.snakeoil.fd"));
+        let e = locate(root.path(), secure_boot_layout(Arch::Arm64)).unwrap_err();
+        assert!(e.to_string().contains("AAVMF_CODE.snakeoil.fd"), "{e}");
     }
 
     #[test]

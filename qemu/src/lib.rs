@@ -177,6 +177,9 @@ pub struct BootSpec {
     /// Let the guest write to the image (persistent state survives into the
     /// next boot); otherwise its writes go to a throwaway overlay.
     pub keep_writes: bool,
+    /// Boot under Secure Boot firmware with Debian's snakeoil keys enrolled;
+    /// the guest must then report Secure Boot on.
+    pub secure_boot: bool,
 }
 
 /// The outcome of a boot test, also written to `work_dir/result.json`.
@@ -321,7 +324,11 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         source,
     })?;
     let qemu = host::find_qemu(spec.arch)?;
-    let fw = find_firmware(spec.arch)?;
+    let fw = if spec.secure_boot {
+        firmware::find_secure_boot_firmware(spec.arch)?
+    } else {
+        find_firmware(spec.arch)?
+    };
     let accel = accel::resolve(spec.accel, spec.arch)?;
     let serial_log = work.join("serial.log");
     let (qmp_socket, socket_dir) = qmp_socket_path(work)?;
@@ -341,6 +348,7 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         format: spec.format,
         media: spec.media,
         keep_writes: spec.keep_writes,
+        secure_boot: spec.secure_boot,
         serial_log: &serial_log,
         qmp_socket: &qmp_socket,
     })?;
@@ -369,6 +377,9 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
 fn assemble(spec: &BootSpec, plan: Plan, watched: run::Watched, duration_secs: f64) -> BootResult {
     let mut v = verdict::judge(&watched.console, &spec.expected, &watched.ending);
     let mut extra = verdict::judge_checks(&watched.console.events, &spec.checks);
+    if spec.secure_boot {
+        extra.extend(verdict::secure_boot_problem(&watched.console.events));
+    }
     extra.extend(verdict::judge_disks(
         &watched.console.events,
         spec.media.guest_driver(spec.arch),
@@ -541,6 +552,7 @@ mod tests {
             work_dir: work.to_owned(),
             checks: GuestChecks::default(),
             keep_writes: false,
+            secure_boot: false,
         }
     }
 

@@ -313,6 +313,23 @@ fn service_problems(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// Secure Boot reported on, for a boot under Secure Boot firmware: that the
+/// guest runs at all could also mean the firmware did not check.
+pub fn secure_boot_problem(events: &[Event]) -> Option<String> {
+    let reported = events.iter().find_map(|e| match e {
+        Event::SecureBoot { enabled, detail } => Some((*enabled, detail.clone())),
+        _ => None,
+    });
+    match reported {
+        Some((true, _)) => None,
+        Some((false, detail)) => Some(format!(
+            "the guest reports Secure Boot off: {}",
+            detail.unwrap_or_else(|| "no reason given".into())
+        )),
+        None => Some("the guest did not report the Secure Boot state".into()),
+    }
+}
+
 /// Every profile file reported, and as shipped.
 fn file_problems(events: &[Event], want: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
@@ -668,6 +685,25 @@ fn layer_problem(want: &Expected, got: Option<Reported<'_>>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secure_boot_must_be_reported_on() {
+        let on = Event::SecureBoot {
+            enabled: true,
+            detail: None,
+        };
+        let off = Event::SecureBoot {
+            enabled: false,
+            detail: Some("the SecureBoot variable is 0".into()),
+        };
+        assert_eq!(secure_boot_problem(&[on]), None);
+        let p = secure_boot_problem(&[off]).unwrap();
+        assert!(
+            p.contains("Secure Boot off: the SecureBoot variable is 0"),
+            "{p}"
+        );
+        assert!(secure_boot_problem(&[]).unwrap().contains("did not report"));
+    }
     use strata_proto::ExtensionKind;
 
     fn layer(name: &str, version: &str, mounted: bool, visible: bool) -> Event {

@@ -102,6 +102,7 @@ fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
         work_dir: work.to_owned(),
         checks: strata_qemu::GuestChecks::default(),
         keep_writes: false,
+        secure_boot: false,
     }
 }
 

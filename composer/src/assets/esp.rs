@@ -8,6 +8,14 @@
 //! loader/entries/strata-<name>.conf
 //! strata/vmlinuz, strata/initrd.img
 //! ```
+//! With a unified kernel image (`uki:`, `secure_boot:`) the kernel, the
+//! initramfs and the entry are one file instead ([`uki_files`]):
+//! ```text
+//! EFI/BOOT/BOOT{X64,AA64}.EFI     systemd-boot (signed under Secure Boot), or the UKI itself (`uki: direct`)
+//! loader/loader.conf              timeout 0, default <name>.efi[, secure-boot-enroll force]
+//! EFI/Linux/<name>.efi            the UKI, found by systemd-boot (Boot Loader Specification type #2)
+//! loader/keys/auto/{PK,KEK,db}.auth    with `secure_boot.enroll`
+//! ```
 //! Its size follows from the contents plus headroom for a later update of
 //! kernel and initramfs; a fixed size that is too small is refused before
 //! anything is written.
@@ -102,6 +110,48 @@ pub fn files(
     ]
 }
 
+/// `loader/loader.conf` for a UKI: boot `EFI/Linux/<name>.efi` at once; with
+/// `enroll`, let systemd-boot enrol the keys of `loader/keys/` into a
+/// machine in setup mode (systemd 252 knows only `force` for that; later
+/// versions also `if-safe`).
+pub fn uki_loader_conf(name: &str, enroll: bool) -> String {
+    let mut conf = format!("timeout 0\ndefault {name}.efi\neditor no\n");
+    if enroll {
+        conf.push_str("secure-boot-enroll force\n");
+    }
+    conf
+}
+
+/// Everything the ESP holds when the image boots the UKI `uki`.
+pub fn uki_files(arch: Arch, name: &str, uki: &crate::assets::uki::UkiFiles) -> Vec<FatFile> {
+    let path = |p: &Path| FatSource::Path(p.to_path_buf());
+    let Some(bootloader) = &uki.bootloader else {
+        return vec![FatFile {
+            path: arch.efi_boot_path().to_string(),
+            source: path(&uki.uki),
+        }];
+    };
+    let mut files = vec![
+        FatFile {
+            path: arch.efi_boot_path().to_string(),
+            source: path(bootloader),
+        },
+        FatFile {
+            path: "loader/loader.conf".into(),
+            source: FatSource::Bytes(uki_loader_conf(name, !uki.enrol.is_empty()).into_bytes()),
+        },
+        FatFile {
+            path: format!("EFI/Linux/{name}.efi"),
+            source: path(&uki.uki),
+        },
+    ];
+    files.extend(uki.enrol.iter().map(|(at, file)| FatFile {
+        path: at.clone(),
+        source: path(file),
+    }));
+    files
+}
+
 /// Why the ESP cannot be sized.
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
@@ -189,6 +239,39 @@ mod tests {
             version: "6.1.0-56-amd64".into(),
             cmdline: "console=ttyS0".into(),
         }
+    }
+
+    #[test]
+    fn a_uki_esp_holds_the_bootloader_the_uki_and_the_enrolment_files() {
+        let uki = crate::assets::uki::UkiFiles {
+            uki: "/w/default.efi".into(),
+            mode: crate::profile::UkiMode::SystemdBoot,
+            bootloader: Some("/w/sd-boot.efi".into()),
+            enrol: vec![("loader/keys/auto/PK.auth".into(), "/w/PK.auth".into())],
+            pcr11: None,
+        };
+        let files = uki_files(Arch::Amd64, "default", &uki);
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "loader/loader.conf",
+                "EFI/Linux/default.efi",
+                "loader/keys/auto/PK.auth"
+            ]
+        );
+        assert!(matches!(&files[1].source, FatSource::Bytes(b)
+            if b == b"timeout 0\ndefault default.efi\neditor no\nsecure-boot-enroll force\n"));
+        let direct = crate::assets::uki::UkiFiles {
+            bootloader: None,
+            enrol: vec![],
+            mode: crate::profile::UkiMode::Direct,
+            ..uki
+        };
+        let files = uki_files(Arch::Arm64, "default", &direct);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "EFI/BOOT/BOOTAA64.EFI");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod esp;
 pub mod guest_files;
 pub mod initramfs;
 pub mod layers;
+pub mod uki;
 
 use crate::cache::{Cache, KeyBuilder, Outcome};
 use crate::error::{Error, ErrorKind, Result};

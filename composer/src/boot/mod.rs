@@ -157,6 +157,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             }),
         },
         keep_writes: opts.keep_writes,
+        secure_boot: build.secure_boot,
     };
     std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
     strata_qemu::boot(&spec).map_err(|e| Error::Environment {

@@ -82,16 +82,24 @@ fn map_ranges(inner: &[(u64, u64)], runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Plans `pp`'s ESP and disk around `initrd`.
+/// Plans `pp`'s ESP and disk around `initrd`, or around its unified kernel
+/// image `uki` when the image boots one.
 pub fn disk_plan(
     plan: &Plan,
     pp: &PlatformPlan,
     kernel: &Kernel,
     initrd: &Path,
+    uki: Option<&crate::assets::uki::UkiFiles>,
 ) -> Result<DiskPlan> {
-    let entry = super::cmdline::boot_entry(&plan.name, &plan.os, &kernel.release, &pp.cmdline);
-    esp::check_entry(&entry).map_err(|e| Error::format("writing the boot entry", e))?;
-    let esp_files = esp::files(plan.arch, &plan.bootloader, &kernel.vmlinuz, initrd, &entry);
+    let esp_files = match uki {
+        Some(uki) => esp::uki_files(plan.arch, &plan.name, uki),
+        None => {
+            let entry =
+                super::cmdline::boot_entry(&plan.name, &plan.os, &kernel.release, &pp.cmdline);
+            esp::check_entry(&entry).map_err(|e| Error::format("writing the boot entry", e))?;
+            esp::files(plan.arch, &plan.bootloader, &kernel.vmlinuz, initrd, &entry)
+        }
+    };
     let esp_size = esp::size(&esp_files, plan.esp_size).map_err(|e| match e {
         EspError::TooSmall { .. } => plan
             .blame

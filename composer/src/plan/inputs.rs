@@ -78,6 +78,10 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
     let files = super::files::resolve(&lp, &blame, root_tree.as_ref())?;
     let root_release = root_os_release(root_tree.as_ref(), &root_path, scratch.path());
     check_os(&lp, &blame, root_kind, root_release.as_ref())?;
+    let trust = super::trust::resolve(&lp, &blame, root_release.as_ref().map(|(_, t)| t.as_str()))?;
+    // Under Secure Boot the kernel locks down: every extension module must
+    // carry a signature it trusts (checked when the modules are gathered).
+    let signed_modules_only = trust.as_ref().is_some_and(|t| t.secure_boot.is_some());
     let host = root_release.and_then(|(_, text)| {
         crate::extension::sysext::HostRelease::from_os_release(&text, p.arch.debian()).ok()
     });
@@ -155,6 +159,10 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
                 // The init mounts the state partition as ext2 through the ext4 driver.
                 modules.push("ext4".into());
             }
+            if trust.as_ref().is_some_and(|t| t.secure_boot.is_some()) {
+                // The init reads the SecureBoot variable through efivarfs, a module in Debian.
+                modules.push("efivarfs".into());
+            }
             Ok(PlatformPlan {
                 modules,
                 cmdline,
@@ -202,9 +210,9 @@ pub fn plan(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Plan> {
             mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
         },
         initramfs_compression: p.initramfs.compression,
+        trust,
         esp_size: p.disk.map(|d| d.esp_size).unwrap_or_default(),
-        pcr_key: p.pcr.as_ref().map(|k| lp.resolve(&k.key)),
-        signed_modules_only: false,
+        signed_modules_only,
         cache,
         out_dir,
         names: super::InputNames {

@@ -23,6 +23,7 @@
 //! | [`esp`] | ESP contents, ESP size, disk layout |
 //! | [`binaries`] | the guest init and the bootloader |
 //! | [`files`] | the profile's `files:` and `state:` |
+//! | [`trust`] | `uki:` and `secure_boot:`: the EFI stub, the signer |
 //! | [`dump`] | the plan as text or JSON (`strata plan`) |
 
 pub mod binaries;
@@ -33,6 +34,7 @@ pub mod files;
 pub mod inputs;
 pub mod kernel;
 pub mod modules;
+pub mod trust;
 
 use crate::arch::Arch;
 use crate::error::{Error, ErrorKind, InputError, Result};
@@ -131,12 +133,12 @@ pub struct Plan {
     pub initramfs_compression: InitramfsCompressor,
     /// The profile's `disk.esp_size`.
     pub esp_size: Size,
-    /// The profile's `pcr.key`, resolved: signs the UKI's PCR 11 policies.
-    pub pcr_key: Option<PathBuf>,
     /// The image boots under Secure Boot (`secure_boot:`), where the kernel
     /// locks down and loads only modules signed by a key it trusts: every
     /// module an extension ships is checked at compose time.
     pub signed_modules_only: bool,
+    /// The unified kernel image and its signing, when the profile asks for them.
+    pub trust: Option<trust::TrustPlan>,
     /// The cache root.
     pub cache: PathBuf,
     /// The output directory (`--out`, else `out/<name>`), checked to lie

@@ -81,6 +81,14 @@ pub struct Profile {
     /// What boot tests check beyond the platform's settings.
     #[serde(default)]
     pub boot_test: ProfileBootTest,
+    /// Boot a unified kernel image: `true` (systemd-boot loads it), `direct`
+    /// (the firmware loads it as `BOOT<ARCH>.EFI`) or `false`; `true` when
+    /// `secure_boot` is given.
+    #[serde(default)]
+    pub uki: Option<UkiMode>,
+    /// Sign every EFI binary for UEFI Secure Boot (docs/trusted-boot.md).
+    #[serde(default)]
+    pub secure_boot: Option<SecureBootSpec>,
 }
 
 /// `boot_test:` of a profile: overrides the platforms' boot-test checks.
@@ -91,6 +99,35 @@ pub struct ProfileBootTest {
     /// (absent: each platform's `boot_test.services`).
     #[serde(default)]
     pub services: Option<bool>,
+}
+
+/// `uki:` — whether and how the image boots a unified kernel image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "raw::Uki")]
+pub enum UkiMode {
+    /// Kernel and initramfs as separate files, a Boot Loader Specification entry.
+    Off,
+    /// systemd-boot finds the UKI in `EFI/Linux/`.
+    SystemdBoot,
+    /// The UKI is the firmware's default loader, `EFI/BOOT/BOOT<ARCH>.EFI`.
+    Direct,
+}
+
+/// `secure_boot:` — the key and certificate that sign the EFI binaries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootSpec {
+    /// PEM private key (PKCS#8, encrypted PKCS#8 or PKCS#1), RSA.
+    pub key: String,
+    /// PEM (or DER) X.509 certificate of that key.
+    pub cert: String,
+    /// Name of the environment variable holding the key's passphrase.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+    /// Put `loader/keys/auto/{PK,KEK,db}.auth` on the ESP and let
+    /// systemd-boot enrol them into a machine in setup mode.
+    #[serde(default)]
+    pub enroll: bool,
 }
 
 /// Reads an optional size (`8 KiB`, `65536`) as bytes; `auto` is refused.
@@ -145,6 +182,9 @@ pub struct OsIdentity {
 pub struct PcrSpec {
     /// PEM RSA private key, relative to the profile's directory.
     pub key: String,
+    /// Name of the environment variable holding the key's passphrase.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
 }
 
 /// `kernel:` — where the kernel comes from, and what the image adds to it.
@@ -350,6 +390,29 @@ mod raw {
                 args: k.args,
                 modules: k.modules,
             })
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Uki {
+        Bool(bool),
+        Word(String),
+    }
+
+    impl TryFrom<Uki> for super::UkiMode {
+        type Error = String;
+        fn try_from(u: Uki) -> Result<Self, String> {
+            match u {
+                Uki::Bool(false) => Ok(super::UkiMode::Off),
+                Uki::Bool(true) => Ok(super::UkiMode::SystemdBoot),
+                Uki::Word(w) if w == "direct" => Ok(super::UkiMode::Direct),
+                Uki::Word(w) => Err(refuse(
+                    "uki",
+                    &format!("unknown value `{w}`"),
+                    "write `true`, `false` or `direct`",
+                )),
+            }
         }
     }
 

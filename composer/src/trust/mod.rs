@@ -5,5 +5,10 @@
 //! openssl, sbsign or systemd-measure runs at build time; tests use those
 //! as judges. [`pcr`] predicts and signs the UKI's PCR 11.
 
+pub(crate) mod asn1;
+pub mod authenticode;
+pub mod enroll;
 pub mod keys;
 pub mod pcr;
+pub mod pe;
+pub mod uki;
