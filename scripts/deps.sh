@@ -8,7 +8,8 @@ set -euo pipefail
 # systemd-boot. Judges used by tests: sgdisk, fsck.vfat, unsquashfs, mtools,
 # cpio, xz, zstd, depmod/modinfo (kmod), qemu-img, xorriso, mkfs.erofs,
 # skopeo, openssl (TLS registry test), python3 (OVF XML check), e2fsck
-# (e2fsprogs: the init's ext2 mkfs). Inputs: debootstrap (the Debian root
+# (e2fsprogs: the init's ext2 mkfs), xmllint (libxml2-utils: the JUnit report
+# against tests/junit.xsd). Inputs: debootstrap (the Debian root
 # with systemd for the distro test). `make bench` runs the peers' pipeline
 # (sfdisk from fdisk, besides the judges above) under GNU time. Under
 # `make test` (STRATA_E2E=1) a test whose judge is missing fails, so every
@@ -19,7 +20,7 @@ packages=(
   musl-tools gcc-aarch64-linux-gnu
   gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
   qemu-utils xorriso docker-registry erofs-utils skopeo openssl python3
-  e2fsprogs debootstrap fdisk time
+  e2fsprogs debootstrap fdisk time libxml2-utils
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
