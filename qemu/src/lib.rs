@@ -181,7 +181,7 @@ pub struct BootResult {
     /// Seconds from QEMU's start to the verdict.
     pub duration_secs: f64,
     /// `guest-poweroff`, `runner-quit-after-report`, `timeout`, `qemu-exit`,
-    /// or `firmware-shell` (the firmware found nothing to boot).
+    /// `firmware-shell` (the firmware found nothing to boot) or `kernel-panic`.
     pub ended_by: String,
     /// QEMU's cause when the guest stopped itself (`guest-shutdown`,
     /// `guest-reset`, `guest-panic`).
