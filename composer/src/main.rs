@@ -86,6 +86,18 @@ fn boot_many(
     json: bool,
 ) -> Result<ExitCode, Error> {
     use boot::many;
+    if let Some(path) = &junit {
+        let dir = strata::boot::artefact_dir(path);
+        if !dir.is_dir() {
+            return Err(strata::InputError::new(
+                path,
+                "--junit",
+                format!("its directory {} does not exist", dir.display()),
+                "create the directory first, or write the report elsewhere",
+            )
+            .into());
+        }
+    }
     let targets = many::targets(paths, opts)?;
     let budget = many::Budget::here(jobs, &targets);
     eprintln!(
