@@ -15,7 +15,7 @@ export SOURCE_DATE_EPOCH ?= 1700000000
 musl_amd64 := x86_64-unknown-linux-musl
 musl_arm64 := aarch64-unknown-linux-musl
 
-.PHONY: demo test boot-test test-inputs deps debs kernel rootfs init strata lint bench clean
+.PHONY: demo test boot-test boot-matrix boot-ignored boot-flaky test-inputs deps debs kernel rootfs init strata lint bench clean
 
 ## Install apt packages and Rust targets that are missing (as root).
 deps:
@@ -69,10 +69,29 @@ test-inputs: deps
 test: test-inputs strata lint
 	STRATA_E2E=1 $(CARGO) test --release --workspace
 
-## The boot matrix: the boots make test leaves out (arm64 in every format, persistent
-## state over two boots, one boot per QEMU media), for nightly runs.
+## The nightly boot tests (docs/boot-test.md): the boot matrix, then the boots make test
+## leaves out (persistent state over two boots, one boot per QEMU media). Both run, and
+## the target fails if either did.
 boot-test: test-inputs strata
+	@status=0; \
+	$(MAKE) -s boot-matrix || status=1; \
+	$(MAKE) -s boot-ignored || status=1; \
+	exit $$status
+
+## Every platform x output kind (tests/profiles/matrix.yaml) for each of BOOT_ARCHES, built
+## into out/boot-matrix/ and booted by one `strata boot --junit` call: out/boot-matrix/junit.xml.
+BOOT_ARCHES ?= $(ARCHES)
+boot-matrix: test-inputs strata
+	BOOT_ARCHES="$(BOOT_ARCHES)" scripts/boot-matrix.sh
+
+## The end-to-end tests marked #[ignore] (long boots).
+boot-ignored: test-inputs strata
 	STRATA_E2E=1 $(CARGO) test --release -p strata-tests -p strata-qemu -- --ignored
+
+## Flakiness benchmark (not part of test): the default image booted 20 times in a row,
+## pass count and min/median/max time to the verdict.
+boot-flaky: deps kernel rootfs init strata
+	ARCH=$(ARCH) scripts/boot-flaky.sh
 
 ## Benchmark (not part of test): strata against the peers' tool pipeline (mksquashfs,
 ## cpio, mkfs.vfat, sfdisk, qemu-img, xz/zstd, xorriso) on a Debian root and five

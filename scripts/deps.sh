@@ -8,7 +8,8 @@ set -euo pipefail
 # systemd-boot. Judges used by tests: sgdisk, fsck.vfat, unsquashfs, mtools,
 # cpio, xz, zstd, depmod/modinfo (kmod), qemu-img, xorriso, mkfs.erofs,
 # skopeo, openssl (TLS registry test), python3 (OVF XML check), e2fsck
-# (e2fsprogs: the init's ext2 mkfs), systemd-measure's TPM libraries and
+# (e2fsprogs: the init's ext2 mkfs), xmllint (libxml2-utils: the JUnit report
+# against tests/junit.xsd), systemd-measure's TPM libraries and
 # swtpm (PCR 11 judge, TPM for boot tests); sbsigntool (sbverify), osslsigncode
 # and binutils (objdump) judge signed EFI binaries and UKIs, whose stubs
 # come from systemd-boot-efi. Inputs: debootstrap (the Debian root
@@ -22,7 +23,7 @@ packages=(
   musl-tools gcc-aarch64-linux-gnu
   gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
   qemu-utils xorriso docker-registry erofs-utils skopeo openssl python3
-  e2fsprogs debootstrap fdisk time
+  e2fsprogs debootstrap fdisk time libxml2-utils
   swtpm swtpm-tools libtss2-esys-3.0.2-0 libtss2-tcti-swtpm0
   sbsigntool osslsigncode binutils
 )

@@ -1,6 +1,7 @@
 //! Every output format, judged by independent tools against the raw image
 //! it was converted from; then every platform's artefact booted with its
-//! platform's device model, on amd64 and arm64.
+//! platform's device model, on amd64 (all at once, by one `strata boot --junit`
+//! call over the output directory) and arm64.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -278,39 +279,161 @@ fn boots(arch: &str, file: &str, media: &str) {
     assert_eq!(names, ["hello", "motd"], "{file}");
 }
 
-#[test]
-fn amd64_metal_raw_boots_on_virtio() {
-    boots("amd64", "metal-amd64.raw", "virtio-blk-pci,drive=disk0");
+/// The device model each amd64 artefact of the all-platforms build must be attached as.
+const AMD64_MEDIA: [(&str, &str); 7] = [
+    ("metal-amd64.raw", "virtio-blk-pci,drive=disk0"),
+    ("metal-amd64.iso", "ide-cd"),
+    ("aws-amd64.raw.zst", "nvme,"),
+    ("vmware-amd64.ova", "pvscsi"),
+    ("nocloud-amd64.qcow2", "format=qcow2"),
+    ("azure-amd64.vhd", "ide-hd"),
+    ("gcp-amd64.raw.tar.gz", "virtio-scsi-pci"),
+];
+
+/// A copy of an output directory (its manifest and artefacts, sparse) to spoil safely.
+fn copy_outputs(out: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(repo().join("target/e2e")).unwrap();
+    let manifest = out.join("manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let mut files = vec![manifest];
+    for b in m["builds"].as_array().unwrap() {
+        for o in b["outputs"].as_array().unwrap() {
+            files.push(out.join(o["file"].as_str().unwrap()));
+        }
+    }
+    let mut args = vec!["--sparse=always", "--reflink=auto"];
+    args.extend(files.iter().map(|f| s(f)));
+    args.push(s(dir.path()));
+    judge("cp", &args);
+    dir
 }
 
-#[test]
-fn amd64_iso_boots_as_a_cdrom() {
-    boots("amd64", "metal-amd64.iso", "ide-cd");
+/// Inverts the byte at `offset` of `file` in place.
+fn flip_byte(file: &Path, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[!b[0]]).unwrap();
 }
 
+/// The check: one `strata boot --junit` call over a multi-platform build's output
+/// directory gives one testcase per artefact, each booted with its platform's device model;
+/// a corrupted artefact among them is a failed testcase with its reason, and the exit is 1.
+/// metal-amd64.raw is the one spoiled (e2e_default boots that kind of image).
 #[test]
-fn amd64_aws_raw_zst_boots_on_nvme() {
-    boots("amd64", "aws-amd64.raw.zst", "nvme,");
-}
-
-#[test]
-fn amd64_vmware_ova_boots_on_pvscsi() {
-    boots("amd64", "vmware-amd64.ova", "pvscsi");
-}
-
-#[test]
-fn amd64_nocloud_qcow2_boots() {
-    boots("amd64", "nocloud-amd64.qcow2", "format=qcow2");
-}
-
-#[test]
-fn amd64_azure_vhd_boots_on_ahci() {
-    boots("amd64", "azure-amd64.vhd", "ide-hd");
-}
-
-#[test]
-fn amd64_gcp_tarball_boots_on_virtio_scsi() {
-    boots("amd64", "gcp-amd64.raw.tar.gz", "virtio-scsi-pci");
+fn amd64_every_platform_boots_from_one_call_and_a_corrupted_artefact_fails() {
+    let Some(out) = all_platforms("amd64") else {
+        return;
+    };
+    if !require_tool("xmllint") || !require_tool("cp") {
+        return;
+    }
+    let copy = copy_outputs(out);
+    let dir = copy.path();
+    let spoilt = dir.join("metal-amd64.raw");
+    flip_byte(&spoilt, 0x200); // the primary GPT header: same size, another sum
+    let junit = dir.join("junit.xml");
+    let o = strata(
+        &[
+            "boot",
+            "--json",
+            "--timeout",
+            "400",
+            "--junit",
+            s(&junit),
+            s(dir),
+        ],
+        &shared_cache(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("no JSON report: {}", text(&o)));
+    let cases: Vec<&serde_json::Value> = report["suites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["cases"].as_array().unwrap())
+        .collect();
+    assert_eq!(cases.len(), AMD64_MEDIA.len(), "{report}");
+    for (file, media) in AMD64_MEDIA {
+        let c = cases
+            .iter()
+            .find(|c| c["artefact"] == s(&dir.join(file)))
+            .unwrap_or_else(|| panic!("no case for {file}: {report}"));
+        if file == "metal-amd64.raw" {
+            assert_eq!(c["pass"], false, "{c}");
+            let reason = c["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("does not match manifest.json: its sha256"),
+                "{reason}"
+            );
+            continue;
+        }
+        let r = &c["result"];
+        assert!(
+            c["pass"] == true,
+            "{file} did not pass: {}\n{}",
+            c["reason"],
+            text(&o)
+        );
+        let cmd: Vec<&str> = r["qemu_command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            cmd.join(" ").contains(media),
+            "{file} was not attached as {media}: {cmd:?}"
+        );
+        let names: Vec<&str> = r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["hello", "motd"], "{file}");
+    }
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    judge(
+        "xmllint",
+        &[
+            "--noout",
+            "--schema",
+            s(&repo().join("tests/junit.xsd")),
+            s(&junit),
+        ],
+    );
+    assert_eq!(
+        xml.matches("<testsuite ").count(),
+        6,
+        "one suite per platform: {xml}"
+    );
+    assert_eq!(
+        xml.matches("<testcase ").count(),
+        AMD64_MEDIA.len(),
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
+    assert!(!xml.contains("<error "), "{xml}");
+    let failed = xml
+        .split("<testcase ")
+        .find(|c| c.contains("<failure "))
+        .unwrap();
+    assert!(failed.starts_with("name=\"metal-amd64.raw\""), "{failed}");
+    assert!(failed.contains("does not match manifest.json"), "{failed}");
+    let serial = dir.join("aws-amd64.raw.zst.boot/serial.log");
+    assert!(
+        xml.contains(&format!("[[ATTACHMENT|{}]]", serial.display())),
+        "{xml}"
+    );
 }
 
 #[test]

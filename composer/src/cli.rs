@@ -65,13 +65,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Boot an artefact in QEMU (UEFI) and judge it by what the guest reports.
+    /// Boot artefacts in QEMU (UEFI) and judge each by what its guest reports. Several
+    /// artefacts, or an output directory, boot in parallel and end in one table (exit 0 only
+    /// if all passed).
     Boot {
-        /// An artefact written by `strata build` (its manifest.json must be beside it).
-        artefact: PathBuf,
-        /// Print the result as JSON.
+        /// Artefacts written by `strata build` (with their manifest.json beside them), or
+        /// output directories: every artefact of every build in their manifest.json.
+        #[arg(required = true, value_name = "ARTEFACT|DIR")]
+        artefacts: Vec<PathBuf>,
+        /// Print the result as JSON (one artefact: its boot result; several: the report).
         #[arg(long)]
         json: bool,
+        /// Also write the report as JUnit XML to this file (one testsuite per build, one
+        /// testcase per artefact).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Guests booted at once [default: one per core, as far as free memory holds them].
+        #[arg(long, value_name = "N")]
+        jobs: Option<std::num::NonZeroUsize>,
         /// Seconds to wait for the guest's report.
         #[arg(long, default_value_t = 180)]
         timeout: u64,

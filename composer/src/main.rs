@@ -55,6 +55,105 @@ fn exit_code(kind: ErrorKind) -> ExitCode {
     })
 }
 
+/// `strata boot` of one artefact: its summary line or result, exit 0 only if it passed.
+fn boot_one(opts: &boot::BootOptions, json: bool) -> Result<ExitCode, Error> {
+    let result = boot::boot(opts)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+    } else {
+        println!("{}", boot::summary(&opts.artefact, &result));
+    }
+    if result.pass {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Error::BootFailed(format!(
+            "the guest of {} did not report a good boot",
+            opts.artefact.display()
+        )))
+    }
+}
+
+/// `strata boot` of several artefacts or directories: each case's line on stderr as it ends,
+/// then the table (or JSON) on stdout and the JUnit file; exit 0 only if every case passed.
+fn boot_many(
+    paths: &[std::path::PathBuf],
+    opts: &boot::BootOptions,
+    jobs: Option<usize>,
+    junit: Option<std::path::PathBuf>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    use boot::many;
+    if let Some(path) = &junit {
+        let dir = strata::boot::artefact_dir(path);
+        if !dir.is_dir() {
+            return Err(strata::InputError::new(
+                path,
+                "--junit",
+                format!("its directory {} does not exist", dir.display()),
+                "create the directory first, or write the report elsewhere",
+            )
+            .into());
+        }
+    }
+    let targets = many::targets(paths, opts)?;
+    let budget = many::Budget::here(jobs, &targets);
+    eprintln!(
+        "booting {} artefact(s), {} at a time",
+        targets.len(),
+        budget.jobs
+    );
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cases = many::run(&targets, opts, budget, &|c| match &c.outcome {
+        many::Outcome::Booted(r) => eprintln!("{}", boot::summary(&c.target.artefact, r)),
+        many::Outcome::Refused { message, .. } => {
+            eprintln!("FAIL {}: {message}", c.target.artefact.display())
+        }
+    });
+    let report = boot::report::Report {
+        cases,
+        started,
+        hostname: boot::report::hostname(),
+    };
+    if let Some(path) = &junit {
+        write_atomically(path, report.junit().as_bytes())?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    if report.pass() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Error::BootFailed(format!(
+            "{} of {} artefact(s) did not pass",
+            report.failed(),
+            report.cases.len()
+        )))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, so a reader never sees half a
+/// report and a failed write leaves nothing behind.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let dir = strata::boot::artefact_dir(path);
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(&dir).map_err(Error::io("creating a file in", &dir))?;
+    tmp.write_all(bytes).map_err(Error::io("writing", path))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("writing", path)(e.error))?;
+    Ok(())
+}
+
 /// `--arch`, checked.
 fn parse_arch(a: &str) -> Result<Arch, Error> {
     Arch::parse(a).ok_or_else(|| -> Error {
@@ -140,8 +239,10 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot {
-            artefact,
+            artefacts,
             json,
+            junit,
+            jobs,
             timeout,
             accel,
             memory,
@@ -150,7 +251,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             keep_writes,
         } => {
             let opts = boot::BootOptions {
-                artefact: artefact.clone(),
+                artefact: artefacts[0].clone(),
                 timeout: Duration::from_secs(timeout),
                 accel: match accel {
                     AccelArg::Auto => strata_qemu::Accel::Auto,
@@ -162,22 +263,10 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 verify: !no_verify,
                 keep_writes,
             };
-            let result = boot::boot(&opts)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&result).unwrap_or_default()
-                );
+            if artefacts.len() == 1 && artefacts[0].is_file() && junit.is_none() {
+                boot_one(&opts, json)
             } else {
-                println!("{}", boot::summary(&artefact, &result));
-            }
-            if result.pass {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Err(Error::BootFailed(format!(
-                    "the guest of {} did not report a good boot",
-                    artefact.display()
-                )))
+                boot_many(&artefacts, &opts, jobs.map(usize::from), junit, json)
             }
         }
         Command::Cache { cache, command } => {

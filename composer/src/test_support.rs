@@ -58,6 +58,7 @@ fn package_of(tool: &str) -> &str {
         "dpkg-deb" => "dpkg",
         "xz" => "xz-utils",
         "qemu-img" => "qemu-utils",
+        "xmllint" => "libxml2-utils",
         "qemu-system-x86_64" => "qemu-system-x86",
         "qemu-system-aarch64" => "qemu-system-arm",
         other => other,

@@ -51,6 +51,23 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Memory QEMU itself needs beside the guest's RAM (its code, TCG's translation cache, device
+/// state), so a guest of `memory_mib` is budgeted at `memory_mib + QEMU_OVERHEAD_MIB`.
+pub const QEMU_OVERHEAD_MIB: u64 = 256;
+
+/// The memory the kernel says new processes can have without swapping (`MemAvailable` of
+/// `/proc/meminfo`), in MiB; `None` where that is unknown.
+pub fn available_memory_mib() -> Option<u64> {
+    mem_available_mib(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in MiB.
+fn mem_available_mib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +85,14 @@ mod tests {
         let path = env::join_paths([a.path(), b.path()]).unwrap();
         assert_eq!(search(&path, "qemu-system-x86_64"), Some(exe));
         assert_eq!(search(&path, "qemu-system-aarch64"), None);
+    }
+
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2097152 kB\n";
+        assert_eq!(mem_available_mib(text), Some(2048));
+        assert_eq!(mem_available_mib("MemTotal: 1 kB\n"), None);
+        assert!(available_memory_mib().is_some_and(|m| m > 0));
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub struct BootResult {
     /// steps, ...), see [`phases`].
     pub phases: Vec<Phase>,
     /// `guest-poweroff`, `runner-quit-after-report`, `timeout`, `qemu-exit`,
-    /// or `firmware-shell` (the firmware found nothing to boot).
+    /// `firmware-shell` (the firmware found nothing to boot) or `kernel-panic`.
     pub ended_by: String,
     /// QEMU's cause when the guest stopped itself (`guest-shutdown`,
     /// `guest-reset`, `guest-panic`).

@@ -6,7 +6,8 @@
 //! QEMU exits; the firmware starts its UEFI shell (it found nothing to boot,
 //! and will not boot anything later); the report's `done` event is
 //! [`DONE_GRACE`] old without a power-off after a smoke run, or
-//! [`HANDOVER_GRACE`] old when the guest goes on into its real system; the time limit.
+//! [`HANDOVER_GRACE`] old when the guest goes on into its real system; the
+//! guest kernel panics (it would wait there until the time limit); the time limit.
 //! Then QEMU is asked to `quit`, and killed if it has not exited after
 //! [`QUIT_GRACE`]. If QMP breaks down mid-run the process status and the
 //! serial log still carry the run to an end.
@@ -80,6 +81,9 @@ pub fn watch(
         }
         if console.firmware_shell {
             break Ending::FirmwareShell;
+        }
+        if let Some(line) = &console.kernel_panic {
+            break Ending::KernelPanic { line: line.clone() };
         }
         if let Some(reason) = guest_stop(&mut monitor) {
             break Ending::GuestStopped { reason };

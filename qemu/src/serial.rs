@@ -128,7 +128,13 @@ pub struct Console {
     pub firmware_shell: bool,
     /// When the boot's landmarks arrived.
     pub arrivals: Arrivals,
+    /// The guest kernel's panic line: the kernel stops there (Debian's waits forever), so
+    /// nothing more will come and the run can end at once instead of at its timeout.
+    pub kernel_panic: Option<String>,
 }
+
+/// What Linux prints when it panics.
+const PANIC_BANNER: &str = "Kernel panic - not syncing";
 
 /// The banner of the EDK II shell that OVMF and AAVMF fall back to.
 const SHELL_BANNER: &str = "UEFI Interactive Shell";
@@ -156,6 +162,9 @@ impl Console {
             }
             if self.events.is_empty() && line.contains(SHELL_BANNER) {
                 self.firmware_shell = true;
+            }
+            if self.kernel_panic.is_none() && line.contains(PANIC_BANNER) {
+                self.kernel_panic = Some(line.trim().to_owned());
             }
             if !line.trim().is_empty() {
                 self.last_line = Some(line);
@@ -239,6 +248,21 @@ mod tests {
         let mut tail = Tail::new(dir.path());
         let err = tail.poll().unwrap_err();
         assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn the_first_kernel_panic_line_is_kept() {
+        let mut c = Console::default();
+        c.feed(["[    0.1] ok".to_owned()]);
+        assert_eq!(c.kernel_panic, None);
+        c.feed([
+            "[    0.036000] Kernel panic - not syncing: IO-APIC + timer doesn't work!  ".to_owned(),
+            "[    0.036000] ---[ end Kernel panic - not syncing: IO-APIC ]---".to_owned(),
+        ]);
+        assert_eq!(
+            c.kernel_panic.as_deref(),
+            Some("[    0.036000] Kernel panic - not syncing: IO-APIC + timer doesn't work!")
+        );
     }
 
     #[test]

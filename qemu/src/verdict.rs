@@ -51,6 +51,11 @@ pub enum Ending {
     },
     /// The firmware found nothing to boot and started its UEFI shell.
     FirmwareShell,
+    /// The guest kernel panicked; `line` is its panic message.
+    KernelPanic {
+        /// The console line with the panic message.
+        line: String,
+    },
     /// QEMU exited on its own (crash, or killed from outside).
     QemuExit {
         /// The exit status as text.
@@ -67,6 +72,7 @@ impl Ending {
             Ending::Timeout { .. } => "timeout",
             Ending::QemuExit { .. } => "qemu-exit",
             Ending::FirmwareShell => "firmware-shell",
+            Ending::KernelPanic { .. } => "kernel-panic",
         }
     }
 }
@@ -471,6 +477,9 @@ fn missing_done(console: &Console, ending: &Ending) -> String {
             return "the firmware found nothing to boot and started its UEFI shell \
                     (no firmware driver for the disk's device model, or no EFI loader on it)"
                 .into()
+        }
+        Ending::KernelPanic { line } => {
+            return format!("the guest kernel panicked {own}: {}", quoted(line))
         }
     };
     match &console.last_line {
@@ -1153,6 +1162,19 @@ mod tests {
                     "the firmware found nothing to boot and started its UEFI shell ",
                     "(no firmware driver for the disk's device model, or no EFI loader on it); ",
                     r#"extension "hello" not reported"#
+                )),
+            ),
+            (
+                "kernel panic",
+                vec![],
+                vec![],
+                Ending::KernelPanic {
+                    line: "[    0.03] Kernel panic - not syncing: IO-APIC + timer doesn't work!"
+                        .into(),
+                },
+                Err(concat!(
+                    "the guest kernel panicked before reporting: ",
+                    r#""[    0.03] Kernel panic - not syncing: IO-APIC + timer doesn't work!""#
                 )),
             ),
             (

@@ -5,6 +5,8 @@
 //! artefact. The serial log and the result (`result.json`) are kept in
 //! `<artefact>.boot/`.
 
+pub mod many;
+pub mod report;
 pub mod unpack;
 
 use crate::arch::Arch;
@@ -48,11 +50,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         )
         .into());
     }
-    let dir = art
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = artefact_dir(art);
     let manifest = Manifest::read(&dir).map_err(|e| -> Error {
         InputError::new(
             dir.join(crate::manifest::FILE_NAME),
@@ -63,22 +61,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         .caused_by(e)
         .into()
     })?;
-    let file_name = art
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (build, output) = manifest.find_output(&file_name).ok_or_else(|| -> Error {
-        InputError::new(
-            art,
-            "",
-            format!(
-                "{file_name} is not listed in {}",
-                dir.join(crate::manifest::FILE_NAME).display()
-            ),
-            "boot an artefact of that build, or rebuild",
-        )
-        .into()
-    })?;
+    let (build, output) = listed(&manifest, &dir, art)?;
     let arch = Arch::parse(&build.arch).ok_or_else(|| -> Error {
         InputError::new(
             dir.join(crate::manifest::FILE_NAME),
@@ -117,7 +100,8 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             art,
             "",
             format!(
-                "--keep-writes needs an artefact the guest can write in place; {file_name} is unpacked into a temporary copy first"
+                "--keep-writes needs an artefact the guest can write in place; {} is unpacked into a temporary copy first",
+                output.file
             ),
             "boot a raw, qcow2, vhd or vmdk artefact, or drop --keep-writes",
         )
@@ -163,6 +147,38 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
     strata_qemu::boot(&spec).map_err(|e| Error::Environment {
         message: e.to_string(),
         hint: "see the message; `make deps` installs QEMU and the firmware".into(),
+    })
+}
+
+/// The directory an artefact (and so its manifest) is in.
+pub fn artefact_dir(art: &Path) -> PathBuf {
+    art.parent()
+        .map(Path::to_path_buf)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The build and manifest entry of the artefact `art` in `dir`, or an error naming both.
+pub fn listed<'m>(
+    manifest: &'m Manifest,
+    dir: &Path,
+    art: &Path,
+) -> Result<(&'m crate::manifest::Build, &'m crate::manifest::Output)> {
+    let file_name = art
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    manifest.find_output(&file_name).ok_or_else(|| -> Error {
+        InputError::new(
+            art,
+            "",
+            format!(
+                "{file_name} is not listed in {}",
+                dir.join(crate::manifest::FILE_NAME).display()
+            ),
+            "boot an artefact of that build, or rebuild",
+        )
+        .into()
     })
 }
 
