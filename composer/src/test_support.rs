@@ -129,3 +129,18 @@ fn decline(why: &str, fix: &str) -> bool {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} ({fix})");
     false
 }
+
+/// Runs a judge (a real tool the test compares against) and returns its
+/// output; a failing judge fails the test with what it printed.
+pub(crate) fn judge_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd.get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

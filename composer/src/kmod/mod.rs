@@ -1020,16 +1020,8 @@ mod tests {
         ];
         fs::write(&path, fake_ko(EM_X86_64, &fields)).unwrap();
         let field = |f: &str| {
-            let out = Command::new("modinfo")
-                .args(["-F", f])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out =
+                crate::test_support::judge_ok(Command::new("modinfo").args(["-F", f]).arg(&path));
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         assert_eq!(field("depends"), "a-b,c");

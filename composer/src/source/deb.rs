@@ -938,27 +938,15 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let deb = write_deb(dir.path(), &sample_members(), Compression::Xz);
-        let out = std::process::Command::new("dpkg-deb")
-            .args(["-f"])
-            .arg(&deb)
-            .arg("Package")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = crate::test_support::judge_ok(
+            std::process::Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg("Package"),
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pkg");
-        let out = std::process::Command::new("dpkg-deb")
-            .arg("-c")
-            .arg(&deb)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = crate::test_support::judge_ok(
+            std::process::Command::new("dpkg-deb").arg("-c").arg(&deb),
         );
         let listing = String::from_utf8_lossy(&out.stdout);
         for member in [

@@ -1110,15 +1110,8 @@ mod tests {
         }
         for module in closure {
             let path = kernel.modules_dir.join(&module.rel_path);
-            let out = Command::new("modinfo")
-                .args(["-F", "depends"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = crate::test_support::judge_ok(
+                Command::new("modinfo").args(["-F", "depends"]).arg(&path),
             );
             let theirs: Vec<String> = String::from_utf8_lossy(&out.stdout)
                 .trim()

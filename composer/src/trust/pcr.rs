@@ -535,16 +535,11 @@ mod tests {
             return None;
         }
         let path = dir.join("pcr.key");
-        let out = Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&path)
-            .arg("2048")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        crate::test_support::judge_ok(
+            Command::new("openssl")
+                .args(["genrsa", "-out"])
+                .arg(&path)
+                .arg("2048"),
         );
         let key = crate::trust::keys::PrivateKey::load(&path, None).unwrap();
         Some((path, key))
