@@ -67,6 +67,14 @@ pub struct Build {
     /// The profile's `files:`, which the guest reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Files several Talos layers ship (`guest.json`'s `shadowed`): the guest must report
+    /// the layer order of each, so a boot without those reports fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
+    /// Talos extension services the guest starts (`boot_test.services`), by name: each
+    /// must be reported, so an init that started none fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     /// Where the root's writable layer lives (absent: tmpfs).
     #[serde(default, skip_serializing_if = "is_tmpfs")]
     pub state: StateMode,
@@ -223,6 +231,8 @@ impl Build {
                 .map(|m| m.names.clone())
                 .unwrap_or_default(),
             files: plan.files.records.iter().map(|f| f.path.clone()).collect(),
+            shadowed: assets.shadowed.iter().map(|s| s.path.clone()).collect(),
+            services: assets.services.clone(),
             state: plan.state,
             pcr11,
             secure_boot: plan.trust.as_ref().is_some_and(|t| t.secure_boot.is_some()),
@@ -383,6 +393,8 @@ mod tests {
             modules: vec![],
             ext_modules: vec![],
             files: vec![],
+            shadowed: vec![],
+            services: vec![],
             state: StateMode::Tmpfs,
             pcr11: None,
             secure_boot: false,
