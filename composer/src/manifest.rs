@@ -437,4 +437,27 @@ mod tests {
         assert!(text.contains(r#""phase":"enter-initrd:leave-initrd:sysinit:ready""#));
         assert_eq!(serde_json::from_str::<Build>(&text).unwrap(), b);
     }
+
+    #[test]
+    fn shadowed_files_and_services_are_recorded_only_when_there_are_some() {
+        let mut b = build("amd64", "x.raw");
+        let none = serde_json::to_string(&b).unwrap();
+        assert!(
+            !none.contains("shadowed") && !none.contains("services"),
+            "{none}"
+        );
+        b.shadowed = vec!["/usr/local/share/who".into()];
+        b.services = vec!["hello".into()];
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(
+            text.contains(r#""shadowed":["/usr/local/share/who"],"services":["hello"]"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Build>(&text).unwrap(), b);
+        // A manifest written before the fields existed reads as none.
+        assert_eq!(
+            serde_json::from_str::<Build>(&none).unwrap().services,
+            Vec::<String>::new()
+        );
+    }
 }
