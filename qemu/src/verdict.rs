@@ -16,7 +16,9 @@
 //! - (checked by [`judge_checks`]) every expected extension module loaded,
 //!   every expected profile file reported as shipped, every file several
 //!   Talos layers ship showing the upper layer's copy (`stack`), every
-//!   extension service the guest started running as expected (`service`), the expected state
+//!   extension service the guest started running as expected (`service`),
+//!   a `stack` event for each expected shadowed path and a `service` event
+//!   for each expected service (silence is not a pass), the expected state
 //!   mode reported, and, when the init handed over to systemd, a `system`
 //!   event from inside the running system: `running`, `multi-user.target`
 //!   active, no failed unit, every probe found again.
