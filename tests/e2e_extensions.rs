@@ -369,6 +369,20 @@ fn extension_services_start_in_their_container_root_and_a_broken_one_fails_the_b
         &cache,
     );
     assert!(o.status.success(), "build failed:\n{}", text(&o));
+    let manifest_file = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_file).unwrap()).unwrap();
+    assert_eq!(
+        manifest["builds"][0]["services"],
+        serde_json::json!(["hello-service", "oneshot", "sleeper"]),
+        "the build must record every service the guest is to report"
+    );
+    // The runner requires a report of each: one the guest never reports fails the boot.
+    manifest["builds"][0]["services"]
+        .as_array_mut()
+        .unwrap()
+        .push("ghost".into());
+    std::fs::write(&manifest_file, manifest.to_string()).unwrap();
     let raw = out.join("metal-amd64.raw");
     let o = strata(
         &["boot", "--json", "--timeout", "400", raw.to_str().unwrap()],
@@ -405,7 +419,8 @@ fn extension_services_start_in_their_container_root_and_a_broken_one_fails_the_b
         !o.status.success()
             && r["pass"] == false
             && reason.contains("extension service \"hello-service\"")
-            && reason.contains("interpreter /bin/sh is missing"),
+            && reason.contains("interpreter /bin/sh is missing")
+            && reason.contains("the guest did not report extension service \"ghost\""),
         "a service that cannot execute must fail the boot, naming why: {reason}\n{}",
         text(&o)
     );

@@ -193,6 +193,13 @@ fn every_published_sysext_format_boots_as_an_extension() {
         "the build must say the DDI's verity partition is not enforced:\n{said}"
     );
 
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["builds"][0]["shadowed"],
+        serde_json::json!([SHADOWED]),
+        "the build must record the shadowed file, so a boot without its report fails"
+    );
     let r = boot_passes(&out.join("metal-amd64.raw"), &[], &cache);
     let events = r["events"].as_array().expect("events");
     for (at, (name, _)) in images.iter().enumerate() {

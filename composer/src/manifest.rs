@@ -67,6 +67,14 @@ pub struct Build {
     /// The profile's `files:`, which the guest reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Files several Talos layers ship (`guest.json`'s `shadowed`): the guest must report
+    /// the layer order of each, so a boot without those reports fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
+    /// Talos extension services the guest starts (`boot_test.services`), by name: each
+    /// must be reported, so an init that started none fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     /// Where the root's writable layer lives (absent: tmpfs).
     #[serde(default, skip_serializing_if = "is_tmpfs")]
     pub state: StateMode,
@@ -223,6 +231,8 @@ impl Build {
                 .map(|m| m.names.clone())
                 .unwrap_or_default(),
             files: plan.files.records.iter().map(|f| f.path.clone()).collect(),
+            shadowed: assets.shadowed.iter().map(|s| s.path.clone()).collect(),
+            services: assets.services.clone(),
             state: plan.state,
             pcr11,
             secure_boot: plan.trust.as_ref().is_some_and(|t| t.secure_boot.is_some()),
@@ -383,6 +393,8 @@ mod tests {
             modules: vec![],
             ext_modules: vec![],
             files: vec![],
+            shadowed: vec![],
+            services: vec![],
             state: StateMode::Tmpfs,
             pcr11: None,
             secure_boot: false,
@@ -424,5 +436,28 @@ mod tests {
         assert!(text.contains(r#""pcr11":{"stub":"0000"#), "{text}");
         assert!(text.contains(r#""phase":"enter-initrd:leave-initrd:sysinit:ready""#));
         assert_eq!(serde_json::from_str::<Build>(&text).unwrap(), b);
+    }
+
+    #[test]
+    fn shadowed_files_and_services_are_recorded_only_when_there_are_some() {
+        let mut b = build("amd64", "x.raw");
+        let none = serde_json::to_string(&b).unwrap();
+        assert!(
+            !none.contains("shadowed") && !none.contains("services"),
+            "{none}"
+        );
+        b.shadowed = vec!["/usr/local/share/who".into()];
+        b.services = vec!["hello".into()];
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(
+            text.contains(r#""shadowed":["/usr/local/share/who"],"services":["hello"]"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Build>(&text).unwrap(), b);
+        // A manifest written before the fields existed reads as none.
+        assert_eq!(
+            serde_json::from_str::<Build>(&none).unwrap().services,
+            Vec::<String>::new()
+        );
     }
 }

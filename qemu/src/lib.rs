@@ -133,6 +133,12 @@ pub struct GuestChecks {
     /// The profile's files, which the guest must report as it was asked to
     /// ship them.
     pub files: Vec<String>,
+    /// Files several Talos layers ship: the guest must report each one's
+    /// layer order (a `stack` event), so a guest that skipped the check fails.
+    pub shadowed: Vec<String>,
+    /// Talos extension services the guest must start and report (a
+    /// `service` event each), by name.
+    pub services: Vec<String>,
     /// The state mode the guest must report using (`None`: any).
     pub state: Option<strata_proto::initramfs::StateMode>,
     /// Attach a software TPM (swtpm) and judge the PCR 11 the guest reports.

@@ -16,7 +16,9 @@
 //! - (checked by [`judge_checks`]) every expected extension module loaded,
 //!   every expected profile file reported as shipped, every file several
 //!   Talos layers ship showing the upper layer's copy (`stack`), every
-//!   extension service the guest started running as expected (`service`), the expected state
+//!   extension service the guest started running as expected (`service`),
+//!   a `stack` event for each expected shadowed path and a `service` event
+//!   for each expected service (silence is not a pass), the expected state
 //!   mode reported, and, when the init handed over to systemd, a `system`
 //!   event from inside the running system: `running`, `multi-user.target`
 //!   active, no failed unit, every probe found again.
@@ -232,8 +234,8 @@ pub fn judge_checks(events: &[Event], checks: &crate::GuestChecks) -> Vec<String
             }
         }
     }
-    problems.extend(stack_problems(events));
-    problems.extend(service_problems(events));
+    problems.extend(stack_problems(events, &checks.shadowed));
+    problems.extend(service_problems(events, &checks.services));
     problems.extend(file_problems(events, &checks.files));
     problems.extend(state_problem(events, checks.state));
     problems.extend(system_problems(events));
@@ -281,9 +283,11 @@ pub fn tpm_problem(events: &[Event], check: &crate::TpmCheck) -> Option<String> 
     ))
 }
 
-/// Every file several Talos layers ship shows the upper layer's copy.
-fn stack_problems(events: &[Event]) -> Vec<String> {
-    events
+/// Every file several Talos layers ship shows the upper layer's copy, and
+/// every one in `want` was reported: a guest that skipped the check (an old
+/// init, a `guest.json` that lost its list) must not pass.
+fn stack_problems(events: &[Event], want: &[String]) -> Vec<String> {
+    let mut problems: Vec<String> = events
         .iter()
         .filter_map(|e| match e {
             Event::Stack {
@@ -297,12 +301,22 @@ fn stack_problems(events: &[Event]) -> Vec<String> {
             )),
             _ => None,
         })
-        .collect()
+        .collect();
+    for path in want {
+        let reported = events
+            .iter()
+            .any(|e| matches!(e, Event::Stack { path: p, .. } if p == path));
+        if !reported {
+            problems.push(format!("the guest did not report layer order for {path}"));
+        }
+    }
+    problems
 }
 
-/// Every extension service the guest started ran as its restart policy expects.
-fn service_problems(events: &[Event]) -> Vec<String> {
-    events
+/// Every extension service the guest started ran as its restart policy
+/// expects, and every one in `want` was started and reported.
+fn service_problems(events: &[Event], want: &[String]) -> Vec<String> {
+    let mut problems: Vec<String> = events
         .iter()
         .filter_map(|e| match e {
             Event::Service {
@@ -316,7 +330,18 @@ fn service_problems(events: &[Event]) -> Vec<String> {
             )),
             _ => None,
         })
-        .collect()
+        .collect();
+    for name in want {
+        let reported = events
+            .iter()
+            .any(|e| matches!(e, Event::Service { name: n, .. } if n == name));
+        if !reported {
+            problems.push(format!(
+                "the guest did not report extension service \"{name}\""
+            ));
+        }
+    }
+    problems
 }
 
 /// Secure Boot reported on, for a boot under Secure Boot firmware: that the
@@ -1366,6 +1391,81 @@ mod tests {
                 &none
             ),
             ["extension service \"hello-service\": its interpreter /bin/sh is missing"]
+        );
+    }
+
+    #[test]
+    fn expected_layer_orders_must_each_be_reported() {
+        let stack = |path: &str, ok: bool| Event::Stack {
+            path: path.into(),
+            layers: vec!["lower".into(), "upper".into()],
+            expected: "upper".into(),
+            shown: if ok { "upper" } else { "lower" }.into(),
+            ok,
+            detail: (!ok).then(|| "the merged root shows lower's copy".into()),
+        };
+        let checks = crate::GuestChecks {
+            shadowed: vec!["/usr/local/a".into(), "/usr/local/b".into()],
+            ..Default::default()
+        };
+        let both = [stack("/usr/local/a", true), stack("/usr/local/b", true)];
+        assert!(judge_checks(&both, &checks).is_empty());
+        assert_eq!(
+            judge_checks(&[stack("/usr/local/a", true)], &checks),
+            ["the guest did not report layer order for /usr/local/b"]
+        );
+        assert_eq!(
+            judge_checks(&[], &checks),
+            [
+                "the guest did not report layer order for /usr/local/a",
+                "the guest did not report layer order for /usr/local/b"
+            ]
+        );
+        // Reported but wrong: the failure is the reason, not a missing report.
+        assert_eq!(
+            judge_checks(
+                &[stack("/usr/local/a", true), stack("/usr/local/b", false)],
+                &checks
+            ),
+            ["layer order: /usr/local/b: the merged root shows lower's copy"]
+        );
+    }
+
+    #[test]
+    fn expected_services_must_each_be_reported() {
+        let service = |name: &str, ok: bool| Event::Service {
+            name: name.into(),
+            entrypoint: "./run".into(),
+            restart: "never".into(),
+            executed: true,
+            exit_status: Some(if ok { 0 } else { 1 }),
+            alive: None,
+            ok,
+            detail: (!ok).then(|| "exited with status 1".into()),
+        };
+        let checks = crate::GuestChecks {
+            services: vec!["hello".into(), "oneshot".into()],
+            ..Default::default()
+        };
+        let both = [service("hello", true), service("oneshot", true)];
+        assert!(judge_checks(&both, &checks).is_empty());
+        assert_eq!(
+            judge_checks(&[service("oneshot", true)], &checks),
+            ["the guest did not report extension service \"hello\""]
+        );
+        assert_eq!(
+            judge_checks(
+                &[service("hello", true), service("oneshot", false)],
+                &checks
+            ),
+            ["extension service \"oneshot\": exited with status 1"]
+        );
+        // A recorded guest line counts as the report it is.
+        let line = r#"{"event":"service","name":"hello","entrypoint":"./run","restart":"never","executed":true,"exit_status":0,"ok":true}"#;
+        let ev: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            judge_checks(&[ev], &checks),
+            ["the guest did not report extension service \"oneshot\""]
         );
     }
 

@@ -256,6 +256,45 @@ pub fn shadowed(exts: &[Resolved], above: &[&Tree]) -> std::io::Result<Vec<Shado
     Ok(out)
 }
 
+/// The names of the Talos extension services the guest starts (`boot_test.services`): one
+/// per `*.yaml` file in `/usr/local/etc/containers` of the Talos layers (the upper layer's
+/// copy where several ship the same file), named as the guest reports it: the spec's `name`,
+/// or the file's stem when that cannot be read. Sorted and without repeats.
+pub fn services(exts: &[Resolved]) -> Vec<String> {
+    use crate::extension::talos::{rules, service};
+    let mut specs: BTreeMap<&Path, &FileData> = BTreeMap::new();
+    for e in exts.iter().filter(|e| e.kind == Kind::Talos) {
+        for (path, entry) in e.tree.iter() {
+            let is_spec = path.parent() == Some(Path::new(rules::SERVICES_DIR))
+                && path.extension().is_some_and(|x| x == "yaml");
+            if let (true, EntryKind::File(data)) = (is_spec, &entry.kind) {
+                specs.insert(path, data);
+            }
+        }
+    }
+    let mut names: Vec<String> = specs
+        .into_iter()
+        .map(|(path, data)| {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let named = rules::read_text(data).ok().and_then(|text| {
+                let file = service::ServiceFile {
+                    label: path.display().to_string(),
+                    file_name: stem.clone() + ".yaml",
+                    text,
+                };
+                service::check_service(&file).0.map(|s| s.name)
+            });
+            named.filter(|n| !n.is_empty()).unwrap_or(stem)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The first regular file (sorted) of `layer` whose content survived into `tree`.
 fn find_probe(tree: &Tree, layer: &Tree) -> Option<Probe> {
     for (path, entry) in layer.iter() {
@@ -669,6 +708,39 @@ mod tests {
             report: crate::extension::findings::Report::new(name, "talos"),
             enabled: true,
         }
+    }
+
+    #[test]
+    fn services_are_named_as_the_guest_reports_them() {
+        let spec =
+            |name: &str| format!("name: {name}\ncontainer:\n  entrypoint: ./run\nrestart: never\n");
+        let (first, two, one, sys) = (spec("first"), spec("two"), spec("one"), spec("sys"));
+        let exts = [
+            ext(
+                Kind::Talos,
+                "a",
+                &[
+                    ("/usr/local/etc/containers/one.yaml", &first),
+                    ("/usr/local/etc/containers/two.yaml", &two),
+                    ("/usr/local/etc/containers/notes.txt", "not a spec"),
+                    ("/usr/local/etc/containers/broken.yaml", "[: not yaml"),
+                ],
+            ),
+            // The upper copy of one.yaml decides its name.
+            ext(
+                Kind::Talos,
+                "b",
+                &[("/usr/local/etc/containers/one.yaml", &one)],
+            ),
+            // Not a Talos layer: the guest starts Talos extension services only.
+            ext(
+                Kind::Sysext,
+                "s",
+                &[("/usr/local/etc/containers/sys.yaml", &sys)],
+            ),
+        ];
+        assert_eq!(services(&exts), ["broken", "one", "two"]);
+        assert!(services(&exts[2..]).is_empty());
     }
 
     #[test]

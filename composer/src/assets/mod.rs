@@ -30,6 +30,11 @@ pub struct Assets {
     pub module_layer: Option<ModuleLayer>,
     /// One entry per platform of the plan, in its order.
     pub platforms: Vec<PlatformAssets>,
+    /// The files Talos layers shadow, which the guest checks (`guest.json`).
+    pub shadowed: Vec<crate::assets::layers::Shadowed>,
+    /// The Talos extension services the guest starts, by name; empty unless
+    /// `boot_test.services` is on.
+    pub services: Vec<String>,
 }
 
 /// One platform's initramfs (platforms needing the same modules share one).
@@ -108,11 +113,18 @@ pub fn make(
     );
     step.finish(None, &detail);
     let step = Task::start(progress, "initramfs", None);
+    let shadowed = shadowed(plan, module_layer.as_ref())?;
+    let services = if plan.boot_services {
+        layers::services(&plan.extensions)
+    } else {
+        Vec::new()
+    };
     let platforms = initramfs_per_platform(
         plan,
         kernel,
         &composed,
         module_layer.as_ref(),
+        &shadowed,
         (work, cache, files),
         &step,
     )?;
@@ -133,6 +145,8 @@ pub fn make(
         composed,
         module_layer,
         platforms,
+        shadowed,
+        services,
     })
 }
 
@@ -176,6 +190,7 @@ fn initramfs_per_platform(
     kernel: &Kernel,
     composed: &Composed,
     module_layer: Option<&ModuleLayer>,
+    shadowed: &[crate::assets::layers::Shadowed],
     (work, cache, files_layer): InitramfsPlace<'_>,
     step: &Task<'_>,
 ) -> Result<Vec<PlatformAssets>> {
@@ -191,7 +206,7 @@ fn initramfs_per_platform(
     files.extend(guest_files::guest_json(
         plan.state,
         &plan.files.records,
-        shadowed(plan, module_layer)?,
+        shadowed.to_vec(),
         plan.boot_services,
     ));
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();

@@ -131,6 +131,8 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
         checks: strata_qemu::GuestChecks {
             modules: build.ext_modules.clone(),
             files: build.files.clone(),
+            shadowed: build.shadowed.clone(),
+            services: build.services.clone(),
             state: Some(build.state),
             // A predicted PCR 11 attaches swtpm and requires the guest to read one of the values.
             tpm: build.pcr11.as_ref().map(|p| strata_qemu::TpmCheck {
