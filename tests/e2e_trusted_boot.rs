@@ -3,7 +3,9 @@
 //! judged by sbverify and osslsigncode on every EFI binary of the ESP, then
 //! booted under the snakeoil Secure Boot firmware; and the same image signed
 //! with a key that firmware does not know, which must not reach the guest;
-//! and arm64 under AAVMF's snakeoil Secure Boot build.
+//! and arm64 under AAVMF's snakeoil Secure Boot build; and enrolment: an
+//! image signed with a fresh key and `enroll: true`, booted in setup mode,
+//! enrols its key and comes back up under Secure Boot.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -175,26 +177,7 @@ fn an_image_signed_with_a_key_the_firmware_does_not_know_does_not_reach_the_gues
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let (key, cert) = (work.path().join("k.pem"), work.path().join("c.pem"));
-    judge(
-        "openssl",
-        &[
-            "req",
-            "-new",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=unknown to the firmware",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
+    let (key, cert) = fresh_key(work.path());
     let p = profile(
         work.path(),
         &secure_boot(key.to_str().unwrap(), cert.to_str().unwrap()),
@@ -220,6 +203,68 @@ fn an_image_signed_with_a_key_the_firmware_does_not_know_does_not_reach_the_gues
     assert!(
         serial.contains("Access Denied"),
         "the firmware says why:\n{serial}"
+    );
+}
+
+/// A fresh self-signed key and certificate in `dir`, unknown to every firmware.
+fn fresh_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join("k.pem"), dir.join("c.pem"));
+    judge(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=unknown to the firmware",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    (key, cert)
+}
+
+/// Setup mode: the Secure Boot firmware with an empty variable store. systemd-boot
+/// enrols the image's own key (`enroll: true`) and resets; after the reset the
+/// firmware checks systemd-boot and the UKI against that key and the guest reports
+/// Secure Boot on. One boot (two firmware starts, a few seconds more than a plain one).
+#[test]
+fn a_key_enrolled_in_setup_mode_boots_with_secure_boot_on() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (key, cert) = fresh_key(work.path());
+    let enroll = format!(
+        "{}  enroll: true\n",
+        secure_boot(key.to_str().unwrap(), cert.to_str().unwrap())
+    );
+    let p = profile(work.path(), &enroll);
+    let out = repo().join("target/e2e/trusted-enrol");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = build(&p, &out);
+    assert!(o.status.success(), "build failed: {}", text(&o));
+    let raw = out.join("metal-amd64.raw");
+    let r = boot_passes(&raw, &["--setup-mode"], &shared_cache());
+    assert_eq!(event(&r, "secure_boot")["enabled"], true, "{r}");
+    assert_eq!(r["guest_resets"], 1, "systemd-boot resets once: {r}");
+    let vars = out.join("metal-amd64.raw.boot/OVMF_VARS_4M.fd");
+    assert!(vars.is_file(), "the run's copy of the empty store");
+    let serial = std::fs::read_to_string(out.join("metal-amd64.raw.boot/serial.log")).unwrap();
+    let enrolled = serial
+        .find("Enrolling secure boot keys from directory")
+        .unwrap_or_else(|| panic!("systemd-boot did not enrol:\n{serial}"));
+    let reported = serial.find("STRATA {").expect("the guest reported");
+    assert!(
+        enrolled < reported,
+        "the guest ran before the keys were enrolled:\n{serial}"
     );
 }
 

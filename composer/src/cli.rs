@@ -102,6 +102,11 @@ pub enum Command {
         /// into the next boot [default: writes are thrown away].
         #[arg(long)]
         keep_writes: bool,
+        /// Start the Secure Boot firmware with an empty variable store (setup mode) and let
+        /// the guest reset twice, so an image built with `secure_boot.enroll` enrols its keys;
+        /// the guest must then report Secure Boot on.
+        #[arg(long)]
+        setup_mode: bool,
     },
     /// List the built-in platforms.
     Platforms,

@@ -249,6 +249,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
             media,
             no_verify,
             keep_writes,
+            setup_mode,
         } => {
             let opts = boot::BootOptions {
                 artefact: artefacts[0].clone(),
@@ -262,6 +263,7 @@ fn run(cmd: Command) -> Result<ExitCode, Error> {
                 media,
                 verify: !no_verify,
                 keep_writes,
+                setup_mode,
             };
             if artefacts.len() == 1 && artefacts[0].is_file() && junit.is_none() {
                 boot_one(&opts, json)

@@ -8,9 +8,12 @@
 //! overlay), CD-ROMs are `readonly=on`; only `keep_writes` (for persistent
 //! state across boots) drops `snapshot=on`. `-no-reboot -no-shutdown` turn a guest
 //! reboot or power-off into a paused VM plus a QMP `SHUTDOWN` event, so the
-//! runner sees why the guest stopped before it ends QEMU.
+//! runner sees why the guest stopped before it ends QEMU. Only
+//! `allow_reset` (setup mode, where the boot loader enrols keys and resets)
+//! drops `-no-reboot`: QEMU then restarts the guest and reports a `RESET`
+//! event, which the runner counts (see [`crate::run`]).
 //!
-//! Not supported: networking, graphics, several disks, Secure Boot. Option
+//! Not supported: networking, graphics, several disks. Option
 //! values are QEMU's comma-separated syntax, so commas in paths are doubled;
 //! paths must be valid UTF-8.
 
@@ -47,6 +50,9 @@ pub struct Inputs<'a> {
     /// The firmware is a Secure Boot build: amd64's needs SMM and a secure
     /// pflash, or it refuses to start.
     pub secure_boot: bool,
+    /// A guest reset restarts the guest (no `-no-reboot`) instead of
+    /// stopping it; the runner bounds how often.
+    pub allow_reset: bool,
     /// Where the serial console is written.
     pub serial_log: &'a Path,
     /// The QMP server socket QEMU creates.
@@ -84,7 +90,10 @@ pub fn build(i: &Inputs) -> Result<Vec<String>, Error> {
     let mut argv = vec![text(i.qemu)?.to_owned()];
     let mut add = |items: &[&str]| argv.extend(items.iter().map(|s| (*s).to_owned()));
     add(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    add(&["-no-reboot", "-no-shutdown"]);
+    if !i.allow_reset {
+        add(&["-no-reboot"]);
+    }
+    add(&["-no-shutdown"]);
     add(&machine(i.arch, i.accel, i.secure_boot));
     add(&["-m", &i.memory_mib.to_string(), "-smp", &i.cpus.to_string()]);
     let code = format!(
@@ -243,6 +252,7 @@ mod tests {
             media,
             keep_writes: false,
             secure_boot: false,
+            allow_reset: false,
             serial_log: Path::new("/w/serial.log"),
             qmp_socket: Path::new("/w/qmp.sock"),
         }
@@ -268,6 +278,20 @@ mod tests {
         let argv = build(&i).unwrap();
         assert_eq!(values(&argv, "-machine"), ["virt"]);
         assert!(values(&argv, "-global").is_empty());
+    }
+
+    #[test]
+    fn allowing_resets_drops_only_no_reboot() {
+        let mut i = inputs(Arch::Amd64, Resolved::Tcg, Media::VirtioBlk);
+        i.secure_boot = true;
+        let strict = build(&i).unwrap();
+        assert!(strict.iter().any(|a| a == "-no-reboot"));
+        i.allow_reset = true;
+        let lenient = build(&i).unwrap();
+        assert!(!lenient.iter().any(|a| a == "-no-reboot"), "{lenient:?}");
+        assert!(lenient.iter().any(|a| a == "-no-shutdown"));
+        let without: Vec<&String> = strict.iter().filter(|a| *a != "-no-reboot").collect();
+        assert_eq!(lenient.iter().collect::<Vec<_>>(), without);
     }
 
     #[test]

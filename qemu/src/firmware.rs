@@ -4,7 +4,10 @@
 //! packages install, and their Secure Boot builds with Debian's "snakeoil"
 //! test keys enrolled ([`find_secure_boot_firmware`]: the variable store's
 //! PK, KEK and db hold `/usr/share/ovmf/PkKek-1-snakeoil.pem`, so an image
-//! signed with that key boots and any other does not). Not supported: the
+//! signed with that key boots and any other does not), and that code with
+//! the plain, empty variable store for setup mode
+//! ([`find_setup_mode_firmware`]: no PK, so the firmware runs anything and
+//! lets the guest enrol its own keys). Not supported: the
 //! Microsoft-keyed stores (`*.ms.fd`), firmware from other locations,
 //! 32-bit ARM.
 //!
@@ -90,6 +93,19 @@ pub fn find_secure_boot_firmware(arch: Arch) -> Result<Firmware, Error> {
     locate(Path::new("/"), secure_boot_layout(arch))
 }
 
+/// The Secure Boot code of [`secure_boot_layout`] with the empty variable
+/// store of [`layout`]: the firmware starts in setup mode.
+fn setup_mode_layout(arch: Arch) -> (&'static str, &'static str, &'static str) {
+    let (code, _, package) = secure_boot_layout(arch);
+    (code, layout(arch).1, package)
+}
+
+/// Finds the Secure Boot firmware for `arch` with an empty variable store
+/// (setup mode), for booting an image that enrols its own keys.
+pub fn find_setup_mode_firmware(arch: Arch) -> Result<Firmware, Error> {
+    locate(Path::new("/"), setup_mode_layout(arch))
+}
+
 /// Finds the firmware for `arch` in the system's Debian locations.
 pub fn find_firmware(arch: Arch) -> Result<Firmware, Error> {
     find_under(Path::new("/"), arch)
@@ -168,6 +184,22 @@ mod tests {
         assert!(fw.vars.ends_with("OVMF_VARS_4M.snakeoil.fd"));
         let e = locate(root.path(), secure_boot_layout(Arch::Arm64)).unwrap_err();
         assert!(e.to_string().contains("AAVMF_CODE.snakeoil.fd"), "{e}");
+    }
+
+    #[test]
+    fn setup_mode_is_the_secure_boot_code_with_the_empty_store() {
+        let root = fake_root(&[
+            "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            "/usr/share/AAVMF/AAVMF_CODE.snakeoil.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.fd",
+        ]);
+        let fw = locate(root.path(), setup_mode_layout(Arch::Amd64)).unwrap();
+        assert!(fw.code.ends_with("OVMF/OVMF_CODE_4M.snakeoil.fd"));
+        assert!(fw.vars.ends_with("OVMF/OVMF_VARS_4M.fd"));
+        let fw = locate(root.path(), setup_mode_layout(Arch::Arm64)).unwrap();
+        assert!(fw.code.ends_with("AAVMF/AAVMF_CODE.snakeoil.fd"));
+        assert!(fw.vars.ends_with("AAVMF/AAVMF_VARS.fd"));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! images attached as virtio-blk, NVMe, AHCI, PVSCSI, virtio-scsi or CD-ROM.
 //! The image is never modified (snapshot or read-only drive). A software
 //! TPM 2.0 ([`swtpm`]) is attached when [`GuestChecks::tpm`] asks for one.
+//! Secure Boot ([`BootSpec::secure_boot`]) uses Debian's snakeoil-keyed
+//! firmware, or its empty store for setup mode ([`BootSpec::setup_mode`]).
 //! Not supported:
-//! networking, graphics, Secure Boot, several disks, BIOS boot. Debian's
+//! networking, graphics, several disks, BIOS boot. Debian's
 //! firmware lacks some drivers (OVMF: PVSCSI; AAVMF: AHCI and PVSCSI): the
 //! image is then also attached, read-only, on virtio-blk for the firmware
 //! to load from (see [`command::needs_firmware_path`]). Either way the
@@ -186,7 +188,18 @@ pub struct BootSpec {
     /// Boot under Secure Boot firmware with Debian's snakeoil keys enrolled;
     /// the guest must then report Secure Boot on.
     pub secure_boot: bool,
+    /// With `secure_boot`: start that firmware with an empty variable store
+    /// (setup mode) instead, so the image's boot loader can enrol its own
+    /// keys; it resets the machine afterwards, and up to
+    /// [`MAX_SETUP_RESETS`] guest resets restart the guest instead of ending
+    /// the run.
+    pub setup_mode: bool,
 }
+
+/// Guest resets a setup-mode boot lets through: systemd-boot resets once
+/// after enrolling; a second leaves room for firmware that resets again
+/// when its Secure Boot state changes. More means a reset loop.
+pub const MAX_SETUP_RESETS: u32 = 2;
 
 /// The outcome of a boot test, also written to `work_dir/result.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +231,9 @@ pub struct BootResult {
     pub unreadable_lines: Vec<String>,
     /// True when QEMU did not exit on `quit` and had to be killed.
     pub qemu_killed: bool,
+    /// Guest resets QEMU reported: only a setup-mode boot lets any through,
+    /// and the one past [`MAX_SETUP_RESETS`] ends the run and counts too.
+    pub guest_resets: u32,
     /// The serial console log.
     pub serial_log: PathBuf,
     /// QEMU's own stdout/stderr.
@@ -300,7 +316,15 @@ pub fn boot(spec: &BootSpec) -> Result<BootResult, Error> {
         Err(e) => return Err(startup_failure(&mut vm, e, &plan.qemu_log)),
     };
     let mut tail = serial::Tail::new(&plan.serial_log);
-    let watched = run::watch(&mut vm, Some(monitor), &mut tail, started, spec.timeout)?;
+    let max_resets = if spec.setup_mode { MAX_SETUP_RESETS } else { 0 };
+    let watched = run::watch(
+        &mut vm,
+        Some(monitor),
+        &mut tail,
+        started,
+        spec.timeout,
+        max_resets,
+    )?;
     let duration_secs = started.elapsed().as_secs_f64();
     let result = assemble(spec, plan, watched, duration_secs);
     write_result(&spec.work_dir.join("result.json"), &result)?;
@@ -330,7 +354,9 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         source,
     })?;
     let qemu = host::find_qemu(spec.arch)?;
-    let fw = if spec.secure_boot {
+    let fw = if spec.setup_mode {
+        firmware::find_setup_mode_firmware(spec.arch)?
+    } else if spec.secure_boot {
         firmware::find_secure_boot_firmware(spec.arch)?
     } else {
         find_firmware(spec.arch)?
@@ -355,6 +381,7 @@ fn prepare(spec: &BootSpec) -> Result<Plan, Error> {
         media: spec.media,
         keep_writes: spec.keep_writes,
         secure_boot: spec.secure_boot,
+        allow_reset: spec.setup_mode,
         serial_log: &serial_log,
         qmp_socket: &qmp_socket,
     })?;
@@ -423,6 +450,7 @@ fn assemble(spec: &BootSpec, plan: Plan, watched: run::Watched, duration_secs: f
         shutdown_reason,
         unreadable_lines: watched.console.unreadable,
         qemu_killed: watched.killed,
+        guest_resets: watched.resets,
         serial_log: plan.serial_log,
         qemu_log: plan.qemu_log,
         qemu_command: plan.argv,
@@ -442,6 +470,12 @@ fn validate(spec: &BootSpec) -> Result<(), Error> {
         return bad(
             "memory_mib",
             format!("is {}; UEFI and Linux need at least 128", spec.memory_mib),
+        );
+    }
+    if spec.setup_mode && !spec.secure_boot {
+        return bad(
+            "setup_mode",
+            "needs secure_boot: setup mode is a state of the Secure Boot firmware".into(),
         );
     }
     if spec.cpus == 0 {
@@ -559,6 +593,7 @@ mod tests {
             checks: GuestChecks::default(),
             keep_writes: false,
             secure_boot: false,
+            setup_mode: false,
         }
     }
 
@@ -583,7 +618,8 @@ mod tests {
         let ok = spec(&image, tmp.path());
         assert!(validate(&ok).is_ok());
         type Spoil = Box<dyn Fn(&mut BootSpec)>;
-        let cases: [(&str, Spoil); 6] = [
+        let cases: [(&str, Spoil); 7] = [
+            ("setup_mode", Box::new(|s| s.setup_mode = true)),
             ("image", Box::new(|s| s.image = s.work_dir.clone())),
             ("memory_mib", Box::new(|s| s.memory_mib = 64)),
             ("cpus", Box::new(|s| s.cpus = 0)),
@@ -665,6 +701,7 @@ mod tests {
             shutdown_reason: None,
             unreadable_lines: vec![],
             qemu_killed: false,
+            guest_resets: 0,
             serial_log: "/w/serial.log".into(),
             qemu_log: "/w/qemu.log".into(),
             qemu_command: vec!["qemu".into()],

@@ -6,7 +6,8 @@
 //! polling: each [`Monitor::poll`] runs `query-version`, and the client queues
 //! every event that arrives before the answer. Events the crate's schema does
 //! not know (it follows QEMU 9.1; Debian has 7.2) are skipped. Not
-//! supported: out-of-band commands, anything but `SHUTDOWN` and `quit`.
+//! supported: out-of-band commands, anything but `SHUTDOWN`, `RESET` and
+//! `quit`.
 
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -49,13 +50,15 @@ pub enum Error {
     },
 }
 
-/// A guest stop that QEMU reported.
+/// A guest stop (or, without `-no-reboot`, restart) that QEMU reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shutdown {
     /// True when the guest itself asked for it (power-off, reset, panic).
     pub guest: bool,
     /// QEMU's cause, e.g. `guest-shutdown`, `guest-reset`, `guest-panic`.
     pub reason: String,
+    /// QEMU restarted the guest (a `RESET` event) instead of stopping it.
+    pub reset: bool,
 }
 
 type Client = Qmp<Stream<BufReader<UnixStream>, UnixStream>>;
@@ -146,16 +149,19 @@ impl Monitor {
 }
 
 fn shutdown(event: Event) -> Option<Shutdown> {
-    match event {
-        Event::SHUTDOWN { data, .. } => Some(Shutdown {
-            guest: data.guest,
-            reason: serde_json::to_value(data.reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| "unknown".into()),
-        }),
-        _ => None,
-    }
+    let (guest, reason, reset) = match event {
+        Event::SHUTDOWN { data, .. } => (data.guest, data.reason, false),
+        Event::RESET { data, .. } => (data.guest, data.reason, true),
+        _ => return None,
+    };
+    Some(Shutdown {
+        guest,
+        reason: serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into()),
+        reset,
+    })
 }
 
 #[cfg(test)]
@@ -206,6 +212,8 @@ mod tests {
                 "\n",
                 r#"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}"#,
                 "\n",
+                r#"{"event": "RESET", "data": {"guest": true, "reason": "guest-reset"}, "timestamp": {"seconds": 1, "microseconds": 1}}"#,
+                "\n",
                 r#"{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}, "timestamp": {"seconds": 1, "microseconds": 2}}"#,
                 "\n",
                 r#"{"return": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}}"#,
@@ -222,10 +230,18 @@ mod tests {
         let stops = m.poll().unwrap();
         assert_eq!(
             stops,
-            [Shutdown {
-                guest: true,
-                reason: "guest-shutdown".into()
-            }]
+            [
+                Shutdown {
+                    guest: true,
+                    reason: "guest-reset".into(),
+                    reset: true,
+                },
+                Shutdown {
+                    guest: true,
+                    reason: "guest-shutdown".into(),
+                    reset: false,
+                }
+            ]
         );
         m.quit().unwrap();
         // The monitor stays open until the server has read `quit`: closing a

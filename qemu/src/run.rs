@@ -2,7 +2,9 @@
 //!
 //! The loop polls three sources every [`POLL`]: the serial log (the report),
 //! the process (did QEMU exit?) and QMP (did the guest stop?). It ends on the
-//! first of: the guest stops itself (QMP `SHUTDOWN` with `guest: true`);
+//! first of: the guest stops itself (QMP `SHUTDOWN` with `guest: true`, or
+//! one guest `RESET` more than the run allows: QEMU emits those only when
+//! started without `-no-reboot`);
 //! QEMU exits; the firmware starts its UEFI shell (it found nothing to boot,
 //! and will not boot anything later); the report's `done` event is
 //! [`DONE_GRACE`] old without a power-off after a smoke run, or
@@ -16,7 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use crate::process::{self, Vm};
-use crate::qmp::Monitor;
+use crate::qmp::{Monitor, Shutdown};
 use crate::serial::{self, Console, Tail};
 use crate::verdict::Ending;
 
@@ -54,18 +56,23 @@ pub struct Watched {
     pub console: Console,
     /// True when QEMU had to be killed (it ignored or never got `quit`).
     pub killed: bool,
+    /// How often the guest reset itself and QEMU restarted it.
+    pub resets: u32,
 }
 
 /// Watches `vm` (started at `started`) until it ends or `timeout` passes
-/// since `started`, then stops QEMU.
+/// since `started`, then stops QEMU. Up to `max_resets` guest resets are
+/// let through (QEMU restarts the guest); the next one ends the run.
 pub fn watch(
     vm: &mut Vm,
     monitor: Option<Monitor>,
     tail: &mut Tail,
     started: Instant,
     timeout: Duration,
+    max_resets: u32,
 ) -> Result<Watched, Error> {
     let mut monitor = monitor;
+    let mut resets = 0;
     let mut console = Console::default();
     let mut done_at: Option<Instant> = None;
     let since_start = || Some(started.elapsed().as_secs_f64());
@@ -85,7 +92,7 @@ pub fn watch(
         if let Some(line) = &console.kernel_panic {
             break Ending::KernelPanic { line: line.clone() };
         }
-        if let Some(reason) = guest_stop(&mut monitor) {
+        if let Some(reason) = guest_stop(&mut monitor, &mut resets, max_resets) {
             break Ending::GuestStopped { reason };
         }
         if done_at.is_some_and(|t| t.elapsed() >= grace(&console)) {
@@ -107,6 +114,7 @@ pub fn watch(
         ending,
         console,
         killed,
+        resets,
     })
 }
 
@@ -124,17 +132,36 @@ fn grace(console: &Console) -> Duration {
     }
 }
 
-/// The cause, when the guest stopped itself. A monitor that fails is dropped:
-/// from then on the process status decides.
-fn guest_stop(monitor: &mut Option<Monitor>) -> Option<String> {
+/// The cause, when the guest stopped itself or reset once too often. A
+/// monitor that fails is dropped: from then on the process status decides.
+fn guest_stop(monitor: &mut Option<Monitor>, resets: &mut u32, max_resets: u32) -> Option<String> {
     let m = monitor.as_mut()?;
     match m.poll() {
-        Ok(stops) => stops.into_iter().find(|s| s.guest).map(|s| s.reason),
+        Ok(stops) => first_stop(stops, resets, max_resets),
         Err(_) => {
             *monitor = None;
             None
         }
     }
+}
+
+/// The first of `stops` that ends the run: a guest stop, or the guest reset
+/// that makes more than `max_resets` (counted in `resets`). Host-side events
+/// (QEMU's own, a `quit`) do not count.
+fn first_stop(stops: Vec<Shutdown>, resets: &mut u32, max_resets: u32) -> Option<String> {
+    for stop in stops.into_iter().filter(|s| s.guest) {
+        if !stop.reset {
+            return Some(stop.reason);
+        }
+        *resets += 1;
+        if *resets > max_resets {
+            return Some(format!(
+                "{}: the guest reset {} times, at most {max_resets} allowed",
+                stop.reason, *resets
+            ));
+        }
+    }
+    None
 }
 
 /// Asks QEMU to quit, waits, kills it if need be; true when it was killed.
@@ -154,6 +181,47 @@ fn stop(vm: &mut Vm, mut monitor: Option<Monitor>) -> Result<bool, Error> {
 mod tests {
     use super::*;
     use strata_proto::report::Event;
+
+    fn stop(reason: &str, guest: bool, reset: bool) -> Shutdown {
+        Shutdown {
+            guest,
+            reason: reason.into(),
+            reset,
+        }
+    }
+
+    #[test]
+    fn resets_pass_up_to_the_bound_and_the_next_one_ends_the_run() {
+        let mut resets = 0;
+        let reset = || stop("guest-reset", true, true);
+        let host_reset = stop("host-qmp-system-reset", false, true);
+        assert_eq!(first_stop(vec![reset(), host_reset], &mut resets, 2), None);
+        assert_eq!(first_stop(vec![reset()], &mut resets, 2), None);
+        assert_eq!(resets, 2);
+        let end = first_stop(vec![reset()], &mut resets, 2).unwrap();
+        assert_eq!(
+            end,
+            "guest-reset: the guest reset 3 times, at most 2 allowed"
+        );
+        let mut none = 0;
+        let end = first_stop(vec![reset()], &mut none, 0).unwrap();
+        assert!(end.contains("reset 1 times, at most 0"), "{end}");
+    }
+
+    #[test]
+    fn a_guest_power_off_ends_the_run_at_once() {
+        let mut resets = 0;
+        let stops = vec![
+            stop("host-qmp-quit", false, false),
+            stop("guest-shutdown", true, false),
+            stop("guest-reset", true, true),
+        ];
+        assert_eq!(
+            first_stop(stops, &mut resets, 2).as_deref(),
+            Some("guest-shutdown")
+        );
+        assert_eq!(resets, 0);
+    }
 
     #[test]
     fn only_a_smoke_run_gets_the_long_grace() {

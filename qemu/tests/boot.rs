@@ -103,6 +103,7 @@ fn spec(arch: Arch, disk: &Path, work: &Path, want: Vec<Expected>) -> BootSpec {
         checks: strata_qemu::GuestChecks::default(),
         keep_writes: false,
         secure_boot: false,
+        setup_mode: false,
     }
 }
 

@@ -362,6 +362,7 @@ mod tests {
             media: None,
             verify: true,
             keep_writes: false,
+            setup_mode: false,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct BootOptions {
     /// Let the guest write to the artefact (persistent state survives
     /// into the next boot); by default its writes are thrown away.
     pub keep_writes: bool,
+    /// Boot under the Secure Boot firmware in setup mode (empty variable
+    /// store), letting the image enrol its keys and reset.
+    pub setup_mode: bool,
 }
 
 /// Boots the artefact; `Ok` carries the verdict (pass or fail), `Err` means QEMU could not run.
@@ -143,7 +146,8 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult> {
             }),
         },
         keep_writes: opts.keep_writes,
-        secure_boot: build.secure_boot,
+        secure_boot: build.secure_boot || opts.setup_mode,
+        setup_mode: opts.setup_mode,
     };
     std::fs::create_dir_all(&spec.work_dir).map_err(Error::io("creating", &spec.work_dir))?;
     strata_qemu::boot(&spec).map_err(|e| Error::Environment {
@@ -317,6 +321,7 @@ mod tests {
             media: None,
             verify: true,
             keep_writes: false,
+            setup_mode: false,
         }
     }
 

@@ -502,6 +502,7 @@ mod tests {
                 shutdown_reason: None,
                 unreadable_lines: vec![],
                 qemu_killed: false,
+                guest_resets: 0,
                 serial_log: d.join("v.raw.boot/serial.log"),
                 qemu_log: d.join("v.raw.boot/qemu.log"),
                 qemu_command: vec![],
