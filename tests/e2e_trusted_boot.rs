@@ -297,3 +297,35 @@ fn the_signed_image_boots_on_arm64_with_secure_boot_on() {
     let r = boot_passes(&out.join("metal-arm64.raw"), &[], &shared_cache());
     assert_eq!(event(&r, "secure_boot")["enabled"], true, "{r}");
 }
+
+/// `pcr:` needs a UKI: with `uki: false` it is refused naming `uki`; an
+/// encrypted PCR key without `pcr.passphrase_env` is refused naming that
+/// field, before anything is written.
+#[test]
+fn pcr_errors_name_the_field_to_fix() {
+    if !have_inputs("amd64") || !require_input(Path::new(SNAKEOIL_KEY)) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            format!(
+                "uki: false\npcr:\n  key: {SNAKEOIL_KEY}\n  passphrase_env: STRATA_TEST_SB_PASS\n"
+            ),
+            "`pcr` need a unified kernel image",
+        ),
+        (
+            format!("pcr:\n  key: {SNAKEOIL_KEY}\n"),
+            "pcr.passphrase_env",
+        ),
+    ];
+    for (extra, want) in cases {
+        let p = profile(work.path(), &extra);
+        let out = work.path().join("out");
+        let o = build(&p, &out);
+        assert_eq!(o.status.code(), Some(2), "{extra}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{extra}: {err}");
+        assert!(!out.exists(), "nothing is written for a refused profile");
+    }
+}
