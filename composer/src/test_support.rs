@@ -144,3 +144,17 @@ pub(crate) fn judge_ok(cmd: &mut std::process::Command) -> std::process::Output 
     );
     out
 }
+
+/// Debian's signed `dummy.ko` inside the test extension `make test-inputs`
+/// builds (`build/ext-dummy-amd64`), found whatever the kernel release; a
+/// path that does not exist (for [`require_input`] to report) when absent.
+pub(crate) fn ext_dummy_module() -> PathBuf {
+    let modules = workspace_root().join("build/ext-dummy-amd64/rootfs/usr/lib/modules");
+    std::fs::read_dir(&modules)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|release| release.path().join("kernel/drivers/net/dummy.ko"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| modules.join("<release>/kernel/drivers/net/dummy.ko"))
+}

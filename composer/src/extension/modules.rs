@@ -245,11 +245,11 @@ mod tests {
     fn secure_boot_refuses_unsigned_and_foreign_modules() {
         use crate::kmod::signature::{parse, Signer};
         let root = crate::test_support::workspace_root().join("build/ext-dummy-amd64/rootfs");
-        let rel = "usr/lib/modules/6.1.0-57-amd64/kernel/drivers/net/dummy.ko";
-        if !crate::test_support::require_input(&root.join(rel)) {
+        let host = crate::test_support::ext_dummy_module();
+        if !crate::test_support::require_input(&host) {
             return;
         }
-        let host = root.join(rel);
+        let rel = host.strip_prefix(&root).unwrap().to_str().unwrap();
         let signed = std::fs::read(&host).unwrap();
         let Signature::Signed(debian) = parse(&signed) else {
             panic!("Debian's dummy.ko is not signed")
@@ -292,11 +292,9 @@ mod tests {
     /// acceptable under Secure Boot.
     #[test]
     fn the_kernels_signer_is_read_from_its_modules() {
-        use crate::test_support::{kernel_deb, require_input, require_tools, workspace_root};
+        use crate::test_support::{ext_dummy_module, kernel_deb, require_input, require_tools};
         let deb = kernel_deb("amd64");
-        let dummy = workspace_root().join(
-            "build/ext-dummy-amd64/rootfs/usr/lib/modules/6.1.0-57-amd64/kernel/drivers/net/dummy.ko",
-        );
+        let dummy = ext_dummy_module();
         if !require_input(&deb) || !require_input(&dummy) || !require_tools(&["dpkg-deb", "tar"]) {
             return;
         }

@@ -229,9 +229,7 @@ mod tests {
 
     /// A module signed by Debian's build key, from the shared inputs.
     fn debian_module() -> Option<PathBuf> {
-        let p = crate::test_support::workspace_root().join(
-            "build/ext-dummy-amd64/rootfs/usr/lib/modules/6.1.0-57-amd64/kernel/drivers/net/dummy.ko",
-        );
+        let p = crate::test_support::ext_dummy_module();
         crate::test_support::require_input(&p).then_some(p)
     }
 
