@@ -206,6 +206,24 @@ pub fn through(stored: &[(u64, u64)], runs: &[Run]) -> Vec<(u64, u64)> {
     out
 }
 
+/// Test judge of a writer's runs: each run holds the raw image's bytes where
+/// it says, and the stored (already compressed) ranges map through them whole.
+#[cfg(test)]
+pub(crate) fn assert_runs_map(
+    image: &std::path::Path,
+    raw: &std::path::Path,
+    stored: &[(u64, u64)],
+    runs: &[Run],
+) {
+    let (img, rawb) = (std::fs::read(image).unwrap(), std::fs::read(raw).unwrap());
+    for r in runs {
+        let (g, h, n) = (r.guest as usize, r.host as usize, r.len as usize);
+        assert!(img[h..h + n] == rawb[g..g + n], "{r:?}");
+    }
+    let total: u64 = through(stored, runs).iter().map(|r| r.1).sum();
+    assert_eq!(total, stored.iter().map(|r| r.1).sum::<u64>());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

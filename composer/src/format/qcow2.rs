@@ -454,14 +454,7 @@ mod tests {
         let mut f = out.reopen().unwrap();
         let opts = Qcow2Options { cluster_bits: 16 };
         let (_, runs) = write_mapped(raw.path(), &mut f, &opts).unwrap();
-        let (img, rawb) = (testutil::bytes(out.path()), testutil::bytes(raw.path()));
-        for r in &runs {
-            let (g, h, n) = (r.guest as usize, r.host as usize, r.len as usize);
-            assert!(img[h..h + n] == rawb[g..g + n], "{r:?}");
-        }
-        let mapped = super::super::through(&stored, &runs);
-        let total: u64 = mapped.iter().map(|r| r.1).sum();
-        assert_eq!(total, stored.iter().map(|r| r.1).sum::<u64>());
+        super::super::assert_runs_map(out.path(), raw.path(), &stored, &runs);
     }
 
     #[test]

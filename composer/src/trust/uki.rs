@@ -268,6 +268,19 @@ pub fn known_sections(stub: &Path) -> Result<BTreeSet<String>, UkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kernel file named `kernel` and an `initrd` in `dir`, with these contents.
+    fn kernel_and_initrd(
+        dir: &Path,
+        kernel: &str,
+        linux: &[u8],
+        initrd: &[u8],
+    ) -> (PathBuf, PathBuf) {
+        let paths = (dir.join(kernel), dir.join("initrd"));
+        std::fs::write(&paths.0, linux).unwrap();
+        std::fs::write(&paths.1, initrd).unwrap();
+        paths
+    }
     use crate::trust::authenticode::tests::{assert_verifies, snakeoil, SNAKEOIL_CERT};
 
     const STUB_X64: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -325,9 +338,12 @@ mod tests {
     #[test]
     fn a_uki_carries_every_section_and_objdump_reads_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (linux, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-        std::fs::write(&linux, vec![0x4du8; 123_457]).unwrap();
-        std::fs::write(&initrd, vec![0x07u8; 65_536]).unwrap();
+        let (linux, initrd) = kernel_and_initrd(
+            dir.path(),
+            "vmlinuz",
+            &vec![0x4du8; 123_457],
+            &vec![0x07u8; 65_536],
+        );
         let out = dir.path().join("uki.efi");
         let uki = build(
             &inputs(STUB_X64, &linux, &initrd),
@@ -373,9 +389,8 @@ mod tests {
     #[test]
     fn arm64_ukis_get_an_sbat_section_and_signed_ukis_verify() {
         let dir = tempfile::tempdir().unwrap();
-        let (linux, initrd) = (dir.path().join("Image"), dir.path().join("initrd"));
-        std::fs::write(&linux, vec![1u8; 4096]).unwrap();
-        std::fs::write(&initrd, vec![2u8; 777]).unwrap();
+        let (linux, initrd) =
+            kernel_and_initrd(dir.path(), "Image", &vec![1u8; 4096], &vec![2u8; 777]);
         let signer = snakeoil();
         for (stub, arch) in [
             (STUB_X64, crate::Arch::Amd64),
@@ -409,9 +424,7 @@ mod tests {
     #[test]
     fn a_pcr_signer_sees_the_sections_in_order_and_its_sections_go_last() {
         let dir = tempfile::tempdir().unwrap();
-        let (linux, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-        std::fs::write(&linux, b"kernel").unwrap();
-        std::fs::write(&initrd, b"initrd").unwrap();
+        let (linux, initrd) = kernel_and_initrd(dir.path(), "vmlinuz", b"kernel", b"initrd");
         let seen = std::sync::Mutex::new(Vec::new());
         let sign = |s: &[(&str, &Path)]| {
             let mut seen = seen.lock().unwrap();
@@ -452,9 +465,12 @@ mod tests {
     #[test]
     fn the_same_inputs_give_the_same_uki() {
         let dir = tempfile::tempdir().unwrap();
-        let (linux, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-        std::fs::write(&linux, vec![3u8; 10_000]).unwrap();
-        std::fs::write(&initrd, vec![4u8; 10_000]).unwrap();
+        let (linux, initrd) = kernel_and_initrd(
+            dir.path(),
+            "vmlinuz",
+            &vec![3u8; 10_000],
+            &vec![4u8; 10_000],
+        );
         let signer = snakeoil();
         let mut images = Vec::new();
         for name in ["a.efi", "b.efi"] {
