@@ -133,19 +133,7 @@ fn a_certificate_of_another_key_is_refused_naming_the_field() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let other = work.path().join("other.pem");
-    judge(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            other.to_str().unwrap(),
-        ],
-    );
+    let (other, _) = fresh_key(work.path());
     let p = profile(
         work.path(),
         &secure_boot(other.to_str().unwrap(), SNAKEOIL_CERT),
