@@ -1144,11 +1144,14 @@ mod tests {
         (dir, tree, 6 + 3 + 2 + 1 + 6)
     }
 
-    #[test]
-    fn threads_do_not_change_the_image() {
+    /// Writes `tree` (zstd and xz) on no worker (backhand alone) and on 1, 2 and 5 workers,
+    /// checks that every image is byte for byte backhand's own and that the writer took every
+    /// block the reader cut (`data_blocks` plus the fragment blocks: no guess was wrong), and
+    /// judges the image with backhand and unsquashfs. Returns the images' fragment block counts.
+    fn assert_threads_agree(tree: &Tree, data_blocks: u64) -> Vec<u64> {
         assert!(have("unsquashfs"), "unsquashfs judges this test");
-        let (_dir, tree, data_blocks) = blocky();
         let out = tempfile::tempdir().unwrap();
+        let mut fragment_counts = Vec::new();
         for (compression, name) in [
             (SquashCompression::Zstd { level: 15 }, "zstd"),
             (SquashCompression::Xz, "xz"),
@@ -1160,7 +1163,7 @@ mod tests {
             };
             let image = |workers| {
                 let mut cursor = Cursor::new(Vec::new());
-                let (stats, counts) = write_on(&tree, &mut cursor, &opts, workers, &()).unwrap();
+                let (stats, counts) = write_on(tree, &mut cursor, &opts, workers, &()).unwrap();
                 let mut bytes = cursor.into_inner();
                 assert!(bytes[stats.bytes as usize..].iter().all(|b| *b == 0));
                 bytes.truncate(stats.bytes as usize);
@@ -1169,9 +1172,7 @@ mod tests {
             // No workers: the writer compresses every block itself, as backhand alone does.
             let (alone, counts) = image(0);
             assert_eq!(counts, squashfs_ahead::Counts::default());
-            // The superblock's fragment count (offset 16), which includes the last, partial one.
-            let fragments = u64::from(u32::from_le_bytes(alone[16..20].try_into().unwrap()));
-            assert!(fragments >= 4, "{fragments} fragment blocks");
+            let fragments = fragment_count(&alone);
             let blocks = data_blocks + fragments;
             for workers in [1, 2, 5] {
                 let (bytes, counts) = image(workers);
@@ -1188,9 +1189,183 @@ mod tests {
             }
             let path = out.path().join(format!("{name}.sqfs"));
             fs::write(&path, &alone).unwrap();
-            compare_with_backhand(&tree, &path);
-            judge_with_unsquashfs(&tree, &path, name);
+            compare_with_backhand(tree, &path);
+            judge_with_unsquashfs(tree, &path, name);
+            fragment_counts.push(fragments);
         }
+        fragment_counts
+    }
+
+    /// The superblock's fragment block count (offset 16), which includes the last, partial one.
+    fn fragment_count(image: &[u8]) -> u64 {
+        u64::from(u32::from_le_bytes(image[16..20].try_into().unwrap()))
+    }
+
+    #[test]
+    fn threads_do_not_change_the_image() {
+        let (_dir, tree, data_blocks) = blocky();
+        for fragments in assert_threads_agree(&tree, data_blocks) {
+            assert!(fragments >= 4, "{fragments} fragment blocks");
+        }
+    }
+
+    /// A tree full of identical files shorter than a block, and the pairs (copy, original):
+    /// 30 files of about 9 KB filling three fragment blocks (`a/`), a copy of one right after
+    /// it (same fragment block, still being filled) and a file of the same length but other
+    /// bytes; two files one byte short of a block, one a copy (a fragment block each, so `b/`
+    /// starts a new one); copies of all 30 in `b/` (their originals in earlier fragment blocks),
+    /// interleaved with unique small files and empty files; a file one block long and its copy
+    /// (the data path's own deduplication), and a file of two blocks whose tail has the bytes
+    /// of `a/00`, with a small copy of `a/00` after it. Also returns the number of data blocks
+    /// backhand compresses (the long file's 2, the one-block file and its copy, compressed
+    /// before it is found to be one).
+    #[allow(clippy::type_complexity)]
+    fn small_copies() -> (tempfile::TempDir, Tree, u64, Vec<(String, String)>) {
+        const BS: usize = 128 * 1024;
+        let small = |i: usize| noise(9000 + 13 * i, 200 + i as u32);
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut copies = Vec::new();
+        let mut copy = |files: &mut Vec<(String, Vec<u8>)>, to: String, from: String| {
+            let bytes = files
+                .iter()
+                .find(|(name, _)| *name == from)
+                .unwrap()
+                .1
+                .clone();
+            files.push((to.clone(), bytes));
+            copies.push((to, from));
+        };
+        for i in 0..30 {
+            files.push((format!("a/{i:02}"), small(i)));
+        }
+        copy(&mut files, "a/05-copy".into(), "a/05".into());
+        files.push(("a/05-empty".into(), Vec::new()));
+        files.push(("a/same-length-as-03".into(), noise(small(3).len(), 999)));
+        files.push(("am/almost".into(), noise(BS - 1, 500)));
+        copy(&mut files, "am/almost-copy".into(), "am/almost".into());
+        for i in 0..30 {
+            copy(&mut files, format!("b/{i:02}"), format!("a/{i:02}"));
+            if i % 5 == 0 {
+                files.push((format!("b/{i:02}-empty"), Vec::new()));
+                files.push((format!("b/{i:02}-unique"), noise(5000 + i, 600 + i as u32)));
+            }
+        }
+        files.push(("c/one-block".into(), noise(BS, 700)));
+        copy(&mut files, "c/one-block-copy".into(), "c/one-block".into());
+        files.push(("c/tail".into(), [noise(BS, 701), small(0)].concat()));
+        copy(&mut files, "c/tail-z".into(), "a/00".into());
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, bytes).unwrap();
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut tree = Tree::from_dir(dir.path()).unwrap();
+        tree.all_root();
+        (dir, tree, 2 + 1 + 1, copies)
+    }
+
+    #[test]
+    fn threads_agree_on_small_identical_files() {
+        let (_dir, tree, data_blocks, _) = small_copies();
+        for fragments in assert_threads_agree(&tree, data_blocks) {
+            // a/ (3 or 4), am/ (2), b/'s unique files (1); none for the copies in b/.
+            assert!((5..=7).contains(&fragments), "{fragments} fragment blocks");
+        }
+    }
+
+    /// The inode of each file of `image`, by path.
+    fn file_inodes(image: &Path) -> BTreeMap<String, backhand::SquashfsFileReader> {
+        let reader = BufReader::new(File::open(image).unwrap());
+        let fs = FilesystemReader::from_reader(reader).unwrap();
+        fs.files()
+            .filter_map(|node| match &node.inner {
+                InnerNode::File(f) => Some((node.fullpath.display().to_string(), f.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_identical_files_are_stored_once() {
+        assert!(have("unsquashfs"), "unsquashfs judges this test");
+        let (_dir, tree, _, copies) = small_copies();
+        let out = tempfile::tempdir().unwrap();
+        let opts = SquashOptions {
+            mtime: 1_700_000_000,
+            ..Default::default()
+        };
+        let once = out.path().join("once.sqfs");
+        write_to(&tree, &once, &opts);
+
+        // Each copy shares its original's fragment (or, a block long, its data blocks); empty
+        // files have no fragment (0xffffffff, what the kernel expects), and a file of the same
+        // length with other bytes has its own.
+        let inodes = file_inodes(&once);
+        let at = |path: &str| {
+            let f = &inodes[path];
+            (
+                f.frag_index(),
+                f.block_offset(),
+                f.blocks_start(),
+                f.file_len(),
+            )
+        };
+        for (copy, original) in &copies {
+            assert_eq!(
+                at(&format!("/{copy}")),
+                at(&format!("/{original}")),
+                "{copy}"
+            );
+        }
+        for path in ["/a/05-empty", "/b/00-empty", "/b/25-empty"] {
+            assert_eq!(inodes[path].frag_index(), u32::MAX as usize, "{path}");
+        }
+        assert_ne!(at("/a/same-length-as-03"), at("/a/03"));
+        assert_eq!(inodes["/c/tail"].frag_index(), u32::MAX as usize);
+        assert_eq!(inodes["/c/tail"].block_sizes().len(), 2);
+
+        // The same tree with every copy one byte off its original: now they count.
+        let mut twice_tree = tree.clone();
+        let mut copied = 0;
+        for (copy, _) in &copies {
+            let path = format!("/{copy}");
+            let EntryKind::File(data) = &tree.get(&path).unwrap().kind else {
+                panic!("{path} is a file");
+            };
+            let mut bytes = contents(data);
+            bytes[0] ^= 0xff;
+            copied += bytes.len() as u64;
+            twice_tree
+                .insert(&path, Entry::bytes_file(bytes, 0o644))
+                .unwrap();
+        }
+        let twice = out.path().join("twice.sqfs");
+        write_to(&twice_tree, &twice, &opts);
+        let (once_len, twice_len) = (
+            fs::metadata(&once).unwrap().len(),
+            fs::metadata(&twice).unwrap().len(),
+        );
+        // The copies are noise: stored again they take about their size, save those that land
+        // in their original's fragment block (a/05-copy) or are a block long (deduplicated
+        // either way).
+        assert!(
+            twice_len - once_len > copied - 2 * 128 * 1024,
+            "once {once_len}, twice {twice_len}, copies {copied} bytes"
+        );
+
+        // unsquashfs reads the layout as the kernel does: the fragment count of the superblock,
+        // and every file's bytes (judge_with_unsquashfs extracts and compares them).
+        let stat = crate::test_support::judge_ok(Command::new("unsquashfs").arg("-s").arg(&once));
+        let stat = String::from_utf8_lossy(&stat.stdout);
+        let fragments = fragment_count(&fs::read(&once).unwrap());
+        assert!(
+            stat.contains(&format!("Number of fragments {fragments}")),
+            "{stat}"
+        );
+        judge_with_unsquashfs(&tree, &once, "zstd");
+        judge_with_unsquashfs(&twice_tree, &twice, "zstd");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! compress, by the writer's own rules: every block of a file at least one block long except
 //! blocks of zeros (they become holes), and files shorter than a block packed into fragment
 //! blocks, a new one started when the next file would not fit, the last one written even when
-//! empty. Worker threads compress those blocks; the results wait in a bounded queue, in order.
+//! empty. A file shorter than a block with the same bytes as an earlier one adds nothing to a
+//! fragment block: the writer deduplicates (`set_no_duplicate_files`) and our backhand keeps one
+//! copy of such files too (vendor/backhand/PATCHES.md). Worker threads compress those blocks; the results wait in a bounded queue, in order.
 //! When the writer asks for a block, [`Lookahead`] compares it byte for byte with the head of the
 //! queue and hands over the worker's result when they are equal. Anything else (metadata blocks,
 //! a file that changed between the two reads, one the reader could not open) is compressed
@@ -26,7 +28,9 @@
 //! one being compressed per worker.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -243,6 +247,7 @@ impl Ahead {
 fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
     let mut buf = vec![0u8; block_size];
     let mut fragments = Vec::with_capacity(block_size);
+    let mut small = SmallFiles::default();
     let files = tree.iter().filter_map(|(_, entry)| match &entry.kind {
         EntryKind::File(data) => Some(data),
         _ => None,
@@ -254,6 +259,9 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
             continue;
         }
         if first < block_size {
+            if !small.is_new(&buf[..first]) {
+                continue;
+            }
             if fragments.len() + first > block_size {
                 ahead.send(std::mem::take(&mut fragments))?;
             }
@@ -269,6 +277,23 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
         }
     }
     ahead.send(fragments)
+}
+
+/// The files shorter than a block seen so far, to predict which ones the writer stores once.
+///
+/// Keyed by length and a 64-bit hash, not by the SHA-256 the writer uses: a collision only
+/// mispredicts the fragment blocks after it (time, never bytes, as the module doc says), and the
+/// cheap hash keeps the reader from hashing every small file a second time at SHA-256 cost.
+#[derive(Default)]
+struct SmallFiles(HashSet<(usize, u64)>);
+
+impl SmallFiles {
+    /// Whether no earlier file had these bytes; remembers them.
+    fn is_new(&mut self, bytes: &[u8]) -> bool {
+        let mut hasher = DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        self.0.insert((bytes.len(), hasher.finish()))
+    }
 }
 
 fn open(data: &FileData) -> io::Result<Box<dyn Read + '_>> {

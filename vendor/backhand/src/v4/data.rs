@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use deku::prelude::*;
+use sha2::{Digest, Sha256};
 use solana_nohash_hasher::IntMap;
 use xxhash_rust::xxh64::Xxh64;
 
@@ -121,6 +122,10 @@ pub(crate) struct DataWriter<'a> {
     /// If some, cache of HashMap<file_len, HashMap<hash of whole file, (file_len, Added)>>
     #[allow(clippy::type_complexity)]
     dup_cache: Option<IntMap<u64, IntMap<u64, (usize, Added)>>>,
+    /// PATCH (strata, see PATCHES.md): if some, the fragment of each file shorter than a block,
+    /// keyed by its length and the SHA-256 of its bytes, so that an identical later file shares
+    /// it (as mksquashfs does). A strong hash, since equal keys put one file's bytes in another.
+    fragment_dups: Option<HashMap<(usize, [u8; 32]), Added>>,
     /// Un-written fragment_bytes
     pub(crate) fragment_bytes: Vec<u8>,
     pub(crate) fragment_table: Vec<Fragment>,
@@ -146,6 +151,7 @@ impl<'a> DataWriter<'a> {
             block_size,
             fs_compressor,
             dup_cache: no_duplicate_files.then_some(HashMap::default()),
+            fragment_dups: no_duplicate_files.then_some(HashMap::default()),
             fragment_bytes: Vec::with_capacity(block_size as usize),
             fragment_table: vec![],
         }
@@ -262,6 +268,20 @@ impl<'a> DataWriter<'a> {
 
         // chunk size not exactly the size of the block
         if chunk.len() != self.block_size as usize {
+            // PATCH (strata): the whole file is in `chunk`; one with the same bytes as an
+            // earlier one gets that file's fragment and adds nothing. Only files shorter than a
+            // block are in fragments (no tail-end packing), and empty files returned above.
+            let dup_key = self.fragment_dups.as_ref().map(|_| {
+                let digest: [u8; 32] = Sha256::digest(chunk).into();
+                (chunk.len(), digest)
+            });
+            if let (Some(dups), Some(key)) = (&self.fragment_dups, &dup_key)
+                && let Some(original) = dups.get(key)
+            {
+                trace!("duplicate fragment data found");
+                return Ok((chunk_reader.file_len, original.clone()));
+            }
+
             // if this doesn't fit in the current fragment bytes
             // compress the current fragment bytes and add to data_bytes
             if (chunk.len() + self.fragment_bytes.len()) > self.block_size as usize {
@@ -273,7 +293,12 @@ impl<'a> DataWriter<'a> {
             let block_offset = self.fragment_bytes.len() as u32;
             self.fragment_bytes.write_all(chunk)?;
 
-            return Ok((chunk_reader.file_len, Added::Fragment { frag_index, block_offset }));
+            let added = Added::Fragment { frag_index, block_offset };
+            // PATCH (strata): remember it for later identical files.
+            if let (Some(dups), Some(key)) = (&mut self.fragment_dups, dup_key) {
+                dups.insert(key, added.clone());
+            }
+            return Ok((chunk_reader.file_len, added));
         }
 
         // Add to data bytes
