@@ -6,7 +6,12 @@
 //! superblock get the same modification time from [`SquashOptions::mtime`], so identical trees
 //! give byte-identical images. File contents are opened one at a time while the image is written
 //! and read block by block, so memory use does not grow with file sizes. Identical files are
-//! stored once; blocks of zeros become holes (as mksquashfs does).
+//! stored once; blocks of zeros become holes (as mksquashfs does). A file of a block or more
+//! that equals an earlier one shares its data blocks (backhand's own check: length and xxh64 of
+//! the whole file); a file shorter than a block that equals an earlier one shares its place in a
+//! fragment block (length and SHA-256; our patch of backhand, vendor/backhand/PATCHES.md). An
+//! empty file has no fragment. backhand has no tail-end packing, so the last partial block of a
+//! longer file never lands in a fragment block and never matches a small file.
 //!
 //! Compression: xz (preset 6, dictionary = block size, no BCJ filter; what mksquashfs
 //! `-comp xz` does) or zstd at a chosen level (default 15, the mksquashfs default; backhand's own
