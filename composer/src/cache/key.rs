@@ -27,7 +27,8 @@ use std::path::Path;
 
 /// Bumped whenever a step's output changes for the same inputs without the strata version
 /// changing, or the entry layout changes: every older entry then misses.
-pub const SCHEMA: u32 = 2;
+/// 3: squashfs images keep one copy of identical files shorter than a block.
+pub const SCHEMA: u32 = 3;
 
 /// A step key: 64 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
