@@ -62,39 +62,105 @@ fn check_module_signatures(plan: &Plan, kernel: &Kernel) -> Result<()> {
     check_signatures(exts.map(|e| (e.name.as_str(), &e.tree)), &trusted).map_err(fail)
 }
 
-/// The assets steps: `squashfs` (module layer, squashfs images), then `initramfs` (one per
-/// distinct module set), each image from the step `cache` when it holds it, reported to
-/// `progress`.
+/// What the kernel's thread made while the images were written: the kernel, the module
+/// layer, and for a layered build each platform's module closure and initramfs compressed
+/// part (their [`Early`]).
+struct KernelSide {
+    kernel: Kernel,
+    module_layer: Option<ModuleLayer>,
+    early: Option<Early>,
+}
+
+/// The initramfs work done before the images exist (layered builds): the files Talos layers
+/// shadow, and for each platform its module closure and its compressed part.
+struct Early {
+    shadowed: Vec<crate::assets::layers::Shadowed>,
+    boots: Vec<(Vec<ModuleRef>, PathBuf)>,
+}
+
+/// How the kernel's thread failed: before its results were complete (its error comes first,
+/// as the kernel step came before the images), or while making the initramfs's compressed
+/// part (its error comes after the images', as the initramfs step came after them).
+enum KernelFailure {
+    Kernel(Error),
+    Initramfs(Error),
+}
+
+/// The assets steps, run alongside the `kernel` step: `squashfs` (the squashfs images), then
+/// `initramfs` (one per distinct module set), each image from the step `cache` when it holds
+/// it, reported to `progress`.
+///
+/// `load_kernel` (the kernel step) runs on its own thread while the images that do not need
+/// the kernel are written (the root, the Talos layers, the DDI images, the `files:` layer);
+/// that thread then checks the extension modules' signatures, makes the module layer and, for
+/// a layered build, each platform's module closure and initramfs compressed part
+/// (`initramfs/<name> (compressed part)` sub-steps), still while the images are written. The
+/// module layer's image (or, flattened, the one root, which holds everything) is written when
+/// the kernel is there. Errors are reported as a one-thread build met them: a kernel, module
+/// or signature error first, then the images', then the initramfs's; a failure on either side
+/// stops the other from starting more work.
 pub fn make(
     plan: &Plan,
-    kernel: &Kernel,
+    load_kernel: impl FnOnce() -> Result<Kernel> + Send,
     work: &Path,
     cache: &Cache,
     progress: &dyn Sink,
-) -> Result<Assets> {
+) -> Result<(Kernel, Assets)> {
     let step = Task::start(progress, "squashfs", None);
-    if plan.signed_modules_only {
-        check_module_signatures(plan, kernel)?;
-    }
-    let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
-        Error::step(
-            ErrorKind::InvalidInput,
-            "making the extension modules' layer",
-            e,
-        )
-        .with_hint("build the extension's modules for the image's kernel")
-    })?;
-    let available = layers::available_files(plan, work, cache, &step)?;
-    let composed = layers::squash_all(
-        plan,
-        module_layer.as_ref(),
-        &kernel.release,
-        &available,
-        work,
-        cache,
-        &step,
-    )?;
-    let files = layers::files_layer(plan, work, cache, &step)?;
+    let halt = layers::Halt::new(false);
+    let (kernel_side, images) = std::thread::scope(|s| {
+        let kernel_side = s.spawn(|| {
+            let r = kernel_side(plan, load_kernel, work, cache, progress, &halt);
+            if r.is_err() {
+                halt.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            r
+        });
+        let images = images_without_kernel(plan, work, cache, &step, &halt);
+        if images.is_err() {
+            halt.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let kernel_side = kernel_side
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (kernel_side, images)
+    });
+    let (side, (available, composed, files)) = match (kernel_side, images) {
+        (Err(KernelFailure::Kernel(e)), _) => return Err(e),
+        (_, Err(e)) => return Err(e),
+        (Err(KernelFailure::Initramfs(e)), _) => return Err(e),
+        (Ok(side), Ok(images)) => (side, images),
+    };
+    let KernelSide {
+        kernel,
+        module_layer,
+        early,
+    } = side;
+    let (composed, files) = match composed {
+        Some(mut composed) => {
+            if let Some(m) = &module_layer {
+                layers::add_module_layer(
+                    &mut composed,
+                    m,
+                    &kernel.release,
+                    (plan, work, cache),
+                    &step,
+                )?;
+            }
+            (composed, files)
+        }
+        None => {
+            let composed = layers::squash_flattened(
+                plan,
+                module_layer.as_ref(),
+                &available,
+                work,
+                cache,
+                &step,
+            )?;
+            (composed, layers::files_layer(plan, work, cache, &step)?)
+        }
+    };
     for c in &composed.conflicts {
         crate::progress::note(progress, &format!("flatten: conflict: {c}"));
     }
@@ -113,7 +179,10 @@ pub fn make(
     );
     step.finish(None, &detail);
     let step = Task::start(progress, "initramfs", None);
-    let shadowed = shadowed(plan, module_layer.as_ref())?;
+    let (shadowed, boots) = match early {
+        Some(Early { shadowed, boots }) => (shadowed, Some(boots)),
+        None => (shadowed(plan, module_layer.as_ref())?, None),
+    };
     let services = if plan.boot_services {
         layers::services(&plan.extensions)
     } else {
@@ -121,9 +190,9 @@ pub fn make(
     };
     let platforms = initramfs_per_platform(
         plan,
-        kernel,
+        &kernel,
         &composed,
-        module_layer.as_ref(),
+        (module_layer.as_ref(), boots),
         &shadowed,
         (work, cache, files),
         &step,
@@ -141,15 +210,123 @@ pub fn make(
             cached_note(cache, "initramfs")
         ),
     );
-    Ok(Assets {
+    let assets = Assets {
         composed,
         module_layer,
         platforms,
         shadowed,
         services,
+    };
+    Ok((kernel, assets))
+}
+
+/// What the images thread made: the images of `enabled: false` extensions, the layered
+/// build's images (none when flattening: the root needs the kernel's module layer), and the
+/// `files:` layer (made later when flattening, after the root, as a one-thread build did).
+type Images = (
+    Vec<(String, PathBuf)>,
+    Option<Composed>,
+    Option<(String, PathBuf)>,
+);
+
+/// The images that do not need the kernel (see [`make`]); none is started once `halt` is set.
+fn images_without_kernel(
+    plan: &Plan,
+    work: &Path,
+    cache: &Cache,
+    step: &Task<'_>,
+    halt: &layers::Halt,
+) -> Result<Images> {
+    let available = layers::available_files(plan, work, cache, step)?;
+    if plan.flatten {
+        return Ok((available, None, None));
+    }
+    let composed = layers::squash_layered(plan, &available, work, cache, step, halt)?;
+    if halt.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(layers::halted());
+    }
+    let files = layers::files_layer(plan, work, cache, step)?;
+    Ok((available, Some(composed), files))
+}
+
+/// The kernel's thread (see [`make`]): the kernel, the signature check, the module layer, and
+/// for a layered build the initramfs's early part, unless `halt` is set by then.
+fn kernel_side(
+    plan: &Plan,
+    load_kernel: impl FnOnce() -> Result<Kernel>,
+    work: &Path,
+    cache: &Cache,
+    progress: &dyn Sink,
+    halt: &layers::Halt,
+) -> std::result::Result<KernelSide, KernelFailure> {
+    let kernel = load_kernel().map_err(KernelFailure::Kernel)?;
+    if plan.signed_modules_only {
+        check_module_signatures(plan, &kernel).map_err(KernelFailure::Kernel)?;
+    }
+    let module_layer = layers::module_layer(&plan.extensions, &kernel)
+        .map_err(|e| {
+            Error::step(
+                ErrorKind::InvalidInput,
+                "making the extension modules' layer",
+                e,
+            )
+            .with_hint("build the extension's modules for the image's kernel")
+        })
+        .map_err(KernelFailure::Kernel)?;
+    let early = if plan.flatten || halt.load(std::sync::atomic::Ordering::SeqCst) {
+        None
+    } else {
+        let early = early_initramfs(plan, &kernel, module_layer.as_ref(), work, cache, progress);
+        Some(early.map_err(KernelFailure::Initramfs)?)
+    };
+    Ok(KernelSide {
+        kernel,
+        module_layer,
+        early,
     })
 }
 
+/// The initramfs work of a layered build that needs no image (see [`Early`]): its small files
+/// do not name the images, so its compressed part is made while the images are written.
+fn early_initramfs(
+    plan: &Plan,
+    kernel: &Kernel,
+    module_layer: Option<&ModuleLayer>,
+    work: &Path,
+    cache: &Cache,
+    progress: &dyn Sink,
+) -> Result<Early> {
+    let shadowed = shadowed(plan, module_layer)?;
+    let files = small_files(plan, &[], module_layer, &shadowed);
+    let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
+    let mut boots = Vec::new();
+    for pp in &plan.platforms {
+        let modules = crate::plan::modules::closure(plan, pp, kernel)?;
+        let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
+        let boot = match made.iter().find(|(n, _)| *n == names) {
+            Some((_, path)) => path.clone(),
+            None => {
+                let name = format!("initrd-{}.img", made.len());
+                let contents = boot_contents(plan, kernel, &modules, &files);
+                let task = Task::start(
+                    progress,
+                    format!("initramfs/{name} (compressed part)"),
+                    None,
+                );
+                let fallback = (work.join(format!("initrd-{}.boot", made.len())), cache);
+                let made_now = boot_part(&contents, &name, &fallback)?;
+                let size = made_now.extra.get("compressed").copied();
+                let detail = format!("for {}: {} modules", pp.platform.name, modules.len());
+                task.end(made_now.is_hit(), size, &detail);
+                let path = made_now.path;
+                made.push((names, path.clone()));
+                path
+            }
+        };
+        boots.push((modules, boot));
+    }
+    Ok(Early { shadowed, boots })
+}
 /// The files Talos layers shadow, for `guest.json` (none when flattened: no layers at boot).
 fn shadowed(
     plan: &Plan,
@@ -185,11 +362,58 @@ fn cached_note(cache: &Cache, step: &str) -> String {
 /// Where the initramfs goes: (work directory, step cache, the `files:` layer).
 type InitramfsPlace<'a> = (&'a Path, &'a Cache, Option<(String, PathBuf)>);
 
+/// The initramfs's contents that its compressed part reads (the stored segment's fields are
+/// left empty: [`initramfs::write_boot`] and [`boot_key`] do not read them).
+fn boot_contents<'a>(
+    plan: &'a Plan,
+    kernel: &'a Kernel,
+    modules: &'a [ModuleRef],
+    files: &'a [(String, Vec<u8>)],
+) -> initramfs::Contents<'a> {
+    initramfs::Contents {
+        init: &plan.init,
+        release: &kernel.release,
+        modules_dir: &kernel.modules_dir,
+        modules,
+        rootfs: Path::new(""),
+        layers: &[],
+        images: &[],
+        files,
+        extensions_yaml: "",
+        mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
+        compression: plan.initramfs_compression,
+    }
+}
+
+/// The small files the init reads (`modules.check`, `extensions.json`, `guest.json`).
+fn small_files(
+    plan: &Plan,
+    flattened: &[crate::assets::layers::Flattened],
+    module_layer: Option<&ModuleLayer>,
+    shadowed: &[crate::assets::layers::Shadowed],
+) -> Vec<(String, Vec<u8>)> {
+    let mut files = guest_files::init_files(flattened, &plan.disabled, module_layer);
+    files.extend(guest_files::guest_json(
+        plan.state,
+        &plan.files.records,
+        shadowed.to_vec(),
+        plan.boot_services,
+    ));
+    files
+}
+
+/// The module layer, and each platform's module closure and compressed part when they were
+/// made early (see [`Early`]).
+type ModulesPlace<'a> = (
+    Option<&'a ModuleLayer>,
+    Option<Vec<(Vec<ModuleRef>, PathBuf)>>,
+);
+
 fn initramfs_per_platform(
     plan: &Plan,
     kernel: &Kernel,
     composed: &Composed,
-    module_layer: Option<&ModuleLayer>,
+    (module_layer, boots): ModulesPlace<'_>,
     shadowed: &[crate::assets::layers::Shadowed],
     (work, cache, files_layer): InitramfsPlace<'_>,
     step: &Task<'_>,
@@ -202,34 +426,26 @@ fn initramfs_per_platform(
     let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
     let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
     sysexts.extend(files_layer);
-    let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
-    files.extend(guest_files::guest_json(
-        plan.state,
-        &plan.files.records,
-        shadowed.to_vec(),
-        plan.boot_services,
-    ));
+    let files = small_files(plan, &composed.flattened, module_layer, shadowed);
+    let mut boots = boots.map(Vec::into_iter);
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut out = Vec::new();
     for pp in &plan.platforms {
-        let modules = crate::plan::modules::closure(plan, pp, kernel)?;
+        let (modules, early_boot) = match boots.as_mut().and_then(Iterator::next) {
+            Some((modules, boot)) => (modules, Some(boot)),
+            None => (crate::plan::modules::closure(plan, pp, kernel)?, None),
+        };
         let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
         let initrd = match made.iter().find(|(n, _)| *n == names) {
             Some((_, path)) => path.clone(),
             None => {
                 let path = work.join(format!("initrd-{}.img", made.len()));
                 let contents = initramfs::Contents {
-                    init: &plan.init,
-                    release: &kernel.release,
-                    modules_dir: &kernel.modules_dir,
-                    modules: &modules,
                     rootfs: &composed.rootfs,
                     layers: &layer_files,
                     images: &sysexts,
-                    files: &files,
                     extensions_yaml: &ext_yaml,
-                    mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
-                    compression: plan.initramfs_compression,
+                    ..boot_contents(plan, kernel, &modules, &files)
                 };
                 let name = format!("initrd-{}.img", made.len());
                 let boot = (work.join(format!("initrd-{}.boot", made.len())), cache);
@@ -241,7 +457,10 @@ fn initramfs_per_platform(
                     || initramfs_key(&contents),
                     &path,
                     |out| {
-                        let boot = boot_part(&contents, &name, &boot)?;
+                        let boot = match early_boot {
+                            Some(made) => made,
+                            None => boot_part(&contents, &name, &boot)?.path,
+                        };
                         let stats = crate::progress::watch_file(&task, out, || {
                             initramfs::write(out, &contents, &boot)
                         })
@@ -280,8 +499,8 @@ fn boot_part(
     c: &initramfs::Contents<'_>,
     name: &str,
     (fallback, cache): &(PathBuf, &Cache),
-) -> Result<PathBuf> {
-    let made = cache.get_or_make(
+) -> Result<crate::cache::Product> {
+    cache.get_or_make(
         "initramfs-boot",
         &format!("{name} (compressed part)"),
         || boot_key(c),
@@ -291,8 +510,7 @@ fn boot_part(
                 .map_err(Error::io("writing the initramfs's compressed part", out))?;
             Ok([("compressed".to_string(), size)].into())
         },
-    )?;
-    Ok(made.path)
+    )
 }
 
 /// Turns an I/O error on `p` into a step error naming it.
