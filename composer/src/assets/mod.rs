@@ -62,28 +62,11 @@ fn check_module_signatures(plan: &Plan, kernel: &Kernel) -> Result<()> {
     check_signatures(exts.map(|e| (e.name.as_str(), &e.tree)), &trusted).map_err(fail)
 }
 
-/// What the kernel's thread made while the images were written: the kernel, the module
-/// layer, and for a layered build each platform's module closure and initramfs compressed
-/// part (their [`Early`]).
-struct KernelSide {
-    kernel: Kernel,
-    module_layer: Option<ModuleLayer>,
-    early: Option<Early>,
-}
-
 /// The initramfs work done before the images exist (layered builds): the files Talos layers
 /// shadow, and for each platform its module closure and its compressed part.
 struct Early {
     shadowed: Vec<crate::assets::layers::Shadowed>,
     boots: Vec<(Vec<ModuleRef>, PathBuf)>,
-}
-
-/// How the kernel's thread failed: before its results were complete (its error comes first,
-/// as the kernel step came before the images), or while making the initramfs's compressed
-/// part (its error comes after the images', as the initramfs step came after them).
-enum KernelFailure {
-    Kernel(Error),
-    Initramfs(Error),
 }
 
 /// The assets steps, run alongside the `kernel` step: `squashfs` (the squashfs images), then
@@ -92,13 +75,13 @@ enum KernelFailure {
 ///
 /// `load_kernel` (the kernel step) runs on its own thread while the images that do not need
 /// the kernel are written (the root, the Talos layers, the DDI images, the `files:` layer);
-/// that thread then checks the extension modules' signatures, makes the module layer and, for
-/// a layered build, each platform's module closure and initramfs compressed part
-/// (`initramfs/<name> (compressed part)` sub-steps), still while the images are written. The
-/// module layer's image (or, flattened, the one root, which holds everything) is written when
-/// the kernel is there. Errors are reported as a one-thread build met them: a kernel, module
-/// or signature error first, then the images', then the initramfs's; a failure on either side
-/// stops the other from starting more work.
+/// that thread then checks the extension modules' signatures and makes the module layer, and
+/// for a layered build one more thread makes each platform's module closure and initramfs
+/// compressed part (`initramfs/<name> (compressed part)` sub-steps), still while the images
+/// are written. The module layer's image (or, flattened, the one root, which holds
+/// everything) is written when the kernel is there. Errors are reported as a one-thread build
+/// met them: a kernel, module or signature error first, then the images', then the
+/// initramfs's; a failure on either side stops the other from starting more work.
 pub fn make(
     plan: &Plan,
     load_kernel: impl FnOnce() -> Result<Kernel> + Send,
@@ -106,65 +89,130 @@ pub fn make(
     cache: &Cache,
     progress: &dyn Sink,
 ) -> Result<(Kernel, Assets)> {
-    let step = Task::start(progress, "squashfs", None);
+    let kernel_cell = std::sync::OnceLock::new();
+    let layer_cell = std::sync::OnceLock::new();
     let halt = layers::Halt::new(false);
-    let (kernel_side, images) = std::thread::scope(|s| {
-        let kernel_side = s.spawn(|| {
-            let r = kernel_side(plan, load_kernel, work, cache, progress, &halt);
-            if r.is_err() {
-                halt.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (kernel, layer, halt) = (&kernel_cell, &layer_cell, &halt);
+    let stop = || halt.store(true, std::sync::atomic::Ordering::SeqCst);
+    let step = Task::start(progress, "squashfs", None);
+    let made = std::thread::scope(|s| {
+        let kernel_side = s.spawn(move || {
+            let (k, m) = match kernel_side(plan, load_kernel) {
+                Ok((k, m)) => (kernel.get_or_init(|| k), layer.get_or_init(|| m)),
+                Err(e) => {
+                    stop();
+                    return Err(e);
+                }
+            };
+            if plan.flatten || halt.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok((k, m, None));
             }
-            r
+            let early = s.spawn(move || {
+                let r = early_initramfs(plan, k, m.as_ref(), work, cache, progress);
+                if r.is_err() {
+                    stop();
+                }
+                r
+            });
+            Ok((k, m, Some(early)))
         });
-        let images = images_without_kernel(plan, work, cache, &step, &halt);
+        let images = images_without_kernel(plan, work, cache, &step, halt);
         if images.is_err() {
-            halt.store(true, std::sync::atomic::Ordering::SeqCst);
+            stop();
         }
-        let kernel_side = kernel_side
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (kernel_side, images)
-    });
-    let (side, (available, composed, files)) = match (kernel_side, images) {
-        (Err(KernelFailure::Kernel(e)), _) => return Err(e),
-        (_, Err(e)) => return Err(e),
-        (Err(KernelFailure::Initramfs(e)), _) => return Err(e),
-        (Ok(side), Ok(images)) => (side, images),
+        let joined = kernel_side.join();
+        let (kernel, module_layer, early) =
+            joined.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let composed = with_kernel_images(
+            plan,
+            images?,
+            (kernel, module_layer.as_ref()),
+            (work, cache),
+            &step,
+        )?;
+        for c in &composed.0.conflicts {
+            crate::progress::note(progress, &format!("flatten: conflict: {c}"));
+        }
+        step.finish(None, &squashfs_detail(&composed.0, cache));
+        let step = Task::start(progress, "initramfs", None);
+        let early = early.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        let assets = initramfs_step(
+            plan,
+            kernel,
+            composed,
+            (module_layer, early.transpose()?),
+            (work, cache),
+            &step,
+        )?;
+        step.finish(None, &initramfs_detail(&assets, cache));
+        Ok::<_, Error>(assets)
+    })?;
+    let (Some(kernel), Some(module_layer)) = (kernel_cell.into_inner(), layer_cell.into_inner())
+    else {
+        return Err(Error::step(
+            ErrorKind::Io,
+            "loading the kernel",
+            "the kernel's thread left no kernel",
+        ));
     };
-    let KernelSide {
+    Ok((
         kernel,
-        module_layer,
-        early,
-    } = side;
-    let (composed, files) = match composed {
+        Assets {
+            module_layer,
+            ..made
+        },
+    ))
+}
+
+/// The kernel's thread (see [`make`]): the kernel, the signature check, the module layer.
+fn kernel_side(
+    plan: &Plan,
+    load_kernel: impl FnOnce() -> Result<Kernel>,
+) -> Result<(Kernel, Option<ModuleLayer>)> {
+    let kernel = load_kernel()?;
+    if plan.signed_modules_only {
+        check_module_signatures(plan, &kernel)?;
+    }
+    let module_layer = layers::module_layer(&plan.extensions, &kernel).map_err(|e| {
+        Error::step(
+            ErrorKind::InvalidInput,
+            "making the extension modules' layer",
+            e,
+        )
+        .with_hint("build the extension's modules for the image's kernel")
+    })?;
+    Ok((kernel, module_layer))
+}
+
+/// The images that need the kernel, once the others are written: the module layer's (layered)
+/// or the one root and then the `files:` layer (flattened). Returns the composed images and
+/// the `files:` layer.
+fn with_kernel_images(
+    plan: &Plan,
+    (available, composed, files): Images,
+    (kernel, module_layer): (&Kernel, Option<&ModuleLayer>),
+    (work, cache): (&Path, &Cache),
+    step: &Task<'_>,
+) -> Result<(Composed, Option<(String, PathBuf)>)> {
+    match composed {
         Some(mut composed) => {
-            if let Some(m) = &module_layer {
-                layers::add_module_layer(
-                    &mut composed,
-                    m,
-                    &kernel.release,
-                    (plan, work, cache),
-                    &step,
-                )?;
+            if let Some(m) = module_layer {
+                let place = (plan, work, cache);
+                layers::add_module_layer(&mut composed, m, &kernel.release, place, step)?;
             }
-            (composed, files)
+            Ok((composed, files))
         }
         None => {
-            let composed = layers::squash_flattened(
-                plan,
-                module_layer.as_ref(),
-                &available,
-                work,
-                cache,
-                &step,
-            )?;
-            (composed, layers::files_layer(plan, work, cache, &step)?)
+            let composed =
+                layers::squash_flattened(plan, module_layer, &available, work, cache, step)?;
+            Ok((composed, layers::files_layer(plan, work, cache, step)?))
         }
-    };
-    for c in &composed.conflicts {
-        crate::progress::note(progress, &format!("flatten: conflict: {c}"));
     }
-    let detail = format!(
+}
+
+/// The squashfs step's line: the images and how many came from the cache.
+fn squashfs_detail(composed: &Composed, cache: &Cache) -> String {
+    format!(
         "root + {} layer(s){}{}",
         composed.layers.len(),
         if composed.flattened.is_empty() {
@@ -176,9 +224,35 @@ pub fn make(
             )
         },
         cached_note(cache, "squashfs")
-    );
-    step.finish(None, &detail);
-    let step = Task::start(progress, "initramfs", None);
+    )
+}
+
+/// The initramfs step's line.
+fn initramfs_detail(assets: &Assets, cache: &Cache) -> String {
+    let made = assets
+        .platforms
+        .iter()
+        .map(|p| &p.initrd)
+        .collect::<std::collections::BTreeSet<_>>();
+    format!(
+        "{} initramfs for {} platform(s){}",
+        made.len(),
+        assets.platforms.len(),
+        cached_note(cache, "initramfs")
+    )
+}
+
+/// The initramfs step after the images: the early part when it was made (else the files
+/// Talos layers shadow and the closures now), then each initramfs. The module layer is
+/// left out of the result (the caller owns it).
+fn initramfs_step(
+    plan: &Plan,
+    kernel: &Kernel,
+    (composed, files): (Composed, Option<(String, PathBuf)>),
+    (module_layer, early): (&Option<ModuleLayer>, Option<Early>),
+    (work, cache): (&Path, &Cache),
+    step: &Task<'_>,
+) -> Result<Assets> {
     let (shadowed, boots) = match early {
         Some(Early { shadowed, boots }) => (shadowed, Some(boots)),
         None => (shadowed(plan, module_layer.as_ref())?, None),
@@ -190,34 +264,20 @@ pub fn make(
     };
     let platforms = initramfs_per_platform(
         plan,
-        &kernel,
+        kernel,
         &composed,
         (module_layer.as_ref(), boots),
         &shadowed,
         (work, cache, files),
-        &step,
+        step,
     )?;
-    let made = platforms
-        .iter()
-        .map(|p| &p.initrd)
-        .collect::<std::collections::BTreeSet<_>>();
-    step.finish(
-        None,
-        &format!(
-            "{} initramfs for {} platform(s){}",
-            made.len(),
-            platforms.len(),
-            cached_note(cache, "initramfs")
-        ),
-    );
-    let assets = Assets {
+    Ok(Assets {
         composed,
-        module_layer,
+        module_layer: None,
         platforms,
         shadowed,
         services,
-    };
-    Ok((kernel, assets))
+    })
 }
 
 /// What the images thread made: the images of `enabled: false` extensions, the layered
@@ -247,43 +307,6 @@ fn images_without_kernel(
     }
     let files = layers::files_layer(plan, work, cache, step)?;
     Ok((available, Some(composed), files))
-}
-
-/// The kernel's thread (see [`make`]): the kernel, the signature check, the module layer, and
-/// for a layered build the initramfs's early part, unless `halt` is set by then.
-fn kernel_side(
-    plan: &Plan,
-    load_kernel: impl FnOnce() -> Result<Kernel>,
-    work: &Path,
-    cache: &Cache,
-    progress: &dyn Sink,
-    halt: &layers::Halt,
-) -> std::result::Result<KernelSide, KernelFailure> {
-    let kernel = load_kernel().map_err(KernelFailure::Kernel)?;
-    if plan.signed_modules_only {
-        check_module_signatures(plan, &kernel).map_err(KernelFailure::Kernel)?;
-    }
-    let module_layer = layers::module_layer(&plan.extensions, &kernel)
-        .map_err(|e| {
-            Error::step(
-                ErrorKind::InvalidInput,
-                "making the extension modules' layer",
-                e,
-            )
-            .with_hint("build the extension's modules for the image's kernel")
-        })
-        .map_err(KernelFailure::Kernel)?;
-    let early = if plan.flatten || halt.load(std::sync::atomic::Ordering::SeqCst) {
-        None
-    } else {
-        let early = early_initramfs(plan, &kernel, module_layer.as_ref(), work, cache, progress);
-        Some(early.map_err(KernelFailure::Initramfs)?)
-    };
-    Ok(KernelSide {
-        kernel,
-        module_layer,
-        early,
-    })
 }
 
 /// The initramfs work of a layered build that needs no image (see [`Early`]): its small files
