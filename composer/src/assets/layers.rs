@@ -405,20 +405,11 @@ pub fn squash_flattened(
 /// finish, their cache entries complete). Checked between images.
 pub type Halt = std::sync::atomic::AtomicBool;
 
-/// Why [`squash_layered`] gave up: another step failed and set the [`Halt`]; that step's
-/// error is the one reported.
-pub fn halted() -> Error {
-    Error::step(
-        ErrorKind::Io,
-        "writing the squashfs images",
-        "stopped because another step of the build failed",
-    )
-}
-
 /// Writes the images of a layered build that do not need the kernel: the root (on its own
 /// thread, with `available`, the images of `enabled: false` extensions), each Talos layer and
 /// each DDI's squashfs. The module layer comes later ([`add_module_layer`]). Each image is a
-/// sub-step of `step`; none is started once `halt` is set.
+/// sub-step of `step`; none is started once `halt` is set, and then the result is `None`
+/// (the step that set it reports its own error).
 pub fn squash_layered(
     plan: &Plan,
     available: &[(String, PathBuf)],
@@ -426,24 +417,23 @@ pub fn squash_layered(
     cache: &Cache,
     step: &Task<'_>,
     halt: &Halt,
-) -> Result<Composed> {
+) -> Result<Option<Composed>> {
     let root_out = work.join("rootfs.sqsh");
-    let go_on = || {
-        if halt.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(halted());
-        }
-        Ok(())
-    };
+    let halted = || halt.load(std::sync::atomic::Ordering::SeqCst);
     let mut planned = layer_list(plan, None, work)?;
     std::thread::scope(|s| {
         let root = s.spawn(|| squash_root(plan, &root_out, available, cache, step));
         let talos = plan.extensions.iter().filter(|e| e.kind == Kind::Talos);
         for (layer, e) in planned.iter_mut().zip(talos) {
-            go_on()?;
+            if halted() {
+                return Ok(None);
+            }
             let sources = ext_sources(e);
             layer.path = squash(cache, step, &e.tree, &sources, &layer.path, &plan.squash)?.path;
         }
-        go_on()?;
+        if halted() {
+            return Ok(None);
+        }
         let ddi_images = squash_ddis(plan, work, cache, step)?;
         let root_path = root.join().map_err(|_| {
             Error::step(
@@ -452,13 +442,13 @@ pub fn squash_layered(
                 "the worker thread panicked",
             )
         })??;
-        Ok(Composed {
+        Ok(Some(Composed {
             rootfs: root_path,
             layers: planned,
             flattened: Vec::new(),
             conflicts: Vec::new(),
             ddi_images,
-        })
+        }))
     })
 }
 

@@ -123,9 +123,23 @@ pub fn make(
         let joined = kernel_side.join();
         let (kernel, module_layer, early) =
             joined.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Early>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        let Some(images) = images? else {
+            // Stopped by the initramfs's early part, which failed: its error is reported.
+            let failed = early.map(join).and_then(Result::err);
+            return Err(failed.unwrap_or_else(|| {
+                Error::step(
+                    ErrorKind::Io,
+                    "writing the squashfs images",
+                    "stopped, yet no other step failed",
+                )
+            }));
+        };
         let composed = with_kernel_images(
             plan,
-            images?,
+            images,
             (kernel, module_layer.as_ref()),
             (work, cache),
             &step,
@@ -135,7 +149,7 @@ pub fn make(
         }
         step.finish(None, &squashfs_detail(&composed.0, cache));
         let step = Task::start(progress, "initramfs", None);
-        let early = early.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        let early = early.map(join);
         let assets = initramfs_step(
             plan,
             kernel,
@@ -289,24 +303,27 @@ type Images = (
     Option<(String, PathBuf)>,
 );
 
-/// The images that do not need the kernel (see [`make`]); none is started once `halt` is set.
+/// The images that do not need the kernel (see [`make`]); none is started once `halt` is set,
+/// and then the result is `None`: the thread that set it failed and reports its error.
 fn images_without_kernel(
     plan: &Plan,
     work: &Path,
     cache: &Cache,
     step: &Task<'_>,
     halt: &layers::Halt,
-) -> Result<Images> {
+) -> Result<Option<Images>> {
     let available = layers::available_files(plan, work, cache, step)?;
     if plan.flatten {
-        return Ok((available, None, None));
+        return Ok(Some((available, None, None)));
     }
-    let composed = layers::squash_layered(plan, &available, work, cache, step, halt)?;
+    let Some(composed) = layers::squash_layered(plan, &available, work, cache, step, halt)? else {
+        return Ok(None);
+    };
     if halt.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(layers::halted());
+        return Ok(None);
     }
     let files = layers::files_layer(plan, work, cache, step)?;
-    Ok((available, Some(composed), files))
+    Ok(Some((available, Some(composed), files)))
 }
 
 /// The initramfs work of a layered build that needs no image (see [`Early`]): its small files
