@@ -263,38 +263,9 @@ fn a_build_killed_while_storing_leaves_nothing_trusted() {
     let cache = dir.path().join("cache");
     let profile = repo().join("profiles/default.yaml");
     let killed = dir.path().join("killed");
-    let mut child = Command::new(strata_bin())
-        .args(["build", profile.to_str().unwrap(), "--out"])
-        .arg(&killed)
-        .current_dir(repo())
-        .env("STRATA_CACHE", &cache)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let partial = format!(".partial-{}-", child.id());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let writing = std::fs::read_dir(cache.join("tmp"))
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&partial))
-            })
-            .unwrap_or(false);
-        if writing {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the build ended before storing anything"
-        );
-        assert!(Instant::now() < deadline, "the build never stored an entry");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-
+    kill_when(&profile, &killed, &cache, |pid| {
+        !names_in(&cache.join("tmp"), &format!(".partial-{pid}-")).is_empty()
+    });
     let again = dir.path().join("again");
     build(&profile, &again, &cache, &[]);
     let left: Vec<String> = std::fs::read_dir(cache.join("tmp"))
@@ -319,4 +290,72 @@ fn a_build_killed_while_storing_leaves_nothing_trusted() {
         "{}",
         text(&o)
     );
+}
+
+/// The names in `dir` that start with `prefix` (none when `dir` does not exist).
+fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts a build of `profile` into `out` with `cache` and SIGKILLs it as soon as `ready`
+/// (given its pid) holds; fails if the build ends first or `ready` never holds.
+fn kill_when(profile: &Path, out: &Path, cache: &Path, ready: impl Fn(u32) -> bool) {
+    let mut child = Command::new(strata_bin())
+        .args(["build", profile.to_str().unwrap(), "--out"])
+        .arg(out)
+        .current_dir(repo())
+        .env("STRATA_CACHE", cache)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !ready(child.id()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before the moment to kill it"
+        );
+        assert!(Instant::now() < deadline, "the moment to kill never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// SIGKILL while the kernel is unpacked into its cache and, beside it, an image is stored:
+/// the next build with the same cache unpacks the kernel afresh (the partial one is swept)
+/// and makes the same bytes as a `--no-cache` build.
+#[test]
+fn a_build_killed_while_the_kernel_unpacks_beside_the_images_rebuilds_the_same_bytes() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let profile = repo().join("profiles/default.yaml");
+    let killed = dir.path().join("killed");
+    kill_when(&profile, &killed, &cache, |pid| {
+        let partial = format!(".partial-{pid}-");
+        !names_in(&cache.join("kernels"), &partial).is_empty()
+            && !names_in(&cache.join("tmp"), &partial).is_empty()
+    });
+    let again = dir.path().join("again");
+    build(&profile, &again, &cache, &[]);
+    assert_eq!(
+        names_in(&cache.join("kernels"), ".partial-"),
+        Vec::<String>::new(),
+        "the killed build's partial kernel was swept"
+    );
+    assert_eq!(names_in(&cache.join("tmp"), ""), Vec::<String>::new());
+    let n = dir.path().join("n");
+    build(&profile, &n, &cache, &["--no-cache"]);
+    assert_same(&again, &n);
 }

@@ -505,3 +505,102 @@ fn the_hosts_root_is_never_walked() {
     );
     assert!(t.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// The kernel is unpacked while the images are written: a package whose data is corrupt
+/// past its control part (the plan reads only that) fails in the kernel step with the same
+/// error as when the steps ran one after the other, while image sub-steps had started; every
+/// step that started ends, the kernel cache keeps no partial entry, the work directory is
+/// gone, no output is written, and what the images stored in the step cache is whole.
+#[test]
+fn a_corrupt_kernel_package_fails_while_the_images_are_written_and_leaves_nothing_half_done() {
+    if !have_inputs("amd64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let deb = dir.path().join("linux-image-amd64.deb");
+    let mut bytes = std::fs::read(kernel_deb("amd64")).unwrap();
+    // data.tar.xz fills most of the package: flip bytes well inside it.
+    let at = bytes.len() * 6 / 10;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&deb, &bytes).unwrap();
+    let p = base_profile().replace(
+        &kernel_deb("${arch}").display().to_string(),
+        &deb.display().to_string(),
+    );
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, p).unwrap();
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let args = [
+        "build",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let o = strata(&args, &cache);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for want in [
+        "kernel.deb: cannot load the kernel",
+        "lzma data error",
+        "fix: give a Debian linux-image-* package",
+    ] {
+        assert!(err.contains(want), "stderr lacks {want:?}:\n{err}");
+    }
+    assert!(
+        !err.contains("squashfs"),
+        "the kernel's error, not another:\n{err}"
+    );
+
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let at = |event: &str, step: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == event && e["step"] == step)
+    };
+    let kernel_failed = at("failed", "kernel").expect("the kernel step failed");
+    let image_started = events.iter().position(|e| {
+        e["event"] == "started" && e["step"].as_str().unwrap().starts_with("squashfs/")
+    });
+    assert!(
+        image_started.is_some_and(|i| i < kernel_failed),
+        "no image was being written while the kernel was unpacked"
+    );
+    for e in events.iter().filter(|e| e["event"] == "started") {
+        let step = e["step"].as_str().unwrap();
+        let ends = events
+            .iter()
+            .filter(|x| {
+                x["step"] == step
+                    && ["finished", "cached", "failed"].contains(&x["event"].as_str().unwrap())
+            })
+            .count();
+        assert_eq!(ends, 1, "{step} started and ended {ends} times");
+    }
+    assert!(!out.exists(), "output directory created");
+    let listed = |d: &str| -> Vec<String> {
+        std::fs::read_dir(cache.join(d))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(listed("kernels"), Vec::<String>::new(), "kernel cache");
+    assert_eq!(listed("tmp"), Vec::<String>::new(), "work directory");
+    let o = strata(
+        &["cache", "verify", "--cache", cache.to_str().unwrap()],
+        &cache,
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("removed 0 entries"),
+        "{}",
+        text(&o)
+    );
+}

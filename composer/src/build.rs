@@ -4,9 +4,11 @@
 //!    nothing is written to the cache or the output directory before this
 //!    passes;
 //! 2. **kernel** (`source/kernel.rs` via `plan/kernel.rs`): unpack the .deb
-//!    into the cache (once per package digest);
+//!    into the cache (once per package digest), on its own thread while step 3
+//!    writes the images that do not need the kernel;
 //! 3. **assets** (`assets/`): squashfs images of the root and each
-//!    extension, the guest's files, one initramfs per module set;
+//!    extension, the guest's files, one initramfs per module set (its
+//!    compressed part made on the kernel's thread, alongside the images);
 //! 4. **disk plan** (`plan/esp.rs`): ESP contents and size, partition layout
 //!    of every platform, before the first output is written;
 //! 5. **disk and formats** (`disk/`, `format/output.rs`): the raw disk and
@@ -95,13 +97,18 @@ fn run(
         ),
     );
 
-    let step = Task::start(progress, "kernel", None);
-    let kernel = plan.kernel.load(&plan.cache)?;
-    step.finish(None, &kernel.release);
-
     let work = work_dir(&plan)?;
     let steps_cache = crate::cache::Cache::open(&plan.cache, !opts.no_cache)?;
-    let assets = crate::assets::make(&plan, &kernel, work.path(), &steps_cache, progress)?;
+    // The kernel is unpacked on its own thread while the images that do not need it are
+    // written (see `assets::make`): the `kernel` step overlaps `squashfs`.
+    let step = Task::start(progress, "kernel", None);
+    let load_kernel = || {
+        let kernel = plan.kernel.load(&plan.cache)?;
+        step.finish(None, &kernel.release);
+        Ok(kernel)
+    };
+    let (kernel, assets) =
+        crate::assets::make(&plan, load_kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
     let ukis = crate::assets::uki::make(&plan, &kernel, &assets.platforms, work.path())?;
 

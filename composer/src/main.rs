@@ -446,10 +446,16 @@ fn tell_built(mode: render::Mode, built: &build::BuildReport) {
             for o in &outputs {
                 println!("{o}");
             }
-            let parts: Vec<String> = built
+            // In the steps' order, not the order they ended: `kernel` runs beside
+            // `squashfs` and may end after it (docs/cli.md).
+            let mut top: Vec<_> = built
                 .steps
                 .iter()
                 .filter(|s| !s.step.contains('/'))
+                .collect();
+            top.sort_by_key(|s| progress::STEPS.iter().position(|n| *n == s.step));
+            let parts: Vec<String> = top
+                .iter()
                 .map(|s| format!("{} {:.1} s", s.step, s.duration_ms as f64 / 1000.0))
                 .collect();
             eprintln!(

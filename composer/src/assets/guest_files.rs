@@ -122,7 +122,7 @@ pub fn sysext_images(exts: &[Resolved], c: &Composed) -> Vec<(String, PathBuf)> 
 /// Files the init reads from `/etc/strata`: `modules.check` (extension modules to load by
 /// name) and `extensions.json` (flattened and disabled extensions).
 pub fn init_files(
-    c: &Composed,
+    flattened: &[Flattened],
     disabled_exts: &[Resolved],
     modules: Option<&ModuleLayer>,
 ) -> Vec<(String, Vec<u8>)> {
@@ -133,7 +133,7 @@ pub fn init_files(
     modules
         .map(|m| modules_check(&m.names))
         .into_iter()
-        .chain(extensions_json(&c.flattened, disabled_list))
+        .chain(extensions_json(flattened, disabled_list))
         .collect()
 }
 

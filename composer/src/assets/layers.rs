@@ -369,49 +369,70 @@ impl Composed {
     }
 }
 
-/// Writes the root and the extension layers (the root on its own thread),
-/// or, when flattening, one root with everything inside. `available` are
-/// the images of `enabled: false` extensions, placed in the root. Each image
-/// is a sub-step of `step`.
-pub fn squash_all(
+/// Writes the one root of a flattened build, with everything inside: the root tree, the
+/// extensions and the module layer (which needs the kernel), and `available`, the images of
+/// `enabled: false` extensions. The image is a sub-step of `step`.
+pub fn squash_flattened(
     plan: &Plan,
     modules: Option<&ModuleLayer>,
-    release: &str,
     available: &[(String, PathBuf)],
     work: &Path,
     cache: &Cache,
     step: &Task<'_>,
 ) -> Result<Composed> {
+    let mut root = root_tree(plan)?;
+    add_available(&mut root, available)?;
+    let (tree, flattened, conflicts) =
+        flatten_all(root, &plan.extensions, modules).map_err(|e| match e {
+            LayerError::NoProbe(_) => plan.flatten_refused(e.to_string()),
+            other => Error::step(ErrorKind::InvalidInput, "flattening the extensions", other),
+        })?;
+    plan.check_conflicts(&conflicts)?;
+    let mut sources = root_sources(plan)?;
+    sources.extend(plan.extensions.iter().flat_map(ext_sources));
     let root_out = work.join("rootfs.sqsh");
-    if plan.flatten {
-        let mut root = root_tree(plan)?;
-        add_available(&mut root, available)?;
-        let (tree, flattened, conflicts) =
-            flatten_all(root, &plan.extensions, modules).map_err(|e| match e {
-                LayerError::NoProbe(_) => plan.flatten_refused(e.to_string()),
-                other => Error::step(ErrorKind::InvalidInput, "flattening the extensions", other),
-            })?;
-        plan.check_conflicts(&conflicts)?;
-        let mut sources = root_sources(plan)?;
-        sources.extend(plan.extensions.iter().flat_map(ext_sources));
-        let rootfs = squash(cache, step, &tree, &sources, &root_out, &plan.squash)?.path;
-        return Ok(Composed {
-            rootfs,
-            layers: Vec::new(),
-            flattened,
-            conflicts,
-            ddi_images: Vec::new(),
-        });
-    }
-    let mut planned = layer_list(plan, modules.map(|_| release), work)?;
+    let rootfs = squash(cache, step, &tree, &sources, &root_out, &plan.squash)?.path;
+    Ok(Composed {
+        rootfs,
+        layers: Vec::new(),
+        flattened,
+        conflicts,
+        ddi_images: Vec::new(),
+    })
+}
+
+/// Set when the build failed elsewhere: no further image is started (the ones being written
+/// finish, their cache entries complete). Checked between images.
+pub type Halt = std::sync::atomic::AtomicBool;
+
+/// Writes the images of a layered build that do not need the kernel: the root (on its own
+/// thread, with `available`, the images of `enabled: false` extensions), each Talos layer and
+/// each DDI's squashfs. The module layer comes later ([`add_module_layer`]). Each image is a
+/// sub-step of `step`; none is started once `halt` is set, and then the result is `None`
+/// (the step that set it reports its own error).
+pub fn squash_layered(
+    plan: &Plan,
+    available: &[(String, PathBuf)],
+    work: &Path,
+    cache: &Cache,
+    step: &Task<'_>,
+    halt: &Halt,
+) -> Result<Option<Composed>> {
+    let root_out = work.join("rootfs.sqsh");
+    let halted = || halt.load(std::sync::atomic::Ordering::SeqCst);
+    let mut planned = layer_list(plan, None, work)?;
     std::thread::scope(|s| {
         let root = s.spawn(|| squash_root(plan, &root_out, available, cache, step));
         let talos = plan.extensions.iter().filter(|e| e.kind == Kind::Talos);
-        let trees = talos
-            .map(|e| (&e.tree, ext_sources(e)))
-            .chain(modules.map(|m| (&m.tree, Vec::new())));
-        for (layer, (tree, sources)) in planned.iter_mut().zip(trees) {
-            layer.path = squash(cache, step, tree, &sources, &layer.path, &plan.squash)?.path;
+        for (layer, e) in planned.iter_mut().zip(talos) {
+            if halted() {
+                return Ok(None);
+            }
+            let sources = ext_sources(e);
+            layer.path = squash(cache, step, &e.tree, &sources, &layer.path, &plan.squash)?.path;
+        }
+        if halted() {
+            return Ok(None);
         }
         let ddi_images = squash_ddis(plan, work, cache, step)?;
         let root_path = root.join().map_err(|_| {
@@ -421,14 +442,31 @@ pub fn squash_all(
                 "the worker thread panicked",
             )
         })??;
-        Ok(Composed {
+        Ok(Some(Composed {
             rootfs: root_path,
             layers: planned,
             flattened: Vec::new(),
             conflicts: Vec::new(),
             ddi_images,
-        })
+        }))
     })
+}
+
+/// Writes the module layer of a layered build and puts it on top of `composed`'s layers, as
+/// [`layer_list`] places it, with the kernel `release` in its metadata.
+pub fn add_module_layer(
+    composed: &mut Composed,
+    modules: &ModuleLayer,
+    release: &str,
+    (plan, work, cache): (&Plan, &Path, &Cache),
+    step: &Task<'_>,
+) -> Result<()> {
+    let Some(mut layer) = layer_list(plan, Some(release), work)?.pop() else {
+        return Ok(());
+    };
+    layer.path = squash(cache, step, &modules.tree, &[], &layer.path, &plan.squash)?.path;
+    composed.layers.push(layer);
+    Ok(())
 }
 
 /// Writes the tree of each enabled DDI extension as a squashfs in `work` (see the module

@@ -62,21 +62,132 @@ fn check_module_signatures(plan: &Plan, kernel: &Kernel) -> Result<()> {
     check_signatures(exts.map(|e| (e.name.as_str(), &e.tree)), &trusted).map_err(fail)
 }
 
-/// The assets steps: `squashfs` (module layer, squashfs images), then `initramfs` (one per
-/// distinct module set), each image from the step `cache` when it holds it, reported to
-/// `progress`.
+/// The initramfs work done before the images exist (layered builds): the files Talos layers
+/// shadow, and for each platform its module closure and its compressed part.
+struct Early {
+    shadowed: Vec<crate::assets::layers::Shadowed>,
+    boots: Vec<(Vec<ModuleRef>, PathBuf)>,
+}
+
+/// The assets steps, run alongside the `kernel` step: `squashfs` (the squashfs images), then
+/// `initramfs` (one per distinct module set), each image from the step `cache` when it holds
+/// it, reported to `progress`.
+///
+/// `load_kernel` (the kernel step) runs on its own thread while the images that do not need
+/// the kernel are written (the root, the Talos layers, the DDI images, the `files:` layer);
+/// that thread then checks the extension modules' signatures and makes the module layer, and
+/// for a layered build one more thread makes each platform's module closure and initramfs
+/// compressed part (`initramfs/<name> (compressed part)` sub-steps), still while the images
+/// are written. The module layer's image (or, flattened, the one root, which holds
+/// everything) is written when the kernel is there. Errors are reported as a one-thread build
+/// met them: a kernel, module or signature error first, then the images', then the
+/// initramfs's; a failure on either side stops the other from starting more work.
 pub fn make(
     plan: &Plan,
-    kernel: &Kernel,
+    load_kernel: impl FnOnce() -> Result<Kernel> + Send,
     work: &Path,
     cache: &Cache,
     progress: &dyn Sink,
-) -> Result<Assets> {
+) -> Result<(Kernel, Assets)> {
+    let kernel_cell = std::sync::OnceLock::new();
+    let layer_cell = std::sync::OnceLock::new();
+    let halt = layers::Halt::new(false);
+    let (kernel, layer, halt) = (&kernel_cell, &layer_cell, &halt);
+    let stop = || halt.store(true, std::sync::atomic::Ordering::SeqCst);
     let step = Task::start(progress, "squashfs", None);
+    let made = std::thread::scope(|s| {
+        let kernel_side = s.spawn(move || {
+            let (k, m) = match kernel_side(plan, load_kernel) {
+                Ok((k, m)) => (kernel.get_or_init(|| k), layer.get_or_init(|| m)),
+                Err(e) => {
+                    stop();
+                    return Err(e);
+                }
+            };
+            if plan.flatten || halt.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok((k, m, None));
+            }
+            let early = s.spawn(move || {
+                let r = early_initramfs(plan, k, m.as_ref(), work, cache, progress);
+                if r.is_err() {
+                    stop();
+                }
+                r
+            });
+            Ok((k, m, Some(early)))
+        });
+        let images = images_without_kernel(plan, work, cache, &step, halt);
+        if images.is_err() {
+            stop();
+        }
+        let joined = kernel_side.join();
+        let (kernel, module_layer, early) =
+            joined.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Early>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        let Some(images) = images? else {
+            // Stopped by the initramfs's early part, which failed: its error is reported.
+            let failed = early.map(join).and_then(Result::err);
+            return Err(failed.unwrap_or_else(|| {
+                Error::step(
+                    ErrorKind::Io,
+                    "writing the squashfs images",
+                    "stopped, yet no other step failed",
+                )
+            }));
+        };
+        let composed = with_kernel_images(
+            plan,
+            images,
+            (kernel, module_layer.as_ref()),
+            (work, cache),
+            &step,
+        )?;
+        for c in &composed.0.conflicts {
+            crate::progress::note(progress, &format!("flatten: conflict: {c}"));
+        }
+        step.finish(None, &squashfs_detail(&composed.0, cache));
+        let step = Task::start(progress, "initramfs", None);
+        let early = early.map(join);
+        let assets = initramfs_step(
+            plan,
+            kernel,
+            composed,
+            (module_layer, early.transpose()?),
+            (work, cache),
+            &step,
+        )?;
+        step.finish(None, &initramfs_detail(&assets, cache));
+        Ok::<_, Error>(assets)
+    })?;
+    let (Some(kernel), Some(module_layer)) = (kernel_cell.into_inner(), layer_cell.into_inner())
+    else {
+        return Err(Error::step(
+            ErrorKind::Io,
+            "loading the kernel",
+            "the kernel's thread left no kernel",
+        ));
+    };
+    Ok((
+        kernel,
+        Assets {
+            module_layer,
+            ..made
+        },
+    ))
+}
+
+/// The kernel's thread (see [`make`]): the kernel, the signature check, the module layer.
+fn kernel_side(
+    plan: &Plan,
+    load_kernel: impl FnOnce() -> Result<Kernel>,
+) -> Result<(Kernel, Option<ModuleLayer>)> {
+    let kernel = load_kernel()?;
     if plan.signed_modules_only {
-        check_module_signatures(plan, kernel)?;
+        check_module_signatures(plan, &kernel)?;
     }
-    let module_layer = layers::module_layer(&plan.extensions, kernel).map_err(|e| {
+    let module_layer = layers::module_layer(&plan.extensions, &kernel).map_err(|e| {
         Error::step(
             ErrorKind::InvalidInput,
             "making the extension modules' layer",
@@ -84,21 +195,38 @@ pub fn make(
         )
         .with_hint("build the extension's modules for the image's kernel")
     })?;
-    let available = layers::available_files(plan, work, cache, &step)?;
-    let composed = layers::squash_all(
-        plan,
-        module_layer.as_ref(),
-        &kernel.release,
-        &available,
-        work,
-        cache,
-        &step,
-    )?;
-    let files = layers::files_layer(plan, work, cache, &step)?;
-    for c in &composed.conflicts {
-        crate::progress::note(progress, &format!("flatten: conflict: {c}"));
+    Ok((kernel, module_layer))
+}
+
+/// The images that need the kernel, once the others are written: the module layer's (layered)
+/// or the one root and then the `files:` layer (flattened). Returns the composed images and
+/// the `files:` layer.
+fn with_kernel_images(
+    plan: &Plan,
+    (available, composed, files): Images,
+    (kernel, module_layer): (&Kernel, Option<&ModuleLayer>),
+    (work, cache): (&Path, &Cache),
+    step: &Task<'_>,
+) -> Result<(Composed, Option<(String, PathBuf)>)> {
+    match composed {
+        Some(mut composed) => {
+            if let Some(m) = module_layer {
+                let place = (plan, work, cache);
+                layers::add_module_layer(&mut composed, m, &kernel.release, place, step)?;
+            }
+            Ok((composed, files))
+        }
+        None => {
+            let composed =
+                layers::squash_flattened(plan, module_layer, &available, work, cache, step)?;
+            Ok((composed, layers::files_layer(plan, work, cache, step)?))
+        }
     }
-    let detail = format!(
+}
+
+/// The squashfs step's line: the images and how many came from the cache.
+fn squashfs_detail(composed: &Composed, cache: &Cache) -> String {
+    format!(
         "root + {} layer(s){}{}",
         composed.layers.len(),
         if composed.flattened.is_empty() {
@@ -110,10 +238,39 @@ pub fn make(
             )
         },
         cached_note(cache, "squashfs")
-    );
-    step.finish(None, &detail);
-    let step = Task::start(progress, "initramfs", None);
-    let shadowed = shadowed(plan, module_layer.as_ref())?;
+    )
+}
+
+/// The initramfs step's line.
+fn initramfs_detail(assets: &Assets, cache: &Cache) -> String {
+    let made = assets
+        .platforms
+        .iter()
+        .map(|p| &p.initrd)
+        .collect::<std::collections::BTreeSet<_>>();
+    format!(
+        "{} initramfs for {} platform(s){}",
+        made.len(),
+        assets.platforms.len(),
+        cached_note(cache, "initramfs")
+    )
+}
+
+/// The initramfs step after the images: the early part when it was made (else the files
+/// Talos layers shadow and the closures now), then each initramfs. The module layer is
+/// left out of the result (the caller owns it).
+fn initramfs_step(
+    plan: &Plan,
+    kernel: &Kernel,
+    (composed, files): (Composed, Option<(String, PathBuf)>),
+    (module_layer, early): (&Option<ModuleLayer>, Option<Early>),
+    (work, cache): (&Path, &Cache),
+    step: &Task<'_>,
+) -> Result<Assets> {
+    let (shadowed, boots) = match early {
+        Some(Early { shadowed, boots }) => (shadowed, Some(boots)),
+        None => (shadowed(plan, module_layer.as_ref())?, None),
+    };
     let services = if plan.boot_services {
         layers::services(&plan.extensions)
     } else {
@@ -123,33 +280,93 @@ pub fn make(
         plan,
         kernel,
         &composed,
-        module_layer.as_ref(),
+        (module_layer.as_ref(), boots),
         &shadowed,
         (work, cache, files),
-        &step,
+        step,
     )?;
-    let made = platforms
-        .iter()
-        .map(|p| &p.initrd)
-        .collect::<std::collections::BTreeSet<_>>();
-    step.finish(
-        None,
-        &format!(
-            "{} initramfs for {} platform(s){}",
-            made.len(),
-            platforms.len(),
-            cached_note(cache, "initramfs")
-        ),
-    );
     Ok(Assets {
         composed,
-        module_layer,
+        module_layer: None,
         platforms,
         shadowed,
         services,
     })
 }
 
+/// What the images thread made: the images of `enabled: false` extensions, the layered
+/// build's images (none when flattening: the root needs the kernel's module layer), and the
+/// `files:` layer (made later when flattening, after the root, as a one-thread build did).
+type Images = (
+    Vec<(String, PathBuf)>,
+    Option<Composed>,
+    Option<(String, PathBuf)>,
+);
+
+/// The images that do not need the kernel (see [`make`]); none is started once `halt` is set,
+/// and then the result is `None`: the thread that set it failed and reports its error.
+fn images_without_kernel(
+    plan: &Plan,
+    work: &Path,
+    cache: &Cache,
+    step: &Task<'_>,
+    halt: &layers::Halt,
+) -> Result<Option<Images>> {
+    let available = layers::available_files(plan, work, cache, step)?;
+    if plan.flatten {
+        return Ok(Some((available, None, None)));
+    }
+    let Some(composed) = layers::squash_layered(plan, &available, work, cache, step, halt)? else {
+        return Ok(None);
+    };
+    if halt.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let files = layers::files_layer(plan, work, cache, step)?;
+    Ok(Some((available, Some(composed), files)))
+}
+
+/// The initramfs work of a layered build that needs no image (see [`Early`]): its small files
+/// do not name the images, so its compressed part is made while the images are written.
+fn early_initramfs(
+    plan: &Plan,
+    kernel: &Kernel,
+    module_layer: Option<&ModuleLayer>,
+    work: &Path,
+    cache: &Cache,
+    progress: &dyn Sink,
+) -> Result<Early> {
+    let shadowed = shadowed(plan, module_layer)?;
+    let files = small_files(plan, &[], module_layer, &shadowed);
+    let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
+    let mut boots = Vec::new();
+    for pp in &plan.platforms {
+        let modules = crate::plan::modules::closure(plan, pp, kernel)?;
+        let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
+        let boot = match made.iter().find(|(n, _)| *n == names) {
+            Some((_, path)) => path.clone(),
+            None => {
+                let name = format!("initrd-{}.img", made.len());
+                let contents = boot_contents(plan, kernel, &modules, &files);
+                let task = Task::start(
+                    progress,
+                    format!("initramfs/{name} (compressed part)"),
+                    None,
+                );
+                let fallback = (work.join(format!("initrd-{}.boot", made.len())), cache);
+                let made_now = boot_part(&contents, &name, &fallback)?;
+                let size = made_now.extra.get("compressed").copied();
+                let detail = format!("for {}: {} modules", pp.platform.name, modules.len());
+                task.end(made_now.is_hit(), size, &detail);
+                let path = made_now.path;
+                made.push((names, path.clone()));
+                path
+            }
+        };
+        boots.push((modules, boot));
+    }
+    Ok(Early { shadowed, boots })
+}
 /// The files Talos layers shadow, for `guest.json` (none when flattened: no layers at boot).
 fn shadowed(
     plan: &Plan,
@@ -185,11 +402,58 @@ fn cached_note(cache: &Cache, step: &str) -> String {
 /// Where the initramfs goes: (work directory, step cache, the `files:` layer).
 type InitramfsPlace<'a> = (&'a Path, &'a Cache, Option<(String, PathBuf)>);
 
+/// The initramfs's contents that its compressed part reads (the stored segment's fields are
+/// left empty: [`initramfs::write_boot`] and [`boot_key`] do not read them).
+fn boot_contents<'a>(
+    plan: &'a Plan,
+    kernel: &'a Kernel,
+    modules: &'a [ModuleRef],
+    files: &'a [(String, Vec<u8>)],
+) -> initramfs::Contents<'a> {
+    initramfs::Contents {
+        init: &plan.init,
+        release: &kernel.release,
+        modules_dir: &kernel.modules_dir,
+        modules,
+        rootfs: Path::new(""),
+        layers: &[],
+        images: &[],
+        files,
+        extensions_yaml: "",
+        mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
+        compression: plan.initramfs_compression,
+    }
+}
+
+/// The small files the init reads (`modules.check`, `extensions.json`, `guest.json`).
+fn small_files(
+    plan: &Plan,
+    flattened: &[crate::assets::layers::Flattened],
+    module_layer: Option<&ModuleLayer>,
+    shadowed: &[crate::assets::layers::Shadowed],
+) -> Vec<(String, Vec<u8>)> {
+    let mut files = guest_files::init_files(flattened, &plan.disabled, module_layer);
+    files.extend(guest_files::guest_json(
+        plan.state,
+        &plan.files.records,
+        shadowed.to_vec(),
+        plan.boot_services,
+    ));
+    files
+}
+
+/// The module layer, and each platform's module closure and compressed part when they were
+/// made early (see [`Early`]).
+type ModulesPlace<'a> = (
+    Option<&'a ModuleLayer>,
+    Option<Vec<(Vec<ModuleRef>, PathBuf)>>,
+);
+
 fn initramfs_per_platform(
     plan: &Plan,
     kernel: &Kernel,
     composed: &Composed,
-    module_layer: Option<&ModuleLayer>,
+    (module_layer, boots): ModulesPlace<'_>,
     shadowed: &[crate::assets::layers::Shadowed],
     (work, cache, files_layer): InitramfsPlace<'_>,
     step: &Task<'_>,
@@ -202,34 +466,26 @@ fn initramfs_per_platform(
     let ext_yaml = guest_files::layers_yaml(&composed.layers)?;
     let mut sysexts = guest_files::sysext_images(&plan.extensions, composed);
     sysexts.extend(files_layer);
-    let mut files = guest_files::init_files(composed, &plan.disabled, module_layer);
-    files.extend(guest_files::guest_json(
-        plan.state,
-        &plan.files.records,
-        shadowed.to_vec(),
-        plan.boot_services,
-    ));
+    let files = small_files(plan, &composed.flattened, module_layer, shadowed);
+    let mut boots = boots.map(Vec::into_iter);
     let mut made: Vec<(Vec<String>, PathBuf)> = Vec::new();
     let mut out = Vec::new();
     for pp in &plan.platforms {
-        let modules = crate::plan::modules::closure(plan, pp, kernel)?;
+        let (modules, early_boot) = match boots.as_mut().and_then(Iterator::next) {
+            Some((modules, boot)) => (modules, Some(boot)),
+            None => (crate::plan::modules::closure(plan, pp, kernel)?, None),
+        };
         let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
         let initrd = match made.iter().find(|(n, _)| *n == names) {
             Some((_, path)) => path.clone(),
             None => {
                 let path = work.join(format!("initrd-{}.img", made.len()));
                 let contents = initramfs::Contents {
-                    init: &plan.init,
-                    release: &kernel.release,
-                    modules_dir: &kernel.modules_dir,
-                    modules: &modules,
                     rootfs: &composed.rootfs,
                     layers: &layer_files,
                     images: &sysexts,
-                    files: &files,
                     extensions_yaml: &ext_yaml,
-                    mtime: u32::try_from(plan.epoch).unwrap_or(u32::MAX),
-                    compression: plan.initramfs_compression,
+                    ..boot_contents(plan, kernel, &modules, &files)
                 };
                 let name = format!("initrd-{}.img", made.len());
                 let boot = (work.join(format!("initrd-{}.boot", made.len())), cache);
@@ -241,7 +497,10 @@ fn initramfs_per_platform(
                     || initramfs_key(&contents),
                     &path,
                     |out| {
-                        let boot = boot_part(&contents, &name, &boot)?;
+                        let boot = match early_boot {
+                            Some(made) => made,
+                            None => boot_part(&contents, &name, &boot)?.path,
+                        };
                         let stats = crate::progress::watch_file(&task, out, || {
                             initramfs::write(out, &contents, &boot)
                         })
@@ -280,8 +539,8 @@ fn boot_part(
     c: &initramfs::Contents<'_>,
     name: &str,
     (fallback, cache): &(PathBuf, &Cache),
-) -> Result<PathBuf> {
-    let made = cache.get_or_make(
+) -> Result<crate::cache::Product> {
+    cache.get_or_make(
         "initramfs-boot",
         &format!("{name} (compressed part)"),
         || boot_key(c),
@@ -291,8 +550,7 @@ fn boot_part(
                 .map_err(Error::io("writing the initramfs's compressed part", out))?;
             Ok([("compressed".to_string(), size)].into())
         },
-    )?;
-    Ok(made.path)
+    )
 }
 
 /// Turns an I/O error on `p` into a step error naming it.
