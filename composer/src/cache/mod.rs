@@ -329,8 +329,19 @@ impl Cache {
             let m = f.metadata().map_err(Error::io("reading", &data))?;
             // Mostly holes: the plain sha256 waits until someone asks (see `Meta::sha256`).
             let dense = m.blocks().saturating_mul(512) >= m.len() / 2;
-            let d = crate::io::hash::file_digests(&f, dense, !dense)
-                .map_err(Error::io("reading", &data))?;
+            let d = match dense
+                .then(|| crate::io::hash::known_sha256(&data))
+                .flatten()
+            {
+                // Hashed by its step as it was written (and not written since): not read back.
+                Some(sha) => crate::io::hash::FileDigests {
+                    sha256: Some(sha),
+                    sparse: None,
+                    size: m.len(),
+                },
+                None => crate::io::hash::file_digests(&f, dense, !dense)
+                    .map_err(Error::io("reading", &data))?,
+            };
             f.sync_all().map_err(Error::io("syncing", &data))?;
             d
         };
@@ -667,6 +678,58 @@ mod tests {
         fs::rename(&copy, &p.path).unwrap();
         assert_eq!(get(&c, &key(3), &big, &runs).outcome, Outcome::Hit);
         assert_eq!(runs.get(), 2);
+    }
+
+    /// A step that hashed its output while writing it ([`crate::io::hash::remember`]) is
+    /// sealed with that digest, not read back; the entry is still checked as any other (same
+    /// size and mtime, one byte changed: rebuilt). A digest remembered before a later write
+    /// (another size or mtime) is not used: the data is read back.
+    #[test]
+    fn a_digest_hashed_while_writing_seals_the_entry() {
+        let root = tempfile::tempdir().unwrap();
+        let c = Cache::open(root.path(), true).unwrap();
+        let runs = std::cell::Cell::new(0);
+        let hashed = |bytes: &'static [u8], stale: bool| {
+            let runs = &runs;
+            move |p: &Path| {
+                runs.set(runs.get() + 1);
+                fs::write(p, bytes).map_err(Error::io("writing", p))?;
+                let sha = crate::io::hash::bytes_sha256(bytes);
+                crate::io::hash::remember(p, &sha).map_err(Error::io("reading", p))?;
+                if stale {
+                    fs::write(p, b"rewritten after").map_err(Error::io("writing", p))?;
+                }
+                Ok(BTreeMap::new())
+            }
+        };
+        let meta = |p: &Product| -> Meta {
+            let dir = p.path.parent().unwrap();
+            serde_json::from_slice(&fs::read(dir.join(META)).unwrap()).unwrap()
+        };
+        let nowhere = Path::new("/nonexistent");
+        let p = c
+            .get_or_make("t", "t", || Ok(key(11)), nowhere, hashed(b"hello", false))
+            .unwrap();
+        let hello = crate::io::hash::bytes_sha256(b"hello");
+        assert_eq!(meta(&p).sha256.as_deref(), Some(hello.as_str()));
+        let m = fs::metadata(&p.path).unwrap();
+        fs::write(&p.path, b"HELLO").unwrap();
+        File::options()
+            .write(true)
+            .open(&p.path)
+            .unwrap()
+            .set_modified(m.modified().unwrap())
+            .unwrap();
+        let again = c
+            .get_or_make("t", "t", || Ok(key(11)), nowhere, hashed(b"hello", false))
+            .unwrap();
+        assert_eq!((again.outcome, runs.get()), (Outcome::Miss, 2));
+        assert_eq!(fs::read(&again.path).unwrap(), b"hello");
+        let p = c
+            .get_or_make("t", "t", || Ok(key(12)), nowhere, hashed(b"hi", true))
+            .unwrap();
+        let rewritten = crate::io::hash::bytes_sha256(b"rewritten after");
+        assert_eq!(meta(&p).sha256.as_deref(), Some(rewritten.as_str()));
     }
 
     /// A mostly sparse entry (a raw disk) is sealed and verified by its sparse digest; its
