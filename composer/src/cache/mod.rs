@@ -40,6 +40,10 @@
 //!
 //! # Verification
 //!
+//! A dense entry is sealed with its sha256; one its step hashed while writing it
+//! ([`crate::io::hash::remember`], tied to the file's inode, size and mtime: the initramfs)
+//! is not read back for that, and is checked like any other entry afterwards.
+//!
 //! Before use, an entry's data must have the recorded size. Entries up to
 //! [`HASH_ALWAYS`] are hashed every time. Hashing reads only the data ranges the file
 //! system reports ([`crate::io::hash::file_digests`]), never the holes: a 2 GiB disk image
