@@ -384,7 +384,7 @@ impl Cache {
 
     /// The plain sha256 of a step's product: recorded in its entry, or computed now (holes
     /// from memory, [`crate::io::hash::file_digests`]) and recorded there for every later
-    /// build. Either way remembered ([`crate::io::hash::remember`]), so the manifest's sum of
+    /// build, when the data still has the fingerprint it was sealed (or last verified) with. Either way remembered ([`crate::io::hash::remember`]), so the manifest's sum of
     /// an output linked to the entry reads nothing. Meant to run beside other work: the
     /// outputs step asks for the disk's while the formats are written.
     pub fn sha256(&self, product: &Product) -> Result<String> {
@@ -393,9 +393,21 @@ impl Cache {
             return Ok(sha);
         }
         let f = File::open(data).map_err(Error::io("reading", data))?;
+        let stat = |f: &File| -> Result<(u64, u64, i128)> {
+            let m = f.metadata().map_err(Error::io("reading", data))?;
+            Ok((m.ino(), m.len(), mtime_ns(&m)))
+        };
+        let before = stat(&f)?;
+        // The plain sum alone: the entry's data was checked when it was sealed or found, and
+        // its fingerprint, compared below, says it is still that data (hashing its sparse
+        // digest again would read and hash its 150 MB a second time).
         let d =
-            crate::io::hash::file_digests(&f, true, true).map_err(Error::io("reading", data))?;
+            crate::io::hash::file_digests(&f, true, false).map_err(Error::io("reading", data))?;
         let sha = d.sha256.unwrap_or_default();
+        if stat(&f)? != before {
+            // Written to while hashed: neither recorded nor remembered.
+            return Ok(sha);
+        }
         let entry = data
             .parent()
             .filter(|_| product.outcome != Outcome::Bypassed);
@@ -404,7 +416,8 @@ impl Cache {
             if let Ok(mut meta) = serde_json::from_slice::<Meta>(
                 &fs::read(dir.join(META)).map_err(Error::io("reading", dir.join(META)))?,
             ) {
-                if meta.sparse == d.sparse && meta.sha256.is_none() {
+                let sealed = (meta.inode, meta.size, meta.mtime_ns) == before;
+                if sealed && meta.sha256.is_none() {
                     meta.sha256 = Some(sha.clone());
                     let _ = write_meta(dir, &meta);
                 }
@@ -766,6 +779,23 @@ mod tests {
         assert_eq!(c.sha256(&p).unwrap(), want);
         assert_eq!(meta(&dir).sha256.as_deref(), Some(want.as_str()));
         assert!(matches!(verify(&dir, &key(7), true), Check::Good(_)));
+        // Data whose fingerprint moved since it was sealed: its sum is computed, not recorded.
+        let q = c
+            .get_or_make("disk", "e", || Ok(key(8)), Path::new("/nonexistent"), make)
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let g = File::options().write(true).open(&q.path).unwrap();
+        g.write_all_at(b"GPT", 512).unwrap();
+        drop(g);
+        dense[512..515].copy_from_slice(b"GPT");
+        assert_eq!(c.sha256(&q).unwrap(), crate::io::hash::bytes_sha256(&dense));
+        assert!(meta(q.path.parent().unwrap()).sha256.is_none());
+        let again = c.get_or_make("disk", "e", || Ok(key(8)), Path::new("/nonexistent"), make);
+        assert_eq!(
+            again.unwrap().outcome,
+            Outcome::Miss,
+            "the changed entry is rebuilt"
+        );
         // Same size, same mtime, one byte changed: the full check sees it.
         let m = fs::metadata(&p.path).unwrap();
         let f = File::options().write(true).open(&p.path).unwrap();
