@@ -13,6 +13,7 @@
 
 use crate::fs::cpio::CpioWriter;
 use crate::io::compress::{self, Compression, XzCheck};
+use crate::io::hash::HashWriter;
 use crate::kmod::ModuleRef;
 use crate::profile::InitramfsCompressor;
 use std::fs::File;
@@ -58,20 +59,26 @@ pub struct Stats {
 /// Writes the initramfs to `out`: the stored segment, then the compressed segment already
 /// written to `boot` by [`write_boot`] (its own step, so a build that changed only an
 /// extension does not compress the modules again).
+///
+/// The file is written front to back in one pass, so it is hashed on its way out and its
+/// sha256 [`remember`](crate::io::hash::remember)ed: the step cache seals it, and the disk's
+/// key names it, without reading its 100-odd MB back.
 pub fn write(out: &Path, c: &Contents<'_>, boot: &Path) -> std::io::Result<Stats> {
     let file = File::create(out)?;
     let mut w = CountingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: BufWriter::with_capacity(1 << 20, HashWriter::new(file)),
         count: 0,
     };
     write_stored(&mut w, c)?;
     let stored = w.count;
-    std::io::copy(&mut File::open(boot)?, &mut w)?;
+    let boot = File::open(boot)?;
+    let boot_len = boot.metadata()?.len();
+    crate::io::copy_chunked(&mut &boot, boot_len, &mut w)?;
     let compressed = w.count - stored;
-    w.inner
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
+    let hashed = w.inner.into_inner().map_err(|e| e.into_error())?;
+    let sha256 = hashed.sha256_hex();
+    hashed.into_inner().sync_all()?;
+    crate::io::hash::remember(out, &sha256)?;
     Ok(Stats { stored, compressed })
 }
 
@@ -295,6 +302,11 @@ mod tests {
         let boot_len = write_boot(&boot, &contents).unwrap();
         let stats = write(&out, &contents, &boot).unwrap();
         assert_eq!(stats.compressed, boot_len);
+        // Hashed while written: the digest it leaves for the step cache is the file's.
+        assert_eq!(
+            crate::io::hash::known_sha256(&out),
+            Some(crate::io::hash::bytes_sha256(&std::fs::read(&out).unwrap()))
+        );
         let ranges = compressed_ranges(&out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let at = |(off, len): (u64, u64)| bytes[off as usize..(off + len) as usize].to_vec();

@@ -40,6 +40,10 @@
 //!
 //! # Verification
 //!
+//! A dense entry is sealed with its sha256; one its step hashed while writing it
+//! ([`crate::io::hash::remember`], tied to the file's inode, size and mtime: the initramfs)
+//! is not read back for that, and is checked like any other entry afterwards.
+//!
 //! Before use, an entry's data must have the recorded size. Entries up to
 //! [`HASH_ALWAYS`] are hashed every time. Hashing reads only the data ranges the file
 //! system reports ([`crate::io::hash::file_digests`]), never the holes: a 2 GiB disk image
@@ -329,8 +333,19 @@ impl Cache {
             let m = f.metadata().map_err(Error::io("reading", &data))?;
             // Mostly holes: the plain sha256 waits until someone asks (see `Meta::sha256`).
             let dense = m.blocks().saturating_mul(512) >= m.len() / 2;
-            let d = crate::io::hash::file_digests(&f, dense, !dense)
-                .map_err(Error::io("reading", &data))?;
+            let d = match dense
+                .then(|| crate::io::hash::known_sha256(&data))
+                .flatten()
+            {
+                // Hashed by its step as it was written (and not written since): not read back.
+                Some(sha) => crate::io::hash::FileDigests {
+                    sha256: Some(sha),
+                    sparse: None,
+                    size: m.len(),
+                },
+                None => crate::io::hash::file_digests(&f, dense, !dense)
+                    .map_err(Error::io("reading", &data))?,
+            };
             f.sync_all().map_err(Error::io("syncing", &data))?;
             d
         };
@@ -369,7 +384,7 @@ impl Cache {
 
     /// The plain sha256 of a step's product: recorded in its entry, or computed now (holes
     /// from memory, [`crate::io::hash::file_digests`]) and recorded there for every later
-    /// build. Either way remembered ([`crate::io::hash::remember`]), so the manifest's sum of
+    /// build, when the data still has the fingerprint it was sealed (or last verified) with. Either way remembered ([`crate::io::hash::remember`]), so the manifest's sum of
     /// an output linked to the entry reads nothing. Meant to run beside other work: the
     /// outputs step asks for the disk's while the formats are written.
     pub fn sha256(&self, product: &Product) -> Result<String> {
@@ -378,9 +393,21 @@ impl Cache {
             return Ok(sha);
         }
         let f = File::open(data).map_err(Error::io("reading", data))?;
+        let stat = |f: &File| -> Result<(u64, u64, i128)> {
+            let m = f.metadata().map_err(Error::io("reading", data))?;
+            Ok((m.ino(), m.len(), mtime_ns(&m)))
+        };
+        let before = stat(&f)?;
+        // The plain sum alone: the entry's data was checked when it was sealed or found, and
+        // its fingerprint, compared below, says it is still that data (hashing its sparse
+        // digest again would read and hash its 150 MB a second time).
         let d =
-            crate::io::hash::file_digests(&f, true, true).map_err(Error::io("reading", data))?;
+            crate::io::hash::file_digests(&f, true, false).map_err(Error::io("reading", data))?;
         let sha = d.sha256.unwrap_or_default();
+        if stat(&f)? != before {
+            // Written to while hashed: neither recorded nor remembered.
+            return Ok(sha);
+        }
         let entry = data
             .parent()
             .filter(|_| product.outcome != Outcome::Bypassed);
@@ -389,7 +416,8 @@ impl Cache {
             if let Ok(mut meta) = serde_json::from_slice::<Meta>(
                 &fs::read(dir.join(META)).map_err(Error::io("reading", dir.join(META)))?,
             ) {
-                if meta.sparse == d.sparse && meta.sha256.is_none() {
+                let sealed = (meta.inode, meta.size, meta.mtime_ns) == before;
+                if sealed && meta.sha256.is_none() {
                     meta.sha256 = Some(sha.clone());
                     let _ = write_meta(dir, &meta);
                 }
@@ -669,6 +697,58 @@ mod tests {
         assert_eq!(runs.get(), 2);
     }
 
+    /// A step that hashed its output while writing it ([`crate::io::hash::remember`]) is
+    /// sealed with that digest, not read back; the entry is still checked as any other (same
+    /// size and mtime, one byte changed: rebuilt). A digest remembered before a later write
+    /// (another size or mtime) is not used: the data is read back.
+    #[test]
+    fn a_digest_hashed_while_writing_seals_the_entry() {
+        let root = tempfile::tempdir().unwrap();
+        let c = Cache::open(root.path(), true).unwrap();
+        let runs = std::cell::Cell::new(0);
+        let hashed = |bytes: &'static [u8], stale: bool| {
+            let runs = &runs;
+            move |p: &Path| {
+                runs.set(runs.get() + 1);
+                fs::write(p, bytes).map_err(Error::io("writing", p))?;
+                let sha = crate::io::hash::bytes_sha256(bytes);
+                crate::io::hash::remember(p, &sha).map_err(Error::io("reading", p))?;
+                if stale {
+                    fs::write(p, b"rewritten after").map_err(Error::io("writing", p))?;
+                }
+                Ok(BTreeMap::new())
+            }
+        };
+        let meta = |p: &Product| -> Meta {
+            let dir = p.path.parent().unwrap();
+            serde_json::from_slice(&fs::read(dir.join(META)).unwrap()).unwrap()
+        };
+        let nowhere = Path::new("/nonexistent");
+        let p = c
+            .get_or_make("t", "t", || Ok(key(11)), nowhere, hashed(b"hello", false))
+            .unwrap();
+        let hello = crate::io::hash::bytes_sha256(b"hello");
+        assert_eq!(meta(&p).sha256.as_deref(), Some(hello.as_str()));
+        let m = fs::metadata(&p.path).unwrap();
+        fs::write(&p.path, b"HELLO").unwrap();
+        File::options()
+            .write(true)
+            .open(&p.path)
+            .unwrap()
+            .set_modified(m.modified().unwrap())
+            .unwrap();
+        let again = c
+            .get_or_make("t", "t", || Ok(key(11)), nowhere, hashed(b"hello", false))
+            .unwrap();
+        assert_eq!((again.outcome, runs.get()), (Outcome::Miss, 2));
+        assert_eq!(fs::read(&again.path).unwrap(), b"hello");
+        let p = c
+            .get_or_make("t", "t", || Ok(key(12)), nowhere, hashed(b"hi", true))
+            .unwrap();
+        let rewritten = crate::io::hash::bytes_sha256(b"rewritten after");
+        assert_eq!(meta(&p).sha256.as_deref(), Some(rewritten.as_str()));
+    }
+
     /// A mostly sparse entry (a raw disk) is sealed and verified by its sparse digest; its
     /// plain sha256 is computed when asked for, is `sha256sum`'s, and is recorded for the
     /// next build; a change inside its data is still caught.
@@ -699,6 +779,23 @@ mod tests {
         assert_eq!(c.sha256(&p).unwrap(), want);
         assert_eq!(meta(&dir).sha256.as_deref(), Some(want.as_str()));
         assert!(matches!(verify(&dir, &key(7), true), Check::Good(_)));
+        // Data whose fingerprint moved since it was sealed: its sum is computed, not recorded.
+        let q = c
+            .get_or_make("disk", "e", || Ok(key(8)), Path::new("/nonexistent"), make)
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let g = File::options().write(true).open(&q.path).unwrap();
+        g.write_all_at(b"GPT", 512).unwrap();
+        drop(g);
+        dense[512..515].copy_from_slice(b"GPT");
+        assert_eq!(c.sha256(&q).unwrap(), crate::io::hash::bytes_sha256(&dense));
+        assert!(meta(q.path.parent().unwrap()).sha256.is_none());
+        let again = c.get_or_make("disk", "e", || Ok(key(8)), Path::new("/nonexistent"), make);
+        assert_eq!(
+            again.unwrap().outcome,
+            Outcome::Miss,
+            "the changed entry is rebuilt"
+        );
         // Same size, same mtime, one byte changed: the full check sees it.
         let m = fs::metadata(&p.path).unwrap();
         let f = File::options().write(true).open(&p.path).unwrap();

@@ -299,8 +299,9 @@ impl<W: Write> CpioWriter<W> {
     /// Copies exactly `size` bytes from `reader`, then checks that it has nothing more.
     fn copy_exactly(&mut self, path: &Path, size: u64, reader: impl Read) -> io::Result<()> {
         let mut limited = reader.take(size);
-        let copied = io::copy(
+        let copied = crate::io::copy_chunked(
             &mut limited,
+            size,
             &mut Counting {
                 out: &mut self.out,
                 n: &mut self.offset,
