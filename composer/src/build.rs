@@ -103,7 +103,14 @@ fn run(
     let steps_cache = crate::cache::Cache::open(&plan.cache, !opts.no_cache)?;
     let assets = crate::assets::make(&plan, &kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
-    let ukis = crate::assets::uki::make(&plan, &kernel, &assets.platforms, work.path())?;
+    let ukis = crate::assets::uki::make(
+        &plan,
+        &kernel,
+        &assets.platforms,
+        work.path(),
+        &steps_cache,
+        progress,
+    )?;
 
     // Every platform's disk is planned before anything is written: a
     // platform whose ESP does not fit fails before another's outputs land.
