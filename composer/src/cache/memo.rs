@@ -38,6 +38,10 @@ use std::time::{Duration, SystemTime};
 /// A file changed this recently (seconds) is hashed but not remembered.
 pub const RACY_SECS: i64 = 2;
 
+/// A record's last use is written back once it is this old (seconds): last uses are
+/// known to the hour, and a build that changed nothing rewrites the memo at most hourly.
+const REFRESH_SECS: u64 = 3600;
+
 /// The memo's file name in the cache directory.
 pub const FILE: &str = "digests";
 
@@ -87,14 +91,18 @@ pub fn sha256(path: &Path) -> io::Result<String> {
     let (id, st) = ((m.dev(), m.ino()), stamp(&m));
     {
         let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = memo.get_or_insert_with(Memo::default).records.get_mut(&id) {
-            if r.stamp == st {
-                r.used = true;
-                if r.path != path {
-                    r.path = absolute(path);
-                }
-                return Ok(r.sha256.clone());
+        let memo = memo.get_or_insert_with(Memo::default);
+        if let Some(r) = memo.records.get_mut(&id).filter(|r| r.stamp == st) {
+            r.used = true;
+            if r.path != path {
+                r.path = absolute(path);
             }
+            // A last use older than the hour is written back, so a prune by age keeps what
+            // builds that changed nothing still use; newer ones spare such a build the write.
+            let stale = r.used_at + REFRESH_SECS < secs(SystemTime::now());
+            let sha = r.sha256.clone();
+            memo.dirty |= stale;
+            return Ok(sha);
         }
     }
     let sha = crate::io::hash::file_sha256(path)?;
@@ -409,6 +417,25 @@ mod tests {
         let mut p: Vec<_> = read(root).unwrap().into_iter().map(|r| r.1.path).collect();
         p.sort();
         p
+    }
+
+    /// A record found by a build is marked used again once its last use is an hour old,
+    /// though the build added nothing: a prune by age then keeps it.
+    #[test]
+    fn a_hit_renews_an_old_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("used");
+        std::fs::write(&f, "u").unwrap();
+        write_records(dir.path(), &[(&f, 5)]);
+        load(dir.path());
+        assert_eq!(sha256(&f).unwrap(), "c".repeat(64));
+        save(dir.path()).unwrap();
+        let now = secs(SystemTime::now());
+        let ours = read(dir.path())
+            .unwrap()
+            .into_iter()
+            .find(|r| r.1.path == f);
+        assert!(ours.unwrap().1.used_at + 60 > now);
     }
 
     /// Prune keeps only records that can still match and were used within the age; a
