@@ -144,6 +144,33 @@ fn a_second_build_is_all_hits_and_identical_to_an_uncached_one() {
         "{listing}"
     );
     assert!(listing.contains(&format!("{stored} entries")), "{listing}");
+    // The digest memo of the input files is listed and counted in the total.
+    let digests = listing
+        .lines()
+        .find_map(|l| l.split_once("digests: ")?.1.split_once(" file digests"))
+        .and_then(|(n, _)| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no digest memo line: {listing}"));
+    assert!(digests > 0, "{listing}");
+    assert!(listing.lines().last().unwrap().starts_with("total: "));
+    // An age prune keeps what was just used, the memo's records included.
+    let o = strata(
+        &[
+            "cache",
+            "prune",
+            "--older-than",
+            "1h",
+            "--cache",
+            cache.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.starts_with(&format!("removed 0 entries (0 B), kept {stored} "))
+            && said.contains(&format!("digest memo: dropped 0 records, kept {digests} ")),
+        "{}",
+        text(&o)
+    );
     let o = strata(
         &[
             "cache",
@@ -157,6 +184,10 @@ fn a_second_build_is_all_hits_and_identical_to_an_uncached_one() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(entries(&cache), 0);
+    assert!(
+        !cache.join("digests").exists(),
+        "a full clear keeps the memo"
+    );
     // The outputs linked from the cache are the user's: pruning leaves them whole.
     assert_same(&b, &n);
 }

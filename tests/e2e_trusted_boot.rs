@@ -317,3 +317,95 @@ fn pcr_errors_name_the_field_to_fix() {
         assert!(!out.exists(), "nothing is written for a refused profile");
     }
 }
+
+/// `strata build` of `profile` into `dir/<out>` with the private `cache` (and the snakeoil
+/// passphrase), plus `extra` flags; returns the output directory and the progress text.
+fn build_cached(
+    profile: &Path,
+    dir: &Path,
+    out: &str,
+    cache: &Path,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    let out = dir.join(out);
+    let o = std::process::Command::new(strata_bin())
+        .args([
+            "build",
+            profile.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(extra)
+        .current_dir(repo())
+        .env("STRATA_CACHE", cache)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("STRATA_TEST_SB_PASS", "snakeoil")
+        .output()
+        .expect("run strata");
+    assert!(o.status.success(), "{}", text(&o));
+    (out, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Whether the build's progress says the metal UKI came from the cache (it must say
+/// something about it either way).
+fn uki_cached(progress: &str) -> bool {
+    let line = progress
+        .lines()
+        .find(|l| l.contains("uki-metal:"))
+        .unwrap_or_else(|| panic!("no UKI line in the progress: {progress}"));
+    line.ends_with("(cached)")
+}
+
+/// The UKI is a step-cache entry: a no-op rebuild of a signed profile with a PCR key
+/// finds it (no assembling, no signing), with the same PCR 11 prediction in manifest.json;
+/// another command line or another Secure Boot key misses it; every output equals a
+/// `--no-cache` build's byte for byte. No boot.
+#[test]
+fn the_uki_is_cached_and_a_new_cmdline_or_key_misses() {
+    if !have_inputs("amd64") || !require_input(Path::new(SNAKEOIL_KEY)) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (dir, cache) = (work.path(), work.path().join("cache"));
+    let pcr = format!("pcr:\n  key: {SNAKEOIL_KEY}\n  passphrase_env: STRATA_TEST_SB_PASS\n");
+    let signed = format!(
+        "uki: true\n{}{pcr}",
+        secure_boot(SNAKEOIL_KEY, SNAKEOIL_CERT)
+    );
+    let p = profile(dir, &signed);
+    let (first, made) = build_cached(&p, dir, "first", &cache, &[]);
+    assert!(!uki_cached(&made), "{made}");
+    let (again, hit) = build_cached(&p, dir, "again", &cache, &[]);
+    assert!(
+        uki_cached(&hit),
+        "a no-op rebuild made the UKI again: {hit}"
+    );
+    let (plain, _) = build_cached(&p, dir, "plain", &cache, &["--no-cache"]);
+    let files = |d: &Path| dir_files(d);
+    assert!(files(&first) == files(&plain), "cold cache vs --no-cache");
+    assert!(files(&again) == files(&plain), "warm cache vs --no-cache");
+    let manifest = std::fs::read_to_string(again.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"pcr11\""), "{manifest}");
+
+    // Another command line: `kernel.args` in the profile.
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, text.replace("kernel:\n", "kernel:\n  args: [quiet]\n")).unwrap();
+    let (_, args) = build_cached(&p, dir, "args", &cache, &[]);
+    assert!(
+        !uki_cached(&args),
+        "a new command line hit the old UKI: {args}"
+    );
+
+    // Another signing key and certificate, the command line as at first.
+    let (key, cert) = fresh_key(dir);
+    let other = format!(
+        "uki: true\n{}{pcr}",
+        secure_boot(key.to_str().unwrap(), cert.to_str().unwrap())
+    );
+    let p = profile(dir, &other);
+    let (_, rekeyed) = build_cached(&p, dir, "rekeyed", &cache, &[]);
+    assert!(
+        !uki_cached(&rekeyed),
+        "another key hit the old UKI: {rekeyed}"
+    );
+}

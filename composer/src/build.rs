@@ -110,7 +110,14 @@ fn run(
     let (kernel, assets) =
         crate::assets::make(&plan, load_kernel, work.path(), &steps_cache, progress)?;
     verify_shipped_modules(&kernel, &assets)?;
-    let ukis = crate::assets::uki::make(&plan, &kernel, &assets.platforms, work.path())?;
+    let ukis = crate::assets::uki::make(
+        &plan,
+        &kernel,
+        &assets.platforms,
+        work.path(),
+        &steps_cache,
+        progress,
+    )?;
 
     // Every platform's disk is planned before anything is written: a
     // platform whose ESP does not fit fails before another's outputs land.

@@ -220,10 +220,10 @@ pub enum ExtCommand {
 /// `strata cache` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// List the entries, least recently used first, and their total size.
+    /// List the entries, least recently used first, the digest memo, and the total size.
     Show,
     /// Remove the entries unused for longer than --older-than, then the least
-    /// recently used until at most --max-size is left.
+    /// recently used until at most --max-size is left; trim the digest memo alike.
     #[command(group(clap::ArgGroup::new("limit").required(true).multiple(true)))]
     Prune {
         /// An age: 30m, 12h, 7d, 2w.

@@ -1,7 +1,7 @@
-//! `strata cache`: what the step cache holds, pruning by last use and by size, and a full
-//! verification.
+//! `strata cache`: what the step cache and the digest memo hold, pruning both by last use
+//! and by size, and a full verification.
 
-use super::{discard, lock, verify, Check, Key, Meta, META};
+use super::{discard, lock, memo, verify, Check, Key, Meta, META};
 use crate::error::{Error, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -72,11 +72,16 @@ pub struct Pruned {
     pub kept: usize,
     /// Their bytes.
     pub kept_bytes: u64,
+    /// The digest memo after a prune (records kept, its bytes, records dropped).
+    pub memo: memo::Tally,
 }
 
 /// Removes the entries unused for longer than `older_than`, then the least recently used
-/// until at most `max_size` bytes are left (unreadable entries go first). Refused while a
-/// build holds the cache, whose entries it may be reading.
+/// until at most `max_size` bytes are left (unreadable entries go first). The digest memo
+/// first loses the records of files gone or changed and, with `older_than`, those not used
+/// within it; its bytes count toward `max_size`, and it is removed whole only if the limit
+/// is still exceeded when no entry is left (`--max-size 0` clears everything). Refused
+/// while a build holds the cache, whose entries it may be reading and whose memo it writes.
 pub fn prune(
     root: &Path,
     older_than: Option<Duration>,
@@ -84,8 +89,11 @@ pub fn prune(
     now: SystemTime,
 ) -> Result<Pruned> {
     let _lock = exclusive(root)?;
+    let memo_at = root.join(memo::FILE);
+    let mut kept_memo =
+        memo::prune(root, older_than, false, now).map_err(Error::io("pruning", &memo_at))?;
     let entries = list(root)?;
-    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let mut total: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + kept_memo.bytes;
     let mut r = Pruned::default();
     for e in entries {
         let age = now.duration_since(e.used).unwrap_or_default();
@@ -101,6 +109,12 @@ pub fn prune(
             r.kept_bytes += e.bytes;
         }
     }
+    if max_size.is_some_and(|limit| total > limit) {
+        let dropped = kept_memo.dropped;
+        kept_memo = memo::prune(root, None, true, now).map_err(Error::io("removing", &memo_at))?;
+        kept_memo.dropped += dropped;
+    }
+    r.memo = kept_memo;
     Ok(r)
 }
 
@@ -131,9 +145,12 @@ pub fn verify_all(root: &Path) -> Result<Pruned> {
 /// The exclusive lock on `steps/.lock`, or an error naming the reason.
 fn exclusive(root: &Path) -> Result<Option<fs::File>> {
     let steps = root.join("steps");
-    if !steps.is_dir() {
+    if !root.is_dir() {
         return Ok(None);
     }
+    // A cache with a memo but no `steps/` (removed by hand) still needs the lock a build
+    // would take.
+    fs::create_dir_all(&steps).map_err(Error::io("creating", &steps))?;
     match lock(&steps, libc::LOCK_EX | libc::LOCK_NB) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::step(
@@ -147,7 +164,7 @@ fn exclusive(root: &Path) -> Result<Option<fs::File>> {
 }
 
 /// `strata cache show`: one line per entry (step, name, size, last use, key), least
-/// recently used first, then the total.
+/// recently used first, their total, the digest memo's records and size, and the sum.
 pub fn show(root: &Path, now: SystemTime) -> Result<String> {
     use crate::profile::units::human;
     let entries = list(root)?;
@@ -172,19 +189,36 @@ pub fn show(root: &Path, now: SystemTime) -> Result<String> {
         entries.len(),
         human(total)
     ));
+    let memo = memo::tally(root);
+    out.push_str(&format!(
+        "{}: {} file digests, {}\ntotal: {}\n",
+        root.join(memo::FILE).display(),
+        memo.records,
+        human(memo.bytes),
+        human(total + memo.bytes)
+    ));
     Ok(out)
 }
 
 /// One line for what a prune or verification did.
 pub fn summary(p: &Pruned) -> String {
     use crate::profile::units::human;
-    format!(
+    let mut line = format!(
         "removed {} entries ({}), kept {} ({})",
         p.removed,
         human(p.freed),
         p.kept,
         human(p.kept_bytes)
-    )
+    );
+    if p.memo != memo::Tally::default() {
+        line.push_str(&format!(
+            "; digest memo: dropped {} records, kept {} ({})",
+            p.memo.dropped,
+            p.memo.records,
+            human(p.memo.bytes)
+        ));
+    }
+    line
 }
 
 /// `42 s`, `5 min`, `3 h`, `2 d`.
@@ -325,10 +359,47 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2000 + 7200);
         let text = show(root.path(), now).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("test       e0 "), "{text}");
         assert!(lines[0].contains("used      2 h ago"), "{text}");
         assert!(lines[2].contains(": 2 entries, "), "{text}");
+        // The memo the test's cache wrote (if any) and the sum are reported too.
+        assert!(lines[3].contains("digests: ") && lines[3].contains(" file digests, "));
+        assert!(lines[4].starts_with("total: "), "{text}");
+    }
+
+    /// The memo counts in the listing and in a size limit; an age prune trims it, a
+    /// prune to zero removes it, and a running build blocks both.
+    #[test]
+    fn prune_trims_and_clears_the_digest_memo() {
+        let root = tempfile::tempdir().unwrap();
+        fill(root.path(), &[10]);
+        let (fresh, stale) = (root.path().join("fresh"), root.path().join("stale"));
+        fs::write(&fresh, "f").unwrap();
+        fs::write(&stale, "s").unwrap();
+        memo::write_records(root.path(), &[(&fresh, 9000), (&stale, 1000)]);
+        let text = show(root.path(), SystemTime::UNIX_EPOCH).unwrap();
+        assert!(text.contains(": 2 file digests, "), "{text}");
+
+        let build = Cache::open(root.path(), true).unwrap();
+        let before = fs::read(root.path().join(memo::FILE)).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(9500);
+        assert!(prune(root.path(), Some(Duration::from_secs(3600)), None, now).is_err());
+        assert_eq!(fs::read(root.path().join(memo::FILE)).unwrap(), before);
+        drop(build);
+        // The build wrote the memo back only if it added a record: rewrite ours.
+        memo::write_records(root.path(), &[(&fresh, 9000), (&stale, 1000)]);
+
+        let r = prune(root.path(), Some(Duration::from_secs(3600)), None, now).unwrap();
+        assert_eq!((r.memo.records, r.memo.dropped), (1, 1));
+        assert_eq!(r.removed, 1, "the entry was last used at 1000 s");
+        assert!(summary(&r).contains("digest memo: dropped 1 records, kept 1"));
+        // Within the limit with the memo counted: nothing goes.
+        let r = prune(root.path(), None, Some(1 << 20), now).unwrap();
+        assert_eq!((r.memo.records, r.memo.dropped), (1, 0));
+        let r = prune(root.path(), None, Some(0), now).unwrap();
+        assert_eq!((r.memo.records, r.memo.bytes, r.memo.dropped), (0, 0, 1));
+        assert!(!root.path().join(memo::FILE).exists());
     }
 
     #[test]

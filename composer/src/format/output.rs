@@ -186,9 +186,9 @@ fn wrap(
 }
 
 /// Writes one container format, uncompressed, to `dest`. Returns the byte ranges of `dest`
-/// that hold the raw image's compressed data where the format keeps it uncompressed and
-/// knows where (raw, qcow2, both VHDs, ISO), none for the others (VMDK and OVA deflate
-/// their grains, the GCE tarball is gzip'd: they store those ranges themselves).
+/// that hold the raw image's compressed data as it is (raw, qcow2, both VHDs, ISO; VMDK and
+/// OVA: the stored deflate blocks of their grains), none for the GCE tarball (gzip'd, its
+/// own wrapper).
 fn produce(
     ctx: &Context<'_>,
     format: Format,
@@ -234,11 +234,12 @@ fn produce(
             return Ok(format::through(ctx.stored, &runs));
         }
         Format::Vmdk => {
-            write_vmdk(ctx, dest)?;
+            let (_, runs) = write_vmdk(ctx, dest)?;
+            return Ok(format::through(ctx.stored, &runs));
         }
         Format::Ova => {
             let vmdk = ctx.work.join(format!("{}-{}.vmdk", ctx.name, ctx.arch));
-            let stats = write_vmdk(ctx, &vmdk)?;
+            let (stats, runs) = write_vmdk(ctx, &vmdk)?;
             let opts = format::ova::OvaOptions {
                 name: ctx.name.to_string(),
                 capacity_bytes: stats.capacity_bytes,
@@ -251,6 +252,7 @@ fn produce(
             format::ova::write(&vmdk, dest, &opts)
                 .map_err(|e| Error::format("writing the ova archive", e))?;
             let _ = std::fs::remove_file(&vmdk);
+            return in_ova(dest, ctx.name, format::through(ctx.stored, &runs));
         }
         Format::GcpTar => {
             format::gcp::write(ctx.raw, dest, ctx.epoch, ctx.stored)
@@ -288,7 +290,32 @@ fn in_iso(stored: &[(u64, u64)], esp: (u64, u64), iso_esp: u64) -> Vec<(u64, u64
         .collect()
 }
 
-fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats> {
+/// `ranges` of the VMDK as ranges of the OVA `ova` that carries it: moved by the offset of
+/// the disk member's data, read back from the archive's headers.
+fn in_ova(ova: &Path, name: &str, ranges: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>> {
+    let disk = format::ova::vmdk_name(name);
+    let f = std::fs::File::open(ova).map_err(Error::io("reading", ova))?;
+    let mut archive = tar::Archive::new(f);
+    let entries = archive
+        .entries_with_seek()
+        .map_err(Error::io("reading", ova))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io("reading", ova))?;
+        if entry.path_bytes().as_ref() == disk.as_bytes() {
+            let at = entry.raw_file_position();
+            return Ok(ranges.into_iter().map(|(o, n)| (o + at, n)).collect());
+        }
+    }
+    Err(Error::format(
+        format!("reading {} back", ova.display()),
+        format!("it holds no {disk}"),
+    ))
+}
+
+fn write_vmdk(
+    ctx: &Context<'_>,
+    dest: &Path,
+) -> Result<(format::vmdk::VmdkStats, Vec<format::Run>)> {
     let f = std::fs::File::create(dest).map_err(Error::io("creating", dest))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let cid = u32::from_le_bytes(
@@ -297,10 +324,10 @@ fn write_vmdk(ctx: &Context<'_>, dest: &Path) -> Result<format::vmdk::VmdkStats>
             .unwrap_or([0; 4]),
     );
     let opts = format::vmdk::VmdkOptions { cid };
-    let stats = format::vmdk::write(ctx.raw, &mut w, &opts, ctx.stored)
+    let mapped = format::vmdk::write_mapped(ctx.raw, &mut w, &opts, ctx.stored)
         .map_err(|e| Error::format("writing the vmdk image", e))?;
     std::io::Write::flush(&mut w).map_err(Error::io("writing", dest))?;
-    Ok(stats)
+    Ok(mapped)
 }
 
 /// An ISO 9660 volume id: upper-case letters, digits and `_`, at most 32.
@@ -615,12 +642,79 @@ fn is_plain_raw(k: &OutputKind) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::io::sparse::testutil;
+
+    /// A context for the 48 MiB test image with its stored ranges.
+    fn context<'a>(raw: &'a Path, stored: &'a [(u64, u64)], dir: &'a Path) -> Context<'a> {
+        Context {
+            raw,
+            esp: (1 << 20, 8 << 20),
+            stored,
+            guids: (Guid([1; 16]), Guid([2; 16])),
+            arch: Arch::Amd64,
+            name: "strata-test",
+            platform: "vmware",
+            epoch: 1_700_000_000,
+            seed: b"seed",
+            work: dir,
+            out_dir: dir,
+        }
+    }
+
+    /// The VMDK's stored blocks, and the same blocks inside the OVA's disk member, are
+    /// named as stored ranges; `.vmdk.xz` and `.ova.zst` decompress to the plain files byte
+    /// for byte (judged by xz and zstd).
+    #[test]
+    fn vmdk_and_ova_wrappers_keep_the_stored_blocks_and_decompress_to_the_plain_file() {
+        let (raw, stored) = testutil::compressed_image();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(raw.path(), &stored, dir.path());
+        let plain = |name: &str| {
+            let dest = dir.path().join(format!("plain.{name}"));
+            let kind = OutputKind::parse(name).unwrap();
+            let ranges = produce(&ctx, kind.format, kind, &dest).unwrap();
+            (dest, ranges)
+        };
+        let (vmdk, in_vmdk) = plain("vmdk");
+        let (ova, in_ova) = plain("ova");
+        let total = |r: &[(u64, u64)]| r.iter().map(|r| r.1).sum::<u64>();
+        assert_eq!(total(&in_vmdk), total(&stored), "{in_vmdk:?}");
+        assert_eq!(in_vmdk.len(), in_ova.len());
+        let (v, o) = (testutil::bytes(&vmdk), testutil::bytes(&ova));
+        let shift = in_ova[0].0 - in_vmdk[0].0;
+        for (&(a, n), &(b, m)) in in_vmdk.iter().zip(&in_ova) {
+            assert_eq!((b - a, m), (shift, n));
+            let (a, b, n) = (a as usize, b as usize, n as usize);
+            assert!(v[a..a + n] == o[b..b + n], "{a}+{n}");
+        }
+
+        assert!(
+            testutil::have("xz") && testutil::have("zstd"),
+            "xz and zstd judge"
+        );
+        for (name, tool, want) in [("vmdk.xz", "xz", &v), ("ova.zst", "zstd", &o)] {
+            let kind = OutputKind::parse(name).unwrap();
+            let dest = dir.path().join(format!("wrapped.{name}"));
+            let step = Task::start(&(), "outputs", None);
+            write_one(&ctx, kind, &dest, &step).unwrap();
+            step.finish(None, "");
+            let dest = dest.to_string_lossy();
+            testutil::run(tool, &["-t", &dest]);
+            let back = testutil::run(tool, &["-dc", &dest]).stdout;
+            assert!(
+                back == *want,
+                "{name} does not decompress to the plain file"
+            );
+        }
+    }
+
     #[test]
     fn stored_ranges_move_with_the_esp_into_the_iso() {
         // ESP at 1 MiB, 10 MiB long, in the raw image; at 300 KiB in the ISO.
         let (mib, kib) = (1 << 20, 1 << 10);
         let stored = [(0, 100), (mib - 10, 20), (2 * mib, 5), (11 * mib - 1, 10)];
-        let got = super::in_iso(&stored, (mib, 10 * mib), 300 * kib);
+        let got = in_iso(&stored, (mib, 10 * mib), 300 * kib);
         assert_eq!(
             got,
             vec![

@@ -31,6 +31,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::Run;
 use crate::io::compress::deflate::{self, Stored};
 use crate::io::sparse;
 
@@ -212,17 +213,29 @@ fn marker(sectors: u64, kind: Marker) -> [u8; 512] {
     m
 }
 
-/// A grain marker followed by the grain as a zlib stream, padded to a sector. `stored`
-/// (relative to the grain) is compressed data, kept as stored deflate blocks.
-fn compressed_grain(index: u64, data: &[u8], stored: &[(usize, usize)]) -> io::Result<Vec<u8>> {
-    let z = deflate::zlib(data, stored)?;
+/// Bytes of a grain marker before the zlib stream: guest sector (8), stream length (4).
+const GRAIN_MARKER: usize = 12;
+
+/// A grain marker followed by the grain as a zlib stream, padded to a sector, and the
+/// [`deflate::Span`]s of its stored blocks (offsets in the grain and in the returned bytes).
+/// `stored` (relative to the grain) is compressed data, kept as stored deflate blocks.
+fn compressed_grain(
+    index: u64,
+    data: &[u8],
+    stored: &[(usize, usize)],
+) -> io::Result<(Vec<u8>, Vec<deflate::Span>)> {
+    let (z, spans) = deflate::zlib_mapped(data, stored)?;
     let size = u32::try_from(z.len()).map_err(|_| io::Error::other("grain grew past 4 GiB"))?;
-    let mut buf = Vec::with_capacity((z.len() + 12).next_multiple_of(SECTOR as usize));
+    let mut buf = Vec::with_capacity((z.len() + GRAIN_MARKER).next_multiple_of(SECTOR as usize));
     buf.extend_from_slice(&(index * GRAIN_SECTORS).to_le_bytes());
     buf.extend_from_slice(&size.to_le_bytes());
     buf.extend_from_slice(&z);
     buf.resize(buf.len().next_multiple_of(SECTOR as usize), 0);
-    Ok(buf)
+    let spans = spans
+        .into_iter()
+        .map(|(i, o, n)| (i, o + GRAIN_MARKER, n))
+        .collect();
+    Ok((buf, spans))
 }
 
 /// Compresses a batch of grains on `threads` threads; results in input order. Each grain is
@@ -231,7 +244,7 @@ fn compress_batch(
     batch: &[sparse::Chunk],
     stored: &Stored,
     threads: usize,
-) -> io::Result<Vec<Vec<u8>>> {
+) -> io::Result<Vec<(Vec<u8>, Vec<deflate::Span>)>> {
     crate::par::map(batch, threads, |c| {
         let kept = stored.within(c.index * GRAIN, c.data.len() as u64);
         compressed_grain(c.index, &c.data, &kept)
@@ -294,6 +307,19 @@ pub fn write(
     opts: &VmdkOptions,
     stored: &[(u64, u64)],
 ) -> Result<VmdkStats, VmdkError> {
+    write_mapped(raw, out, opts, stored).map(|(stats, _)| stats)
+}
+
+/// [`write`], and the [`Run`]s of the VMDK that hold raw bytes as they are: the payloads of
+/// the stored deflate blocks (`guest`: offset in `raw`, `host`: offset in the VMDK). A
+/// wrapper (`.vmdk.xz`, `.ova.zst`) stores them rather than compress them again
+/// ([`super::through`]).
+pub fn write_mapped(
+    raw: &Path,
+    out: &mut impl Write,
+    opts: &VmdkOptions,
+    stored: &[(u64, u64)],
+) -> Result<(VmdkStats, Vec<Run>), VmdkError> {
     let read_err = |source| VmdkError::Read {
         path: raw.to_path_buf(),
         source,
@@ -319,28 +345,31 @@ pub fn write(
         current: None,
     };
     let stored = Stored::new(size, stored);
-    let populated = write_grains(&file, raw, &stored, &mut out, &mut tables)?;
+    let mut runs = Vec::new();
+    let populated = write_grains(&file, raw, &stored, &mut out, (&mut tables, &mut runs))?;
     tables.flush(&mut out)?;
     finish(&mut out, capacity, &tables.directory)?;
     out.inner.flush().map_err(|source| VmdkError::Write {
         offset: out.pos,
         source,
     })?;
-    Ok(VmdkStats {
+    let stats = VmdkStats {
         capacity_bytes: capacity * SECTOR,
         populated_bytes: populated.min(capacity * SECTOR),
         file_size: out.pos,
-    })
+    };
+    Ok((stats, runs))
 }
 
 /// Compress and write every non-zero grain of `file` in guest order, with grain tables
-/// after each 32 MiB group. Returns the bytes of guest data stored.
+/// after each 32 MiB group, adding the runs of its stored blocks to `runs`. Returns the bytes
+/// of guest data stored.
 fn write_grains<W: Write>(
     file: &File,
     raw: &Path,
     stored: &Stored,
     out: &mut Out<'_, W>,
-    tables: &mut Tables,
+    (tables, runs): (&mut Tables, &mut Vec<Run>),
 ) -> Result<u64, VmdkError> {
     let read_err = |source| VmdkError::Read {
         path: raw.to_path_buf(),
@@ -363,8 +392,19 @@ fn write_grains<W: Write>(
                 offset: out.pos,
                 source,
             })?;
-        for (chunk, grain) in batch.iter().zip(compressed) {
+        for (chunk, (grain, spans)) in batch.iter().zip(compressed) {
             tables.add(out, chunk.index)?;
+            for (i, o, n) in spans {
+                let (guest, host) = (chunk.index * GRAIN + i as u64, out.pos + o as u64);
+                super::push_run(
+                    runs,
+                    Run {
+                        guest,
+                        host,
+                        len: n as u64,
+                    },
+                );
+            }
             out.write(&grain)?;
             populated += GRAIN;
         }
@@ -533,6 +573,23 @@ mod tests {
                 judge(raw.path(), out.path(), size);
             }
         }
+    }
+
+    /// The runs of the stored blocks hold the raw image's bytes where they say, and every
+    /// stored range maps through them whole (what a `.vmdk.xz` stores, not compresses).
+    #[test]
+    fn stored_blocks_are_runs_of_the_raw_image() {
+        let (raw, stored) = testutil::compressed_image();
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut w = io::BufWriter::new(out.reopen().unwrap());
+        let (stats, runs) = write_mapped(raw.path(), &mut w, &OPTS, &stored).unwrap();
+        drop(w);
+        assert_eq!(
+            stats.file_size,
+            std::fs::metadata(out.path()).unwrap().len()
+        );
+        assert!(!runs.is_empty() && !stored.is_empty());
+        super::super::assert_runs_map(out.path(), raw.path(), &stored, &runs);
     }
 
     /// Stored ranges: qemu-img reads the same disk back, and the file is no larger than

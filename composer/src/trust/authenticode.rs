@@ -26,6 +26,9 @@ pub trait Signer: Send + Sync {
     fn certificate(&self) -> &Certificate;
     /// RSASSA-PKCS1-v1_5 over a SHA-256 digest.
     fn sign_sha256(&self, digest: &[u8; 32]) -> Result<Vec<u8>, SignError>;
+    /// A sha256 over the private key and the certificate: what a step-cache key names the
+    /// signer by (another key or certificate misses; no key bytes in clear).
+    fn fingerprint(&self) -> [u8; 32];
 }
 
 /// Why signing failed.
@@ -63,6 +66,14 @@ impl Signer for PemSigner {
     }
     fn sign_sha256(&self, digest: &[u8; 32]) -> Result<Vec<u8>, SignError> {
         Ok(self.key.sign_sha256(digest)?)
+    }
+    fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::new()
+            .chain_update(self.key.fingerprint())
+            .chain_update(self.cert.der())
+            .finalize()
+            .into()
     }
 }
 

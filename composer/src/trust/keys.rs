@@ -251,6 +251,18 @@ impl PrivateKey {
             .into_bytes()
     }
 
+    /// The sha256 of the private key (DER PKCS#1): what a step-cache key names it by, so
+    /// another key misses while the key's bytes never appear in a key in clear.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use sha2::Digest;
+        let der = self
+            .key
+            .to_pkcs1_der()
+            .expect("an RSA private key always encodes");
+        sha2::Sha256::digest(der.as_bytes()).into()
+    }
+
     /// The public key as DER PKCS#1 `RSAPublicKey`.
     pub fn public_key_pkcs1_der(&self) -> Vec<u8> {
         let public = self.key.to_public_key();

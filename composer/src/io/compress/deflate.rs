@@ -63,45 +63,68 @@ impl Stored {
 /// Raw deflate of `data`, keeping `stored` (sorted, disjoint ranges relative to `data`) as
 /// stored blocks and compressing the rest; ends as `end` says.
 pub fn piece(data: &[u8], stored: &[(usize, usize)], end: End) -> io::Result<Vec<u8>> {
-    let mut runs: Vec<(&[u8], bool)> = Vec::with_capacity(2 * stored.len() + 1);
+    piece_mapped(data, stored, end).map(|(out, _)| out)
+}
+
+/// Where a stored block's payload went: `(offset in the input, offset in the output,
+/// length)`. A container that copies the output whole can tell a wrapping compressor which
+/// of its bytes are compressed already.
+pub type Span = (usize, usize, usize);
+
+/// [`piece`], and the [`Span`] of every stored block's payload, in order.
+pub fn piece_mapped(
+    data: &[u8],
+    stored: &[(usize, usize)],
+    end: End,
+) -> io::Result<(Vec<u8>, Vec<Span>)> {
+    // Each run: its start in `data`, its bytes, whether it is stored.
+    let mut runs: Vec<(usize, &[u8], bool)> = Vec::with_capacity(2 * stored.len() + 1);
     let mut at = 0;
     for &(off, len) in stored {
         let (off, stop) = (off.clamp(at, data.len()), (off + len).min(data.len()));
         if off < stop {
-            runs.push((&data[at..off], false));
-            runs.push((&data[off..stop], true));
+            runs.push((at, &data[at..off], false));
+            runs.push((off, &data[off..stop], true));
             at = stop;
         }
     }
-    runs.push((&data[at..], false));
+    runs.push((at, &data[at..], false));
     // Empty packed runs cost a sync marker each: drop them, but keep one run to end on.
-    runs.retain(|(bytes, keep)| *keep || !bytes.is_empty());
+    runs.retain(|(_, bytes, keep)| *keep || !bytes.is_empty());
     if runs.is_empty() {
-        runs.push((&[], false));
+        runs.push((0, &[], false));
     }
     let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 64);
+    let mut spans = Vec::new();
     let last = runs.len() - 1;
-    for (i, (bytes, keep)) in runs.into_iter().enumerate() {
+    for (i, (start, bytes, keep)) in runs.into_iter().enumerate() {
         let fin = end == End::Final && i == last;
         if keep {
-            stored_blocks(bytes, fin, &mut out);
+            stored_blocks(bytes, fin, &mut out, (start, &mut spans));
         } else {
             deflate_run(bytes, fin, &mut out)?;
         }
     }
-    Ok(out)
+    Ok((out, spans))
 }
 
 /// `data` as stored blocks, the last one marked final when `fin`. The writer is byte-aligned
 /// here (a sync flush or another stored block came before), so the 3 header bits and their
-/// padding fill exactly one byte.
-fn stored_blocks(data: &[u8], fin: bool, out: &mut Vec<u8>) {
+/// padding fill exactly one byte. Each payload's [`Span`] goes to `spans` (`data` starts at
+/// `start` of the piece's input).
+fn stored_blocks(
+    data: &[u8],
+    fin: bool,
+    out: &mut Vec<u8>,
+    (start, spans): (usize, &mut Vec<Span>),
+) {
     let n = data.len().div_ceil(STORED_MAX);
     for (i, block) in data.chunks(STORED_MAX).enumerate() {
         let len = block.len() as u16;
         out.push(u8::from(fin && i + 1 == n));
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&(!len).to_le_bytes());
+        spans.push((start + i * STORED_MAX, out.len(), block.len()));
         out.extend_from_slice(block);
     }
 }
@@ -135,11 +158,23 @@ fn deflate_run(data: &[u8], fin: bool, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// A zlib stream (RFC 1950) of `data`: header, [`piece`] ending in the final block, Adler-32.
 pub fn zlib(data: &[u8], stored: &[(usize, usize)]) -> io::Result<Vec<u8>> {
+    zlib_mapped(data, stored).map(|(out, _)| out)
+}
+
+/// [`zlib`], and the [`Span`] of every stored block's payload in the stream.
+pub fn zlib_mapped(data: &[u8], stored: &[(usize, usize)]) -> io::Result<(Vec<u8>, Vec<Span>)> {
     // CMF 0x78 (deflate, 32 KiB window), FLG 0x9c (default level, check bits).
-    let mut out = vec![0x78, 0x9c];
-    out.extend_from_slice(&piece(data, stored, End::Final)?);
+    const HEADER: [u8; 2] = [0x78, 0x9c];
+    let (body, spans) = piece_mapped(data, stored, End::Final)?;
+    let mut out = Vec::with_capacity(body.len() + 6);
+    out.extend_from_slice(&HEADER);
+    out.extend_from_slice(&body);
     out.extend_from_slice(&adler32(data).to_be_bytes());
-    Ok(out)
+    let spans = spans
+        .into_iter()
+        .map(|(i, o, n)| (i, o + HEADER.len(), n))
+        .collect();
+    Ok((out, spans))
 }
 
 /// RFC 1950's Adler-32 checksum.
@@ -341,6 +376,26 @@ mod tests {
             assert_eq!(inflate(&joined), data, "{stored:?}");
         }
         assert!(inflate(&piece(&[], &[], End::Final).unwrap()).is_empty());
+    }
+
+    /// The spans of a zlib stream name where each stored range's bytes are, whole.
+    #[test]
+    fn spans_locate_the_stored_bytes_in_the_output() {
+        let data = sample(300_000, 3);
+        let stored = [(10, 5), (100, 140_000), (200_000, 100_000)];
+        let (z, spans) = zlib_mapped(&data, &stored).unwrap();
+        assert_eq!(z, zlib(&data, &stored).unwrap());
+        for &(i, o, n) in &spans {
+            assert!(z[o..o + n] == data[i..i + n], "{:?}", (i, o, n));
+        }
+        let mut covered: Vec<(usize, usize)> = Vec::new();
+        for &(i, _, n) in &spans {
+            match covered.last_mut() {
+                Some((s, l)) if *s + *l == i => *l += n,
+                _ => covered.push((i, n)),
+            }
+        }
+        assert_eq!(covered, stored);
     }
 
     /// A stored range costs its length plus 5 bytes per 64 KiB, however compressible.
