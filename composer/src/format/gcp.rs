@@ -13,8 +13,9 @@
 //!   deflate stream is cut every 1 MiB of input; each piece is compressed on its own (no
 //!   shared window, about 0.1 % larger) and ends in a sync flush, the last one in the final
 //!   block, and the CRC-32s are combined. The bytes of the raw image that strata compressed
-//!   itself (the caller's stored ranges: squashfs, the initramfs's compressed segment) go out
-//!   as stored deflate blocks instead of being deflated again. The pieces do not depend on
+//!   itself (the caller's stored ranges: squashfs, the initramfs's compressed segment) and
+//!   the blocks the incompressibility probe finds (the kernel: [`Stored::probed`]) go out as
+//!   stored deflate blocks instead of being deflated again. The pieces do not depend on
 //!   the thread count, so the output is the same on any machine with the same
 //!   flate2/miniz_oxide version.
 //!
@@ -142,11 +143,11 @@ pub fn write(
     let size = file.metadata().map_err(read_err)?.len();
     let disk_size = size.div_ceil(GIB).max(1) * GIB;
     let map = sparse_map(&file, disk_size).map_err(read_err)?;
-    let kept = Stored::new(size, stored);
+    let threads = crate::par::jobs().min(8);
+    let kept = Stored::probed(&file, stored, threads).map_err(read_err)?;
     let stored: u64 = map.iter().map(|r| r.1).sum();
 
     let dst = File::create(out).map_err(write_err)?;
-    let threads = crate::par::jobs().min(8);
     let mut gz = Gzip::new(BufWriter::with_capacity(1 << 20, dst), threads).map_err(write_err)?;
     gz.write_all(&sparse_headers(&map, disk_size, mtime).map_err(write_err)?)
         .map_err(write_err)?;

@@ -41,7 +41,8 @@
 //! Specification 1.0, UEFI 2.10 §5.3 (GPT).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
@@ -219,26 +220,23 @@ pub enum IsoError {
 /// The image is written sequentially from the current position of `out`;
 /// the ESP is streamed in 1 MiB pieces. `Seek` is used to check that `out`
 /// advanced by exactly what was written. Output depends only on the ESP
-/// bytes and `opts`.
+/// bytes and `opts`. [`write_file`] writes the same bytes into a file without
+/// reading the ESP into memory.
 pub fn write(
     esp_image: &Path,
     out: &mut (impl Write + Seek),
     opts: &IsoOptions,
 ) -> Result<IsoStats, IsoError> {
-    check_volume_id(&opts.volume_id)?;
-    let date = Civil::from_unix(opts.timestamp)?;
-    let (mut esp, esp_bytes) = open_esp(esp_image)?;
-    let layout = Layout::new(esp_bytes);
+    let esp = Esp::open(esp_image, None)?;
+    let (layout, head, tail) = prepare(&esp, opts)?;
     let start = out
         .stream_position()
         .map_err(|source| IsoError::Output { offset: 0, source })?;
     let mut sink = Sink { out, pos: 0 };
-    let gpt = gpt(&layout, opts)?;
-    sink.put(&system_area(&gpt))?;
-    sink.put(&metadata(&layout, opts, &date))?;
+    sink.put(&head)?;
     sink.zeros(layout.esp_offset() - sink.pos)?;
-    copy_esp(&mut esp, esp_image, esp_bytes, &mut sink)?;
-    sink.put(&tail(&layout, &gpt))?;
+    copy_esp(&esp, &mut sink)?;
+    sink.put(&tail)?;
     let written = sink.pos;
     let end = sink.finish()?;
     let moved = end.saturating_sub(start);
@@ -252,6 +250,51 @@ pub fn write(
         bytes: written,
         esp_offset: layout.esp_offset(),
     })
+}
+
+/// [`write`] into the file `out` (emptied first), taking the ESP from the `len` bytes at
+/// `offset` of `source` (the ESP partition of a raw disk, or a whole FAT image):
+/// the same bytes, but the ESP goes from file to file in the kernel
+/// (`copy_file_range` through [`std::io::copy`]) and its holes stay holes, so
+/// nothing of it passes through memory and no scratch copy of it is needed.
+pub fn write_file(
+    source: &Path,
+    offset: u64,
+    len: u64,
+    out: &File,
+    opts: &IsoOptions,
+) -> Result<IsoStats, IsoError> {
+    let esp = Esp::open(source, Some((offset, len)))?;
+    let (layout, head, tail) = prepare(&esp, opts)?;
+    let at = |offset| move |source| IsoError::Output { offset, source };
+    out.set_len(0).map_err(at(0))?;
+    out.write_all_at(&head, 0).map_err(at(0))?;
+    copy_esp_file(&esp, out, layout.esp_offset())?;
+    let tail_at = layout.esp_offset() + esp.len;
+    out.write_all_at(&tail, tail_at).map_err(at(tail_at))?;
+    let size = out.metadata().map_err(at(layout.bytes()))?.len();
+    if size != layout.bytes() {
+        return Err(IsoError::OutputLength {
+            expected: layout.bytes(),
+            got: size,
+        });
+    }
+    Ok(IsoStats {
+        bytes: size,
+        esp_offset: layout.esp_offset(),
+    })
+}
+
+/// The layout, and the bytes before the ESP (system area and ISO 9660
+/// metadata) and after it (backup GPT and padding), after checking `opts`.
+fn prepare(esp: &Esp<'_>, opts: &IsoOptions) -> Result<(Layout, Vec<u8>, Vec<u8>), IsoError> {
+    check_volume_id(&opts.volume_id)?;
+    let date = Civil::from_unix(opts.timestamp)?;
+    let layout = Layout::new(esp.len);
+    let gpt = gpt(&layout, opts)?;
+    let mut head = system_area(&gpt);
+    head.extend_from_slice(&metadata(&layout, opts, &date));
+    Ok((layout, head, tail(&layout, &gpt)))
 }
 
 /// Where everything goes, from the ESP size alone.
@@ -340,29 +383,66 @@ impl<W: Write + Seek> Sink<'_, W> {
     }
 }
 
-/// Opens the ESP image and checks that it is a FAT volume of a size the
-/// ISO can hold.
-fn open_esp(path: &Path) -> Result<(File, u64), IsoError> {
-    let read_err = |source| IsoError::EspRead {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read_err)?;
-    let bytes = file.metadata().map_err(read_err)?.len();
-    if bytes == 0 || bytes % BLOCK != 0 || bytes > MAX_ESP_BYTES {
-        return Err(IsoError::EspSize {
+/// The ESP's bytes: `len` bytes at `offset` of the file at `path`.
+struct Esp<'a> {
+    path: &'a Path,
+    file: File,
+    offset: u64,
+    len: u64,
+}
+
+impl<'a> Esp<'a> {
+    /// Opens the ESP (the whole file, or `region`: offset and length) and
+    /// checks that it is a FAT volume of a size the ISO can hold.
+    fn open(path: &'a Path, region: Option<(u64, u64)>) -> Result<Esp<'a>, IsoError> {
+        let read_err = |source| IsoError::EspRead {
             path: path.to_path_buf(),
-            bytes,
-        });
+            source,
+        };
+        let file = File::open(path).map_err(read_err)?;
+        let file_bytes = file.metadata().map_err(read_err)?.len();
+        let (offset, bytes) = region.unwrap_or((0, file_bytes));
+        if bytes == 0 || bytes % BLOCK != 0 || bytes > MAX_ESP_BYTES {
+            return Err(IsoError::EspSize {
+                path: path.to_path_buf(),
+                bytes,
+            });
+        }
+        if offset.saturating_add(bytes) > file_bytes {
+            return Err(IsoError::EspTruncated {
+                path: path.to_path_buf(),
+                expected: bytes,
+                got: file_bytes.saturating_sub(offset),
+            });
+        }
+        let mut boot = [0u8; SECTOR as usize];
+        file.read_exact_at(&mut boot, offset).map_err(read_err)?;
+        check_fat_boot_sector(&boot, bytes).map_err(|reason| IsoError::EspNotFat {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(Esp {
+            path,
+            file,
+            offset,
+            len: bytes,
+        })
     }
-    let mut boot = [0u8; SECTOR as usize];
-    file.read_exact(&mut boot).map_err(read_err)?;
-    check_fat_boot_sector(&boot, bytes).map_err(|reason| IsoError::EspNotFat {
-        path: path.to_path_buf(),
-        reason,
-    })?;
-    file.rewind().map_err(read_err)?;
-    Ok((file, bytes))
+
+    fn read_err(&self, source: io::Error) -> IsoError {
+        IsoError::EspRead {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn truncated(&self, got: u64) -> IsoError {
+        IsoError::EspTruncated {
+            path: self.path.to_path_buf(),
+            expected: self.len,
+            got,
+        }
+    }
 }
 
 /// Checks the parts of a FAT boot sector that firmware relies on to mount
@@ -393,30 +473,40 @@ fn check_fat_boot_sector(boot: &[u8; SECTOR as usize], file_bytes: u64) -> Resul
 }
 
 /// Streams the ESP into the image.
-fn copy_esp<W: Write + Seek>(
-    esp: &mut File,
-    path: &Path,
-    len: u64,
-    sink: &mut Sink<'_, W>,
-) -> Result<(), IsoError> {
+fn copy_esp<W: Write + Seek>(esp: &Esp<'_>, sink: &mut Sink<'_, W>) -> Result<(), IsoError> {
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut done = 0u64;
-    while done < len {
-        let want = (len - done).min(COPY_CHUNK as u64) as usize;
-        let got =
-            crate::io::read_up_to(esp, &mut buf[..want]).map_err(|source| IsoError::EspRead {
-                path: path.to_path_buf(),
-                source,
+    while done < esp.len {
+        let want = (esp.len - done).min(COPY_CHUNK as u64) as usize;
+        esp.file
+            .read_exact_at(&mut buf[..want], esp.offset + done)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => esp.truncated(done),
+                _ => esp.read_err(e),
             })?;
-        if got < want {
-            return Err(IsoError::EspTruncated {
-                path: path.to_path_buf(),
-                expected: len,
-                got: done + got as u64,
-            });
-        }
         sink.put(&buf[..want])?;
         done += want as u64;
+    }
+    Ok(())
+}
+
+/// Copies the ESP's data ranges into `out` at `at`, file to file in the
+/// kernel; its holes are skipped and stay holes (they read as the zeros
+/// [`copy_esp`] writes).
+fn copy_esp_file(esp: &Esp<'_>, out: &File, at: u64) -> Result<(), IsoError> {
+    let data: u64 = crate::io::sparse::data_ranges(&esp.file)
+        .map_err(|e| esp.read_err(e))?
+        .iter()
+        .map(|&(o, n)| {
+            (o + n)
+                .min(esp.offset + esp.len)
+                .saturating_sub(o.max(esp.offset))
+        })
+        .sum();
+    let copied = crate::io::sparse::copy_data(&esp.file, esp.offset, esp.len, out, at)
+        .map_err(|source| IsoError::Output { offset: at, source })?;
+    if copied < data {
+        return Err(esp.truncated(copied));
     }
     Ok(())
 }
@@ -981,6 +1071,46 @@ mod tests {
             matches!(err, IsoError::Output { offset, .. } if offset == MIB),
             "{err}"
         );
+    }
+
+    /// The ESP taken from inside a sparse disk, file to file, gives the bytes
+    /// the streaming writer gives from the ESP alone, and its hole stays one.
+    #[test]
+    fn an_esp_inside_a_disk_is_copied_into_place_with_its_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp.img");
+        fake_esp(&esp, 4 * MIB);
+        let bytes = fs::read(&esp).unwrap();
+        // The disk holds the ESP at 3 MiB with a 2 MiB hole in its middle.
+        let disk = dir.path().join("disk.raw");
+        let d = File::create(&disk).unwrap();
+        d.set_len(16 * MIB).unwrap();
+        let (head, tail) = (&bytes[..MIB as usize], &bytes[3 * MIB as usize..]);
+        d.write_all_at(head, 3 * MIB).unwrap();
+        d.write_all_at(tail, 6 * MIB).unwrap();
+        let mut holed = bytes.clone();
+        holed[MIB as usize..3 * MIB as usize].fill(0);
+        fs::write(&esp, &holed).unwrap();
+        let (want, want_stats) = iso_bytes(&esp, &opts());
+        let iso = dir.path().join("out.iso");
+        let out = File::create(&iso).unwrap();
+        out.set_len(100 * MIB).unwrap(); // emptied first
+        let stats = write_file(&disk, 3 * MIB, 4 * MIB, &out, &opts()).unwrap();
+        assert_eq!(stats, want_stats);
+        assert!(
+            fs::read(&iso).unwrap() == want,
+            "write_file differs from write"
+        );
+        let data: u64 = crate::io::sparse::data_ranges(&out)
+            .unwrap()
+            .iter()
+            .map(|r| r.1)
+            .sum();
+        assert!(data <= stats.bytes - 2 * MIB, "the hole was filled: {data}");
+        // A region past the end of the file is refused, naming it.
+        let err = write_file(&disk, 14 * MIB, 4 * MIB, &out, &opts()).unwrap_err();
+        assert!(matches!(err, IsoError::EspTruncated { .. }), "{err}");
+        assert!(err.to_string().contains("disk.raw"), "{err}");
     }
 
     #[test]

@@ -238,20 +238,30 @@ fn produce(
             return Ok(format::through(ctx.stored, &runs));
         }
         Format::Ova => {
-            let vmdk = ctx.work.join(format!("{}-{}.vmdk", ctx.name, ctx.arch));
-            let (stats, runs) = write_vmdk(ctx, &vmdk)?;
-            let opts = format::ova::OvaOptions {
+            // The VMDK goes straight into the archive: no scratch file, no second read.
+            let mut opts = format::ova::OvaOptions {
                 name: ctx.name.to_string(),
-                capacity_bytes: stats.capacity_bytes,
-                populated_bytes: stats.populated_bytes,
+                capacity_bytes: 0,
+                populated_bytes: 0,
                 cpus: 2,
                 memory_mib: 2048,
                 arch: ctx.arch,
                 mtime: ctx.epoch,
             };
-            format::ova::write(&vmdk, dest, &opts)
-                .map_err(|e| Error::format("writing the ova archive", e))?;
-            let _ = std::fs::remove_file(&vmdk);
+            let guess = data_bytes(ctx.raw)?;
+            let guessed = format::ova::OvaOptions {
+                capacity_bytes: std::fs::metadata(ctx.raw)
+                    .map_err(Error::io("reading", ctx.raw))?
+                    .len(),
+                populated_bytes: guess,
+                ..opts.clone()
+            };
+            let ova_err = |e| Error::format("writing the ova archive", e);
+            let mut ova = format::ova::Streamed::create(dest, &guessed, guess).map_err(ova_err)?;
+            let (stats, runs) = vmdk_into(ctx, &mut ova)?;
+            opts.capacity_bytes = stats.capacity_bytes;
+            opts.populated_bytes = stats.populated_bytes;
+            ova.finish(&opts).map_err(ova_err)?;
             return in_ova(dest, ctx.name, format::through(ctx.stored, &runs));
         }
         Format::GcpTar => {
@@ -259,9 +269,7 @@ fn produce(
                 .map_err(|e| Error::format("writing the gcp tar.gz", e))?;
         }
         Format::Iso => {
-            let esp = ctx.work.join(format!("esp-{}.img", ctx.arch));
-            copy_range(ctx.raw, ctx.esp.0, ctx.esp.1, &esp)?;
-            let mut f = create(dest)?;
+            let f = create(dest)?;
             let opts = format::iso::IsoOptions {
                 volume_id: iso_volume_id(ctx.name),
                 timestamp: i64::try_from(ctx.epoch).unwrap_or(i64::MAX),
@@ -269,9 +277,9 @@ fn produce(
                 esp_guid: ctx.guids.1.to_disk(),
                 arch: ctx.arch,
             };
-            let stats = format::iso::write(&esp, &mut f, &opts)
+            // The ESP goes from the raw disk into its place in the ISO: no scratch copy.
+            let stats = format::iso::write_file(ctx.raw, ctx.esp.0, ctx.esp.1, &f, &opts)
                 .map_err(|e| Error::format("writing the iso image", e))?;
-            let _ = std::fs::remove_file(&esp);
             return Ok(in_iso(ctx.stored, ctx.esp, stats.esp_offset));
         }
     }
@@ -318,16 +326,25 @@ fn write_vmdk(
 ) -> Result<(format::vmdk::VmdkStats, Vec<format::Run>)> {
     let f = std::fs::File::create(dest).map_err(Error::io("creating", dest))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let stats = vmdk_into(ctx, &mut w)?;
+    std::io::Write::flush(&mut w).map_err(Error::io("writing", dest))?;
+    Ok(stats)
+}
+
+/// The stream-optimized VMDK of the raw disk, written to `w`, and the runs of it that hold
+/// raw bytes as they are (stored deflate blocks), for a wrapper to store.
+fn vmdk_into(
+    ctx: &Context<'_>,
+    w: &mut impl std::io::Write,
+) -> Result<(format::vmdk::VmdkStats, Vec<format::Run>)> {
     let cid = u32::from_le_bytes(
         Guid::derive(&[b"strata-vmdk-cid", ctx.seed]).0[..4]
             .try_into()
             .unwrap_or([0; 4]),
     );
     let opts = format::vmdk::VmdkOptions { cid };
-    let mapped = format::vmdk::write_mapped(ctx.raw, &mut w, &opts, ctx.stored)
-        .map_err(|e| Error::format("writing the vmdk image", e))?;
-    std::io::Write::flush(&mut w).map_err(Error::io("writing", dest))?;
-    Ok(mapped)
+    format::vmdk::write_mapped(ctx.raw, w, &opts, ctx.stored)
+        .map_err(|e| Error::format("writing the vmdk image", e))
 }
 
 /// An ISO 9660 volume id: upper-case letters, digits and `_`, at most 32.
@@ -350,37 +367,14 @@ fn iso_volume_id(name: &str) -> String {
     }
 }
 
-/// Copies a sparse file, writing only its data ranges.
+/// Copies a sparse file, writing only its data ranges (file to file in the kernel).
 fn copy_sparse(src: &Path, dest: &Path) -> Result<()> {
-    let len = std::fs::metadata(src)
-        .map_err(Error::io("reading", src))?
-        .len();
-    copy_range(src, 0, len, dest)
-}
-
-/// Copies `len` bytes at `offset` of `src` into a new sparse file.
-fn copy_range(src: &Path, offset: u64, len: u64, dest: &Path) -> Result<()> {
-    use std::os::unix::fs::FileExt;
     let input = std::fs::File::open(src).map_err(Error::io("reading", src))?;
+    let len = input.metadata().map_err(Error::io("reading", src))?.len();
     let out = std::fs::File::create(dest).map_err(Error::io("creating", dest))?;
     out.set_len(len).map_err(Error::io("sizing", dest))?;
-    let ranges = crate::io::sparse::data_ranges(&input).map_err(Error::io("reading", src))?;
-    let mut buf = vec![0u8; 1 << 20];
-    for (start, n) in ranges {
-        let (from, to) = (start.max(offset), (start + n).min(offset + len));
-        let mut at = from;
-        while at < to {
-            let chunk = ((to - at) as usize).min(buf.len());
-            input
-                .read_exact_at(&mut buf[..chunk], at)
-                .map_err(Error::io("reading", src))?;
-            if !crate::io::sparse::is_zero(&buf[..chunk]) {
-                out.write_all_at(&buf[..chunk], at - offset)
-                    .map_err(Error::io("writing", dest))?;
-            }
-            at += chunk as u64;
-        }
-    }
+    crate::io::sparse::copy_data(&input, 0, len, &out, 0)
+        .map_err(Error::io("copying into", dest))?;
     Ok(())
 }
 

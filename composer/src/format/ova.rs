@@ -16,8 +16,11 @@
 //! signing certificates (`.cert`), OVF 2.0, disks of 8 GiB or more (the ustar size limit).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
 
@@ -222,50 +225,162 @@ fn member_header(name: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
 }
 
 /// Package the stream-optimized VMDK at `vmdk` into the OVA `out` (created or truncated).
-/// Returns the OVA's size in bytes.
+/// Returns the OVA's size in bytes. [`Streamed`] does the same for a VMDK being written.
 pub fn write(vmdk: &Path, out: &Path, opts: &OvaOptions) -> Result<u64, OvaError> {
-    check_name(&opts.name)?;
     let read_err = |source| OvaError::Read {
         path: vmdk.to_path_buf(),
         source,
     };
-    let write_err = |source| OvaError::Write {
-        path: out.to_path_buf(),
-        source,
-    };
-    let disk = File::open(vmdk).map_err(read_err)?;
-    let disk_size = disk.metadata().map_err(read_err)?.len();
-    if disk_size > USTAR_MAX {
-        return Err(OvaError::TooLarge {
-            path: vmdk.to_path_buf(),
-            size: disk_size,
-        });
-    }
-    let ovf_text = ovf(opts, disk_size);
-    let (ovf_name, mf_name, disk_name) = (
-        format!("{}.ovf", opts.name),
-        format!("{}.mf", opts.name),
-        vmdk_name(&opts.name),
-    );
-    let mf = format!(
-        "SHA256({ovf_name})= {}\nSHA256({disk_name})= {}\n",
-        crate::io::hash::bytes_sha256(ovf_text.as_bytes()),
-        crate::io::hash::file_sha256(vmdk).map_err(read_err)?
-    );
+    let mut disk = File::open(vmdk).map_err(read_err)?;
+    let size = disk.metadata().map_err(read_err)?.len();
+    let mut ova = Streamed::create(out, opts, size)?;
+    io::copy(&mut disk, &mut ova).map_err(read_err)?;
+    ova.finish(opts)
+}
 
-    let file = File::create(out).map_err(write_err)?;
-    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
-    for (name, data) in [(&ovf_name, ovf_text.as_bytes()), (&mf_name, mf.as_bytes())] {
-        let h = member_header(name, data.len() as u64, opts.mtime).map_err(write_err)?;
-        tar.append(&h, data).map_err(write_err)?;
+/// An OVA whose disk member is written straight into it, not into a scratch file first.
+///
+/// The descriptor and the manifest come first in the archive but name the disk's size and
+/// sha256, known only at the end. So the disk is written at the offset the members before
+/// it would take for a guessed size (the file is a regular one we create), hashed as it
+/// goes, and [`Streamed::finish`] writes the descriptor, the manifest and the disk's tar
+/// header in front of it. When the guess was wrong by enough digits to change the
+/// descriptor's count of 512-byte blocks (rare: it moves by a few bytes per digit), the
+/// disk is moved within the file to its place. The bytes are those of a tar writer that
+/// knew everything in advance.
+pub struct Streamed {
+    path: PathBuf,
+    disk: io::BufWriter<File>,
+    hash: Sha256,
+    size: u64,
+    /// Where the disk member's data starts.
+    start: u64,
+}
+
+impl Streamed {
+    /// Creates (or truncates) `out`, ready for the disk's bytes. `guess` and `disk_guess`
+    /// (the disk's size) are what the descriptor is guessed to hold; only the speed of
+    /// [`Streamed::finish`] depends on them.
+    pub fn create(out: &Path, guess: &OvaOptions, disk_guess: u64) -> Result<Streamed, OvaError> {
+        check_name(&guess.name)?;
+        let write_err = |source| OvaError::Write {
+            path: out.to_path_buf(),
+            source,
+        };
+        let start = disk_offset(&guess.name, ovf(guess, disk_guess).len());
+        // Readable too: a wrong guess moves the disk within the file.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .map_err(write_err)?;
+        file.seek(io::SeekFrom::Start(start)).map_err(write_err)?;
+        Ok(Streamed {
+            path: out.to_path_buf(),
+            disk: io::BufWriter::with_capacity(1 << 20, file),
+            hash: Sha256::new(),
+            size: 0,
+            start,
+        })
     }
-    let h = member_header(&disk_name, disk_size, opts.mtime).map_err(write_err)?;
-    tar.append(&h, disk.take(disk_size)).map_err(write_err)?;
-    let mut w = tar.into_inner().map_err(write_err)?;
-    w.flush().map_err(write_err)?;
-    let file = w.into_inner().map_err(|e| write_err(e.into_error()))?;
-    file.sync_data().map_err(write_err)?;
-    file.metadata().map(|m| m.len()).map_err(write_err)
+
+    /// Writes the members before the disk (descriptor from `opts`, manifest), the disk's
+    /// header and the end of the archive. Returns the OVA's size in bytes.
+    pub fn finish(self, opts: &OvaOptions) -> Result<u64, OvaError> {
+        check_name(&opts.name)?;
+        let write_err = |source| OvaError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let file = self
+            .disk
+            .into_inner()
+            .map_err(|e| write_err(e.into_error()))?;
+        if self.size > USTAR_MAX {
+            return Err(OvaError::TooLarge {
+                path: self.path,
+                size: self.size,
+            });
+        }
+        let ovf_text = ovf(opts, self.size);
+        let (ovf_name, mf_name, disk_name) = (
+            format!("{}.ovf", opts.name),
+            format!("{}.mf", opts.name),
+            vmdk_name(&opts.name),
+        );
+        let mf = format!(
+            "SHA256({ovf_name})= {}\nSHA256({disk_name})= {}\n",
+            crate::io::hash::bytes_sha256(ovf_text.as_bytes()),
+            hex::encode(self.hash.finalize())
+        );
+        let mut head = Vec::new();
+        for (name, data) in [(&ovf_name, ovf_text.as_bytes()), (&mf_name, mf.as_bytes())] {
+            let h = member_header(name, data.len() as u64, opts.mtime).map_err(write_err)?;
+            head.extend_from_slice(h.as_bytes());
+            head.extend_from_slice(data);
+            head.resize(head.len().next_multiple_of(BLOCK), 0);
+        }
+        let h = member_header(&disk_name, self.size, opts.mtime).map_err(write_err)?;
+        head.extend_from_slice(h.as_bytes());
+        let start = head.len() as u64;
+        debug_assert_eq!(start, disk_offset(&opts.name, ovf_text.len()));
+        if start != self.start {
+            move_within(&file, self.start, start, self.size).map_err(write_err)?;
+        }
+        file.write_all_at(&head, 0).map_err(write_err)?;
+        // The disk's padding to a block, then two zero blocks end the archive.
+        let end = start + self.size;
+        let total = end.next_multiple_of(BLOCK as u64) + 2 * BLOCK as u64;
+        let zeros = vec![0u8; (total - end) as usize];
+        file.write_all_at(&zeros, end).map_err(write_err)?;
+        file.set_len(total).map_err(write_err)?;
+        file.sync_data().map_err(write_err)?;
+        Ok(total)
+    }
+}
+
+impl Write for Streamed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.disk.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.disk.flush()
+    }
+}
+
+/// tar's block size.
+const BLOCK: usize = 512;
+
+/// Where the disk member's data starts when the descriptor is `ovf_len` bytes: after the
+/// descriptor and the manifest (a header block each, their data padded to blocks) and the
+/// disk's header block.
+fn disk_offset(name: &str, ovf_len: usize) -> u64 {
+    // The manifest: two lines of a fixed form, with 64 hex digits each.
+    let mf_len = format!("SHA256({name}.ovf)= \nSHA256({})= \n", vmdk_name(name)).len() + 128;
+    let blocks = |n: usize| n.div_ceil(BLOCK);
+    ((3 + blocks(ovf_len) + blocks(mf_len)) * BLOCK) as u64
+}
+
+/// Moves `len` bytes of `file` at `from` to `to`, in whichever order keeps an overlap intact.
+fn move_within(file: &File, from: u64, to: u64, len: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let count = len.div_ceil(CHUNK);
+    for i in 0..count {
+        // Moving down: first chunk first; moving up: last chunk first.
+        let k = if to < from { i } else { count - 1 - i };
+        let off = k * CHUNK;
+        let n = CHUNK.min(len - off) as usize;
+        file.read_exact_at(&mut buf[..n], from + off)?;
+        file.write_all_at(&buf[..n], to + off)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -273,6 +388,7 @@ mod tests {
     use super::super::vmdk;
     use super::*;
     use crate::io::sparse::testutil::{self, MIB};
+    use std::io::Read;
 
     fn opts(arch: Arch) -> OvaOptions {
         OvaOptions {
@@ -461,5 +577,81 @@ mod tests {
             );
         }
         check_name("strata_1.0-amd64").unwrap();
+    }
+
+    /// What a tar writer that knew the disk in advance writes (the tar crate's Builder).
+    fn reference(disk: &[u8], opts: &OvaOptions) -> Vec<u8> {
+        let ovf_text = ovf(opts, disk.len() as u64);
+        let (o, m, d) = (
+            format!("{}.ovf", opts.name),
+            format!("{}.mf", opts.name),
+            vmdk_name(&opts.name),
+        );
+        let mf = format!(
+            "SHA256({o})= {}\nSHA256({d})= {}\n",
+            crate::io::hash::bytes_sha256(ovf_text.as_bytes()),
+            crate::io::hash::bytes_sha256(disk)
+        );
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in [(&o, ovf_text.as_bytes()), (&m, mf.as_bytes()), (&d, disk)] {
+            let h = member_header(name, data.len() as u64, opts.mtime).unwrap();
+            tar.append(&h, data).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    /// The disk streamed in gives the bytes of a tar writer that knew it in advance,
+    /// whether the guessed descriptor was right, short or long by a block (the disk is then
+    /// moved down or up within the file).
+    #[test]
+    fn a_streamed_disk_gives_the_archive_a_tar_writer_gives() {
+        let mut rng = testutil::Rng::new(5);
+        let disk: Vec<u8> = (0..3 * MIB + 777).map(|_| rng.next_u64() as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("s.ova");
+        let mut moved = (0, 0);
+        let mut checked = 0;
+        // Name lengths and memory sizes shift the descriptor's length past block edges.
+        for name_len in 1..=64 {
+            for memory_mib in [1, 12, 123, 1234, 12_345, 123_456] {
+                let o = OvaOptions {
+                    name: "n".repeat(name_len),
+                    populated_bytes: 123_456_789_012,
+                    memory_mib,
+                    ..opts(Arch::Amd64)
+                };
+                let real = disk_offset(&o.name, ovf(&o, disk.len() as u64).len());
+                for guess in [1, u64::MAX] {
+                    let g = OvaOptions {
+                        populated_bytes: guess,
+                        ..o.clone()
+                    };
+                    let guessed = disk_offset(&o.name, ovf(&g, guess).len());
+                    let (up, down) = (guessed < real, guessed > real);
+                    // Every move, and a few writes in place.
+                    if !(up || down) && checked >= 4 {
+                        continue;
+                    }
+                    moved.0 += usize::from(up);
+                    moved.1 += usize::from(down);
+                    checked += 1;
+                    let mut ova = Streamed::create(&out, &g, guess).unwrap();
+                    for part in disk.chunks(100_000) {
+                        ova.write_all(part).unwrap();
+                    }
+                    let want = reference(&disk, &o);
+                    assert_eq!(ova.finish(&o).unwrap(), want.len() as u64);
+                    let got = std::fs::read(&out).unwrap();
+                    assert!(
+                        got == want,
+                        "name {name_len}, memory {memory_mib}, guess {guess}"
+                    );
+                }
+            }
+        }
+        assert!(
+            moved.0 > 0 && moved.1 > 0,
+            "both moves were exercised: {moved:?}"
+        );
     }
 }

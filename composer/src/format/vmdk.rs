@@ -13,7 +13,8 @@
 //! 3. for each non-zero grain, in guest order: a grain marker (guest sector, byte count)
 //!    and the grain as a zlib stream (RFC 1950 deflate, level 6 like `qemu-img`), padded to
 //!    a sector; the bytes the caller names as compressed already (squashfs, the initramfs's
-//!    xz or zstd segment) are stored deflate blocks, not deflated again; after
+//!    xz or zstd segment) and the blocks the incompressibility probe finds (the kernel: see
+//!    [`Stored::probed`]) are stored deflate blocks, not deflated again; after
 //!    each 32 MiB group that has grains, a grain-table marker and the grain table. Zero
 //!    grains and empty grain tables are not written (their entries are 0: reads as zeros);
 //! 4. grain-directory marker and directory, footer marker and a copy of the header holding
@@ -344,7 +345,7 @@ pub fn write_mapped(
         directory: vec![0; tables_needed as usize],
         current: None,
     };
-    let stored = Stored::new(size, stored);
+    let stored = Stored::probed(&file, stored, crate::par::jobs().min(8)).map_err(read_err)?;
     let mut runs = Vec::new();
     let populated = write_grains(&file, raw, &stored, &mut out, (&mut tables, &mut runs))?;
     tables.flush(&mut out)?;

@@ -196,6 +196,32 @@ fn next_nonzero_index(chunks: &mut NonZeroChunks<'_>) -> io::Result<Option<u64>>
     chunks.next().transpose().map(|c| c.map(|c| c.index))
 }
 
+/// Copies the data of `src` within `offset..offset + len` into `dest`, byte `offset` of `src`
+/// going to byte `at` of `dest`, file to file in the kernel (`copy_file_range` through
+/// [`std::io::copy`], no pass through user memory). Holes are skipped, so they stay holes
+/// in `dest` (whose length the caller sets). Returns the bytes copied; fewer than the data
+/// ranges hold means `src` shrank meanwhile.
+pub fn copy_data(src: &File, offset: u64, len: u64, mut dest: &File, at: u64) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let end = offset.saturating_add(len);
+    let mut copied = 0;
+    for (start, n) in data_ranges(src)? {
+        let (from, to) = (start.max(offset), (start + n).min(end));
+        if from >= to {
+            continue;
+        }
+        let mut input = src;
+        input.seek(SeekFrom::Start(from))?;
+        dest.seek(SeekFrom::Start(at + (from - offset)))?;
+        let got = io::copy(&mut input.take(to - from), &mut dest)?;
+        copied += got;
+        if got < to - from {
+            break;
+        }
+    }
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,10 @@
 //! blocks: the VMDK writer's grains (each a zlib stream, RFC 1950) and the GCE tarball's gzip
 //! stream (RFC 1952, cut every 1 MiB the way pigz cuts it) are both made of these pieces.
 //!
-//! A piece is split at the ranges the caller names as compressed already (squashfs images,
-//! the initramfs's xz or zstd segment): those go out as stored blocks (a 5-byte header per
+//! A piece is split at the ranges that hold compressed data ([`Stored`]: what the caller names,
+//! such as squashfs images and the initramfs's xz or zstd segment, and what the
+//! incompressibility probe of `stored.rs` finds, such as the kernel): those go out as stored
+//! blocks (a 5-byte header per
 //! 65 535 bytes, no compression work), and each run between them is deflated by a compressor
 //! of its own, at [`LEVEL`], ending in a sync flush so the next block starts on a byte. A
 //! fresh compressor per run is required, not a shortcut: the decoder's window holds the
@@ -34,15 +36,25 @@ pub enum End {
 }
 
 /// Byte ranges of an input that hold compressed data, sorted and merged
-/// ([`super::pieces::normalise`]: gaps too short to be worth a block of their own are stored
-/// with their neighbours).
+/// (`stored.rs`: gaps too short to be worth a block of their own are stored with their
+/// neighbours).
 #[derive(Debug, Clone, Default)]
 pub struct Stored(Vec<(u64, u64)>);
 
 impl Stored {
-    /// `ranges` (`(offset, length)`) of an input of `size` bytes.
+    /// `ranges` (`(offset, length)`) of an input of `size` bytes, as they are.
     pub fn new(size: u64, ranges: &[(u64, u64)]) -> Stored {
-        Stored(super::pieces::normalise(size, ranges))
+        Stored(super::stored::normalise(size, ranges))
+    }
+
+    /// `named` (ranges of `file` strata compressed) and the blocks of `file` the
+    /// incompressibility probe finds (`stored.rs`, the rule the `.xz`/`.zst` wrappers use).
+    pub fn probed(
+        file: &std::fs::File,
+        named: &[(u64, u64)],
+        threads: usize,
+    ) -> io::Result<Stored> {
+        super::stored::probe(file, named, threads).map(Stored)
     }
 
     /// The stored ranges within `offset..offset + len`, relative to `offset`.

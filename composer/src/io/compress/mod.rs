@@ -4,7 +4,8 @@
 //! gives the inner writer back from [`Encoder::finish`] (the initramfs's compressed segment).
 //! [`compress_file`] compresses a whole finished file (the `.xz` and `.zst` output wrappers):
 //! it cuts the file into fixed-size pieces, stores the ranges the caller names as compressed
-//! already, compresses the rest on every thread, and writes the container itself (`xz.rs`:
+//! already and the blocks a cheap probe finds incompressible (`stored.rs`), compresses the rest
+//! on every thread, and writes the container itself (`xz.rs`:
 //! one block per piece; `zstd.rs`: one frame per piece), so its output does not
 //! depend on the thread count; see `pieces.rs`. Holes in a sparse input are not read.
 //!
@@ -23,6 +24,7 @@
 
 pub mod deflate;
 mod pieces;
+mod stored;
 mod xz;
 mod zstd;
 
@@ -263,7 +265,8 @@ const FILE_BUF: usize = 1 << 20;
 /// Returns the output size in bytes.
 ///
 /// `stored` lists byte ranges `(offset, length)` of `input` that hold data compressed already
-/// (squashfs images, xz or zstd streams): they are kept as they are (LZMA2 uncompressed chunks;
+/// (squashfs images, xz or zstd streams): they, and every 64 KiB block that zstd level 1
+/// cannot shrink by 2 % (`stored.rs`: the kernel, say), are kept as they are (LZMA2 uncompressed chunks;
 /// zstd level 1 with long-distance matching, which stores incompressible blocks raw and only
 /// finds long repeats) and only the rest is compressed, on the thread count of `c`. The output is
 /// the same whatever that count (see `pieces.rs`, `xz.rs` and `zstd.rs` beside this module).
@@ -367,11 +370,18 @@ impl Job<'_> {
         }
     }
 
-    /// The input's pieces, cut at `chunk`, and the input ready to read.
-    fn plan(&self, chunk: u64) -> Result<(Vec<Piece>, Source<'_>), CompressFileError> {
+    /// The input's pieces, cut at `chunk`, and the input ready to read. The stored ones are
+    /// the caller's ranges and what the probe finds, probed on `threads` threads.
+    fn plan(
+        &self,
+        chunk: u64,
+        threads: u32,
+    ) -> Result<(Vec<Piece>, Source<'_>), CompressFileError> {
         let size = self.src.metadata().map_err(|e| self.read_err(e))?.len();
         let source = Source::new(self.src).map_err(|e| self.read_err(e))?;
-        Ok((pieces::pieces(size, self.stored, chunk), source))
+        let stored =
+            stored::probe(self.src, self.stored, threads as usize).map_err(|e| self.read_err(e))?;
+        Ok((pieces::pieces(size, &stored, chunk), source))
     }
 
     /// The .xz stream: header, one block per piece, index and footer.
@@ -381,7 +391,7 @@ impl Job<'_> {
         threads: u32,
         s: xz::Settings,
     ) -> Result<(), CompressFileError> {
-        let (pieces, source) = self.plan(s.chunk().map_err(|e| self.encode_err(e))?)?;
+        let (pieces, source) = self.plan(s.chunk().map_err(|e| self.encode_err(e))?, threads)?;
         let zeros = ZeroMemo::new();
         let encode = |p: &Piece| -> Result<Arc<xz::Block>, CompressFileError> {
             let data = source.read(p).map_err(|e| self.read_err(e))?;
@@ -414,7 +424,7 @@ impl Job<'_> {
         threads: u32,
         level: i32,
     ) -> Result<(), CompressFileError> {
-        let (pieces, source) = self.plan(ZSTD_CHUNK)?;
+        let (pieces, source) = self.plan(ZSTD_CHUNK, threads)?;
         let zeros = ZeroMemo::new();
         let encode = |p: &Piece| -> Result<Arc<Vec<u8>>, CompressFileError> {
             let data = source.read(p).map_err(|e| self.read_err(e))?;
@@ -1014,6 +1024,43 @@ mod stored_tests {
             assert!(overhead < 64 << 10, "{c:?}: {} bytes", stored.len());
             assert!(decode(&c, &stored) == text, "{c:?}");
         }
+    }
+
+    /// Noise nobody named (a kernel image, say) is found by the probe and stored: the zstd
+    /// output cuts a frame of its own around it, and both decoders give the input back.
+    #[test]
+    fn incompressible_data_nobody_named_is_stored() {
+        let raw = tempfile::NamedTempFile::new().unwrap();
+        let text: Vec<u8> = b"text around a kernel. "
+            .iter()
+            .copied()
+            .cycle()
+            .take(MIB as usize)
+            .collect();
+        let mut rng = Rng::new(11);
+        let noise: Vec<u8> = (0..MIB).map(|_| rng.next_u64() as u8).collect();
+        let data = [&text[..], &noise[..], &text[..]].concat();
+        std::fs::write(raw.path(), &data).unwrap();
+        let zstd = Compression::Zstd {
+            level: 3,
+            threads: 2,
+        };
+        let out = compress(raw.path(), &zstd, &[]);
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let n = ::zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            frames.push(n);
+            rest = &rest[n..];
+        }
+        assert_eq!(frames.len(), 3, "packed, stored, packed: {frames:?}");
+        assert!(frames[1] as u64 >= MIB, "{frames:?}");
+        assert!(decode(&zstd, &out) == data);
+        cli_judge("zstd", &out, raw.path());
+        let xz = settings()[1];
+        let out = compress(raw.path(), &xz, &[]);
+        assert!(decode(&xz, &out) == data);
+        cli_judge("xz", &out, raw.path());
     }
 
     /// `xz -l` sees one block per piece with sizes in the headers, and the empty file works.

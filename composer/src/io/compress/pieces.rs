@@ -1,11 +1,11 @@
 //! How [`super::compress_file`] cuts a file into independently encoded pieces, and the
 //! order-keeping parallel loop that encodes them.
 //!
-//! The caller names the byte ranges that hold data strata compressed itself (squashfs images,
-//! an xz or zstd stream): compressing them again costs time and gains little. Those *stored*
-//! ranges become pieces that the container keeps as they are (LZMA2 uncompressed chunks; zstd
-//! raw blocks, save for long repeats that a level-1 pass finds); everything between them becomes *packed* pieces that are compressed. Both kinds
-//! are cut at a fixed size, so the pieces, and therefore the output bytes, depend only on the
+//! The *stored* ranges (see `stored.rs`: what strata compressed itself and what the probe finds
+//! incompressible) become pieces that the container keeps as they are (LZMA2 uncompressed
+//! chunks; zstd raw blocks, save for long repeats that a level-1 pass finds); everything
+//! between them becomes *packed* pieces that are compressed. Both kinds are cut at a fixed
+//! size, so the pieces, and therefore the output bytes, depend only on the
 //! file and the ranges, never on the thread count. Pieces are encoded `threads` at a time and
 //! written in order; memory stays at a few pieces per thread whatever the file size.
 //!
@@ -17,10 +17,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-
-/// Gaps between stored ranges shorter than this are stored along with them: a piece of its own
-/// costs more in container overhead than compressing a few hundred bytes saves.
-const MIN_GAP: u64 = 1024;
 
 /// What happens to a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,25 +38,6 @@ pub(super) struct Piece {
     pub kind: Kind,
 }
 
-/// `stored` clipped to `size`, sorted, with overlapping, touching and nearly touching ranges
-/// (gaps under [`MIN_GAP`]) merged.
-pub(super) fn normalise(size: u64, stored: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = stored
-        .iter()
-        .map(|&(off, len)| (off.min(size), off.saturating_add(len).min(size)))
-        .filter(|(start, end)| start < end)
-        .collect();
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (start, end) in ranges {
-        match merged.last_mut() {
-            Some((_, last_end)) if start <= *last_end + MIN_GAP => *last_end = (*last_end).max(end),
-            _ => merged.push((start, end)),
-        }
-    }
-    merged.into_iter().map(|(s, e)| (s, e - s)).collect()
-}
-
 /// The pieces of a `size`-byte input: the stored ranges and the gaps between them, each cut
 /// into runs of at most `chunk` bytes counted from the start of its range.
 pub(super) fn pieces(size: u64, stored: &[(u64, u64)], chunk: u64) -> Vec<Piece> {
@@ -74,7 +51,7 @@ pub(super) fn pieces(size: u64, stored: &[(u64, u64)], chunk: u64) -> Vec<Piece>
         }
     };
     let mut at = 0;
-    for (off, len) in normalise(size, stored) {
+    for (off, len) in super::stored::normalise(size, stored) {
         cut(at, off, Kind::Packed);
         cut(off, off + len, Kind::Stored);
         at = off + len;
@@ -165,25 +142,6 @@ pub(super) fn run<E: Send, Err: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_are_clipped_sorted_and_merged() {
-        let got = normalise(
-            10_000,
-            &[
-                (9_000, 5_000),
-                (100, 100),
-                (150, 100),
-                (2_000, 10),
-                (2_500, 0),
-            ],
-        );
-        // 100..250 and 2000..2010 are 1750 apart: kept apart; 9000.. is clipped.
-        assert_eq!(got, vec![(100, 150), (2_000, 10), (9_000, 1_000)]);
-        // A gap under MIN_GAP is swallowed.
-        assert_eq!(normalise(5_000, &[(0, 10), (500, 10)]), vec![(0, 510)]);
-        assert!(normalise(0, &[(0, 10)]).is_empty());
-    }
 
     #[test]
     fn pieces_cover_the_file_in_order_and_respect_the_chunk() {
