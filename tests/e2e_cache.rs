@@ -290,49 +290,51 @@ fn a_build_killed_while_storing_leaves_nothing_trusted() {
     if !have_inputs("amd64") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let profile = repo().join("profiles/default.yaml");
-    let killed = dir.path().join("killed");
-    kill_when(&profile, &killed, &cache, |pid| {
+    let run = kill_and_rebuild(|cache, pid| {
         !names_in(&cache.join("tmp"), &format!(".partial-{pid}-")).is_empty()
     });
-    let again = dir.path().join("again");
-    build(&profile, &again, &cache, &[]);
-    let left: Vec<String> = std::fs::read_dir(cache.join("tmp"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
     assert_eq!(
-        left,
+        names_in(&run.cache.join("tmp"), ""),
         Vec::<String>::new(),
         "the killed build's partial entry was swept"
     );
-    let n = dir.path().join("n");
-    build(&profile, &n, &cache, &["--no-cache"]);
-    assert_same(&again, &n);
-    let o = strata(
-        &["cache", "verify", "--cache", cache.to_str().unwrap()],
-        &cache,
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("removed 0 entries"),
-        "{}",
-        text(&o)
-    );
+    run.assert_like_a_clean_build();
+    assert_cache_verifies_clean(&run.cache);
 }
 
-/// The names in `dir` that start with `prefix` (none when `dir` does not exist).
-fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
+/// A default build killed by [`kill_when`] once `ready(cache, pid)` holds, then built again
+/// with the same cache (into `again`).
+struct Killed {
+    dir: tempfile::TempDir,
+    cache: PathBuf,
+    profile: PathBuf,
+    again: PathBuf,
+}
+
+fn kill_and_rebuild(ready: impl Fn(&Path, u32) -> bool) -> Killed {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let profile = repo().join("profiles/default.yaml");
+    kill_when(&profile, &dir.path().join("killed"), &cache, |pid| {
+        ready(&cache, pid)
+    });
+    let again = dir.path().join("again");
+    build(&profile, &again, &cache, &[]);
+    Killed {
+        dir,
+        cache,
+        profile,
+        again,
+    }
+}
+
+impl Killed {
+    /// The rebuild made the bytes a `--no-cache` build makes.
+    fn assert_like_a_clean_build(&self) {
+        let n = self.dir.path().join("n");
+        build(&self.profile, &n, &self.cache, &["--no-cache"]);
+        assert_same(&self.again, &n);
+    }
 }
 
 /// Starts a build of `profile` into `out` with `cache` and SIGKILLs it as soon as `ready`
@@ -369,24 +371,16 @@ fn a_build_killed_while_the_kernel_unpacks_beside_the_images_rebuilds_the_same_b
     if !have_inputs("amd64") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let profile = repo().join("profiles/default.yaml");
-    let killed = dir.path().join("killed");
-    kill_when(&profile, &killed, &cache, |pid| {
+    let run = kill_and_rebuild(|cache, pid| {
         let partial = format!(".partial-{pid}-");
         !names_in(&cache.join("kernels"), &partial).is_empty()
             && !names_in(&cache.join("tmp"), &partial).is_empty()
     });
-    let again = dir.path().join("again");
-    build(&profile, &again, &cache, &[]);
     assert_eq!(
-        names_in(&cache.join("kernels"), ".partial-"),
+        names_in(&run.cache.join("kernels"), ".partial-"),
         Vec::<String>::new(),
         "the killed build's partial kernel was swept"
     );
-    assert_eq!(names_in(&cache.join("tmp"), ""), Vec::<String>::new());
-    let n = dir.path().join("n");
-    build(&profile, &n, &cache, &["--no-cache"]);
-    assert_same(&again, &n);
+    assert_eq!(names_in(&run.cache.join("tmp"), ""), Vec::<String>::new());
+    run.assert_like_a_clean_build();
 }

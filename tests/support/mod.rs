@@ -240,3 +240,28 @@ pub fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// The names in `dir` that start with `prefix` (none when `dir` does not exist).
+pub fn names_in(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `strata cache verify` on `cache` finds every entry sound (removes none).
+pub fn assert_cache_verifies_clean(cache: &Path) {
+    let o = strata(
+        &["cache", "verify", "--cache", cache.to_str().unwrap()],
+        cache,
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("removed 0 entries"),
+        "{}",
+        text(&o)
+    );
+}

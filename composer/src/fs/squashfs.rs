@@ -1108,6 +1108,20 @@ mod tests {
         }
     }
 
+    /// `files` (path, bytes) written into a new directory, read back as a root-owned tree.
+    fn root_owned_tree(files: &[(String, Vec<u8>)]) -> (tempfile::TempDir, Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, bytes).unwrap();
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut tree = Tree::from_dir(dir.path()).unwrap();
+        tree.all_root();
+        (dir, tree)
+    }
+
     /// A tree that meets every way backhand cuts data, and how many data blocks (fragment blocks
     /// aside) it compresses: files of several blocks, poorly and well compressible (6 + 3), one
     /// with two blocks of zeros, which become holes, between two others (2), one of zeros only
@@ -1137,15 +1151,7 @@ mod tests {
             ));
         }
         files.push(("small/copy-of-07".into(), noise(9000 + 97 * 7, 107)));
-        let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in &files {
-            let path = dir.path().join(name);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, bytes).unwrap();
-        }
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let mut tree = Tree::from_dir(dir.path()).unwrap();
-        tree.all_root();
+        let (dir, tree) = root_owned_tree(&files);
         (dir, tree, 6 + 3 + 2 + 1 + 6)
     }
 
@@ -1259,15 +1265,7 @@ mod tests {
         copy(&mut files, "c/one-block-copy".into(), "c/one-block".into());
         files.push(("c/tail".into(), [noise(BS, 701), small(0)].concat()));
         copy(&mut files, "c/tail-z".into(), "a/00".into());
-        let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in &files {
-            let path = dir.path().join(name);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, bytes).unwrap();
-        }
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let mut tree = Tree::from_dir(dir.path()).unwrap();
-        tree.all_root();
+        let (dir, tree) = root_owned_tree(&files);
         (dir, tree, 2 + 1 + 1, copies)
     }
 
