@@ -39,6 +39,9 @@ impl CompressionAction for DefaultCompressor {
         _fc: Self::FilesystemCompressor,
         _block_size: u32,
     ) -> Result<Vec<u8>, Self::Error> {
-        unimplemented!();
+        // PATCH (strata): an error, not a panic; backhand only reads squashfs v3 images.
+        Err(crate::error::BackhandError::UnsupportedCompression(
+            "writing squashfs v3 images is not supported".to_string(),
+        ))
     }
 }

@@ -90,6 +90,9 @@ impl CompressionAction for LzmaStandardCompressor {
         _fc: Self::FilesystemCompressor,
         _block_size: u32,
     ) -> Result<Vec<u8>, Self::Error> {
-        unimplemented!();
+        // PATCH (strata): an error, not a panic; backhand only reads squashfs v3 with lzma images.
+        Err(crate::error::BackhandError::UnsupportedCompression(
+            "writing squashfs v3 with lzma images is not supported".to_string(),
+        ))
     }
 }

@@ -31,6 +31,9 @@ impl CompressionAction for V4LzmaAdaptiveCompressor {
         _fc: Self::FilesystemCompressor,
         _block_size: u32,
     ) -> Result<Vec<u8>, Self::Error> {
-        unimplemented!();
+        // PATCH (strata): an error, not a panic; backhand only reads squashfs v4 with lzma images.
+        Err(crate::error::BackhandError::UnsupportedCompression(
+            "writing squashfs v4 with lzma images is not supported".to_string(),
+        ))
     }
 }
