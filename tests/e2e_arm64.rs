@@ -57,12 +57,7 @@ fn the_default_profile_builds_and_boots_for_arm64() {
         kernel["machine"], "aarch64",
         "the guest must say it runs on aarch64: {kernel}"
     );
-    let names: Vec<&str> = result["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap())
-        .collect();
+    let names = layer_names(&result);
     assert_eq!(names, ["hello", "motd"]);
 }
 

@@ -435,16 +435,7 @@ fn a_signed_uki_boots_with_the_predicted_pcr11() {
     )
     .unwrap();
     let out = dir.join("out");
-    let o = strata(
-        &[
-            "build",
-            profile.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &shared_cache(),
-    );
-    assert!(o.status.success(), "build failed: {}", text(&o));
+    build_ok(&profile, &out);
     let m = manifest(&out);
     let pcr = &m["builds"][0]["pcr11"];
     let phases: Vec<&str> = pcr["phases"]

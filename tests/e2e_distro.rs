@@ -27,16 +27,7 @@ fn profile_in(text: &str) -> (tempfile::TempDir, PathBuf) {
 
 fn build(profile: &Path, out: &Path) {
     let _ = std::fs::remove_dir_all(out);
-    let o = strata(
-        &[
-            "build",
-            profile.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &shared_cache(),
-    );
-    assert!(o.status.success(), "build failed: {}", text(&o));
+    build_ok(profile, out);
 }
 
 #[test]

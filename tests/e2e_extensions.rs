@@ -129,12 +129,7 @@ fn profile(
 
 fn boots_with_every_layer(raw: &Path, cache: &Path) -> serde_json::Value {
     let r = boot_passes(raw, &[], cache);
-    let names: Vec<&str> = r["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap())
-        .collect();
+    let names = layer_names(&r);
     for want in ["hello", "hello-service", "dummy-module", "tools"] {
         assert!(names.contains(&want), "{want} not reported: {names:?}");
     }

@@ -270,12 +270,7 @@ fn boots(arch: &str, file: &str, media: &str) {
         cmd.contains(media),
         "{file} was not attached as {media}: {cmd}"
     );
-    let names: Vec<&str> = r["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap())
-        .collect();
+    let names = layer_names(&r);
     assert_eq!(names, ["hello", "motd"], "{file}");
 }
 
@@ -393,12 +388,7 @@ fn amd64_every_platform_boots_from_one_call_and_a_corrupted_artefact_fails() {
             cmd.join(" ").contains(media),
             "{file} was not attached as {media}: {cmd:?}"
         );
-        let names: Vec<&str> = r["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["name"].as_str().unwrap())
-            .collect();
+        let names = layer_names(r);
         assert_eq!(names, ["hello", "motd"], "{file}");
     }
     let xml = std::fs::read_to_string(&junit).unwrap();

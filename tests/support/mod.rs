@@ -265,3 +265,28 @@ pub fn assert_cache_verifies_clean(cache: &Path) {
         text(&o)
     );
 }
+
+/// The names of the layers a guest reported in its boot result, lowest first.
+pub fn layer_names(result: &serde_json::Value) -> Vec<&str> {
+    result["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect()
+}
+
+/// `strata build PROFILE --out OUT` with the shared cache; panics with strata's output if
+/// the build fails.
+pub fn build_ok(profile: &Path, out: &Path) {
+    let o = strata(
+        &[
+            "build",
+            profile.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
+    assert!(o.status.success(), "build failed: {}", text(&o));
+}
