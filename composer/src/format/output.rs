@@ -261,8 +261,12 @@ fn produce(
             let (stats, runs) = vmdk_into(ctx, &mut ova)?;
             opts.capacity_bytes = stats.capacity_bytes;
             opts.populated_bytes = stats.populated_bytes;
-            ova.finish(&opts).map_err(ova_err)?;
-            return in_ova(dest, ctx.name, format::through(ctx.stored, &runs));
+            let packed = ova.finish(&opts).map_err(ova_err)?;
+            let in_vmdk = format::through(ctx.stored, &runs);
+            return Ok(in_vmdk
+                .into_iter()
+                .map(|(o, n)| (o + packed.disk_offset, n))
+                .collect());
         }
         Format::GcpTar => {
             format::gcp::write(ctx.raw, dest, ctx.epoch, ctx.stored)
@@ -296,28 +300,6 @@ fn in_iso(stored: &[(u64, u64)], esp: (u64, u64), iso_esp: u64) -> Vec<(u64, u64
             (start < end).then(|| (start - esp.0 + iso_esp, end - start))
         })
         .collect()
-}
-
-/// `ranges` of the VMDK as ranges of the OVA `ova` that carries it: moved by the offset of
-/// the disk member's data, read back from the archive's headers.
-fn in_ova(ova: &Path, name: &str, ranges: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>> {
-    let disk = format::ova::vmdk_name(name);
-    let f = std::fs::File::open(ova).map_err(Error::io("reading", ova))?;
-    let mut archive = tar::Archive::new(f);
-    let entries = archive
-        .entries_with_seek()
-        .map_err(Error::io("reading", ova))?;
-    for entry in entries {
-        let entry = entry.map_err(Error::io("reading", ova))?;
-        if entry.path_bytes().as_ref() == disk.as_bytes() {
-            let at = entry.raw_file_position();
-            return Ok(ranges.into_iter().map(|(o, n)| (o + at, n)).collect());
-        }
-    }
-    Err(Error::format(
-        format!("reading {} back", ova.display()),
-        format!("it holds no {disk}"),
-    ))
 }
 
 fn write_vmdk(

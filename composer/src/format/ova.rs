@@ -235,7 +235,7 @@ pub fn write(vmdk: &Path, out: &Path, opts: &OvaOptions) -> Result<u64, OvaError
     let size = disk.metadata().map_err(read_err)?.len();
     let mut ova = Streamed::create(out, opts, size)?;
     io::copy(&mut disk, &mut ova).map_err(read_err)?;
-    ova.finish(opts)
+    Ok(ova.finish(opts)?.size)
 }
 
 /// An OVA whose disk member is written straight into it, not into a scratch file first.
@@ -287,8 +287,9 @@ impl Streamed {
     }
 
     /// Writes the members before the disk (descriptor from `opts`, manifest), the disk's
-    /// header and the end of the archive. Returns the OVA's size in bytes.
-    pub fn finish(self, opts: &OvaOptions) -> Result<u64, OvaError> {
+    /// header and the end of the archive. Returns the OVA's size and where the disk's bytes
+    /// ended up.
+    pub fn finish(self, opts: &OvaOptions) -> Result<Packed, OvaError> {
         check_name(&opts.name)?;
         let write_err = |source| OvaError::Write {
             path: self.path.clone(),
@@ -337,8 +338,21 @@ impl Streamed {
         file.write_all_at(&zeros, end).map_err(write_err)?;
         file.set_len(total).map_err(write_err)?;
         file.sync_data().map_err(write_err)?;
-        Ok(total)
+        Ok(Packed {
+            size: total,
+            disk_offset: start,
+        })
     }
+}
+
+/// A finished OVA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packed {
+    /// The archive's size in bytes.
+    pub size: u64,
+    /// Offset of the disk member's data: a byte at offset `o` of the VMDK is at
+    /// `disk_offset + o` of the OVA (what a wrapper needs to store the VMDK's stored runs).
+    pub disk_offset: u64,
 }
 
 impl Write for Streamed {
@@ -640,7 +654,7 @@ mod tests {
                         ova.write_all(part).unwrap();
                     }
                     let want = reference(&disk, &o);
-                    assert_eq!(ova.finish(&o).unwrap(), want.len() as u64);
+                    assert_eq!(ova.finish(&o).unwrap().size, want.len() as u64);
                     let got = std::fs::read(&out).unwrap();
                     assert!(
                         got == want,
