@@ -69,28 +69,32 @@ pub struct Written {
 }
 
 /// Writes `kinds` (plain `raw` excluded: the raw image itself is that
-/// output) on up to `workers` threads, each by `one`.
+/// output) on up to `workers` threads, each by `one`, and returns them in the order of
+/// `kinds`. The costliest start first ([`cost_rank`]): started last, a `.raw.zst` would run
+/// alone on one core after the quick formats are done.
 pub fn write_all(
     kinds: &[OutputKind],
     workers: usize,
     one: impl Fn(OutputKind) -> Result<Written> + Sync,
 ) -> Result<Vec<Written>> {
+    let mut order: Vec<usize> = (0..kinds.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(cost_rank(kinds[i])));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<Written>)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, kinds.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(kind) = kinds.get(i) else { break };
-                let r = one(*kind);
-                let failed = r.is_err();
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((i, r));
-                if failed {
-                    // Stop handing out work: the build fails anyway.
-                    next.store(kinds.len(), Ordering::SeqCst);
+            s.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let r = one(kinds[i]);
+                    let failed = r.is_err();
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, r));
+                    if failed {
+                        // Stop handing out work: the build fails anyway.
+                        next.store(kinds.len(), Ordering::SeqCst);
+                    }
                 }
             });
         }
@@ -98,6 +102,18 @@ pub fn write_all(
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// How much work writing `kind` is, roughly, as a rank: a compression wrapper reads and
+/// compresses the whole artefact; VMDK, OVA and the GCE tarball deflate the disk's data; the
+/// ISO copies the ESP; qcow2 and VHD only copy the data clusters.
+fn cost_rank(kind: OutputKind) -> u8 {
+    match (kind.wrap, kind.format) {
+        (Some(_), _) => 3,
+        (None, Format::Vmdk | Format::Ova | Format::GcpTar) => 2,
+        (None, Format::Iso) => 1,
+        (None, Format::Raw | Format::Qcow2 | Format::Vhd | Format::VhdDynamic) => 0,
+    }
 }
 
 /// Writes output `kind` to `dest` as a sub-step of `step` named after its file; a wrapped
@@ -620,6 +636,37 @@ fn is_plain_raw(k: &OutputKind) -> bool {
 mod tests {
     use super::*;
     use crate::io::sparse::testutil;
+
+    /// The costliest outputs are handed out first, and come back in the order asked for.
+    #[test]
+    fn write_all_starts_the_costliest_and_keeps_the_order() {
+        let kind = |format, wrap| OutputKind {
+            format,
+            wrap,
+            qcow2_cluster_bits: 16,
+        };
+        let kinds = [
+            kind(Format::Qcow2, None),
+            kind(Format::Iso, None),
+            kind(Format::Ova, None),
+            kind(Format::Raw, Some(Wrap::Zst)),
+        ];
+        let started = Mutex::new(Vec::new());
+        let written = write_all(&kinds, 1, |k| {
+            started.lock().unwrap().push(k);
+            Ok(Written {
+                kind: k,
+                file_name: String::new(),
+                tmp: NamedTempFile::new().unwrap(),
+                outcome: Outcome::Bypassed,
+            })
+        })
+        .unwrap();
+        let started = started.into_inner().unwrap();
+        assert_eq!(started, [kinds[3], kinds[2], kinds[1], kinds[0]]);
+        let back: Vec<OutputKind> = written.iter().map(|w| w.kind).collect();
+        assert_eq!(back, kinds);
+    }
 
     /// A context for the 48 MiB test image with its stored ranges.
     fn context<'a>(raw: &'a Path, stored: &'a [(u64, u64)], dir: &'a Path) -> Context<'a> {
