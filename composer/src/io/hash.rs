@@ -105,9 +105,18 @@ pub fn file_digests(file: &std::fs::File, plain: bool, sparse: bool) -> io::Resu
     let size = file.metadata()?.len();
     let mut whole = plain.then(Sha256::new);
     let mut chunks = sparse.then(|| Sha256::new_with_prefix(b"strata-sparse-sha256-v1"));
-    let mut buf = vec![0u8; 1 << 20];
+    // A buffer no longer than the file: most files of a root are a few KiB, and zeroing a
+    // MiB for each cost more than hashing them. Such a file has no holes worth asking the
+    // kernel about (two lseek calls each); read whole, its zero chunks are still left out of
+    // the sparse digest, so the digests do not change.
+    let mut buf = vec![0u8; size.clamp(1, 1 << 20) as usize];
+    let spans = if size <= 1 << 20 {
+        vec![(0, size)]
+    } else {
+        chunk_spans(&crate::io::sparse::data_ranges(file)?, size)
+    };
     let mut pos = 0u64;
-    for (start, end) in chunk_spans(&crate::io::sparse::data_ranges(file)?, size) {
+    for (start, end) in spans {
         if let Some(h) = whole.as_mut() {
             zeros(h, start - pos);
         }
