@@ -196,6 +196,10 @@ fn wrap(
         },
         Wrap::Zst => Compression::Zstd { level: 19, threads },
     };
+    // One wrapper at a time: each may hold the encoders' whole memory budget (see
+    // `io::compress`), and each already runs on every thread it may have.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     compress_file_metered(input, output, &c, stored, read)
         .map_err(|e| Error::format(format!("compressing {}", output.display()), e))?;
     Ok(())

@@ -18,9 +18,10 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
-/// Memory the threaded xz decoder may use before it falls back to one thread; dpkg's blocks
-/// are 24 MiB, so two threads need about 80 MiB.
-const XZ_THREAD_MEMLIMIT: u64 = 512 << 20;
+/// Memory the threaded xz decoder may use; it runs fewer threads when more would need more
+/// (one at least). dpkg's blocks are 24 MiB, so a thread needs about 40 MiB and three fit.
+/// The kernel package is decoded beside the squashfs step, inside the build's 512 MiB.
+const XZ_THREAD_MEMLIMIT: u64 = 128 << 20;
 
 /// Bytes [`sniff`] looks at: the longest magic (xz) is 6.
 const MAGIC_LEN: usize = 6;

@@ -317,20 +317,33 @@ pub fn compress_file_metered(
             check,
         } => {
             check_xz(preset, threads).map_err(init_err)?;
-            job.xz(
-                &mut dst,
-                threads,
-                xz::Settings::new(preset, check).map_err(read_err)?,
-            )?;
+            let s = xz::Settings::new(preset, check).map_err(read_err)?;
+            let per_thread = s.memory_per_thread().map_err(|e| job.encode_err(e))?;
+            job.xz(&mut dst, threads, within_budget(threads, per_thread), s)?;
         }
         Compression::Zstd { level, threads } => {
             check_zstd(level, threads).map_err(init_err)?;
-            job.zstd(&mut dst, threads, level)?;
+            let per_thread = zstd::memory_per_thread(level).map_err(|e| job.encode_err(e))?;
+            job.zstd(&mut dst, threads, within_budget(threads, per_thread), level)?;
         }
     }
     let file = dst.into_inner().map_err(|e| write_err(e.into_error()))?;
     file.sync_data().map_err(write_err)?;
     Ok(file.metadata().map_err(write_err)?.len())
+}
+
+/// Memory the threads of one [`compress_file`] may hold together. Each holds a piece, its
+/// encoding and an encoder, about 140 MiB at xz preset 6 or zstd level 19, so the thread
+/// count is cut to what fits: two threads. Uncut, a 16-core machine would hold 2 GiB for one
+/// `.raw.xz`; cut, the build's peak stays under its 512 MiB whatever the core count (the
+/// output does not depend on the thread count).
+const ENCODER_BUDGET: u64 = 320 << 20;
+
+/// `threads`, fewer if that many threads of `per_thread` bytes would exceed [`ENCODER_BUDGET`];
+/// at least one.
+fn within_budget(threads: u32, per_thread: u64) -> u32 {
+    let fit = (ENCODER_BUDGET / per_thread.max(1)).max(1);
+    threads.min(u32::try_from(fit).unwrap_or(u32::MAX)).max(1)
 }
 
 /// Copies `src` to `dst` unchanged.
@@ -384,11 +397,13 @@ impl Job<'_> {
         Ok((pieces::pieces(size, &stored, chunk), source))
     }
 
-    /// The .xz stream: header, one block per piece, index and footer.
+    /// The .xz stream: header, one block per piece, index and footer. The probe runs on
+    /// `threads` threads, the encoders on `encoders` ([`within_budget`]).
     fn xz(
         &self,
         dst: &mut impl Write,
         threads: u32,
+        encoders: u32,
         s: xz::Settings,
     ) -> Result<(), CompressFileError> {
         let (pieces, source) = self.plan(s.chunk().map_err(|e| self.encode_err(e))?, threads)?;
@@ -408,7 +423,7 @@ impl Job<'_> {
         dst.write_all(&xz::stream_header(s.check))
             .map_err(|e| self.write_err(e))?;
         let mut records = Vec::with_capacity(pieces.len());
-        pieces::run(&pieces, threads as usize, encode, |p, b| {
+        pieces::run(&pieces, encoders as usize, encode, |p, b| {
             self.read.add(p.len);
             records.push((b.unpadded, b.uncompressed));
             dst.write_all(&b.bytes).map_err(|e| self.write_err(e))
@@ -417,11 +432,12 @@ impl Job<'_> {
             .map_err(|e| self.write_err(e))
     }
 
-    /// Concatenated zstd frames, one per piece.
+    /// Concatenated zstd frames, one per piece; threads as in [`Job::xz`].
     fn zstd(
         &self,
         dst: &mut impl Write,
         threads: u32,
+        encoders: u32,
         level: i32,
     ) -> Result<(), CompressFileError> {
         let (pieces, source) = self.plan(ZSTD_CHUNK, threads)?;
@@ -446,7 +462,7 @@ impl Job<'_> {
                 .write_all(&zstd::deduped_frame(&[]).map_err(|e| self.encode_err(e))?)
                 .map_err(|e| self.write_err(e));
         }
-        pieces::run(&pieces, threads as usize, encode, |p, f| {
+        pieces::run(&pieces, encoders as usize, encode, |p, f| {
             self.read.add(p.len);
             dst.write_all(&f).map_err(|e| self.write_err(e))
         })
@@ -498,6 +514,26 @@ impl<W: Write> Write for Encoder<W> {
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    /// The wrappers' settings fit two threads in the budget (what a 2-core machine ran
+    /// before there was one), and no more: a many-core machine gets two, not one per core.
+    #[test]
+    fn the_encoder_budget_holds_two_threads_of_the_wrappers_settings() {
+        let xz = xz::Settings::new(6, XzCheck::Crc64)
+            .unwrap()
+            .memory_per_thread()
+            .unwrap();
+        let zst = zstd::memory_per_thread(19).unwrap();
+        for per_thread in [xz, zst] {
+            assert!(per_thread > 100 << 20, "{per_thread}");
+            assert_eq!(within_budget(64, per_thread), 2, "{per_thread}");
+            assert_eq!(within_budget(1, per_thread), 1);
+        }
+        // Level 1's context is small: the piece and its encoding are most of it.
+        assert!(zstd::memory_per_thread(1).unwrap() < zst);
+        assert_eq!(within_budget(8, u64::MAX), 1);
+        assert_eq!(within_budget(8, 0), 8);
+    }
 
     /// About 2 MiB of text-like, compressible but not trivial data.
     fn sample() -> Vec<u8> {

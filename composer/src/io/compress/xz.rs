@@ -53,6 +53,21 @@ impl Settings {
     pub fn chunk(&self) -> io::Result<u64> {
         Ok(3 * u64::from(preset_dict(self.preset)?))
     }
+
+    /// What one thread of [`super::compress_file`] holds at most: liblzma's encoder at the
+    /// preset (94 MiB at 6, as `xz --info-memory` says), a full piece and its encoding.
+    pub fn memory_per_thread(&self) -> io::Result<u64> {
+        // SAFETY: a plain function of an integer; it returns UINT64_MAX for a preset it
+        // does not know.
+        let encoder = unsafe { liblzma_sys::lzma_easy_encoder_memusage(self.preset) };
+        if encoder == u64::MAX {
+            return Err(io::Error::other(format!(
+                "xz preset {} is not known",
+                self.preset
+            )));
+        }
+        Ok(encoder + 2 * self.chunk()?)
+    }
 }
 
 /// One encoded block and what the index records of it.

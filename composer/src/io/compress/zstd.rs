@@ -28,6 +28,31 @@ pub(super) fn deduped_frame(data: &[u8]) -> io::Result<Vec<u8>> {
 /// shrinks it to the piece's size.
 const LDM_WINDOW_LOG: u32 = 27;
 
+/// What one thread of [`super::compress_file`] holds at most: libzstd's context for a full
+/// piece at `level` (its tables: about 80 MiB at level 19), the piece and its encoding. The
+/// context is measured, not estimated: libzstd sizes it when told the piece's length.
+pub(super) fn memory_per_thread(level: i32) -> io::Result<u64> {
+    use ::zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer, ResetDirective};
+    let err = |code| io::Error::other(::zstd::zstd_safe::get_error_name(code));
+    let mut c = CCtx::create();
+    c.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(err)?;
+    c.set_pledged_src_size(Some(super::ZSTD_CHUNK))
+        .map_err(err)?;
+    let mut out = [0u8; 64];
+    let mut out = OutBuffer::around(&mut out[..]);
+    let mut input = InBuffer::around(&[]);
+    c.compress_stream2(
+        &mut out,
+        &mut input,
+        ::zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
+    )
+    .map_err(err)?;
+    let context = c.sizeof() as u64;
+    c.reset(ResetDirective::SessionOnly).map_err(err)?;
+    Ok(context + 2 * super::ZSTD_CHUNK)
+}
+
 /// A frame holding `data` compressed by libzstd at `level`.
 pub(super) fn packed_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     use ::zstd::zstd_safe::CParameter;
