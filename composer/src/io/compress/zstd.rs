@@ -32,7 +32,7 @@ const LDM_WINDOW_LOG: u32 = 27;
 /// piece at `level` (its tables: about 80 MiB at level 19), the piece and its encoding. The
 /// context is measured, not estimated: libzstd sizes it when told the piece's length.
 pub(super) fn memory_per_thread(level: i32) -> io::Result<u64> {
-    use ::zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer, ResetDirective};
+    use ::zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
     let err = |code| io::Error::other(::zstd::zstd_safe::get_error_name(code));
     let mut c = CCtx::create();
     c.set_parameter(CParameter::CompressionLevel(level))
@@ -48,9 +48,7 @@ pub(super) fn memory_per_thread(level: i32) -> io::Result<u64> {
         ::zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
     )
     .map_err(err)?;
-    let context = c.sizeof() as u64;
-    c.reset(ResetDirective::SessionOnly).map_err(err)?;
-    Ok(context + 2 * super::ZSTD_CHUNK)
+    Ok(c.sizeof() as u64 + 2 * super::ZSTD_CHUNK)
 }
 
 /// A frame holding `data` compressed by libzstd at `level`.
