@@ -15,16 +15,7 @@ fn built() -> Option<&'static PathBuf> {
     Some(OUT.get_or_init(|| {
         let out = repo().join("target/e2e/default-a");
         let _ = std::fs::remove_dir_all(&out);
-        let o = strata(
-            &[
-                "build",
-                "profiles/default.yaml",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &shared_cache(),
-        );
-        assert!(o.status.success(), "build failed: {}", text(&o));
+        build_ok(Path::new("profiles/default.yaml"), &out);
         out
     }))
 }

@@ -23,15 +23,7 @@ fn refused(profile: &str, code: i32, wants: &[&str]) {
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, profile).unwrap();
     let out = dir.path().join("out");
-    let o = strata(
-        &[
-            "build",
-            path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &shared_cache(),
-    );
+    let o = build(&path, &out);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(code), "{}", text(&o));
     for w in wants {
@@ -288,16 +280,7 @@ fn a_guest_that_cannot_report_in_time_exits_1() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let build = strata(
-        &[
-            "build",
-            "profiles/default.yaml",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &shared_cache(),
-    );
-    assert!(build.status.success(), "{}", text(&build));
+    build_ok(std::path::Path::new("profiles/default.yaml"), &out);
     let art = out.join("metal-amd64.raw");
     // One second is too short for any guest to boot and report.
     let o = strata(

@@ -276,10 +276,9 @@ pub fn layer_names(result: &serde_json::Value) -> Vec<&str> {
         .collect()
 }
 
-/// `strata build PROFILE --out OUT` with the shared cache; panics with strata's output if
-/// the build fails.
-pub fn build_ok(profile: &Path, out: &Path) {
-    let o = strata(
+/// `strata build PROFILE --out OUT` with the shared cache, whatever its outcome.
+pub fn build(profile: &Path, out: &Path) -> Output {
+    strata(
         &[
             "build",
             profile.to_str().unwrap(),
@@ -287,6 +286,11 @@ pub fn build_ok(profile: &Path, out: &Path) {
             out.to_str().unwrap(),
         ],
         &shared_cache(),
-    );
+    )
+}
+
+/// [`build`]; panics with strata's output if the build fails.
+pub fn build_ok(profile: &Path, out: &Path) {
+    let o = build(profile, out);
     assert!(o.status.success(), "build failed: {}", text(&o));
 }
