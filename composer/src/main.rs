@@ -12,6 +12,7 @@ use strata::progress::{self, render};
 use strata::{boot, build, Arch, Error, ErrorKind};
 
 fn main() -> ExitCode {
+    strata::par::bound_malloc_arenas();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Build { .. }) {
         // Before any thread exists: see strata::signals.
