@@ -24,11 +24,22 @@
 //! price is that each file is read twice (the reader's copy is usually still in the page cache
 //! when the writer reads it) and the bytes are compared once more.
 //!
+//! A file of a block or more with the bytes of an earlier one is compressed by nobody. backhand,
+//! like mksquashfs, compresses and writes such a file before its hash tells it that the file is
+//! a copy, then seeks back over it. The reader predicts that decision by the writer's own key (the
+//! file's length and the xxh64 of its bytes) and queues the copy's blocks with a stand-in result
+//! one byte longer than the block, which backhand takes as "does not compress" and stores the
+//! block as it is: bytes the writer then seeks back over. Were the prediction ever wrong (only a
+//! file that changed between the reader's read and the writer's can make it so), the image would
+//! hold those blocks uncompressed: larger, never wrong. Only a file whose length an earlier
+//! file of a block or more had is read ahead to be hashed, so files without a same-length
+//! predecessor are read as before.
+//!
 //! Memory is bounded: at most [`DEPTH_PER_WORKER`] blocks per worker wait in the queue, plus
 //! one being compressed per worker.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
@@ -38,6 +49,7 @@ use std::sync::Mutex;
 use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
 use backhand::kind::Kind;
 use backhand::{BackhandError, FilesystemCompressor, SuperBlock};
+use xxhash_rust::xxh64::Xxh64;
 
 use super::tree::{EntryKind, FileData, Tree};
 
@@ -65,10 +77,13 @@ pub(super) fn kind() -> Kind {
 /// guess was right.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Counts {
-    /// Blocks the reader sent to the workers.
+    /// Blocks the reader queued for the writer.
     pub cut: u64,
     /// Blocks the writer took from the queue instead of compressing them itself.
     pub used: u64,
+    /// Of the blocks cut, those of files predicted to be copies: queued uncompressed, with the
+    /// stand-in result (see the module doc).
+    pub spared: u64,
 }
 
 /// A block as the reader cut it, and the worker's result (`None` when compressing failed: the
@@ -168,18 +183,19 @@ pub(super) fn run<R>(
                 order: order_tx,
                 jobs: job_tx,
                 cut: 0,
+                spared: 0,
             };
             cut(tree, block_size as usize, &mut ahead);
-            ahead.cut
+            (ahead.cut, ahead.spared)
         });
         let installed = Installed::new(order_rx);
         let written = write();
         let used = installed.finish();
         // The reader stops once the queue's receiver is gone; a panic in it is resumed here.
-        let cut = reader
+        let (cut, spared) = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (written, Counts { cut, used })
+        (written, Counts { cut, used, spared })
     })
 }
 
@@ -229,6 +245,7 @@ struct Ahead {
     order: SyncSender<Receiver<Compressed>>,
     jobs: SyncSender<Job>,
     cut: u64,
+    spared: u64,
 }
 
 impl Ahead {
@@ -240,6 +257,24 @@ impl Ahead {
         self.cut += 1;
         Some(())
     }
+
+    /// Queues `block` of a predicted copy without compressing it: its stand-in result is one
+    /// byte longer than the block, so backhand stores the block as it is (and then seeks back
+    /// over it, the file being a copy).
+    fn send_spared(&mut self, block: Vec<u8>) -> Option<()> {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let output = Some(vec![0; block.len() + 1]);
+        done_tx
+            .send(Compressed {
+                input: block,
+                output,
+            })
+            .ok()?;
+        self.order.send(done_rx).ok()?;
+        self.cut += 1;
+        self.spared += 1;
+        Some(())
+    }
 }
 
 /// Cuts `tree`'s files into the blocks backhand's data writer compresses, in its order (see the
@@ -248,11 +283,18 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
     let mut buf = vec![0u8; block_size];
     let mut fragments = Vec::with_capacity(block_size);
     let mut small = SmallFiles::default();
+    let mut big = BigFiles::default();
     let files = tree.iter().filter_map(|(_, entry)| match &entry.kind {
         EntryKind::File(data) => Some(data),
         _ => None,
     });
     for data in files {
+        // A copy of an earlier file of a block or more has that file's length: only then is
+        // the file hashed before its blocks are queued.
+        let copy = match big.may_hold(data) {
+            true => big.is_known(hash(open(data).ok()?, &mut buf).ok()?),
+            false => false,
+        };
         let mut reader = open(data).ok()?;
         let first = fill(&mut reader, &mut buf).ok()?;
         if first == 0 {
@@ -268,15 +310,67 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
             fragments.extend_from_slice(&buf[..first]);
             continue;
         }
+        let mut key = (0, Xxh64::new(0));
         let mut len = first;
         while len > 0 {
+            key.0 += len as u64;
+            key.1.update(&buf[..len]);
             if buf[..len].iter().any(|b| *b != 0) {
-                ahead.send(buf[..len].to_vec())?;
+                match copy {
+                    true => ahead.send_spared(buf[..len].to_vec())?,
+                    false => ahead.send(buf[..len].to_vec())?,
+                }
             }
             len = fill(&mut reader, &mut buf).ok()?;
         }
+        big.insert((key.0, key.1.digest()));
     }
     ahead.send(fragments)
+}
+
+/// The writer's duplicate key of a file of a block or more: its length and the xxh64 (seed 0)
+/// of its bytes, as backhand's `DataWriter::add_bytes` computes it.
+type BigKey = (u64, u64);
+
+/// The key of the file `reader` reads, read through `buf`.
+fn hash(mut reader: impl Read, buf: &mut [u8]) -> io::Result<BigKey> {
+    let (mut len, mut hasher) = (0, Xxh64::new(0));
+    loop {
+        match fill(&mut reader, buf)? {
+            0 => return Ok((len, hasher.digest())),
+            n => {
+                len += n as u64;
+                hasher.update(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// The keys of the files of a block or more seen so far, to predict which ones the writer finds
+/// to be copies (the same rule as its own: equal keys).
+#[derive(Default)]
+struct BigFiles(HashMap<u64, HashSet<u64>>);
+
+impl BigFiles {
+    /// Whether an earlier file had `data`'s length (as its metadata says now).
+    fn may_hold(&self, data: &FileData) -> bool {
+        let len = match data {
+            FileData::Host(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
+            FileData::Bytes(bytes) => Some(bytes.len() as u64),
+        };
+        len.is_some_and(|len| self.0.contains_key(&len))
+    }
+
+    /// Whether an earlier file had this key.
+    fn is_known(&self, (len, hash): BigKey) -> bool {
+        self.0
+            .get(&len)
+            .is_some_and(|hashes| hashes.contains(&hash))
+    }
+
+    fn insert(&mut self, (len, hash): BigKey) {
+        self.0.entry(len).or_default().insert(hash);
+    }
 }
 
 /// The files shorter than a block seen so far, to predict which ones the writer stores once.
