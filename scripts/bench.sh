@@ -17,13 +17,18 @@
 # and prints markdown tables: the runs side by side, and the output sizes.
 # Not a test: run it on a machine as idle as you can get, and say if it was not.
 # Environment: BENCH_CACHE, BENCH_CONFIGS ("xz zstd"), BENCH_WORK (kept
-# if given; default a temporary directory, removed), STRATA_BIN.
+# if given; default a temporary directory, removed), STRATA_BIN,
+# BENCH_PAIRS (default 1): how many times the floor and strata's cold build
+# run, alternately, for the cold / floor ratio of each pair and its median
+# (on a shared or throttled machine one pair can be off by several percent).
 # `BENCH_WORK=DIR bench.sh --report` prints the tables of a run kept in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 strata=${STRATA_BIN:-target/release/strata}
 inputs=${BENCH_CACHE:-.cache/bench}
 configs=${BENCH_CONFIGS:-xz zstd}
+pairs=${BENCH_PAIRS:-1}
+[[ $pairs =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_PAIRS must be a positive number, not '$pairs'" >&2; exit 2; }
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 KERNEL_DEB=.cache/debian/linux-image-amd64.deb
 INIT=target/x86_64-unknown-linux-musl/release/strata-init
@@ -130,7 +135,31 @@ run_config() {
   measure "$c-noop" "$strata" build "$profile" --out "$out" --cache "$cache"
   change_extension
   measure "$c-one-ext" "$strata" build "$profile" --out "$out" --cache "$cache"
+  local i
+  for ((i = 2; i <= pairs; i++)); do
+    measure "$c-floor-$i" "${peers[@]}" "$work/floor-$c" squashfs
+    rm -rf "$cache-$i" "$out-$i"
+    measure "$c-cold-$i" "$strata" build "$profile" --out "$out-$i" --cache "$cache-$i"
+    rm -rf "$cache-$i" "$out-$i"
+  done
 }
+
+# The cold / floor ratios (wall and CPU) of each pair of runs, in the order
+# they ran, and their medians; nothing with one pair (the table has it).
+report_pairs() {
+  local c=$1 i suffix walls=() cpus=()
+  ((pairs > 1)) || return 0
+  for ((i = 1; i <= pairs; i++)); do
+    suffix=""
+    if ((i > 1)); then suffix=-$i; fi
+    walls+=("$(ratio "$(field "$c-cold$suffix" 1)" "$(field "$c-floor$suffix" 1)" 3)")
+    cpus+=("$(ratio "$(cpu "$c-cold$suffix")" "$(cpu "$c-floor$suffix")" 3)")
+  done
+  echo
+  echo "- cold / floor, $pairs pairs run alternately: wall ${walls[*]} (median $(median "${walls[@]}")); CPU ${cpus[*]} (median $(median "${cpus[@]}"))"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # field LABEL N: the Nth figure of a run (1 wall, 2 user, 3 sys, 4 RSS KiB, 5 load).
 field() { cut -d' ' -f"$2" "$work/$1.time"; }
@@ -206,6 +235,7 @@ report() {
       continue
     fi
     report_runs "$c"
+    report_pairs "$c"
     report_sizes "$c"
   done
 }
