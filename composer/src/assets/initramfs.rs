@@ -131,6 +131,15 @@ const SEGMENT_XZ_PRESET: u32 = 2;
 /// zstd level of the compressed segment (see [`compression`]).
 const SEGMENT_ZSTD_LEVEL: i32 = 12;
 
+/// The xz preset or zstd level the segment is compressed at: part of its cache key, so that
+/// a strata that changes it never takes an older strata's segment.
+pub fn segment_level(c: InitramfsCompressor) -> i64 {
+    match c {
+        InitramfsCompressor::Xz => i64::from(SEGMENT_XZ_PRESET),
+        InitramfsCompressor::Zstd => i64::from(SEGMENT_ZSTD_LEVEL),
+    }
+}
+
 fn write_stored<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<()> {
     let mut cpio = CpioWriter::new(w, c.mtime);
     cpio.file_from_path("rootfs.sqsh", c.rootfs, 0o444)?;
