@@ -289,12 +289,6 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
         _ => None,
     });
     for data in files {
-        // A copy of an earlier file of a block or more has that file's length: only then is
-        // the file hashed before its blocks are queued.
-        let copy = match big.may_hold(data) {
-            true => big.is_known(hash(open(data).ok()?, &mut buf).ok()?),
-            false => false,
-        };
         let mut reader = open(data).ok()?;
         let first = fill(&mut reader, &mut buf).ok()?;
         if first == 0 {
@@ -310,15 +304,20 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
             fragments.extend_from_slice(&buf[..first]);
             continue;
         }
+        // A copy of an earlier file of a block or more has that file's length: only then is
+        // the whole file hashed before its blocks are queued.
+        let copy = big.has_len(len_of(data).ok()?) && big.is_known(hash(open(data).ok()?).ok()?);
         let mut key = (0, Xxh64::new(0));
         let mut len = first;
         while len > 0 {
             key.0 += len as u64;
             key.1.update(&buf[..len]);
             if buf[..len].iter().any(|b| *b != 0) {
-                match copy {
-                    true => ahead.send_spared(buf[..len].to_vec())?,
-                    false => ahead.send(buf[..len].to_vec())?,
+                let block = buf[..len].to_vec();
+                if copy {
+                    ahead.send_spared(block)?;
+                } else {
+                    ahead.send(block)?;
                 }
             }
             len = fill(&mut reader, &mut buf).ok()?;
@@ -332,11 +331,12 @@ fn cut(tree: &Tree, block_size: usize, ahead: &mut Ahead) -> Option<()> {
 /// of its bytes, as backhand's `DataWriter::add_bytes` computes it.
 type BigKey = (u64, u64);
 
-/// The key of the file `reader` reads, read through `buf`.
-fn hash(mut reader: impl Read, buf: &mut [u8]) -> io::Result<BigKey> {
+/// The key of the file `reader` reads.
+fn hash(mut reader: impl Read) -> io::Result<BigKey> {
     let (mut len, mut hasher) = (0, Xxh64::new(0));
+    let mut buf = vec![0; 1 << 16];
     loop {
-        match fill(&mut reader, buf)? {
+        match fill(&mut reader, &mut buf)? {
             0 => return Ok((len, hasher.digest())),
             n => {
                 len += n as u64;
@@ -352,13 +352,9 @@ fn hash(mut reader: impl Read, buf: &mut [u8]) -> io::Result<BigKey> {
 struct BigFiles(HashMap<u64, HashSet<u64>>);
 
 impl BigFiles {
-    /// Whether an earlier file had `data`'s length (as its metadata says now).
-    fn may_hold(&self, data: &FileData) -> bool {
-        let len = match data {
-            FileData::Host(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
-            FileData::Bytes(bytes) => Some(bytes.len() as u64),
-        };
-        len.is_some_and(|len| self.0.contains_key(&len))
+    /// Whether an earlier file had this length.
+    fn has_len(&self, len: u64) -> bool {
+        self.0.contains_key(&len)
     }
 
     /// Whether an earlier file had this key.
@@ -394,6 +390,14 @@ fn open(data: &FileData) -> io::Result<Box<dyn Read + '_>> {
     Ok(match data {
         FileData::Host(path) => Box::new(File::open(path)?),
         FileData::Bytes(bytes) => Box::new(bytes.as_slice()),
+    })
+}
+
+/// `data`'s length as the file system reports it now (asked only of files a block or longer).
+fn len_of(data: &FileData) -> io::Result<u64> {
+    Ok(match data {
+        FileData::Host(path) => std::fs::metadata(path)?.len(),
+        FileData::Bytes(bytes) => bytes.len() as u64,
     })
 }
 
