@@ -40,11 +40,11 @@ pub fn jobs_u32() -> u32 {
 /// glibc gives threads up to 8 arenas per core, and an arena keeps what its threads freed. The
 /// squashfs workers each allocate a compression context and a block or two per block, so every
 /// worker's arena ends up holding tens of MiB after the squashfs step: a cold xz build peaked at
-/// 507 MiB with `STRATA_JOBS=16` (2 cores), against 392 MiB with 4 arenas and the same CPU
-/// time within 2 % (docs/performance.md). With the usual thread count (one per core) the cap
+/// 507 MiB with `STRATA_JOBS=16` (2 cores), against 409 MiB with 4 arenas and the same CPU
+/// time within the run-to-run spread (docs/performance.md). With the usual thread count (one per core) the cap
 /// changes little: the threads that allocate most are the workers, and they compress, rarely
 /// waiting for a lock.
-pub const MALLOC_ARENAS: i32 = 4;
+const MALLOC_ARENAS: i32 = 4;
 
 /// Caps glibc's malloc arenas at [`MALLOC_ARENAS`], unless `MALLOC_ARENA_MAX` says otherwise.
 /// Call it before any thread exists. Returns whether the cap is in force (false on a C library

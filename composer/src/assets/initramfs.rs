@@ -92,8 +92,8 @@ pub fn write_boot(out: &Path, c: &Contents<'_>) -> std::io::Result<u64> {
         inner: BufWriter::with_capacity(1 << 20, file),
         count: 0,
     };
-    let enc =
-        compress::encoder(&mut w, &compression(c.compression)).map_err(std::io::Error::other)?;
+    let settings = compression(c.compression, crate::par::jobs_u32());
+    let enc = compress::encoder(&mut w, &settings).map_err(std::io::Error::other)?;
     let enc = write_boot_part(enc, c)?;
     enc.finish()?;
     let written = w.count;
@@ -111,8 +111,11 @@ pub fn write_boot(out: &Path, c: &Contents<'_>) -> std::io::Result<u64> {
 /// The 0.1-0.16 MB they add is 0.1 % of a disk whose bulk is the stored squashfs images,
 /// and the 1.4-1.6 s they save is a tenth of what a cold build spends beyond compressing
 /// those images (docs/performance.md).
-fn compression(c: InitramfsCompressor) -> Compression {
-    let threads = crate::par::jobs_u32();
+///
+/// The bytes do not depend on `threads` (the encoders keep their multi-threaded layout on one
+/// thread), so the segment's cache key holds these settings at one thread: every setting, and
+/// never the thread count.
+pub fn compression(c: InitramfsCompressor, threads: u32) -> Compression {
     match c {
         InitramfsCompressor::Xz => Compression::Xz {
             threads,
@@ -130,15 +133,6 @@ fn compression(c: InitramfsCompressor) -> Compression {
 const SEGMENT_XZ_PRESET: u32 = 2;
 /// zstd level of the compressed segment (see [`compression`]).
 const SEGMENT_ZSTD_LEVEL: i32 = 12;
-
-/// The xz preset or zstd level the segment is compressed at: part of its cache key, so that
-/// a strata that changes it never takes an older strata's segment.
-pub fn segment_level(c: InitramfsCompressor) -> i64 {
-    match c {
-        InitramfsCompressor::Xz => i64::from(SEGMENT_XZ_PRESET),
-        InitramfsCompressor::Zstd => i64::from(SEGMENT_ZSTD_LEVEL),
-    }
-}
 
 fn write_stored<W: Write>(w: W, c: &Contents<'_>) -> std::io::Result<()> {
     let mut cpio = CpioWriter::new(w, c.mtime);

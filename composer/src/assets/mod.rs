@@ -578,7 +578,7 @@ fn initramfs_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
 }
 
 /// The compressed segment's key: the init, the kernel release, each module file, the small
-/// files' bytes, the mtime, the compressor and its level.
+/// files' bytes, the mtime and the compressor's settings.
 fn boot_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
     let io = io_error;
     let mut k = KeyBuilder::new("initramfs-boot");
@@ -594,7 +594,6 @@ fn boot_key(c: &initramfs::Contents<'_>) -> Result<crate::cache::Key> {
         k.str("name", name).bytes("bytes", bytes);
     }
     k.u64("mtime", u64::from(c.mtime))
-        .debug("compression", &c.compression)
-        .debug("level", &initramfs::segment_level(c.compression));
+        .debug("compression", &initramfs::compression(c.compression, 1));
     Ok(k.finish())
 }

@@ -7,7 +7,7 @@
 //! | step | key ([`key::KeyBuilder`]) |
 //! |---|---|
 //! | `squashfs` (root, each layer, each DDI tree, each disabled extension, `files:`) | the tree: every path, kind, mode, owner, link target, and each file's contents ([`key`]); the digests of the archives it was unpacked from; the squashfs options |
-//! | `initramfs-boot` (its compressed segment) | init binary, kernel release, each module file, the guest files, mtime, compressor and its level |
+//! | `initramfs-boot` (its compressed segment) | init binary, kernel release, each module file, the guest files, mtime, compressor settings (preset or level, check) |
 //! | `initramfs` | the `initramfs-boot` key, the root and layer images (their keys' digests), `extensions.yaml`, mtime |
 //! | `uki` | stub, kernel and initramfs contents, `.osrel`/`.cmdline`/`.uname`, the signer's and the PCR key's fingerprints, the PCR phases, architecture |
 //! | `disk` | the layout (sizes, GUIDs), each ESP file, the FAT options |
