@@ -444,24 +444,25 @@ impl Job<'_> {
     ) -> Result<(), CompressFileError> {
         let (pieces, source) = self.plan(ZSTD_CHUNK, threads)?;
         let zeros = ZeroMemo::new();
+        let frames = zstd::Frames::new(level);
         let encode = |p: &Piece| -> Result<Arc<Vec<u8>>, CompressFileError> {
             let data = source.read(p).map_err(|e| self.read_err(e))?;
             match (p.kind, data) {
-                (Kind::Stored, Some(d)) => zstd::deduped_frame(&d)
+                (Kind::Stored, Some(d)) => frames
+                    .deduped(&d)
                     .map(Arc::new)
                     .map_err(|e| self.encode_err(e)),
-                (Kind::Packed, Some(d)) => zstd::packed_frame(&d, level)
+                (Kind::Packed, Some(d)) => frames
+                    .packed(&d)
                     .map(Arc::new)
                     .map_err(|e| self.encode_err(e)),
-                (_, None) => zeros.get(p.len, |z| {
-                    zstd::packed_frame(z, level).map_err(|e| self.encode_err(e))
-                }),
+                (_, None) => zeros.get(p.len, |z| frames.packed(z).map_err(|e| self.encode_err(e))),
             }
         };
         if pieces.is_empty() {
             // An empty file is one empty frame: `zstd -t` refuses a file with no frame.
             return dst
-                .write_all(&zstd::deduped_frame(&[]).map_err(|e| self.encode_err(e))?)
+                .write_all(&frames.deduped(&[]).map_err(|e| self.encode_err(e))?)
                 .map_err(|e| self.write_err(e));
         }
         pieces::run(&pieces, encoders as usize, encode, |p, f| {
