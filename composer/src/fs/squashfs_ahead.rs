@@ -215,9 +215,11 @@ struct Job {
 /// each put twice as many compressing threads as cores on the machine. Time-sliced, they evict
 /// each other's match tables from the caches: compressing the same blocks at zstd level 15 on
 /// 2 cores took 4.5 % more CPU on 4 threads than on 2, and 17 % more on 8. The queue is
-/// first come, first served; the writers wait only for blocks already queued, and the workers
-/// wait for nothing but the queue, so images sharing it cannot block each other. The tests ask
-/// for other counts, each of which gets a pool of its own.
+/// first come, first served; a writer waits only for blocks its own reader has cut, and the
+/// workers wait for nothing but the queue (a result's channel has room for it), so images
+/// sharing the pool cannot block each other. A worker that panics leaves the others working;
+/// should none be left, sending fails and the writers compress every block themselves. The
+/// tests ask for other counts, each of which gets a pool of its own.
 fn pool(workers: usize) -> SyncSender<Job> {
     static POOLS: Mutex<BTreeMap<usize, SyncSender<Job>>> = Mutex::new(BTreeMap::new());
     let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
