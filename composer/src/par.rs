@@ -41,9 +41,9 @@ pub fn jobs_u32() -> u32 {
 /// squashfs workers each allocate a compression context and a block or two per block, so every
 /// worker's arena ends up holding tens of MiB after the squashfs step: a cold xz build peaked at
 /// 507 MiB with `STRATA_JOBS=16` (2 cores), against 409 MiB with 4 arenas and the same CPU
-/// time within the run-to-run spread (docs/performance.md). With the usual thread count (one per core) the cap
-/// changes little: the threads that allocate most are the workers, and they compress, rarely
-/// waiting for a lock.
+/// time within the run-to-run spread (docs/performance.md). With the usual thread count (one
+/// per core) the cap changes little: the threads that allocate most are the workers, and they
+/// compress, rarely waiting for a lock.
 const MALLOC_ARENAS: i32 = 4;
 
 /// Caps glibc's malloc arenas at [`MALLOC_ARENAS`], unless `MALLOC_ARENA_MAX` says otherwise.

@@ -259,7 +259,8 @@ fn compress_jobs(jobs: &Mutex<Receiver<Job>>) {
 }
 
 /// The calling thread's [`Queue`] for as long as this lives, removed on drop (also when the
-/// write panics), which lets the reader and workers stop.
+/// write panics), which lets the reader stop; the pool's workers go on with other images'
+/// blocks, and compress at most the few of this one already queued.
 struct Installed;
 
 impl Installed {
