@@ -11,7 +11,9 @@
 //! ignored.
 //!
 //! Extraction streams `data.tar` straight from the file: nothing but the
-//! decoders' buffers is held in memory. Regular files, directories, symlinks
+//! decoders' buffers is held in memory. Each regular file's sha256 is taken
+//! from the stream as the file is written ([`Written::sum`]), never by
+//! reading it back. Regular files, directories, symlinks
 //! and hard links are written with their modes and mtimes; ownership is not
 //! applied (the caller owns everything) and device nodes and FIFOs are
 //! refused. A member is refused, naming it, when its path is absolute,
@@ -19,11 +21,13 @@
 //! or any existing one leading outside the destination). Symlink *targets* are
 //! kept verbatim, even absolute ones: they are data, not write locations.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -155,6 +159,18 @@ pub struct DebInfo {
     pub architecture: String,
 }
 
+/// One member [`extract`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Its path below the destination, without the leading `./`.
+    pub rel: PathBuf,
+    /// A regular file's size and sha256 (hex), hashed from the archive's bytes on their way
+    /// into the file, so that a caller recording digests need not read the files back (a
+    /// kernel package's 4,000 modules are 400 MB). `None` for directories, symlinks and hard
+    /// links.
+    pub sum: Option<(u64, String)>,
+}
+
 /// Reads `Package`, `Version` and `Architecture` from the package's control
 /// member, without touching `data.tar`.
 pub fn read_control(deb: &Path) -> Result<DebInfo> {
@@ -176,7 +192,7 @@ pub fn extract(
     deb: &Path,
     dest: &Path,
     mut filter: impl FnMut(&Path) -> bool,
-) -> Result<Vec<PathBuf>> {
+) -> Result<Vec<Written>> {
     with_member(deb, "data.tar", |member, reader| {
         Unpacker::new(deb, dest).run(member, reader, &mut filter)
     })
@@ -395,7 +411,41 @@ struct Unpacker<'a> {
     dest: &'a Path,
     symlinks: HashSet<PathBuf>,
     dir_modes: Vec<(PathBuf, u32)>,
-    written: Vec<PathBuf>,
+    written: Vec<Written>,
+    /// The member [`Tap`] is hashing, shared with it.
+    hashing: Rc<RefCell<Option<Hashing>>>,
+}
+
+/// The decompressed `data.tar` stream, handing the data of the member being unpacked to its
+/// hash on the way through: the tar reader reads each member's data straight from it, in
+/// order, so the bytes are hashed as they are written and never read back.
+struct Tap<R> {
+    inner: R,
+    /// Bytes read so far: a position in the stream, as `tar::Entry::raw_file_position` counts.
+    at: u64,
+    hashing: Rc<RefCell<Option<Hashing>>>,
+}
+
+/// Where a member's data lies in the stream, and its hash so far.
+struct Hashing {
+    start: u64,
+    end: u64,
+    hash: crate::io::hash::HashWriter<io::Sink>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let end = self.at + n as u64;
+        if let Some(h) = self.hashing.borrow_mut().as_mut() {
+            let from = h.start.clamp(self.at, end);
+            let to = h.end.clamp(from, end);
+            h.hash
+                .write_all(&buf[(from - self.at) as usize..(to - self.at) as usize])?;
+        }
+        self.at = end;
+        Ok(n)
+    }
 }
 
 impl<'a> Unpacker<'a> {
@@ -406,6 +456,7 @@ impl<'a> Unpacker<'a> {
             symlinks: HashSet::new(),
             dir_modes: Vec::new(),
             written: Vec::new(),
+            hashing: Rc::new(RefCell::new(None)),
         }
     }
 
@@ -414,8 +465,13 @@ impl<'a> Unpacker<'a> {
         member: &str,
         reader: &mut dyn Read,
         filter: &mut dyn FnMut(&Path) -> bool,
-    ) -> Result<Vec<PathBuf>> {
-        let mut archive = tar::Archive::new(reader);
+    ) -> Result<Vec<Written>> {
+        let mut tap = Tap {
+            inner: reader,
+            at: 0,
+            hashing: Rc::clone(&self.hashing),
+        };
+        let mut archive = tar::Archive::new(&mut tap as &mut dyn Read);
         archive.set_preserve_permissions(true);
         archive.set_preserve_mtime(true);
         archive.set_overwrite(true);
@@ -466,25 +522,35 @@ impl<'a> Unpacker<'a> {
             .header()
             .entry_size()
             .map_err(|source| read_member(self.deb, &raw, source))?;
-        let unpacked = entry
-            .unpack_in(self.dest)
-            .map_err(|source| self.unpack_error(&raw, source))?;
+        let file = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+        if file {
+            let start = entry.raw_file_position();
+            *self.hashing.borrow_mut() = Some(Hashing {
+                start,
+                end: start + size,
+                hash: crate::io::hash::HashWriter::new(io::sink()),
+            });
+        }
+        let unpacked = entry.unpack_in(self.dest);
+        let hashed = self.hashing.borrow_mut().take();
+        let unpacked = unpacked.map_err(|source| self.unpack_error(&raw, source))?;
         if !unpacked {
             return Err(self.escape(&raw, "was skipped by the tar reader as unsafe"));
         }
-        if matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
-            self.check_whole(&raw, &rel, size)?;
-        }
-        self.record(rel, kind, mode)
+        let sum = match hashed {
+            Some(h) => {
+                self.check_whole(&raw, h.hash.written(), size)?;
+                Some((size, h.hash.sha256_hex()))
+            }
+            None => None,
+        };
+        self.record(rel, kind, mode, sum)
     }
 
     /// The tar reader stops quietly where a truncated archive ends: a file written shorter
-    /// than its header says is a truncated package, never a shorter file.
-    fn check_whole(&self, raw: &str, rel: &Path, size: u64) -> Result<()> {
-        let path = self.dest.join(rel);
-        let written = fs::symlink_metadata(&path)
-            .map_err(|source| self.unpack_error(raw, source))?
-            .len();
+    /// than its header says (fewer bytes of it passed the [`Tap`]) is a truncated package,
+    /// never a shorter file.
+    fn check_whole(&self, raw: &str, written: u64, size: u64) -> Result<()> {
         if written == size {
             return Ok(());
         }
@@ -541,7 +607,13 @@ impl<'a> Unpacker<'a> {
         }
     }
 
-    fn record(&mut self, rel: PathBuf, kind: tar::EntryType, mode: u32) -> Result<()> {
+    fn record(
+        &mut self,
+        rel: PathBuf,
+        kind: tar::EntryType,
+        mode: u32,
+        sum: Option<(u64, String)>,
+    ) -> Result<()> {
         if kind == tar::EntryType::Symlink {
             self.symlinks.insert(rel.clone());
         } else if kind == tar::EntryType::Directory {
@@ -551,7 +623,7 @@ impl<'a> Unpacker<'a> {
                 .map_err(|source| self.unpack_error(&rel.to_string_lossy(), source))?;
             self.dir_modes.push((dir, mode & 0o7777));
         }
-        self.written.push(rel);
+        self.written.push(Written { rel, sum });
         Ok(())
     }
 
@@ -772,6 +844,57 @@ mod tests {
         }
     }
 
+    /// Each regular file's sum is that of the bytes it was written with, hashed on the way
+    /// out of the archive (across many reads for a large one, none for an empty one); other
+    /// members have none.
+    #[test]
+    fn sums_are_those_of_the_files_written() {
+        let large: Vec<u8> = (0..3_000_017u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut members = sample_members();
+        members.extend([
+            Member::File("./big", 0o644, &large),
+            Member::File("./empty", 0o644, b""),
+        ]);
+        for compression in [Compression::None, Compression::XzBlocks, Compression::Zstd] {
+            let dir = tempfile::tempdir().unwrap();
+            let deb = write_deb(dir.path(), &members, compression);
+            let dest = dir.path().join("out");
+            fs::create_dir(&dest).unwrap();
+            let written = extract(&deb, &dest, |_| true).unwrap();
+            let mut files = Vec::new();
+            for w in &written {
+                let path = dest.join(&w.rel);
+                let meta = fs::symlink_metadata(&path).unwrap();
+                match &w.sum {
+                    Some(sum) => {
+                        let bytes = fs::read(&path).unwrap();
+                        let want = (bytes.len() as u64, crate::io::hash::bytes_sha256(&bytes));
+                        assert_eq!(sum, &want, "{:?} {compression:?}", w.rel);
+                        files.push(w.rel.to_string_lossy().into_owned());
+                    }
+                    None => assert!(
+                        !meta.is_file() || w.rel == Path::new("usr/bin/hard"),
+                        "{:?} {compression:?}",
+                        w.rel
+                    ),
+                }
+            }
+            assert_eq!(
+                files,
+                [
+                    "boot/vmlinuz-1.0",
+                    "usr/bin/tool",
+                    "ro/inside",
+                    "big",
+                    "empty"
+                ],
+                "{compression:?}"
+            );
+        }
+    }
+
     #[test]
     fn filter_sees_paths_without_dot_slash() {
         let dir = tempfile::tempdir().unwrap();
@@ -786,10 +909,8 @@ mod tests {
         .unwrap();
         assert!(seen.contains(&PathBuf::from("usr/bin/tool")), "{seen:?}");
         assert!(!seen.iter().any(|p| p.as_os_str().is_empty()));
-        assert_eq!(
-            written,
-            vec![PathBuf::from("boot"), PathBuf::from("boot/vmlinuz-1.0")]
-        );
+        let rels: Vec<&Path> = written.iter().map(|w| w.rel.as_path()).collect();
+        assert_eq!(rels, [Path::new("boot"), Path::new("boot/vmlinuz-1.0")]);
         assert!(!dest.join("usr").exists());
     }
 

@@ -445,7 +445,11 @@ fn wanted(member: &Path) -> bool {
 /// Extracts and indexes the package into `dir` and writes `kernel.json`.
 fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
     let extracted = deb::extract(deb_path, dir, wanted)?;
-    let images: Vec<&PathBuf> = extracted.iter().filter(|p| p.starts_with("boot")).collect();
+    let images: Vec<&PathBuf> = extracted
+        .iter()
+        .map(|w| &w.rel)
+        .filter(|p| p.starts_with("boot"))
+        .collect();
     let [image] = images.as_slice() else {
         return Err(Error::VmlinuzCount {
             deb: deb_path.to_path_buf(),
@@ -475,22 +479,30 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
     Ok(meta)
 }
 
-/// Size and sha256 of each regular file among `extracted` (paths relative to `dir`).
-fn sums_of(dir: &Path, extracted: &[PathBuf]) -> Result<BTreeMap<PathBuf, FileSum>> {
+/// Size and sha256 of each regular file among `extracted` (paths relative to `dir`): those
+/// the extraction hashed on the way out of the package, and a hard link's file read back (the
+/// package holds its bytes once, under the name it links to).
+fn sums_of(dir: &Path, extracted: &[deb::Written]) -> Result<BTreeMap<PathBuf, FileSum>> {
     let mut sums = BTreeMap::new();
-    for rel in extracted {
-        let path = dir.join(rel);
-        let read_error = |source| Error::Read {
-            path: path.clone(),
-            source,
+    for w in extracted {
+        let (size, sha256) = match &w.sum {
+            Some(sum) => sum.clone(),
+            None => {
+                let path = dir.join(&w.rel);
+                let read_error = |source| Error::Read {
+                    path: path.clone(),
+                    source,
+                };
+                if !fs::symlink_metadata(&path).map_err(read_error)?.is_file() {
+                    continue;
+                }
+                let (sha256, size) = File::open(&path)
+                    .and_then(|mut f| crate::io::hash::reader_sha256(&mut f))
+                    .map_err(read_error)?;
+                (size, sha256)
+            }
         };
-        if !fs::symlink_metadata(&path).map_err(read_error)?.is_file() {
-            continue;
-        }
-        let (sha256, size) = File::open(&path)
-            .and_then(|mut f| crate::io::hash::reader_sha256(&mut f))
-            .map_err(read_error)?;
-        sums.insert(rel.clone(), FileSum { size, sha256 });
+        sums.insert(w.rel.clone(), FileSum { size, sha256 });
     }
     Ok(sums)
 }
