@@ -13,13 +13,13 @@
 //! Extraction streams `data.tar` straight from the file: nothing but the
 //! decoders' buffers is held in memory. Each regular file's sha256 is taken
 //! from the stream as the file is written ([`Written::sum`]), never by
-//! reading it back. Regular files, directories, symlinks
-//! and hard links are written with their modes and mtimes; ownership is not
-//! applied (the caller owns everything) and device nodes and FIFOs are
-//! refused. A member is refused, naming it, when its path is absolute,
-//! contains `..`, or would be written through a symlink (one from the archive,
-//! or any existing one leading outside the destination). Symlink *targets* are
-//! kept verbatim, even absolute ones: they are data, not write locations.
+//! reading it back. Regular files, directories, symlinks and hard links are
+//! written with their modes and mtimes; ownership is not applied (the caller
+//! owns everything) and device nodes and FIFOs are refused. A member is
+//! refused, naming it, when its path is absolute, contains `..`, or would be
+//! written through a symlink (one from the archive, or any existing one
+//! leading outside the destination). Symlink *targets* are kept verbatim, even
+//! absolute ones: they are data, not write locations.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
