@@ -123,8 +123,8 @@ fn write_all<T: Send>(
 
 /// How much work a job is, roughly, as a rank: a compression wrapper reads and compresses the
 /// whole artefact, and the disk's sum hashes all of it, holes included (about as long: 1.1 s
-/// of CPU against 1.15 s for the bench's `.raw.zst`); VMDK, OVA and the GCE tarball deflate the disk's
-/// data; the ISO copies the ESP; qcow2 and VHD only copy the data clusters.
+/// of CPU against 1.15 s for the bench's `.raw.zst`); VMDK, OVA and the GCE tarball deflate
+/// the disk's data; the ISO copies the ESP; qcow2 and VHD only copy the data clusters.
 fn cost_rank(work: Work) -> u8 {
     let Work::Output(kind) = work else {
         return 3;

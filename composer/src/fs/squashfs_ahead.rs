@@ -9,14 +9,14 @@
 //! blocks, a new one started when the next file would not fit, the last one written even when
 //! empty. A file shorter than a block with the same bytes as an earlier one adds nothing to a
 //! fragment block: the writer deduplicates (`set_no_duplicate_files`) and our backhand keeps one
-//! copy of such files too (vendor/backhand/PATCHES.md). The threads of one [`pool`], shared by every image
-//! written at the same time, compress those blocks; the results wait in a bounded queue, in order.
-//! When the writer asks for a block, [`Lookahead`] compares it byte for byte with the head of the
-//! queue and hands over the worker's result when they are equal. Anything else (metadata blocks,
-//! a file that changed between the two reads, one the reader could not open) is compressed
-//! inline, so a wrong guess costs time, never bytes. The workers run backhand's own
-//! `DefaultCompressor`, so every block has the bytes the single-threaded writer gives it, and the
-//! image is the same on any number of threads.
+//! copy of such files too (vendor/backhand/PATCHES.md). The threads of one [`pool`], shared by
+//! every image written at the same time, compress those blocks; the results wait in a bounded
+//! queue, in order. When the writer asks for a block, [`Lookahead`] compares it byte for byte
+//! with the head of the queue and hands over the worker's result when they are equal. Anything
+//! else (metadata blocks, a file that changed between the two reads, one the reader could not
+//! open) is compressed inline, so a wrong guess costs time, never bytes. The workers run
+//! backhand's own `DefaultCompressor`, so every block has the bytes the single-threaded writer
+//! gives it, and the image is the same on any number of threads.
 //!
 //! Why a compressor hook rather than a patched backhand or a writer of our own: the hook is the
 //! one backhand offers for this (`Kind::new_v4`), it leaves the layout of the image (inodes,

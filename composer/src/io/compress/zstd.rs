@@ -40,9 +40,7 @@ impl Frames {
     /// 2.6 %.
     pub fn deduped(&self, data: &[u8]) -> io::Result<Vec<u8>> {
         let make = || {
-            let mut c = Compressor::new(1)?;
-            c.set_parameter(CParameter::ChecksumFlag(true))?;
-            c.set_parameter(CParameter::ContentSizeFlag(true))?;
+            let mut c = framing(1)?;
             c.set_parameter(CParameter::EnableLongDistanceMatching(true))?;
             c.set_parameter(CParameter::WindowLog(LDM_WINDOW_LOG))?;
             Ok(c)
@@ -52,14 +50,18 @@ impl Frames {
 
     /// A frame holding `data` compressed by libzstd at the level asked for.
     pub fn packed(&self, data: &[u8]) -> io::Result<Vec<u8>> {
-        let make = || {
-            let mut c = Compressor::new(self.level)?;
-            c.set_parameter(CParameter::ChecksumFlag(true))?;
-            c.set_parameter(CParameter::ContentSizeFlag(true))?;
-            Ok(c)
-        };
-        self.packed.with(make, |c| c.compress(data))
+        self.packed
+            .with(|| framing(self.level), |c| c.compress(data))
     }
+}
+
+/// A context at `level` whose frames carry their content size and a checksum, as every frame
+/// of the wrapper does.
+fn framing(level: i32) -> io::Result<Compressor<'static>> {
+    let mut c = Compressor::new(level)?;
+    c.set_parameter(CParameter::ChecksumFlag(true))?;
+    c.set_parameter(CParameter::ContentSizeFlag(true))?;
+    Ok(c)
 }
 
 /// Window of [`Frames::deduped`]: 128 MiB, the most decoders accept without being asked; libzstd
