@@ -159,6 +159,7 @@ pub fn make(
             &step,
         )?;
         step.finish(None, &initramfs_detail(&assets, cache));
+        release_images(&assets.composed);
         Ok::<_, Error>(assets)
     })?;
     let (Some(kernel), Some(module_layer)) = (kernel_cell.into_inner(), layer_cell.into_inner())
@@ -176,6 +177,15 @@ pub fn make(
             ..made
         },
     ))
+}
+
+/// Hands back the page cache of the squashfs images: every initramfs holds them now, and
+/// nothing else reads them (see [`crate::io::pages`]).
+fn release_images(c: &Composed) {
+    let mut paths = vec![c.rootfs.clone()];
+    paths.extend(c.layers.iter().map(|l| l.path.clone()));
+    paths.extend(c.ddi_images.iter().map(|(_, _, p)| p.clone()));
+    crate::io::pages::release(&paths);
 }
 
 /// The kernel's thread (see [`make`]): the kernel, the signature check, the module layer.

@@ -480,6 +480,10 @@ pub fn write_platform(
             Done::RawSum(made) => raw_made = Some(made),
         }
     }
+    if let Some(made) = disk.made.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        // Every output is written from it: the disk's last reader is done.
+        crate::io::pages::release(&[&made.path]);
+    }
     if let (Some(raw_kind), Some(made)) = (raw_kind, raw_made) {
         if made.outcome != Outcome::Bypassed {
             place(&made.path, raw_tmp.path())?;
@@ -549,6 +553,19 @@ impl Disk<'_> {
                 })?;
                 Ok(Default::default())
             })?;
+        if !p.is_hit() {
+            // The ESP's files are in the disk now; the outputs read the disk.
+            let sources: Vec<&Path> = self
+                .dp
+                .esp_files
+                .iter()
+                .filter_map(|f| match &f.source {
+                    crate::fs::fat::FatSource::Path(p) => Some(p.as_path()),
+                    crate::fs::fat::FatSource::Bytes(_) => None,
+                })
+                .collect();
+            crate::io::pages::release(&sources);
+        }
         let data = data_bytes(&p.path)?;
         let detail = format!("{} ({} of data)", human(self.dp.layout.size), human(data));
         task.end(p.is_hit(), Some(data), &detail);
@@ -622,6 +639,10 @@ fn cached_output(disk: &Disk<'_>, base: &Context<'_>, kind: OutputKind) -> Resul
     }
     if made.outcome != Outcome::Bypassed {
         place(&made.path, tmp.path())?;
+    }
+    if !made.is_hit() {
+        // Written and hashed: the build does not read it again (see `crate::io::pages`).
+        crate::io::pages::release(&[&made.path]);
     }
     Ok(Written {
         kind,

@@ -5,6 +5,7 @@ pub mod count;
 pub mod decompress;
 pub mod hash;
 pub mod outdir;
+pub mod pages;
 pub mod perm;
 
 pub mod sparse;

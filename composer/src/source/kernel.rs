@@ -348,6 +348,9 @@ pub fn from_deb(deb: &Path, cache_root: &Path) -> Result<Kernel> {
         .tempdir_in(&kernels)
         .map_err(|source| cache_error(&kernels, source))?;
     let meta = populate(deb, partial.path())?;
+    // Of the package's 400-odd MB, a build reads back the few dozen modules it ships.
+    let written: Vec<PathBuf> = meta.files.keys().map(|f| partial.path().join(f)).collect();
+    crate::io::pages::release(&written);
     commit(partial, &entry)?;
     Ok(meta.into_kernel(&entry, digest))
 }
@@ -816,6 +819,30 @@ mod tests {
         let rebuilt = from_deb(&deb, &cache).unwrap();
         assert_eq!(rebuilt, cold);
         assert!(rebuilt.modules_dir.join("kernel/isofs.ko").is_file());
+    }
+
+    /// The unpacked package leaves the page cache (a build reads back only the modules it
+    /// ships; see `crate::io::pages`), and its files keep their bytes.
+    #[test]
+    fn an_unpacked_kernel_leaves_the_page_cache() {
+        let dir = crate::io::pages::droppable_tempdir();
+        let deb = dir.path().join("k.deb");
+        fake_kernel_deb(&deb, "", &["1.0-test"]);
+        let kernel = from_deb(&deb, &dir.path().join("cache")).unwrap();
+        let module = kernel.modules_dir.join("kernel/isofs.ko");
+        for file in [&kernel.vmlinuz, &module] {
+            assert_eq!(
+                crate::io::pages::resident_pages(file),
+                0,
+                "{}",
+                file.display()
+            );
+        }
+        assert_eq!(
+            fs::read(&module).unwrap(),
+            ko("isofs", "cdrom", "1.0-test"),
+            "the module reads back whole"
+        );
     }
 
     #[test]
