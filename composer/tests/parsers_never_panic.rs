@@ -387,7 +387,7 @@ fn deb(bytes: Vec<u8>) {
             let _ = strata::source::deb::read_control(path);
             let dest = dir.join("x");
             std::fs::create_dir(&dest).unwrap();
-            let _ = strata::source::deb::extract(path, &dest, |_| true);
+            let _ = strata::source::deb::extract(path, &dest, |_| true, |_| {});
         })
     });
 }
@@ -399,7 +399,7 @@ fn the_deb_samples_are_valid() {
         with_file("p.deb", &deb_sample(xz), |path, dir| {
             let info = strata::source::deb::read_control(path).unwrap();
             assert_eq!(info.package, "pkg");
-            let got = strata::source::deb::extract(path, dir, |_| true).unwrap();
+            let got = strata::source::deb::extract(path, dir, |_| true, |_| {}).unwrap();
             assert!(
                 got.iter().any(|p| p.rel.ends_with("usr/bin/tool")),
                 "{got:?}"

@@ -15,31 +15,90 @@
 //! written back here). It is advice: a failure changes nothing but time, so errors are
 //! ignored, and a file read again later is read from the disk.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes back and drops from the page cache the data of each file of `paths` (a missing or
 /// unreadable one is skipped). Writeback is started for every file before waiting for the
 /// first, so the disk works on all of them at once.
 pub fn release<P: AsRef<Path>>(paths: &[P]) {
     for p in paths {
-        if let Ok(f) = File::open(p) {
-            sync_range(&f, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        start_writeback(p.as_ref());
     }
     for p in paths {
-        if let Ok(f) = File::open(p) {
-            sync_range(
-                &f,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            );
-            // SAFETY: plain integers; the descriptor is open for the duration of the call.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        drop_written(p.as_ref());
+    }
+}
+
+/// Hands back the pages of files as a writer of many files goes, a bounded distance behind
+/// it: for files nobody reads soon (the kernel cache's 4,000), whose pages its next files then
+/// reuse, so that it touches `behind` bytes of page cache instead of all it writes. A file's
+/// writeback starts when it is [`push`](Self::push)ed; its pages go once more than `behind`
+/// bytes were pushed after it, by when the disk has long written it.
+pub struct Trailing {
+    queue: VecDeque<(PathBuf, u64)>,
+    queued: u64,
+    behind: u64,
+}
+
+impl Trailing {
+    /// A trail `behind` bytes long.
+    pub fn new(behind: u64) -> Trailing {
+        Trailing {
+            queue: VecDeque::new(),
+            queued: 0,
+            behind,
         }
     }
+
+    /// A file the writer has finished: its writeback starts, and the files more than
+    /// `behind` bytes back are dropped.
+    pub fn push(&mut self, path: &Path) {
+        let size = start_writeback(path);
+        self.queue.push_back((path.to_path_buf(), size));
+        self.queued += size;
+        while self.queued > self.behind {
+            let Some((old, size)) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued -= size;
+            drop_written(&old);
+        }
+    }
+
+    /// Drops the files still on the trail (the writer is done).
+    pub fn finish(mut self) {
+        for (path, _) in self.queue.drain(..) {
+            drop_written(&path);
+        }
+    }
+}
+
+/// Starts writing back `path`'s dirty pages, without waiting; returns its size (0 when it
+/// cannot be opened).
+fn start_writeback(path: &Path) -> u64 {
+    let Ok(f) = File::open(path) else {
+        return 0;
+    };
+    sync_range(&f, libc::SYNC_FILE_RANGE_WRITE);
+    f.metadata().map_or(0, |m| m.len())
+}
+
+/// Waits until `path`'s pages are on disk, then drops them from the page cache.
+fn drop_written(path: &Path) {
+    let Ok(f) = File::open(path) else {
+        return;
+    };
+    sync_range(
+        &f,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
+    // SAFETY: plain integers; the descriptor is open for the duration of the call.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// `sync_file_range(2)` over the whole of `f` with `flags`; its result is not needed (see
@@ -100,6 +159,27 @@ mod tests {
         File::create(&a).unwrap().write_all(&data).unwrap();
         release(&[a.clone(), dir.path().join("missing")]);
         assert_eq!(std::fs::read(&a).unwrap(), data);
+    }
+
+    /// A trail keeps at most its length of files in the page cache behind the writer, and
+    /// none once finished.
+    #[test]
+    fn a_trail_drops_the_files_behind_it() {
+        let dir = droppable_tempdir();
+        let mut trail = Trailing::new(3 << 20);
+        let files: Vec<PathBuf> = (0..6).map(|i| dir.path().join(format!("f{i}"))).collect();
+        for f in &files {
+            File::create(f)
+                .unwrap()
+                .write_all(&vec![1u8; 1 << 20])
+                .unwrap();
+            trail.push(f);
+        }
+        let resident: Vec<usize> = files.iter().map(|f| resident_pages(f)).collect();
+        assert_eq!(resident[..3], [0, 0, 0], "{resident:?}");
+        assert!(resident[3..].iter().all(|&r| r > 0), "{resident:?}");
+        trail.finish();
+        assert!(files.iter().all(|f| resident_pages(f) == 0));
     }
 
     /// The pages of a released file leave the page cache, dirty ones included: a file just

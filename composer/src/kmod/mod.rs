@@ -394,6 +394,13 @@ impl ModuleIndex {
     /// Indexes every module below `modules_dir` (`lib/modules/<release>`),
     /// reading `.modinfo` on all cores, plus `modules.builtin` if present.
     pub fn scan(modules_dir: &Path) -> Result<Self> {
+        Self::scan_with(modules_dir, &HashMap::new())
+    }
+
+    /// [`scan`](Self::scan), taking a module's information from `known` (by its full path)
+    /// instead of reading it: the kernel cache reads each module as it unpacks it, while its
+    /// bytes are still in memory (see `source/kernel.rs`).
+    pub fn scan_with(modules_dir: &Path, known: &HashMap<PathBuf, ModInfo>) -> Result<Self> {
         if !modules_dir.is_dir() {
             return Err(Error::NotADirectory {
                 dir: modules_dir.to_path_buf(),
@@ -402,7 +409,7 @@ impl ModuleIndex {
         let mut files = Vec::new();
         collect_modules(modules_dir, Path::new(""), &mut files)?;
         files.sort();
-        let infos = parse_all(modules_dir, &files)?;
+        let infos = parse_all(modules_dir, &files, known)?;
         let mut modules = BTreeMap::new();
         for (rel_path, info) in files.into_iter().zip(infos) {
             insert_preferred(&mut modules, IndexedModule { rel_path, info });
@@ -648,13 +655,20 @@ fn collect_modules(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()
     Ok(())
 }
 
-/// Reads `.modinfo` of every file on all cores. Work is handed out one file
+/// Reads `.modinfo` of every file not in `known` on all cores. Work is handed out one file
 /// at a time, so a thread that hits large modules does not hold the others up.
-fn parse_all(root: &Path, files: &[PathBuf]) -> Result<Vec<ModInfo>> {
+fn parse_all(
+    root: &Path,
+    files: &[PathBuf],
+    known: &HashMap<PathBuf, ModInfo>,
+) -> Result<Vec<ModInfo>> {
     let threads = crate::par::jobs().min(MAX_SCAN_THREADS);
-    crate::par::map(files, threads, |rel| modinfo(&root.join(rel)))
-        .into_iter()
-        .collect()
+    crate::par::map(files, threads, |rel| {
+        let path = root.join(rel);
+        known.get(&path).cloned().map_or_else(|| modinfo(&path), Ok)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Keeps one module per name: a copy under `updates/` wins (depmod's default

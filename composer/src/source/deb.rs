@@ -188,15 +188,22 @@ pub fn read_control(deb: &Path) -> Result<DebInfo> {
 /// of accepted members are created even when the filter rejects them. A
 /// member with an absolute or `..` path aborts the extraction even if the
 /// filter would have skipped it: such a package is not trustworthy.
+///
+/// `written` sees the full path of each regular file once it is whole on disk (and still in
+/// the page cache), in archive order.
 pub fn extract(
     deb: &Path,
     dest: &Path,
     mut filter: impl FnMut(&Path) -> bool,
+    mut written: impl FnMut(&Path),
 ) -> Result<Vec<Written>> {
     with_member(deb, "data.tar", |member, reader| {
-        Unpacker::new(deb, dest).run(member, reader, &mut filter)
+        Unpacker::new(deb, dest).run(member, reader, (&mut filter, &mut written))
     })
 }
+
+/// What [`extract`] calls per member: the filter, and the hook told of each file written.
+type Hooks<'a> = (&'a mut dyn FnMut(&Path) -> bool, &'a mut dyn FnMut(&Path));
 
 /// Opens `deb`, checks that it is a Debian package, finds the member named
 /// `stem` or `stem.<ext>`, and hands `f` a decompressed stream of it.
@@ -464,7 +471,7 @@ impl<'a> Unpacker<'a> {
         mut self,
         member: &str,
         reader: &mut dyn Read,
-        filter: &mut dyn FnMut(&Path) -> bool,
+        (filter, written): Hooks<'_>,
     ) -> Result<Vec<Written>> {
         let mut tap = Tap {
             inner: reader,
@@ -480,7 +487,7 @@ impl<'a> Unpacker<'a> {
             .map_err(|source| read_member(self.deb, member, source))?;
         for entry in entries {
             let mut entry = entry.map_err(|source| read_member(self.deb, member, source))?;
-            self.entry(&mut entry, filter)?;
+            self.entry(&mut entry, filter, written)?;
         }
         self.finish_dirs()?;
         Ok(self.written)
@@ -491,6 +498,7 @@ impl<'a> Unpacker<'a> {
         &mut self,
         entry: &mut tar::Entry<'_, &mut dyn Read>,
         filter: &mut dyn FnMut(&Path) -> bool,
+        written: &mut dyn FnMut(&Path),
     ) -> Result<()> {
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::XGlobalHeader {
@@ -540,6 +548,7 @@ impl<'a> Unpacker<'a> {
         let sum = match hashed {
             Some(h) => {
                 self.check_whole(&raw, h.hash.written(), size)?;
+                written(&self.dest.join(&rel));
                 Some((size, h.hash.sha256_hex()))
             }
             None => None,
@@ -828,7 +837,7 @@ mod tests {
             let deb = write_deb(dir.path(), &sample_members(), compression);
             let dest = dir.path().join("out");
             fs::create_dir(&dest).unwrap();
-            let written = extract(&deb, &dest, |_| true).unwrap();
+            let written = extract(&deb, &dest, |_| true, |_| {}).unwrap();
             assert_eq!(written.len(), 9, "{written:?}");
             assert_eq!(fs::read(dest.join("boot/vmlinuz-1.0")).unwrap(), b"kernel");
             let tool = fs::metadata(dest.join("usr/bin/tool")).unwrap();
@@ -841,6 +850,35 @@ mod tests {
             let ro = fs::metadata(dest.join("ro")).unwrap();
             assert_eq!(ro.mode() & 0o7777, 0o555);
             assert_eq!(fs::read(dest.join("ro/inside")).unwrap(), b"x");
+        }
+    }
+
+    /// `written` hears of each regular file, in archive order, once the whole file is on
+    /// disk; not of links, directories or files the filter skipped.
+    #[test]
+    fn written_hears_of_each_whole_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = write_deb(dir.path(), &sample_members(), Compression::XzBlocks);
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let mut heard = Vec::new();
+        let written = extract(
+            &deb,
+            &dest,
+            |p| !p.starts_with("ro"),
+            |p| heard.push((p.to_path_buf(), fs::read(p).unwrap())),
+        )
+        .unwrap();
+        let files: Vec<PathBuf> = written
+            .iter()
+            .filter(|w| w.sum.is_some())
+            .map(|w| dest.join(&w.rel))
+            .collect();
+        let paths: Vec<PathBuf> = heard.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(paths, files);
+        assert!(paths.contains(&dest.join("usr/bin/tool")), "{paths:?}");
+        for (path, bytes) in &heard {
+            assert_eq!(*bytes, fs::read(path).unwrap(), "{}", path.display());
         }
     }
 
@@ -862,7 +900,7 @@ mod tests {
             let deb = write_deb(dir.path(), &members, compression);
             let dest = dir.path().join("out");
             fs::create_dir(&dest).unwrap();
-            let written = extract(&deb, &dest, |_| true).unwrap();
+            let written = extract(&deb, &dest, |_| true, |_| {}).unwrap();
             let mut files = Vec::new();
             for w in &written {
                 let path = dest.join(&w.rel);
@@ -902,10 +940,15 @@ mod tests {
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
         let mut seen = Vec::new();
-        let written = extract(&deb, &dest, |p| {
-            seen.push(p.to_path_buf());
-            p.starts_with("boot")
-        })
+        let written = extract(
+            &deb,
+            &dest,
+            |p| {
+                seen.push(p.to_path_buf());
+                p.starts_with("boot")
+            },
+            |_| {},
+        )
         .unwrap();
         assert!(seen.contains(&PathBuf::from("usr/bin/tool")), "{seen:?}");
         assert!(!seen.iter().any(|p| p.as_os_str().is_empty()));
@@ -919,7 +962,7 @@ mod tests {
         let deb = write_deb(dir.path(), members, Compression::Xz);
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let err = extract(&deb, &dest, |_| true).unwrap_err();
+        let err = extract(&deb, &dest, |_| true, |_| {}).unwrap_err();
         (err, dir)
     }
 
@@ -969,7 +1012,7 @@ mod tests {
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
         std::os::unix::fs::symlink(outside.path(), dest.join("link")).unwrap();
-        let err = extract(&deb, &dest, |_| true).unwrap_err();
+        let err = extract(&deb, &dest, |_| true, |_| {}).unwrap_err();
         assert!(matches!(err, Error::Unpack { .. }), "{err}");
         assert!(!outside.path().join("owned").exists());
     }
@@ -1001,7 +1044,7 @@ mod tests {
 
         let not_ar = dir.path().join("plain.deb");
         fs::write(&not_ar, b"hello world").unwrap();
-        let err = extract(&not_ar, dir.path(), |_| true).unwrap_err();
+        let err = extract(&not_ar, dir.path(), |_| true, |_| {}).unwrap_err();
         assert!(matches!(err, Error::NotDeb { .. }), "{err}");
 
         let missing = dir.path().join("missing.deb");
@@ -1019,7 +1062,7 @@ mod tests {
                 fs::write(&deb, &whole[..keep]).unwrap();
                 let dest = dir.path().join(format!("out-{keep}"));
                 fs::create_dir(&dest).unwrap();
-                let err = extract(&deb, &dest, |_| true)
+                let err = extract(&deb, &dest, |_| true, |_| {})
                     .expect_err(&format!("{compression:?} cut at {keep} was accepted"));
                 let msg = format!(
                     "{err}: {}",
