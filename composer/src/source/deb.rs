@@ -796,6 +796,18 @@ mod tests {
         ]
     }
 
+    /// A package of `members` in a new directory, and an empty `out` beside it to unpack into.
+    fn unpack_setup(
+        members: &[Member<'_>],
+        compression: Compression,
+    ) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = write_deb(dir.path(), members, compression);
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        (dir, deb, dest)
+    }
+
     fn write_deb(dir: &Path, members: &[Member<'_>], compression: Compression) -> PathBuf {
         let path = dir.join("pkg.deb");
         test_support::deb(
@@ -833,10 +845,7 @@ mod tests {
     #[test]
     fn extracts_files_links_and_modes() {
         for compression in [Compression::Xz, Compression::XzBlocks, Compression::Zstd] {
-            let dir = tempfile::tempdir().unwrap();
-            let deb = write_deb(dir.path(), &sample_members(), compression);
-            let dest = dir.path().join("out");
-            fs::create_dir(&dest).unwrap();
+            let (_dir, deb, dest) = unpack_setup(&sample_members(), compression);
             let written = extract(&deb, &dest, |_| true, |_| {}).unwrap();
             assert_eq!(written.len(), 9, "{written:?}");
             assert_eq!(fs::read(dest.join("boot/vmlinuz-1.0")).unwrap(), b"kernel");
@@ -857,10 +866,7 @@ mod tests {
     /// disk; not of links, directories or files the filter skipped.
     #[test]
     fn written_hears_of_each_whole_regular_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let deb = write_deb(dir.path(), &sample_members(), Compression::XzBlocks);
-        let dest = dir.path().join("out");
-        fs::create_dir(&dest).unwrap();
+        let (_dir, deb, dest) = unpack_setup(&sample_members(), Compression::XzBlocks);
         let mut heard = Vec::new();
         let written = extract(
             &deb,
@@ -896,10 +902,7 @@ mod tests {
             Member::File("./empty", 0o644, b""),
         ]);
         for compression in [Compression::None, Compression::XzBlocks, Compression::Zstd] {
-            let dir = tempfile::tempdir().unwrap();
-            let deb = write_deb(dir.path(), &members, compression);
-            let dest = dir.path().join("out");
-            fs::create_dir(&dest).unwrap();
+            let (_dir, deb, dest) = unpack_setup(&members, compression);
             let written = extract(&deb, &dest, |_| true, |_| {}).unwrap();
             let mut files = Vec::new();
             for w in &written {
@@ -935,10 +938,7 @@ mod tests {
 
     #[test]
     fn filter_sees_paths_without_dot_slash() {
-        let dir = tempfile::tempdir().unwrap();
-        let deb = write_deb(dir.path(), &sample_members(), Compression::Xz);
-        let dest = dir.path().join("out");
-        fs::create_dir(&dest).unwrap();
+        let (_dir, deb, dest) = unpack_setup(&sample_members(), Compression::Xz);
         let mut seen = Vec::new();
         let written = extract(
             &deb,
@@ -958,10 +958,7 @@ mod tests {
     }
 
     fn escape_of(members: &[Member<'_>]) -> (Error, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let deb = write_deb(dir.path(), members, Compression::Xz);
-        let dest = dir.path().join("out");
-        fs::create_dir(&dest).unwrap();
+        let (dir, deb, dest) = unpack_setup(members, Compression::Xz);
         let err = extract(&deb, &dest, |_| true, |_| {}).unwrap_err();
         (err, dir)
     }
