@@ -398,8 +398,9 @@ impl ModuleIndex {
     }
 
     /// [`scan`](Self::scan), taking a module's information from `known` (by its full path)
-    /// instead of reading it: the kernel cache reads each module as it unpacks it, while its
-    /// bytes are still in memory (see `source/kernel.rs`).
+    /// instead of reading it: the kernel cache reads each module as soon as it has unpacked
+    /// it, while the file is still in the page cache, which it then hands back (see
+    /// `source/kernel.rs`).
     pub fn scan_with(modules_dir: &Path, known: &HashMap<PathBuf, ModInfo>) -> Result<Self> {
         if !modules_dir.is_dir() {
             return Err(Error::NotADirectory {
