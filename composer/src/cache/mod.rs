@@ -276,7 +276,8 @@ impl Cache {
                 .prefix(&crate::signals::temp_prefix(".partial-"))
                 .tempdir_in(&self.tmp)
                 .map_err(Error::io("creating an entry in", &self.tmp))?;
-            let extra = make(&partial.path().join(DATA))?;
+            let data = partial.path().join(DATA);
+            let extra = crate::io::pages::written_back_while(&data, || make(&data))?;
             let meta = self.seal(partial, key, step, name, extra)?;
             Ok(Product {
                 path: self.steps.join(key.as_str()).join(DATA),
