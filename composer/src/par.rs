@@ -1,4 +1,4 @@
-//! An order-preserving parallel map on scoped threads.
+//! An order-preserving parallel map on scoped threads, and a helper thread beside one job.
 //!
 //! Work is handed out one item at a time, so a thread that meets a few large
 //! items (big kernel modules, say) does not hold the others up, and the
@@ -88,6 +88,29 @@ pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + 
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Runs `work` while a helper thread calls `tick` every `every`, until `work` returns (`tick`
+/// is not called after that). For what watches or nudges a file that `work` writes, from
+/// outside the writer: progress counts ([`crate::progress::watch_file`]) and writeback
+/// ([`crate::io::pages::written_back_while`]).
+pub fn beside<R>(
+    every: std::time::Duration,
+    tick: impl Fn() + Send,
+    work: impl FnOnce() -> R,
+) -> R {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                tick();
+            }
+        });
+        let r = work();
+        drop(stop);
+        r
+    })
+}
+
 #[cfg(test)]
 mod tests {
     /// glibc accepts the cap (mallopt returns 1), unless the environment set its own.
@@ -122,5 +145,26 @@ mod tests {
             assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
         }
         assert!(super::map(&[] as &[u8], 2, |x| *x).is_empty());
+    }
+
+    /// The helper ticks while the work runs, and not once it has returned.
+    #[test]
+    fn beside_ticks_while_the_work_runs_and_stops_with_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+        let ticks = AtomicUsize::new(0);
+        let tick = || {
+            ticks.fetch_add(1, Ordering::SeqCst);
+        };
+        let seen = super::beside(Duration::from_millis(5), tick, || {
+            while ticks.load(Ordering::SeqCst) < 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            "done"
+        });
+        assert_eq!(seen, "done");
+        let after = ticks.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(ticks.load(Ordering::SeqCst), after);
     }
 }

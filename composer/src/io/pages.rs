@@ -86,19 +86,10 @@ impl Trailing {
 /// goes, the file leaves its fsync the last tenth of a second of writes at most. The helper
 /// only starts writeback (`SYNC_FILE_RANGE_WRITE`) and never waits for it.
 pub fn written_back_while<R>(path: &Path, work: impl FnOnce() -> R) -> R {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(WRITE_BACK_EVERY)
-            {
-                start_writeback(path);
-            }
-        });
-        let r = work();
-        drop(stop);
-        r
-    })
+    let nudge = || {
+        start_writeback(path);
+    };
+    crate::par::beside(WRITE_BACK_EVERY, nudge, work)
 }
 
 /// How often [`written_back_while`] starts the writeback of the file being written.

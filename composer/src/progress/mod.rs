@@ -256,21 +256,12 @@ impl Drop for Task<'_> {
 /// The count is the bytes actually stored (allocated blocks, capped at the length), so a
 /// sparse file set to its full length first still counts only what was written.
 pub fn watch_file<R>(task: &Task<'_>, path: &Path, work: impl FnOnce() -> R) -> R {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(WATCH_EVERY)
-            {
-                if let Some(n) = stored_bytes(path) {
-                    task.set(n);
-                }
-            }
-        });
-        let r = work();
-        drop(stop);
-        r
-    })
+    let count = || {
+        if let Some(n) = stored_bytes(path) {
+            task.set(n);
+        }
+    };
+    crate::par::beside(WATCH_EVERY, count, work)
 }
 
 /// Bytes of `path` that are on disk: allocated blocks, at most its length.
