@@ -1,4 +1,6 @@
-//! Handing the page cache of files the build has finished with back to the kernel.
+//! Handing the page cache of files the build has finished with back to the kernel, and
+//! writing a cache entry back while its step writes it ([`written_back_while`]: the fsync that
+//! seals the entry then has little left to wait for).
 //!
 //! A cold build writes about 1.5 GB that it then reads at most once more: the kernel
 //! package's 4,000 module files (an initramfs takes a few dozen of them), each squashfs image
