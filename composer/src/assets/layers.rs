@@ -60,6 +60,9 @@ pub enum LayerError {
     /// A base module an extension module depends on is not in the kernel.
     #[error("the extension modules' dependencies are not all in the kernel")]
     Closure(#[source] crate::kmod::Error),
+    /// The base modules could not be written out of the kernel cache's pack.
+    #[error("cannot unpack the kernel's modules")]
+    Unpack(#[source] crate::source::kernel::Error),
     /// The regenerated module metadata could not be made.
     #[error("cannot generate the module metadata")]
     Depmod(#[source] crate::kmod::depmod::KmodMetaError),
@@ -107,6 +110,9 @@ pub fn module_layer(
     wanted.sort();
     wanted.dedup();
     let base = kernel.index.closure(&wanted).map_err(LayerError::Closure)?;
+    kernel
+        .unpack(base.iter().map(|m| m.rel_path.as_path()))
+        .map_err(LayerError::Unpack)?;
     let root = PathBuf::from("/usr/lib/modules").join(release);
     let mut layer = Tree::new();
     for m in &base {

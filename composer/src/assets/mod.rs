@@ -48,7 +48,7 @@ pub struct PlatformAssets {
 /// Under Secure Boot, refuses extension modules the kernel would not load
 /// (see [`crate::extension::modules::check_signatures`]).
 fn check_module_signatures(plan: &Plan, kernel: &Kernel) -> Result<()> {
-    use crate::extension::modules::{check_signatures, kernel_signers};
+    use crate::extension::modules::{check_signatures, kernel_signers, signer_sample};
     let fail = |e| {
         Error::step(
             ErrorKind::InvalidInput,
@@ -57,6 +57,9 @@ fn check_module_signatures(plan: &Plan, kernel: &Kernel) -> Result<()> {
         )
         .with_hint("sign the modules with the key the kernel's own modules are signed with, or drop them from the extension")
     };
+    kernel
+        .unpack(signer_sample(&kernel.index))
+        .map_err(|e| Error::step(ErrorKind::Io, "unpacking the kernel's modules", e))?;
     let trusted = kernel_signers(&kernel.index, &kernel.modules_dir).map_err(fail)?;
     let exts = plan.extensions.iter().chain(&plan.disabled);
     check_signatures(exts.map(|e| (e.name.as_str(), &e.tree)), &trusted).map_err(fail)

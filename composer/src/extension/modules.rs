@@ -100,6 +100,15 @@ pub fn extension_modules(
 /// How many of the kernel's own modules are read to learn its signing key.
 const KERNEL_SIGNER_SAMPLE: usize = 32;
 
+/// The kernel's own modules (paths below its modules directory) that [`kernel_signers`]
+/// reads: the first of the index, at most [`KERNEL_SIGNER_SAMPLE`].
+pub fn signer_sample(index: &crate::kmod::ModuleIndex) -> impl Iterator<Item = &Path> {
+    index
+        .modules()
+        .take(KERNEL_SIGNER_SAMPLE)
+        .map(|(_, m)| m.rel_path.as_path())
+}
+
 /// The keys the kernel trusts for modules, as far as compose time can see:
 /// the signers of its own modules (Debian signs each kernel build's modules
 /// with a key generated for that build and built into the kernel's
@@ -110,8 +119,8 @@ pub fn kernel_signers(
     modules_dir: &Path,
 ) -> Result<BTreeSet<crate::kmod::signature::Signer>, ModuleError> {
     let mut signers = BTreeSet::new();
-    for (_, m) in index.modules().take(KERNEL_SIGNER_SAMPLE) {
-        let path = modules_dir.join(&m.rel_path);
+    for rel in signer_sample(index) {
+        let path = modules_dir.join(rel);
         if let Signature::Signed(s) = crate::kmod::signature::read(ModuleBytes::Host(&path), &path)
             .map_err(|source| ModuleError::SignatureRead {
                 path: path.clone(),

@@ -27,20 +27,21 @@ use std::path::{Path, PathBuf};
 /// first, so the disk works on all of them at once.
 pub fn release<P: AsRef<Path>>(paths: &[P]) {
     for p in paths {
-        start_writeback(p.as_ref());
+        start_writeback(p.as_ref(), 0, 0);
     }
     for p in paths {
-        drop_written(p.as_ref());
+        drop_written(p.as_ref(), 0, 0);
     }
 }
 
 /// Hands back the pages of files as a writer of many files goes, a bounded distance behind
-/// it: for files nobody reads soon (the kernel cache's 4,000), whose pages its next files then
-/// reuse, so that it touches `behind` bytes of page cache instead of all it writes. A file's
-/// writeback starts when it is [`push`](Self::push)ed; its pages go once more than `behind`
-/// bytes were pushed after it, by when the disk has long written it.
+/// it: for files nobody reads soon (the kernel cache's 400 MB of modules), whose pages its next
+/// files then reuse, so that it touches `behind` bytes of page cache instead of all it writes.
+/// A file's (or a part's) writeback starts when it is [`push`](Self::push)ed; its pages go once
+/// more than `behind` bytes were pushed after it, by when the disk has long written it.
 pub struct Trailing {
-    queue: VecDeque<(PathBuf, u64)>,
+    /// Pushed and not dropped yet: file, offset, length (0: to its end) and size in bytes.
+    queue: VecDeque<(PathBuf, u64, u64, u64)>,
     queued: u64,
     behind: u64,
 }
@@ -55,25 +56,42 @@ impl Trailing {
         }
     }
 
-    /// A file the writer has finished: its writeback starts, and the files more than
-    /// `behind` bytes back are dropped.
+    /// A file the writer has finished: its writeback starts, and what lies more than
+    /// `behind` bytes back is dropped.
     pub fn push(&mut self, path: &Path) {
-        let size = start_writeback(path);
-        self.queue.push_back((path.to_path_buf(), size));
+        let size = start_writeback(path, 0, 0);
+        self.queue(path, 0, 0, size);
+    }
+
+    /// [`push`](Self::push) for `len` bytes of `path` from `offset`, a part the writer of one
+    /// growing file has finished (the kernel cache's pack of modules).
+    ///
+    /// The part is taken from the start of its first page: the kernel drops only whole pages,
+    /// so the page a part shares with the one before goes with it (the page it shares with the
+    /// next goes with that one, and the file's last page, at its end, with the last).
+    pub fn push_part(&mut self, path: &Path, offset: u64, len: u64) {
+        let start = offset - offset % page_size();
+        start_writeback(path, start, len + (offset - start));
+        self.queue(path, start, len + (offset - start), len);
+    }
+
+    fn queue(&mut self, path: &Path, offset: u64, len: u64, size: u64) {
+        self.queue
+            .push_back((path.to_path_buf(), offset, len, size));
         self.queued += size;
         while self.queued > self.behind {
-            let Some((old, size)) = self.queue.pop_front() else {
+            let Some((old, offset, len, size)) = self.queue.pop_front() else {
                 break;
             };
             self.queued -= size;
-            drop_written(&old);
+            drop_written(&old, offset, len);
         }
     }
 
-    /// Drops the files still on the trail (the writer is done).
+    /// Drops what is still on the trail (the writer is done).
     pub fn finish(mut self) {
-        for (path, _) in self.queue.drain(..) {
-            drop_written(&path);
+        for (path, offset, len, _) in self.queue.drain(..) {
+            drop_written(&path, offset, len);
         }
     }
 }
@@ -89,7 +107,7 @@ impl Trailing {
 /// only starts writeback (`SYNC_FILE_RANGE_WRITE`) and never waits for it.
 pub fn written_back_while<R>(path: &Path, work: impl FnOnce() -> R) -> R {
     let nudge = || {
-        start_writeback(path);
+        start_writeback(path, 0, 0);
     };
     crate::par::beside(WRITE_BACK_EVERY, nudge, work)
 }
@@ -97,36 +115,48 @@ pub fn written_back_while<R>(path: &Path, work: impl FnOnce() -> R) -> R {
 /// How often [`written_back_while`] starts the writeback of the file being written.
 const WRITE_BACK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Starts writing back `path`'s dirty pages, without waiting; returns its size (0 when it
-/// cannot be opened).
-fn start_writeback(path: &Path) -> u64 {
+/// The size of a page of the page cache.
+fn page_size() -> u64 {
+    // SAFETY: a plain query.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+/// Starts writing back the dirty pages of `len` bytes of `path` from `offset` (`len` 0: to
+/// its end), without waiting; returns the file's size (0 when it cannot be opened).
+fn start_writeback(path: &Path, offset: u64, len: u64) -> u64 {
     let Ok(f) = File::open(path) else {
         return 0;
     };
-    sync_range(&f, libc::SYNC_FILE_RANGE_WRITE);
+    sync_range(&f, offset, len, libc::SYNC_FILE_RANGE_WRITE);
     f.metadata().map_or(0, |m| m.len())
 }
 
-/// Waits until `path`'s pages are on disk, then drops them from the page cache.
-fn drop_written(path: &Path) {
+/// Waits until the pages of `len` bytes of `path` from `offset` (`len` 0: to its end) are on
+/// disk, then drops them from the page cache.
+fn drop_written(path: &Path, offset: u64, len: u64) {
     let Ok(f) = File::open(path) else {
         return;
     };
     sync_range(
         &f,
+        offset,
+        len,
         libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER,
     );
+    let (offset, len) = (offset as libc::off_t, len as libc::off_t);
     // SAFETY: plain integers; the descriptor is open for the duration of the call.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
-/// `sync_file_range(2)` over the whole of `f` with `flags`; its result is not needed (see
-/// the module's doc).
-fn sync_range(f: &File, flags: libc::c_uint) {
+/// `sync_file_range(2)` over `len` bytes of `f` from `offset` (`len` 0: to its end) with
+/// `flags`; its result is not needed (see the module's doc).
+fn sync_range(f: &File, offset: u64, len: u64, flags: libc::c_uint) {
+    let (offset, len) = (offset as libc::off64_t, len as libc::off64_t);
     // SAFETY: plain integers; the descriptor is open for the duration of the call.
-    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, flags) };
+    unsafe { libc::sync_file_range(f.as_raw_fd(), offset, len, flags) };
 }
 
 /// Pages of `path` in the page cache, by `mincore(2)` over a read-only mapping of it (tests).

@@ -190,6 +190,13 @@ pub fn modinfo(path: &Path) -> Result<ModInfo> {
     Ok(parse_modinfo(&section, machine, &stem))
 }
 
+/// [`modinfo`] of a module held in memory, named by `path` (its name falls back to the
+/// file's stem).
+pub fn modinfo_of(data: &[u8], path: &Path) -> Result<ModInfo> {
+    let (machine, section) = modinfo_section(ModuleBytes::Memory(data), path)?;
+    Ok(parse_modinfo(&section, machine, &file_stem(path)))
+}
+
 /// Where a module's bytes are: a host file, or memory (a module held by a tree).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ModuleBytes<'a> {
@@ -394,14 +401,6 @@ impl ModuleIndex {
     /// Indexes every module below `modules_dir` (`lib/modules/<release>`),
     /// reading `.modinfo` on all cores, plus `modules.builtin` if present.
     pub fn scan(modules_dir: &Path) -> Result<Self> {
-        Self::scan_with(modules_dir, &HashMap::new())
-    }
-
-    /// [`scan`](Self::scan), taking a module's information from `known` (by its full path)
-    /// instead of reading it: the kernel cache reads each module as soon as it has unpacked
-    /// it, while the file is still in the page cache, which it then hands back (see
-    /// `source/kernel.rs`).
-    pub fn scan_with(modules_dir: &Path, known: &HashMap<PathBuf, ModInfo>) -> Result<Self> {
         if !modules_dir.is_dir() {
             return Err(Error::NotADirectory {
                 dir: modules_dir.to_path_buf(),
@@ -409,15 +408,23 @@ impl ModuleIndex {
         }
         let mut files = Vec::new();
         collect_modules(modules_dir, Path::new(""), &mut files)?;
-        files.sort();
-        let infos = parse_all(modules_dir, &files, known)?;
-        let mut modules = BTreeMap::new();
-        for (rel_path, info) in files.into_iter().zip(infos) {
-            insert_preferred(&mut modules, IndexedModule { rel_path, info });
+        let infos = parse_all(modules_dir, &files)?;
+        Self::of(modules_dir, files.into_iter().zip(infos).collect())
+    }
+
+    /// The index of `modules` (paths below `modules_dir`, each with its information), plus
+    /// `modules.builtin` and `modules.builtin.modinfo` if `modules_dir` holds them: for a tree
+    /// whose modules are not files there (the kernel cache packs them into one, reading each
+    /// module's information on its way in; see `source/kernel.rs`).
+    pub fn of(modules_dir: &Path, mut modules: Vec<(PathBuf, ModInfo)>) -> Result<Self> {
+        modules.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut index = BTreeMap::new();
+        for (rel_path, info) in modules {
+            insert_preferred(&mut index, IndexedModule { rel_path, info });
         }
         Ok(ModuleIndex {
             release: dir_name(modules_dir),
-            modules,
+            modules: index,
             builtin: read_builtin(modules_dir)?,
             builtin_aliases: read_builtin_aliases(modules_dir)?,
             dir: modules_dir.to_path_buf(),
@@ -656,20 +663,13 @@ fn collect_modules(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()
     Ok(())
 }
 
-/// Reads `.modinfo` of every file not in `known` on all cores. Work is handed out one file
-/// at a time, so a thread that hits large modules does not hold the others up.
-fn parse_all(
-    root: &Path,
-    files: &[PathBuf],
-    known: &HashMap<PathBuf, ModInfo>,
-) -> Result<Vec<ModInfo>> {
+/// Reads `.modinfo` of every file on all cores. Work is handed out one file at a time, so a
+/// thread that hits large modules does not hold the others up.
+fn parse_all(root: &Path, files: &[PathBuf]) -> Result<Vec<ModInfo>> {
     let threads = crate::par::jobs().min(MAX_SCAN_THREADS);
-    crate::par::map(files, threads, |rel| {
-        let path = root.join(rel);
-        known.get(&path).cloned().map_or_else(|| modinfo(&path), Ok)
-    })
-    .into_iter()
-    .collect()
+    crate::par::map(files, threads, |rel| modinfo(&root.join(rel)))
+        .into_iter()
+        .collect()
 }
 
 /// Keeps one module per name: a copy under `updates/` wins (depmod's default

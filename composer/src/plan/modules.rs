@@ -6,7 +6,7 @@
 //! `kernel.modules` is blamed here, still before any output is written).
 
 use super::{Plan, PlatformPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::kmod::ModuleRef;
 use crate::source::kernel::Kernel;
 
@@ -39,9 +39,10 @@ pub fn wanted(platform_modules: Vec<String>, profile_modules: &[String]) -> Vec<
     wanted
 }
 
-/// The closure of `pp.modules` in `kernel`, dependencies first.
+/// The closure of `pp.modules` in `kernel`, dependencies first, each module written as a file
+/// out of the kernel cache's pack ([`Kernel::unpack`]).
 pub fn closure(plan: &Plan, pp: &PlatformPlan, kernel: &Kernel) -> Result<Vec<ModuleRef>> {
-    kernel.index.closure(&pp.modules).map_err(|e| -> Error {
+    let closure = kernel.index.closure(&pp.modules).map_err(|e| -> Error {
         plan.blame
             .error(
                 "kernel.modules",
@@ -50,5 +51,9 @@ pub fn closure(plan: &Plan, pp: &PlatformPlan, kernel: &Kernel) -> Result<Vec<Mo
             )
             .caused_by(e)
             .into()
-    })
+    })?;
+    kernel
+        .unpack(closure.iter().map(|m| m.rel_path.as_path()))
+        .map_err(|e| Error::step(ErrorKind::Io, "unpacking the kernel's modules", e))?;
+    Ok(closure)
 }

@@ -14,16 +14,20 @@
 //!
 //! Cache layout: `<cache_root>/kernels/<sha256 of the .deb>/` holds
 //! `boot/vmlinuz-<release>`, `lib/modules/<release>/` (or
-//! `usr/lib/modules/<release>/` for merged-/usr packages) and `kernel.json`
-//! (release, paths, machine and the module index, so warm runs skip the
-//! scan). An entry is built in a `.partial-*` directory beside it and renamed
+//! `usr/lib/modules/<release>/` for merged-/usr packages) with the tree's
+//! files other than modules, `modules.pack` (every module's bytes, one after
+//! another: 4,000 files cost their file system far more than their bytes, see
+//! [`deb::Take::Pack`]) and `kernel.json` (release, paths, machine, the module
+//! index, so warm runs skip the scan, and where each module lies in the pack).
+//! A build writes the modules it reads out of the pack, into the tree where
+//! they would have been unpacked ([`Kernel::unpack`]). An entry is built in a `.partial-*` directory beside it and renamed
 //! into place, so after a crash it either exists complete or not at all (the
 //! files are not fsynced: power loss is not covered). A crashed run may
 //! leave a `.partial-*` directory behind; it is never read and safe to delete.
 //!
-//! `kernel.json` also records the size and sha256 of every unpacked file. A
-//! cache entry whose files no longer have their recorded sizes, or whose
-//! image no longer hashes to its sum, is discarded and unpacked again, so a
+//! `kernel.json` also records the size and sha256 of every unpacked file and
+//! packed module. A cache entry whose files (or pack) no longer have their
+//! recorded sizes, or whose image no longer hashes to its sum, is discarded and unpacked again, so a
 //! file truncated by a full disk or a crash is never used; the modules an
 //! image ships are hashed against their sums before the image is written
 //! ([`Kernel::verify_shipped`]), so a modified module is refused too.
@@ -33,7 +37,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::deb;
 use crate::arch::Arch;
@@ -41,7 +45,7 @@ use crate::kmod::{self, ModuleIndex};
 
 /// Bumped whenever `kernel.json` or the index changes shape, so old cache
 /// entries are rebuilt instead of misread.
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// Name of the metadata file that completes a cache entry.
 const CACHE_META: &str = "kernel.json";
@@ -206,9 +210,15 @@ pub struct Kernel {
     pub source_digest: String,
     /// The architecture the image runs on.
     pub machine: Arch,
-    /// Size and sha256 of every file of a cache entry (absolute paths); empty for a
-    /// user-given kernel, whose files strata did not write.
+    /// Size and sha256 of every file of a cache entry (absolute paths), packed modules
+    /// included; empty for a user-given kernel, whose files strata did not write.
     pub sums: BTreeMap<PathBuf, FileSum>,
+    /// The cache entry's modules, kept in its pack ([`PACK`]) until a build needs them as
+    /// files ([`Kernel::unpack`]): where each (by absolute path) starts there. Empty for a
+    /// user-given kernel.
+    pub packed: BTreeMap<PathBuf, u64>,
+    /// The cache entry's pack (unused by a user-given kernel).
+    pub pack: PathBuf,
 }
 
 /// A file's size and hex sha256, as unpacked.
@@ -221,6 +231,34 @@ pub struct FileSum {
 }
 
 impl Kernel {
+    /// Writes the modules `rel_paths` (below `modules_dir`) as files, out of the cache entry's
+    /// pack: the few dozen a build reads of the 4,000 the package holds. A module whose file
+    /// exists with its size is left as it is ([`verify_shipped`](Self::verify_shipped) hashes
+    /// what ships); one that does not is written to a temporary file and renamed into place,
+    /// so two builds sharing the cache write the same bytes and neither sees half a file.
+    /// Nothing to do for a user-given kernel, whose modules are files.
+    pub fn unpack<'a>(&self, rel_paths: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+        let mut pack = None;
+        for rel in rel_paths {
+            let path = self.modules_dir.join(rel);
+            let (Some(&at), Some(sum)) = (self.packed.get(&path), self.sums.get(&path)) else {
+                continue;
+            };
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == sum.size) {
+                continue;
+            }
+            if pack.is_none() {
+                pack = Some(File::open(&self.pack).map_err(|source| Error::Read {
+                    path: self.pack.clone(),
+                    source,
+                })?);
+            }
+            let from = pack.as_ref().expect("opened above");
+            unpack_one(from, &self.pack, at, sum.size, &path)?;
+        }
+        Ok(())
+    }
+
     /// Hashes the modules an image ships (`rel_paths` below the modules directory) against
     /// the sums recorded at unpack time. A damaged file discards the whole cache entry, so
     /// the next build unpacks it again. Does nothing for a user-given kernel.
@@ -242,6 +280,42 @@ impl Kernel {
         }
         Ok(())
     }
+}
+
+/// Copies `size` bytes of the pack `from` (at `pack`) at `at` into a new file at `path`.
+fn unpack_one(from: &File, pack: &Path, at: u64, size: u64, path: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let parent = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|source| cache_error(parent, source))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".unpacking-")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(parent)
+        .map_err(|source| cache_error(parent, source))?;
+    let mut buf = vec![0; (1 << 20).min(size as usize)];
+    let mut done = 0;
+    while done < size {
+        let want = buf.len().min((size - done) as usize);
+        let n = from
+            .read_at(&mut buf[..want], at + done)
+            .map_err(|source| Error::Read {
+                path: pack.to_path_buf(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(Error::Damaged {
+                path: pack.to_path_buf(),
+                what: "its size",
+                expected: format!("at least {} bytes", at + size),
+                actual: format!("{} bytes", at + done),
+            });
+        }
+        tmp.write_all(&buf[..n])
+            .map_err(|source| cache_error(tmp.path(), source))?;
+        done += n as u64;
+    }
+    tmp.persist(path).map_err(|e| cache_error(path, e.error))?;
+    Ok(())
 }
 
 /// Checks `path` against `sum`: always its size, its sha256 when `hash`.
@@ -287,7 +361,21 @@ struct CacheMeta {
     index: ModuleIndex,
     /// Every unpacked file (relative to the entry): size and sha256.
     files: BTreeMap<PathBuf, FileSum>,
+    /// Every packed module (relative to the entry, where [`Kernel::unpack`] writes it): where
+    /// it starts in [`PACK`], its size and sha256.
+    packed: BTreeMap<PathBuf, Packed>,
 }
+
+/// A module in the cache entry's pack.
+#[derive(Serialize, Deserialize)]
+struct Packed {
+    at: u64,
+    #[serde(flatten)]
+    sum: FileSum,
+}
+
+/// The cache entry's pack: every module's bytes, one after another ([`deb::Take::Pack`]).
+const PACK: &str = "modules.pack";
 
 /// The cache's spelling of a kernel's architecture.
 mod cached_machine {
@@ -316,6 +404,12 @@ impl CacheMeta {
         let modules_dir = entry.join(&self.modules_dir);
         let mut index = self.index;
         index.set_dir(&modules_dir);
+        let packed = self
+            .packed
+            .iter()
+            .map(|(rel, p)| (entry.join(rel), p.at))
+            .collect();
+        let packed_sums = self.packed.into_iter().map(|(rel, p)| (rel, p.sum));
         Kernel {
             vmlinuz: entry.join(&self.vmlinuz),
             release: self.release,
@@ -326,8 +420,11 @@ impl CacheMeta {
             sums: self
                 .files
                 .into_iter()
+                .chain(packed_sums)
                 .map(|(rel, sum)| (entry.join(rel), sum))
                 .collect(),
+            packed,
+            pack: entry.join(PACK),
         }
     }
 }
@@ -368,6 +465,8 @@ pub fn from_parts(vmlinuz: &Path, modules_dir: &Path) -> Result<Kernel> {
         source_digest: sha256_file(vmlinuz)?,
         machine,
         sums: BTreeMap::new(),
+        packed: BTreeMap::new(),
+        pack: PathBuf::new(),
     })
 }
 
@@ -409,10 +508,17 @@ fn load_cached(entry: &Path) -> Result<Option<CacheMeta>> {
     }
 }
 
-/// Whether every recorded file still has its size, and the image its sha256 (cheap: a stat
-/// per file and one hash of a few MiB; the shipped modules are hashed later).
+/// Whether every recorded file still has its size, the pack the length of its modules, and
+/// the image its sha256 (cheap: a few stats and one hash of a few MiB; the shipped modules are
+/// hashed later).
 fn intact(entry: &Path, meta: &CacheMeta) -> bool {
+    let pack_len = meta.packed.values().map(|p| p.at + p.sum.size).max();
+    let pack = FileSum {
+        size: pack_len.unwrap_or(0),
+        sha256: String::new(),
+    };
     meta.files.contains_key(&meta.vmlinuz)
+        && check_sum(&entry.join(PACK), &pack, false).is_ok()
         && meta.files.iter().all(|(rel, sum)| {
             let path = entry.join(rel);
             check_sum(&path, sum, *rel == meta.vmlinuz).is_ok()
@@ -442,22 +548,47 @@ fn wanted(member: &Path) -> bool {
     is_image || under("lib/modules") || under("usr/lib/modules")
 }
 
+/// What the kernel cache keeps of a package's member: the image and the files of the modules
+/// tree as themselves, but the modules in the pack ([`deb::Take::Pack`]), and none of the
+/// tree's directories (a module written as a file later gets its parents then).
+fn take(member: &Path, dir: bool) -> deb::Take {
+    if !wanted(member) {
+        deb::Take::Skip
+    } else if member.starts_with("boot") {
+        deb::Take::Unpack
+    } else if dir {
+        deb::Take::Skip
+    } else if kmod::module_suffix(member).is_some() {
+        deb::Take::Pack
+    } else {
+        deb::Take::Unpack
+    }
+}
+
 /// Extracts and indexes the package into `dir` and writes `kernel.json`.
 fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
     // Of the package's 400-odd MB, a build reads back the few dozen modules it ships: each
-    // module's `.modinfo` is read as soon as it is written, and its pages are handed back a
-    // little later, for the next files to reuse (see `crate::io::pages`).
-    let mut infos = HashMap::new();
-    let mut trail = crate::io::pages::Trailing::new(UNPACK_TRAIL);
-    let extracted = deb::extract(deb_path, dir, wanted, |path| {
-        if kmod::module_suffix(path).is_some() {
-            // A module that cannot be read fails the index scan below, with its error.
-            if let Ok(info) = kmod::modinfo(path) {
-                infos.insert(path.to_path_buf(), info);
-            }
-        }
-        trail.push(path);
-    })?;
+    // module's `.modinfo` is read on its way into the pack, and the pack's pages are handed
+    // back a little later, for the next modules to reuse (see `crate::io::pages`).
+    let pack_path = dir.join(PACK);
+    let mut pack =
+        deb::Pack::create(&pack_path).map_err(|source| cache_error(&pack_path, source))?;
+    let seen = std::cell::RefCell::new(Seen {
+        infos: Vec::new(),
+        trail: crate::io::pages::Trailing::new(UNPACK_TRAIL),
+        pack: &pack_path,
+        packed: 0,
+    });
+    let extracted = deb::extract_packing(
+        deb_path,
+        dir,
+        &mut pack,
+        take,
+        |path| seen.borrow_mut().written(path),
+        |path, data| seen.borrow_mut().packed(path, data),
+    )?;
+    let Seen { infos, trail, .. } = seen.into_inner();
+    drop(pack);
     let images: Vec<&PathBuf> = extracted
         .iter()
         .map(|w| &w.rel)
@@ -474,11 +605,11 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
         .to_string_lossy()
         .trim_start_matches("boot/vmlinuz-")
         .to_string();
-    let modules_dir = modules_dir_of(dir, &release)?;
+    let modules_dir = modules_dir_of(dir, &release, &extracted)?;
     let (machine, image_release) = inspect_image(&dir.join(&vmlinuz))?;
-    let index = ModuleIndex::scan_with(&dir.join(&modules_dir), &infos)?;
+    let index = index_of(&dir.join(&modules_dir), infos)?;
     check_consistency(&dir.join(&vmlinuz), image_release, machine, &index)?;
-    let files = sums_of(dir, &extracted)?;
+    let (files, packed) = sums_of(dir, &extracted)?;
     let meta = CacheMeta {
         format: CACHE_FORMAT,
         release,
@@ -487,10 +618,57 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
         machine,
         index,
         files,
+        packed,
     };
     write_meta(dir, &meta)?;
     trail.finish();
     Ok(meta)
+}
+
+/// What the kernel cache's unpack learns of each module on its way out of the package.
+struct Seen<'a> {
+    /// Each module's information, by the path it has (or would have) below the entry.
+    infos: Vec<(PathBuf, kmod::Result<kmod::ModInfo>)>,
+    trail: crate::io::pages::Trailing,
+    pack: &'a Path,
+    /// Bytes packed so far.
+    packed: u64,
+}
+
+impl Seen<'_> {
+    /// A file written as itself (the image, the tree's other files, a module too large to
+    /// pack).
+    fn written(&mut self, path: &Path) {
+        if kmod::module_suffix(path).is_some() {
+            self.infos.push((path.to_path_buf(), kmod::modinfo(path)));
+        }
+        self.trail.push(path);
+    }
+
+    /// A module packed: its information is read from its bytes, which are still in memory.
+    fn packed(&mut self, path: &Path, data: &[u8]) {
+        self.infos
+            .push((path.to_path_buf(), kmod::modinfo_of(data, path)));
+        let len = data.len() as u64;
+        self.trail.push_part(self.pack, self.packed, len);
+        self.packed += len;
+    }
+}
+
+/// The index of the modules below `modules_dir` among `infos` (full paths, each with its
+/// information or the error reading it; the first error in path order fails).
+fn index_of(
+    modules_dir: &Path,
+    mut infos: Vec<(PathBuf, kmod::Result<kmod::ModInfo>)>,
+) -> Result<ModuleIndex> {
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut modules = Vec::with_capacity(infos.len());
+    for (path, info) in infos {
+        if let Ok(rel) = path.strip_prefix(modules_dir) {
+            modules.push((rel.to_path_buf(), info?));
+        }
+    }
+    Ok(ModuleIndex::of(modules_dir, modules)?)
 }
 
 /// How far behind the unpack the kernel cache's pages are handed back: at 150 MB/s of
@@ -499,9 +677,15 @@ const UNPACK_TRAIL: u64 = 64 << 20;
 
 /// Size and sha256 of each regular file among `extracted` (paths relative to `dir`): those
 /// the extraction hashed on the way out of the package, and a hard link's file read back (the
-/// package holds its bytes once, under the name it links to).
-fn sums_of(dir: &Path, extracted: &[deb::Written]) -> Result<BTreeMap<PathBuf, FileSum>> {
+/// package holds its bytes once, under the name it links to). The files written as themselves,
+/// then the packed ones with where they start in the pack.
+#[allow(clippy::type_complexity)]
+fn sums_of(
+    dir: &Path,
+    extracted: &[deb::Written],
+) -> Result<(BTreeMap<PathBuf, FileSum>, BTreeMap<PathBuf, Packed>)> {
     let mut sums = BTreeMap::new();
+    let mut packed = BTreeMap::new();
     for w in extracted {
         let (size, sha256) = match &w.sum {
             Some(sum) => sum.clone(),
@@ -520,22 +704,31 @@ fn sums_of(dir: &Path, extracted: &[deb::Written]) -> Result<BTreeMap<PathBuf, F
                 (size, sha256)
             }
         };
-        sums.insert(w.rel.clone(), FileSum { size, sha256 });
+        let sum = FileSum { size, sha256 };
+        if let Some(at) = w.packed_at {
+            packed.insert(w.rel.clone(), Packed { at, sum });
+        } else {
+            sums.insert(w.rel.clone(), sum);
+        }
     }
-    Ok(sums)
+    Ok((sums, packed))
 }
 
-/// The package's modules directory (classic or merged-/usr layout); a kernel
-/// without modules gets an empty one, so every request for a module fails
-/// with a clear "not in <dir>" error.
-fn modules_dir_of(dir: &Path, release: &str) -> Result<PathBuf> {
+/// The package's modules directory (classic or merged-/usr layout, by where its members
+/// were), created if the package holds none or only packed modules there; a kernel without
+/// modules gets an empty one, so every request for a module fails with a clear "not in
+/// <dir>" error.
+fn modules_dir_of(dir: &Path, release: &str, extracted: &[deb::Written]) -> Result<PathBuf> {
     let classic = Path::new("lib/modules").join(release);
     let merged = Path::new("usr/lib/modules").join(release);
-    if dir.join(&merged).is_dir() && !dir.join(&classic).is_dir() {
-        return Ok(merged);
-    }
-    fs::create_dir_all(dir.join(&classic)).map_err(|source| cache_error(dir, source))?;
-    Ok(classic)
+    let has = |d: &Path| extracted.iter().any(|w| w.rel.starts_with(d));
+    let chosen = if has(&merged) && !has(&classic) {
+        merged
+    } else {
+        classic
+    };
+    fs::create_dir_all(dir.join(&chosen)).map_err(|source| cache_error(dir, source))?;
+    Ok(chosen)
 }
 
 fn write_meta(dir: &Path, meta: &CacheMeta) -> Result<()> {
@@ -829,11 +1022,22 @@ mod tests {
         assert_eq!(warm, cold);
         assert_eq!(stamp(&entry.join(CACHE_META)), written);
 
+        // The modules are packed, and written as files when a build asks for them.
+        let isofs = cold.modules_dir.join("kernel/isofs.ko");
+        assert!(!isofs.exists() && entry.join(PACK).is_file());
+        assert!(cold.modules_dir.join("modules.builtin").is_file());
+        cold.unpack([Path::new("kernel/isofs.ko")]).unwrap();
+        assert_eq!(fs::read(&isofs).unwrap(), ko("isofs", "cdrom", "1.0-test"));
+        assert!(!cold.modules_dir.join("kernel/cdrom.ko").exists());
+
         // A damaged entry is rebuilt.
         fs::write(entry.join(CACHE_META), b"{").unwrap();
         let rebuilt = from_deb(&deb, &cache).unwrap();
         assert_eq!(rebuilt, cold);
-        assert!(rebuilt.modules_dir.join("kernel/isofs.ko").is_file());
+        assert!(
+            !isofs.exists(),
+            "a rebuilt entry starts with its modules packed"
+        );
     }
 
     /// The unpacked package leaves the page cache (a build reads back only the modules it
@@ -845,7 +1049,7 @@ mod tests {
         fake_kernel_deb(&deb, "", &["1.0-test"]);
         let kernel = from_deb(&deb, &dir.path().join("cache")).unwrap();
         let module = kernel.modules_dir.join("kernel/isofs.ko");
-        for file in [&kernel.vmlinuz, &module] {
+        for file in [&kernel.vmlinuz, &kernel.pack] {
             assert_eq!(
                 crate::io::pages::resident_pages(file),
                 0,
@@ -853,6 +1057,7 @@ mod tests {
                 file.display()
             );
         }
+        kernel.unpack([Path::new("kernel/isofs.ko")]).unwrap();
         assert_eq!(
             fs::read(&module).unwrap(),
             ko("isofs", "cdrom", "1.0-test"),
@@ -877,10 +1082,22 @@ mod tests {
         fs::write(&cold.vmlinuz, &flipped).unwrap();
         from_deb(&deb, &cache).unwrap();
         assert_eq!(fs::read(&cold.vmlinuz).unwrap(), whole);
-        let isofs = cold.modules_dir.join("kernel/isofs.ko");
-        fs::remove_file(&isofs).unwrap();
+        // A pack cut short is unpacked again.
+        let pack = fs::read(&cold.pack).unwrap();
+        fs::write(&cold.pack, &pack[..pack.len() - 1]).unwrap();
         from_deb(&deb, &cache).unwrap();
-        assert!(isofs.is_file());
+        assert_eq!(fs::read(&cold.pack).unwrap(), pack);
+        // A module written out of it and cut short, or removed, is written again.
+        let isofs = cold.modules_dir.join("kernel/isofs.ko");
+        let rel = [Path::new("kernel/isofs.ko")];
+        cold.unpack(rel).unwrap();
+        let whole = fs::read(&isofs).unwrap();
+        fs::write(&isofs, &whole[..10]).unwrap();
+        cold.unpack(rel).unwrap();
+        assert_eq!(fs::read(&isofs).unwrap(), whole);
+        fs::remove_file(&isofs).unwrap();
+        cold.unpack(rel).unwrap();
+        assert_eq!(fs::read(&isofs).unwrap(), whole);
     }
 
     #[test]
@@ -891,6 +1108,7 @@ mod tests {
         let cache = dir.path().join("cache");
         let kernel = from_deb(&deb, &cache).unwrap();
         let shipped = [Path::new("kernel/cdrom.ko"), Path::new("kernel/isofs.ko")];
+        kernel.unpack(shipped).unwrap();
         kernel.verify_shipped(shipped).unwrap();
         let isofs = kernel.modules_dir.join("kernel/isofs.ko");
         let mut bytes = fs::read(&isofs).unwrap();
@@ -915,7 +1133,17 @@ mod tests {
         );
         assert!(!kernel.modules_dir.exists(), "the damaged entry was kept");
         let again = from_deb(&deb, &cache).unwrap();
+        again.unpack(shipped).unwrap();
         again.verify_shipped(shipped).unwrap();
+
+        // So is a module whose bytes changed in the pack, once written out of it.
+        let mut pack = fs::read(&again.pack).unwrap();
+        let at = again.packed[&again.modules_dir.join("kernel/isofs.ko")] as usize;
+        pack[at + 1] ^= 0xff;
+        fs::write(&again.pack, &pack).unwrap();
+        fs::remove_dir_all(again.modules_dir.join("kernel")).unwrap();
+        again.unpack(shipped).unwrap();
+        assert!(again.verify_shipped(shipped).is_err());
     }
 
     #[test]
@@ -1182,6 +1410,15 @@ mod tests {
         }
     }
 
+    /// Writes every packed module of `kernel` as a file (for the judges, which read the tree).
+    fn unpack_all(kernel: &Kernel) {
+        let rels = kernel
+            .packed
+            .keys()
+            .filter_map(|p| p.strip_prefix(&kernel.modules_dir).ok());
+        kernel.unpack(rels).unwrap();
+    }
+
     fn real_kernel_closure(deb: &Path, machine: Arch) {
         let cache = tempfile::tempdir().unwrap();
         let start = Instant::now();
@@ -1193,6 +1430,7 @@ mod tests {
         assert_eq!(warm, cold);
         assert_eq!(cold.machine, machine);
         let start = Instant::now();
+        unpack_all(&cold);
         let rescanned = ModuleIndex::scan(&cold.modules_dir).unwrap();
         let scan_time = start.elapsed();
         assert_eq!(rescanned, cold.index);
