@@ -9,7 +9,8 @@ set -euo pipefail
 # cpio, xz, zstd, depmod/modinfo (kmod), qemu-img, xorriso, mkfs.erofs,
 # skopeo, openssl (TLS registry test), python3 (OVF XML check), e2fsck
 # (e2fsprogs: the init's ext2 mkfs), xmllint (libxml2-utils: the JUnit report
-# against tests/junit.xsd), systemd-measure's TPM libraries and
+# against tests/junit.xsd), systemd-measure's TPM libraries (it refuses to run
+# without libtss2-rc, which nothing else pulls in on a fresh machine) and
 # swtpm (PCR 11 judge, TPM for boot tests); sbsigntool (sbverify), osslsigncode
 # and binutils (objdump) judge signed EFI binaries and UKIs, whose stubs
 # come from systemd-boot-efi. Inputs: debootstrap (the Debian root
@@ -24,7 +25,7 @@ packages=(
   gdisk dosfstools squashfs-tools mtools cpio xz-utils zstd kmod
   qemu-utils xorriso docker-registry erofs-utils skopeo openssl python3
   e2fsprogs debootstrap fdisk time libxml2-utils
-  swtpm swtpm-tools libtss2-esys-3.0.2-0 libtss2-tcti-swtpm0
+  swtpm swtpm-tools libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-tcti-swtpm0
   sbsigntool osslsigncode binutils
 )
 
