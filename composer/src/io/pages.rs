@@ -3,7 +3,7 @@
 //! seals the entry then has little left to wait for).
 //!
 //! A cold build writes about 1.5 GB that it then reads at most once more: the kernel
-//! package's 4,000 module files (an initramfs takes a few dozen of them), each squashfs image
+//! package's 400 MB of modules (the kernel cache's pack; an initramfs takes a few dozen), each squashfs image
 //! (copied into the initramfs), the initramfs (copied into the disk), the disk (read by each
 //! conversion) and every output. Left in the page cache, those pages crowd out what is still to
 //! be read, and every later write takes pages nobody has touched for a while. On a virtual
