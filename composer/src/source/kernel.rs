@@ -284,36 +284,33 @@ impl Kernel {
 
 /// Copies `size` bytes of the pack `from` (at `pack`) at `at` into a new file at `path`.
 fn unpack_one(from: &File, pack: &Path, at: u64, size: u64, path: &Path) -> Result<()> {
-    use std::os::unix::fs::{FileExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let parent = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|source| cache_error(parent, source))?;
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(".unpacking-")
         .permissions(fs::Permissions::from_mode(0o644))
         .tempfile_in(parent)
         .map_err(|source| cache_error(parent, source))?;
-    let mut buf = vec![0; (1 << 20).min(size as usize)];
-    let mut done = 0;
-    while done < size {
-        let want = buf.len().min((size - done) as usize);
-        let n = from
-            .read_at(&mut buf[..want], at + done)
-            .map_err(|source| Error::Read {
-                path: pack.to_path_buf(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(Error::Damaged {
-                path: pack.to_path_buf(),
-                what: "its size",
-                expected: format!("at least {} bytes", at + size),
-                actual: format!("{} bytes", at + done),
-            });
-        }
-        tmp.write_all(&buf[..n])
-            .map_err(|source| cache_error(tmp.path(), source))?;
-        done += n as u64;
+    let read_error = |source| Error::Read {
+        path: pack.to_path_buf(),
+        source,
+    };
+    let pack_len = from.metadata().map_err(read_error)?.len();
+    if pack_len < at + size {
+        return Err(Error::Damaged {
+            path: pack.to_path_buf(),
+            what: "its size",
+            expected: format!("at least {} bytes", at + size),
+            actual: format!("{pack_len} bytes"),
+        });
     }
+    // A file system that keeps runs of zeros as holes may have made some in the pack: they
+    // stay holes, inside the length set here.
+    tmp.as_file()
+        .set_len(size)
+        .map_err(|source| cache_error(tmp.path(), source))?;
+    crate::io::sparse::copy_data(from, at, size, tmp.as_file(), 0).map_err(read_error)?;
     tmp.persist(path).map_err(|e| cache_error(path, e.error))?;
     Ok(())
 }
