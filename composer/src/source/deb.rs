@@ -265,7 +265,7 @@ pub fn extract(
 ) -> Result<Vec<Written>> {
     let mut take = |p: &Path, _dir: bool| if filter(p) { Take::Unpack } else { Take::Skip };
     with_member(deb, "data.tar", |member, reader| {
-        let hooks: Hooks<'_> = (&mut take, &mut written, &mut |_, _| {});
+        let hooks: Hooks<'_> = (&mut take, &mut written, &mut |_, _, _| {});
         Unpacker::new(deb, dest, None).run(member, reader, hooks)
     })
 }
@@ -273,14 +273,14 @@ pub fn extract(
 /// [`extract`], appending the regular files `take` packs to `pack` instead of writing them
 /// below `dest` ([`Take::Pack`]). `take` sees each member's path and whether it is a
 /// directory. `packed` sees each packed member's path (below `dest`, where it would have been
-/// written) and its bytes, in archive order; `written` sees the files written as themselves.
+/// written), its bytes and where they start in the pack, in archive order; `written` sees the files written as themselves.
 pub fn extract_packing(
     deb: &Path,
     dest: &Path,
     pack: &mut Pack,
     mut take: impl FnMut(&Path, bool) -> Take,
     mut written: impl FnMut(&Path),
-    mut packed: impl FnMut(&Path, &[u8]),
+    mut packed: impl FnMut(&Path, &[u8], u64),
 ) -> Result<Vec<Written>> {
     with_member(deb, "data.tar", |member, reader| {
         let hooks: Hooks<'_> = (&mut take, &mut written, &mut packed);
@@ -293,7 +293,7 @@ pub fn extract_packing(
 type Hooks<'a> = (
     &'a mut dyn FnMut(&Path, bool) -> Take,
     &'a mut dyn FnMut(&Path),
-    &'a mut dyn FnMut(&Path, &[u8]),
+    &'a mut dyn FnMut(&Path, &[u8], u64),
 );
 
 /// Opens `deb`, checks that it is a Debian package, finds the member named
@@ -669,7 +669,7 @@ impl<'a> Unpacker<'a> {
         raw: &str,
         rel: PathBuf,
         (kind, mode, size): (tar::EntryType, u32, u64),
-        packed: &mut dyn FnMut(&Path, &[u8]),
+        packed: &mut dyn FnMut(&Path, &[u8], u64),
     ) -> Result<()> {
         let mut data = Vec::with_capacity(size as usize);
         let mut hash = crate::io::hash::HashWriter::new(io::sink());
@@ -682,7 +682,7 @@ impl<'a> Unpacker<'a> {
         let at = pack
             .append(&data)
             .map_err(|source| self.unpack_error(raw, source))?;
-        packed(&self.dest.join(&rel), &data);
+        packed(&self.dest.join(&rel), &data, at);
         let sum = (size, hash.sha256_hex());
         self.packed.insert(rel.clone(), (at, sum.clone()));
         self.record(rel, kind, mode, Some(sum), Some(at))
@@ -1052,13 +1052,13 @@ mod tests {
             &mut pack,
             take,
             |p| heard.push(p.to_path_buf()),
-            |p, data| seen.push((p.to_path_buf(), data.to_vec())),
+            |p, data, at| seen.push((p.to_path_buf(), data.to_vec(), at)),
         )
         .unwrap();
         assert_eq!(pack.len(), 10);
         let bytes = fs::read(pack.path()).unwrap();
         assert_eq!(bytes, b"#!/bin/sh\n");
-        assert_eq!(seen, [(dest.join("usr/bin/tool"), bytes.clone())]);
+        assert_eq!(seen, [(dest.join("usr/bin/tool"), bytes.clone(), 0)]);
         assert_eq!(
             heard,
             [dest.join("boot/vmlinuz-1.0"), dest.join("ro/inside")]

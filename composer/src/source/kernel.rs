@@ -574,7 +574,6 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
         infos: Vec::new(),
         trail: crate::io::pages::Trailing::new(UNPACK_TRAIL),
         pack: &pack_path,
-        packed: 0,
     });
     let extracted = deb::extract_packing(
         deb_path,
@@ -582,7 +581,7 @@ fn populate(deb_path: &Path, dir: &Path) -> Result<CacheMeta> {
         &mut pack,
         take,
         |path| seen.borrow_mut().written(path),
-        |path, data| seen.borrow_mut().packed(path, data),
+        |path, data, at| seen.borrow_mut().packed(path, data, at),
     )?;
     let Seen { infos, trail, .. } = seen.into_inner();
     drop(pack);
@@ -628,8 +627,6 @@ struct Seen<'a> {
     infos: Vec<(PathBuf, kmod::Result<kmod::ModInfo>)>,
     trail: crate::io::pages::Trailing,
     pack: &'a Path,
-    /// Bytes packed so far.
-    packed: u64,
 }
 
 impl Seen<'_> {
@@ -642,13 +639,11 @@ impl Seen<'_> {
         self.trail.push(path);
     }
 
-    /// A module packed: its information is read from its bytes, which are still in memory.
-    fn packed(&mut self, path: &Path, data: &[u8]) {
+    /// A module packed at `at`: its information is read from its bytes, still in memory.
+    fn packed(&mut self, path: &Path, data: &[u8], at: u64) {
         self.infos
             .push((path.to_path_buf(), kmod::modinfo_of(data, path)));
-        let len = data.len() as u64;
-        self.trail.push_part(self.pack, self.packed, len);
-        self.packed += len;
+        self.trail.push_part(self.pack, at, data.len() as u64);
     }
 }
 
